@@ -1,0 +1,89 @@
+"""Shared CLI plumbing: the root group, one decorator per cross-cutting option, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import click
+
+from loramgr import __version__
+from loramgr.config import Settings
+
+
+class Ctx:
+    """Per-invocation state; the registry is opened lazily so ``--help`` never touches a database."""
+
+    def __init__(self, home: str | None, debug: bool) -> None:
+        self.settings = Settings.resolve(home)
+        self.debug = debug
+        self._registry = None
+
+    @property
+    def registry(self):  # noqa: ANN201 - avoids importing SQLAlchemy for --help
+        if self._registry is None:
+            from loramgr.registry.api import Registry
+
+            self._registry = Registry(self.settings)
+        return self._registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="loramgr")
+@click.option("--home", type=click.Path(file_okay=False), envvar="LORAMGR_HOME",
+              help="State directory (registry.db and store/); default ~/.loramgr or $LORAMGR_HOME.")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, debug: bool) -> None:
+    """loramgr — manage LoRA adapters for on-device LLMs (QAIRT/QNN HTP, ONNX Runtime).
+
+    Register adapters and LoRA-ready base graphs, validate compatibility, build binary sections
+    (per-adapter, super adapters, default adapter), and emit the runtime plan.
+    """
+    ctx.obj = Ctx(home, debug)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json``: print machine-readable output instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A readable table on a terminal, plain aligned text otherwise (rich handles both)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False, header_style="bold")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def parse_kv(values: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{v!r} is not K=V", param_hint=what)
+        k, val = v.split("=", 1)
+        out[k.strip()] = val
+    return out

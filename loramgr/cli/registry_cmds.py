@@ -1,0 +1,188 @@
+"""Registry commands: init, db, register, base register, list, show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def init(ctx: Ctx, as_json: bool) -> None:
+    """Create the registry or upgrade it to the newest schema (other commands do this themselves)."""
+    from loramgr.registry import db
+
+    engine = db.make_engine(ctx.settings.db_url)
+    applied = db.upgrade(engine)
+    ctx.settings.store_dir.mkdir(parents=True, exist_ok=True)
+    res = {"database": db.redact(ctx.settings.db_url), "store": str(ctx.settings.store_dir),
+           "applied": applied, "revision": db.current_revision(engine)}
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"registry {res['database']} at revision {res['revision']}"
+                   + (f" (applied {', '.join(applied)})" if applied else " (up to date)"))
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Inspect and upgrade the registry database schema."""
+
+
+@db_group.command("upgrade")
+@click.option("--list", "list_only", is_flag=True, help="List migrations and whether each is applied.")
+@json_option
+@pass_ctx
+def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
+    """Apply pending migrations (or list them with --list)."""
+    from loramgr.registry import db
+
+    engine = db.make_engine(ctx.settings.db_url)
+    if list_only:
+        rows = db.migration_status(engine)
+        if as_json:
+            emit_json(rows)
+        else:
+            table("migrations", ["revision", "applied", "message"],
+                  [(r["revision"], "yes" if r["applied"] else "no", r["message"]) for r in rows])
+        return
+    applied = db.upgrade(engine)
+    if as_json:
+        emit_json({"applied": applied, "revision": db.current_revision(engine)})
+    else:
+        click.echo(f"applied {', '.join(applied)}" if applied else "already up to date")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--name", help="Adapter name (default: the file's or directory's stem).")
+@click.option("--version", "version", help="Version label (default: the next integer for this name).")
+@click.option("--lora-alpha", type=float, help="lora_alpha when the adapter has no adapter_config.json.")
+@click.option("--base", "base_ref", help="The base model this adapter is meant for (a hint).")
+@click.option("--tag", "tags", multiple=True, metavar="K=V", help="Free-form tag; repeatable.")
+@click.option("--link", is_flag=True, help="Hard-link into the store instead of copying (same filesystem).")
+@json_option
+@pass_ctx
+def register(ctx: Ctx, path: str, name: str | None, version: str | None, lora_alpha: float | None,
+             base_ref: str | None, tags: tuple[str, ...], link: bool, as_json: bool) -> None:
+    """Register a LoRA adapter: a .safetensors file or a PEFT adapter directory.
+
+    Reads only the safetensors header, copies the file once into the content-addressed store while
+    hashing it, and records every tensor. The same bytes again return the existing record.
+    """
+    rec, created = ctx.registry.register_adapter(path, name=name, version=version, lora_alpha=lora_alpha,
+                                                 base=base_ref, tags=parse_kv(tags, "--tag"), link=link)
+    if as_json:
+        emit_json(rec)
+    elif created:
+        click.echo(f"registered {rec['ref']}  sha256 {rec['sha256'][:12]}  rank {rec['rank']}  "
+                   f"alpha {rec['lora_alpha']}  {rec['dtype']}  {rec['tensors']} tensors  {human_size(rec['size'])}")
+    else:
+        click.echo(f"already registered as {rec['ref']} (sha256 {rec['sha256'][:12]})")
+
+
+@cli.group("base")
+def base_group() -> None:
+    """Base models: LoRA-ready ONNX graphs and their attachment points."""
+
+
+@base_group.command("register")
+@click.argument("onnx_path", required=False, type=click.Path())
+@click.option("--name", required=True, help="Base model name.")
+@click.option("--graph", "graphs", multiple=True, metavar="GNAME=PATH",
+              help="A graph of a multi-graph context (prefill/decode, parts); repeatable.")
+@click.option("--version", "version", help="Version label (default: next integer).")
+@click.option("--max-rank", type=int, help="Expected max rank; must match the graphs' LoRA inputs.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int16"]),
+              help="Precision of the LoRA weights (default: from the LoRA inputs' dtype).")
+@click.option("--sdk-version", help="QAIRT SDK version the base context binary was built with.")
+@click.option("--alpha-input", default="lora_alpha", show_default=True, help="Name of the alpha graph input.")
+@click.option("--quant-updatable-mode", type=click.Choice(["none", "adapter_only", "all"]), default="none",
+              show_default=True, help="What qairt-converter's --quant_updatable_mode was.")
+@click.option("--allow-empty", is_flag=True, help="Accept graphs without attachment points.")
+@click.option("--link", is_flag=True, help="Hard-link graph files into the store instead of copying.")
+@json_option
+@pass_ctx
+def base_register(ctx: Ctx, onnx_path: str | None, name: str, graphs: tuple[str, ...], version: str | None,
+                  max_rank: int | None, precision: str | None, sdk_version: str | None, alpha_input: str,
+                  quant_updatable_mode: str, allow_empty: bool, link: bool, as_json: bool) -> None:
+    """Register a LoRA-ready base: one ONNX graph, or several with --graph NAME=PATH."""
+    from pathlib import Path
+
+    from loramgr.errors import UsageError
+
+    if onnx_path and graphs:
+        raise UsageError("base register", "give either one ONNX file or --graph options, not both")
+    pairs = [(Path(onnx_path).stem, onnx_path)] if onnx_path else list(parse_kv(graphs, "--graph").items())
+    rec, created = ctx.registry.register_base(
+        pairs, name=name, version=version, max_rank=max_rank, precision=precision, sdk_version=sdk_version,
+        alpha_input=alpha_input, allow_empty=allow_empty, link=link, quant_updatable_mode=quant_updatable_mode)
+    if as_json:
+        emit_json(rec)
+    else:
+        verb = "registered" if created else "already registered as"
+        click.echo(f"{verb} base {rec['ref']}: graphs {', '.join(rec['graphs'])}; "
+                   f"{rec['attachment_points']} attachment points, max rank {rec['max_rank']}, {rec['precision']}")
+
+
+def _adapter_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(r["ref"], r["status"], r["rank"], r["lora_alpha"], r["dtype"], ",".join(r["target_modules"])
+             if isinstance(r["target_modules"], list) else r["target_modules"], r["tensors"],
+             human_size(r["size"]), r["sha256"][:12]) for r in rows]
+
+
+ADAPTER_COLUMNS = ["adapter", "status", "rank", "alpha", "dtype", "targets", "tensors", "size", "sha256"]
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice(["adapters", "bases"]), default="adapters")
+@click.option("--status", help="Only adapters with this status.")
+@json_option
+@pass_ctx
+def list_cmd(ctx: Ctx, what: str, status: str | None, as_json: bool) -> None:
+    """List adapters (default) or bases."""
+    if what == "adapters":
+        rows = ctx.registry.adapters(status=status)
+        if as_json:
+            emit_json(rows)
+        else:
+            table("adapters", ADAPTER_COLUMNS, _adapter_rows(rows))
+    else:
+        rows = ctx.registry.bases()
+        if as_json:
+            emit_json(rows)
+        else:
+            table("bases", ["base", "status", "graphs", "attachment points", "max rank", "precision", "sdk"],
+                  [(r["ref"], r["status"], ",".join(r["graphs"]), r["attachment_points"], r["max_rank"],
+                    r["precision"], r["sdk_version"]) for r in rows])
+
+
+@cli.command()
+@click.argument("ref")
+@json_option
+@pass_ctx
+def show(ctx: Ctx, ref: str, as_json: bool) -> None:
+    """Show an adapter or base: NAME (newest version), NAME@VERSION or a sha256 prefix (>= 8 hex)."""
+    kind, rec = ctx.registry.resolve(ref)
+    if as_json:
+        emit_json(rec | {"kind": kind})
+        return
+    if kind == "adapter":
+        table(f"adapter {rec['ref']}", ["field", "value"],
+              [(k, rec[k]) for k in ("status", "sha256", "size", "rank", "lora_alpha", "dtype", "target_modules",
+                                     "use_rslora", "use_dora", "fan_in_fan_out", "base_hint", "tags",
+                                     "source_uri", "created_at")])
+        table("tensors", ["key", "dtype", "shape"], [(t["key"], t["dtype"], t["shape"]) for t in rec["tensor_list"]])
+    else:
+        table(f"base {rec['ref']}", ["field", "value"],
+              [(k, rec[k]) for k in ("status", "max_rank", "precision", "sdk_version", "alpha_tensor",
+                                     "quant_updatable_mode", "created_at")])
+        table("graphs", ["graph", "kind", "size", "sha256", "path"],
+              [(g["name"], g["kind"], human_size(g["size"]), g["sha256"][:12], g["path"]) for g in rec["graph_list"]])
+        table("attachment points", ["module", "in", "out", "rank", "dtype", "graphs"],
+              [(a["module_path"], a["in_features"], a["out_features"], a["rank"], a["dtype"], ",".join(a["graphs"]))
+               for a in rec["attachment_point_list"]])

@@ -1,0 +1,1 @@
+"""validate and weight-list commands (filled in by the validation module)."""

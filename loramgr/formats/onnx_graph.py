@@ -1,0 +1,108 @@
+"""Inspection of LoRA-ready ONNX graphs without loading external data.
+
+A LoRA-ready graph exposes, for every attachment point, the graph inputs
+``<module_path>.lora_A.weight`` ``[in, r]`` and ``<module_path>.lora_B.weight`` ``[r, out]``
+(ONNX Runtime / Olive convention, DESIGN.md §4), and an alpha input (``lora_alpha``, shape ``[1]``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loramgr.errors import InvalidInputError
+
+SUFFIX_A = ".lora_A.weight"
+SUFFIX_B = ".lora_B.weight"
+
+ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+              9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+PRECISION_OF = {"float32": "fp32", "float16": "fp16", "int8": "int8", "int16": "int16"}
+
+
+@dataclass(frozen=True)
+class AttachmentPointInfo:
+    module_path: str
+    tensor_a: str
+    tensor_b: str
+    in_features: int
+    out_features: int
+    rank: int
+    dtype: str
+
+
+@dataclass
+class GraphInfo:
+    path: Path
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    defaults: set[str]
+    external_files: list[str]
+    attachment_points: dict[str, AttachmentPointInfo] = field(default_factory=dict)
+
+    def io(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "outputs": self.outputs, "defaults": sorted(self.defaults)}
+
+
+def _value_info(v: Any) -> dict[str, Any]:
+    t = v.type.tensor_type
+    dims: list[int | str] = []
+    for d in t.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return {"dtype": ELEM_TYPES.get(t.elem_type, f"type{t.elem_type}"), "shape": dims}
+
+
+def _check_location(model_path: Path, loc: str) -> None:
+    if not loc or os.path.isabs(loc) or ".." in Path(loc).parts:
+        raise InvalidInputError(str(model_path), f"external data location {loc!r} escapes the model directory")
+    real = Path(os.path.realpath(model_path.parent / loc))
+    if not real.is_relative_to(Path(os.path.realpath(model_path.parent))):
+        raise InvalidInputError(str(model_path), f"external data {loc!r} is a symlink outside the model directory")
+    if not real.is_file():
+        raise InvalidInputError(str(model_path), f"external data file {loc!r} is missing")
+
+
+def inspect_graph(path: str | os.PathLike[str]) -> GraphInfo:
+    """Read a graph's signature and attachment points; tensors stored externally are not loaded."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(str(p), "no such ONNX file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises assorted errors on garbage
+        raise InvalidInputError(str(p), f"not a readable ONNX model ({type(e).__name__})") from None
+    g = model.graph
+    if not g.input and not g.output:
+        raise InvalidInputError(str(p), "ONNX model has no graph inputs or outputs")
+    ext: list[str] = []
+    for init in list(g.initializer):
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in init.external_data if e.key == "location"), "")
+            if loc not in ext:
+                _check_location(p, loc)
+                ext.append(loc)
+    inputs = {i.name: _value_info(i) for i in g.input}
+    outputs = {o.name: _value_info(o) for o in g.output}
+    defaults = {i.name for i in g.initializer} & set(inputs)
+    info = GraphInfo(p, inputs, outputs, defaults, ext)
+    a_names = {n[: -len(SUFFIX_A)]: n for n in inputs if n.endswith(SUFFIX_A)}
+    b_names = {n[: -len(SUFFIX_B)]: n for n in inputs if n.endswith(SUFFIX_B)}
+    for mp in sorted(set(a_names) | set(b_names)):
+        if mp not in a_names or mp not in b_names:
+            missing = SUFFIX_B if mp in a_names else SUFFIX_A
+            raise InvalidInputError(str(p), f"LoRA input for {mp} has no partner {mp}{missing}")
+        a, b = inputs[a_names[mp]], inputs[b_names[mp]]
+        for nm, vi in ((a_names[mp], a), (b_names[mp], b)):
+            if len(vi["shape"]) != 2 or not all(isinstance(d, int) and d > 0 for d in vi["shape"]):
+                raise InvalidInputError(str(p), f"LoRA input {nm} must have a static 2-D shape, has {vi['shape']}")
+        (in_f, r_a), (r_b, out_f) = a["shape"], b["shape"]
+        if r_a != r_b:
+            raise InvalidInputError(str(p), f"{mp}: lora_A rank {r_a} != lora_B rank {r_b}")
+        if a["dtype"] != b["dtype"]:
+            raise InvalidInputError(str(p), f"{mp}: lora_A is {a['dtype']} but lora_B is {b['dtype']}")
+        info.attachment_points[mp] = AttachmentPointInfo(mp, a_names[mp], b_names[mp], in_f, out_f, r_a, a["dtype"])
+    return info

@@ -1,0 +1,125 @@
+"""PEFT ``adapter_config.json`` as a small validated dataclass (parsed once, like PEFT's LoraConfig).
+
+Only the fields loramgr needs are kept; unknown fields are preserved in ``extra`` so that nothing a
+user wrote is lost from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loramgr.errors import InvalidInputError
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class LoraConfig:
+    r: int | None = None
+    lora_alpha: float | None = None
+    target_modules: list[str] | str | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    fan_in_fan_out: bool = False
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    modules_to_save: list[str] | None = None
+    bias: str = "none"
+    base_model_name_or_path: str | None = None
+    peft_type: str | None = None
+    task_type: str | None = None
+    layers_to_transform: list[int] | int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "LoraConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_config(obj: Any, source: str) -> LoraConfig:
+    """Validate a decoded ``adapter_config.json``; every type error names the field."""
+
+    def bad(why: str) -> InvalidInputError:
+        return InvalidInputError(source, why)
+
+    if not isinstance(obj, dict):
+        raise bad("adapter_config.json is not a JSON object")
+    pt = obj.get("peft_type")
+    if pt is not None and (not isinstance(pt, str) or pt.upper() != "LORA"):
+        raise bad(f"peft_type is {pt!r}; only LORA adapters are supported")
+    c = LoraConfig()
+    r = obj.get("r")
+    if r is not None and (not isinstance(r, int) or isinstance(r, bool) or r <= 0):
+        raise bad(f"field 'r' must be a positive integer, got {r!r}")
+    c.r = r
+    a = obj.get("lora_alpha")
+    if a is not None and (not _num(a) or a != a):
+        raise bad(f"field 'lora_alpha' must be a number, got {a!r}")
+    c.lora_alpha = float(a) if a is not None else None
+    tm = obj.get("target_modules")
+    if tm is not None and not (isinstance(tm, str) or (isinstance(tm, list) and all(isinstance(x, str) for x in tm))):
+        raise bad(f"field 'target_modules' must be a list of strings or a regex string, got {type(tm).__name__}")
+    c.target_modules = sorted(tm) if isinstance(tm, list) else tm
+    for name in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        v = obj.get(name, False)
+        if v is None:
+            v = False
+        if not isinstance(v, bool):
+            raise bad(f"field {name!r} must be true or false, got {v!r}")
+        setattr(c, name, v)
+    for name, typ in (("rank_pattern", int), ("alpha_pattern", float)):
+        v = obj.get(name) or {}
+        if not isinstance(v, dict) or not all(isinstance(k, str) and _num(x) and x > 0 for k, x in v.items()):
+            raise bad(f"field {name!r} must map module patterns to positive numbers")
+        if typ is int and not all(isinstance(x, int) for x in v.values()):
+            raise bad(f"field {name!r} must map module patterns to integer ranks")
+        setattr(c, name, {k: typ(x) for k, x in v.items()})
+    mts = obj.get("modules_to_save")
+    if mts is not None and not (isinstance(mts, list) and all(isinstance(x, str) for x in mts)):
+        raise bad("field 'modules_to_save' must be a list of strings or null")
+    c.modules_to_save = mts or None
+    bias = obj.get("bias", "none") or "none"
+    if bias not in ("none", "all", "lora_only"):
+        raise bad(f"field 'bias' must be none, all or lora_only, got {bias!r}")
+    c.bias = bias
+    for name in ("base_model_name_or_path", "task_type"):
+        v = obj.get(name)
+        if v is not None and not isinstance(v, str):
+            raise bad(f"field {name!r} must be a string, got {type(v).__name__}")
+        setattr(c, name, v)
+    c.peft_type = pt
+    ltt = obj.get("layers_to_transform")
+    if ltt is not None and not (isinstance(ltt, int) or (isinstance(ltt, list) and all(isinstance(i, int) for i in ltt))):
+        raise bad("field 'layers_to_transform' must be an integer, a list of integers or null")
+    c.layers_to_transform = ltt
+    c.extra = {k: v for k, v in obj.items() if k not in LoraConfig.__dataclass_fields__}
+    return c
+
+
+def load_config(path: str | Path) -> LoraConfig:
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise InvalidInputError(str(p), f"larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(str(p), "is not UTF-8 text") from None
+    except OSError as e:
+        raise InvalidInputError(str(p), f"cannot read: {e.strerror or e}") from None
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise InvalidInputError(str(p), "JSON is nested too deeply") from None
+    except ValueError as e:
+        raise InvalidInputError(str(p), f"invalid JSON ({e.msg} at line {e.lineno})") from None
+    return parse_config(obj, str(p))

@@ -1,0 +1,194 @@
+"""ORM models. Constraint names come from one naming convention so that Alembic migrations are
+identical on SQLite and PostgreSQL (MLflow's SQL store does the same)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import UniqueConstraint, Index
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ADAPTER_STATUSES = ("registered", "validated", "built", "deployed", "retired")
+BASE_STATUSES = ("active", "retired")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class BaseModel(Base):
+    __tablename__ = "base_model"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    sdk_version: Mapped[Optional[str]] = mapped_column(String(64))
+    precision: Mapped[str] = mapped_column(String(16))
+    max_rank: Mapped[int] = mapped_column(Integer)
+    alpha_tensor: Mapped[Optional[str]] = mapped_column(String(256))
+    quant_updatable_mode: Mapped[str] = mapped_column(String(32), default="none")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    graphs: Mapped[list["Graph"]] = relationship(back_populates="base", cascade="all, delete-orphan",
+                                                 order_by="Graph.position")
+    attachment_points: Mapped[list["AttachmentPoint"]] = relationship(
+        back_populates="base", cascade="all, delete-orphan", order_by="AttachmentPoint.module_path")
+
+
+class Graph(Base):
+    __tablename__ = "graph"
+    __table_args__ = (UniqueConstraint("base_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16), default="single")
+    onnx_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    path: Mapped[str] = mapped_column(Text)
+    file_name: Mapped[str] = mapped_column(String(256))
+    external_data: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    io: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    context_binary_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+
+    base: Mapped[BaseModel] = relationship(back_populates="graphs")
+
+
+class AttachmentPoint(Base):
+    __tablename__ = "attachment_point"
+    __table_args__ = (UniqueConstraint("base_id", "module_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
+    module_path: Mapped[str] = mapped_column(String(512))
+    tensor_a: Mapped[str] = mapped_column(String(600))
+    tensor_b: Mapped[str] = mapped_column(String(600))
+    in_features: Mapped[int] = mapped_column(Integer)
+    out_features: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    base: Mapped[BaseModel] = relationship(back_populates="attachment_points")
+
+
+class Adapter(Base):
+    __tablename__ = "adapter"
+    __table_args__ = (UniqueConstraint("name", "version"), UniqueConstraint("sha256", "config_sha256"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    version_num: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    config_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    source_uri: Mapped[str] = mapped_column(Text)
+    peft_config: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    rank: Mapped[Optional[int]] = mapped_column(Integer)
+    alpha: Mapped[Optional[float]] = mapped_column(Float)
+    dtype: Mapped[str] = mapped_column(String(16))
+    base_hint: Mapped[Optional[str]] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default="registered")
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    tensors: Mapped[list["AdapterTensor"]] = relationship(back_populates="adapter", cascade="all, delete-orphan",
+                                                          order_by="AdapterTensor.key")
+
+
+class AdapterTensor(Base):
+    __tablename__ = "adapter_tensor"
+    __table_args__ = (UniqueConstraint("adapter_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(600))
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    offset_begin: Mapped[int] = mapped_column(BigInteger)
+    offset_end: Mapped[int] = mapped_column(BigInteger)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="tensors")
+
+
+class Validation(Base):
+    """The outcome of validating one adapter against one base (the newest row wins)."""
+
+    __tablename__ = "validation"
+    __table_args__ = (Index("ix_validation_adapter_base", "adapter_id", "base_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"))
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    problems: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Build(Base):
+    __tablename__ = "build"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    sdk_version: Mapped[Optional[str]] = mapped_column(String(64))
+    share_adapters: Mapped[bool] = mapped_column(Boolean, default=False)
+    precision: Mapped[str] = mapped_column(String(16), default="fp32")
+    inputs_hash: Mapped[str] = mapped_column(String(64))
+    out_dir: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    log: Mapped[str] = mapped_column(Text, default="")
+
+    artifacts: Mapped[list["Artifact"]] = relationship(back_populates="build", cascade="all, delete-orphan",
+                                                       order_by="Artifact.id")
+
+
+class Artifact(Base):
+    __tablename__ = "artifact"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("build.id", ondelete="CASCADE"), index=True)
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapter.id", ondelete="SET NULL"), index=True)
+    graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    kind: Mapped[str] = mapped_column(String(32))
+    cache_key: Mapped[Optional[str]] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+
+    build: Mapped[Build] = relationship(back_populates="artifacts")
+
+
+class Event(Base):
+    """Audit trail: one row per state change, who/what/when/details."""
+
+    __tablename__ = "event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,196 @@
+"""Content-addressed artifact store: ``store/objects/<aa>/<sha256>``.
+
+Ingesting reads the source once: the main thread copies while a second thread hashes the same
+buffers (hashlib releases the GIL), so register costs about one ``cp`` rather than ``sha256sum + cp``.
+Writes go to ``store/tmp/`` (fsync, then an atomic rename), so a crash never leaves a partial object
+under ``objects/`` and ``gc`` never collects a file that is still being written.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from loramgr.errors import IntegrityError, InvalidInputError, LoramgrError
+
+CHUNK = 8 * 1024 * 1024
+_HEX = set("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    sha256: str
+    size: int
+    path: Path
+    created: bool  # False when identical bytes were already in the store
+
+
+class StoreError(LoramgrError):
+    exit_code = 1
+    kind = "store"
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _hash_copy(src: BinaryIO, dst: BinaryIO | None) -> tuple[str, int]:
+    """Hash ``src`` (and copy it to ``dst``) in one pass, hashing on a second thread."""
+    h = hashlib.sha256()
+    q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+    errors: list[BaseException] = []
+
+    def hasher() -> None:
+        try:
+            while (b := q.get()) is not None:
+                h.update(b)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    t = threading.Thread(target=hasher, name="loramgr-sha256", daemon=True)
+    t.start()
+    size = 0
+    try:
+        while b := src.read(CHUNK):
+            q.put(b)
+            if dst is not None:
+                dst.write(b)
+            size += len(b)
+    finally:
+        q.put(None)
+        t.join()
+    if errors:
+        raise errors[0]
+    return h.hexdigest(), size
+
+
+class Store:
+    """The object store below ``root``; every public method is safe against concurrent processes."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+
+    def ensure(self) -> None:
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not set(sha256) <= _HEX:
+            raise IntegrityError(f"sha256 {sha256!r}", "is not a lowercase hex digest")
+        return self.objects / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def _tmp_path(self, tag: str) -> Path:
+        self.ensure()
+        return self.tmp / f"{tag}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
+
+    def _publish(self, tmp: Path, sha: str, size: int) -> StoredObject:
+        dest = self.path_for(sha)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            tmp.unlink(missing_ok=True)
+            return StoredObject(sha, size, dest, created=False)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return StoredObject(sha, size, dest, created=True)
+
+    def ingest(self, src: str | os.PathLike[str], *, link: bool = False) -> StoredObject:
+        """Copy (or hard-link) ``src`` into the store under its sha256.
+
+        With ``link`` the store shares the source's inode: no bytes are copied, but editing the
+        source later corrupts the store copy (``loramgr fsck`` detects it).
+        """
+        src = Path(src)
+        tmp = self._tmp_path("ingest")
+        try:
+            if link:
+                try:
+                    os.link(src, tmp)
+                except OSError as e:
+                    if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                        raise InvalidInputError(str(src), f"cannot hard-link into the store ({e.strerror})",
+                                                hint="the store must be on the same filesystem; drop --link") from None
+                    raise
+                with open(tmp, "rb", buffering=0) as f:
+                    sha, size = _hash_copy(f, None)
+            else:
+                with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
+                    sha, size = _hash_copy(fin, fout)
+                    os.fsync(fout.fileno())
+            return self._publish(tmp, sha, size)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, data: bytes) -> StoredObject:
+        """Store a small in-memory blob (configs, encodings) the same atomic way."""
+        sha = hashlib.sha256(data).hexdigest()
+        if self.has(sha):
+            return StoredObject(sha, len(data), self.path_for(sha), created=False)
+        tmp = self._tmp_path("put")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return self._publish(tmp, sha, len(data))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def remove(self, sha256: str) -> int:
+        p = self.path_for(sha256)
+        try:
+            n = p.stat().st_size
+            p.unlink()
+            return n
+        except FileNotFoundError:
+            return 0
+
+    def verify(self, sha256: str) -> None:
+        p = self.path_for(sha256)
+        if not p.is_file():
+            raise IntegrityError(str(p), "store object is missing")
+        got = sha256_file(p)
+        if got != sha256:
+            raise IntegrityError(str(p), f"content hash is {got[:12]}…, expected {sha256[:12]}…")
+
+    def iter_objects(self) -> Iterator[tuple[str, Path]]:
+        if not self.objects.is_dir():
+            return
+        for sub in sorted(self.objects.iterdir()):
+            if sub.is_dir():
+                for f in sorted(sub.iterdir()):
+                    yield f.name, f
+
+    def iter_tmp(self) -> Iterator[Path]:
+        if self.tmp.is_dir():
+            yield from sorted(self.tmp.iterdir())
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
