@@ -23,7 +23,7 @@ from loramgr.config import Settings, actor
 from loramgr.errors import ConflictError, InvalidInputError, LoramgrError, NotFoundError, UsageError
 from loramgr.names import check_name, check_version
 from loramgr.registry import db
-from loramgr.registry.models import Adapter, AdapterTensor, AttachmentPoint, BaseModel, Event, Graph
+from loramgr.registry.models import Adapter, AdapterTensor, AttachmentPoint, BaseModel, Event, Graph, Validation
 from loramgr.store import Store, StoredObject
 
 T = TypeVar("T")
@@ -326,6 +326,34 @@ class Registry:
                  "in_features": ap.in_features, "out_features": ap.out_features, "rank": ap.rank,
                  "dtype": ap.dtype, "graphs": ap.graphs} for ap in b.attachment_points]
         return rec
+
+    # -- validation ---------------------------------------------------------------------------------
+    def record_validation(self, adapter_id: int, base_id: int, ok: bool, problems: list[dict[str, Any]]) -> None:
+        """Keep the outcome; a pass moves a ``registered`` adapter to ``validated``."""
+
+        def write(s: Session) -> None:
+            s.add(Validation(adapter_id=adapter_id, base_id=base_id, ok=ok, problems=problems))
+            a = s.get(Adapter, adapter_id)
+            b = s.get(BaseModel, base_id)
+            assert a is not None and b is not None
+            subject = f"adapter:{a.name}@{a.version}"
+            if ok and a.status == "registered":
+                a.status = "validated"
+                self.event(s, "status", subject, old="registered", new="validated", base=f"{b.name}@{b.version}")
+            self.event(s, "validate", subject, base=f"{b.name}@{b.version}", ok=ok,
+                       problems=[p["code"] for p in problems])
+
+        self.retrying(write)
+
+    def validated_adapter_ids(self, base_id: int) -> set[int]:
+        """Adapters whose newest validation against ``base_id`` passed."""
+        with self.session() as s:
+            rows = s.execute(select(Validation.adapter_id, Validation.ok).where(Validation.base_id == base_id)
+                             .order_by(Validation.id)).all()
+        latest: dict[int, bool] = {}
+        for aid, ok in rows:
+            latest[aid] = ok
+        return {aid for aid, ok in latest.items() if ok}
 
     def resolve(self, ref: str) -> tuple[str, dict[str, Any]]:
         """``show REF``: an adapter if one matches, else a base."""

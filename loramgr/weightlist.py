@@ -1,0 +1,61 @@
+"""``--lora_weight_list`` files for ``qairt-converter``: the base graph's updatable tensor names.
+
+The QNN tutorial's sample writes the adapter's safetensors keys, which do not match a converted
+graph's tensor names (and has a variable-name bug); the list must name the graph's LoRA inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+
+def natural_key(s: str) -> list[Any]:
+    """``layers.10`` sorts after ``layers.9``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def weight_lists(base: dict[str, Any], include_alpha: bool = False) -> dict[str, list[str]]:
+    """graph name -> its updatable tensor names, in a deterministic (natural) order."""
+    out: dict[str, list[str]] = {}
+    for g in base["graph_list"]:
+        names: list[str] = []
+        for ap in sorted(base["attachment_point_list"], key=lambda a: natural_key(a["module_path"])):
+            if g["name"] in ap["graphs"]:
+                names += [ap["tensor_a"], ap["tensor_b"]]
+        if include_alpha and base.get("alpha_tensor"):
+            names.append(base["alpha_tensor"])
+        out[g["name"]] = names
+    return out
+
+
+def render(names: list[str]) -> str:
+    return "".join(n + "\n" for n in names)
+
+
+def write_weight_lists(base: dict[str, Any], out: str | Path | None, *, include_alpha: bool = False,
+                       fmt: str = "qairt") -> dict[str, Any]:
+    """Write one file when every graph has the same list, else one per graph (``<stem>.<graph><suffix>``).
+    Returns ``{"files": {graph: path}, "lists": {graph: names}}``; with ``out=None`` nothing is written."""
+    import json
+
+    from loramgr.store import atomic_write
+
+    lists = weight_lists(base, include_alpha)
+    unique = {tuple(v) for v in lists.values()}
+    files: dict[str, str] = {}
+    if out is not None:
+        out = Path(out)
+        if fmt == "json":
+            atomic_write(out, (json.dumps({"base": base["ref"], "graphs": lists}, indent=2) + "\n").encode())
+            files = {g: str(out) for g in lists}
+        elif len(unique) <= 1:
+            atomic_write(out, render(next(iter(lists.values()), [])).encode())
+            files = {g: str(out) for g in lists}
+        else:
+            for g, names in lists.items():
+                p = out.with_name(f"{out.stem}.{g}{out.suffix}")
+                atomic_write(p, render(names).encode())
+                files[g] = str(p)
+    return {"base": base["ref"], "files": files, "lists": lists, "shared": len(unique) <= 1}
