@@ -18,6 +18,7 @@ from loramgr.errors import LoramgrError
 # Command modules register themselves on ``cli`` when imported.
 from loramgr.cli import registry_cmds  # noqa: E402,F401
 from loramgr.cli import validate_cmds  # noqa: E402,F401
+from loramgr.cli import build_cmds  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -202,7 +202,7 @@ class Registry:
                                     .where(AdapterTensor.adapter_id == a.id))
         rec: dict[str, Any] = {
             "id": a.id, "name": a.name, "version": a.version, "ref": f"{a.name}@{a.version}",
-            "sha256": a.sha256, "size": a.size, "rank": a.rank, "lora_alpha": a.alpha, "dtype": a.dtype,
+            "sha256": a.sha256, "config_sha256": a.config_sha256, "size": a.size, "rank": a.rank, "lora_alpha": a.alpha, "dtype": a.dtype,
             "status": a.status, "tensors": tensor_count,
             "target_modules": sorted(cfg["target_modules"]) if isinstance(cfg.get("target_modules"), list)
             else (cfg.get("target_modules") or _leaf_targets(s, a.id)),
@@ -319,7 +319,9 @@ class Registry:
             "created_at": b.created_at.isoformat() + "Z",
         }
         if full:
+            rec["fingerprint"] = (b.details or {}).get("fingerprint")
             rec["graph_list"] = [{"name": g.name, "kind": g.kind, "sha256": g.onnx_sha256, "size": g.size,
+                                  "file_name": g.file_name, "io": g.io,
                                   "path": g.path, "external_data": g.external_data} for g in b.graphs]
             rec["attachment_point_list"] = [
                 {"module_path": ap.module_path, "tensor_a": ap.tensor_a, "tensor_b": ap.tensor_b,
