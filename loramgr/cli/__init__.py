@@ -19,6 +19,7 @@ from loramgr.errors import LoramgrError
 from loramgr.cli import registry_cmds  # noqa: E402,F401
 from loramgr.cli import validate_cmds  # noqa: E402,F401
 from loramgr.cli import build_cmds  # noqa: E402,F401
+from loramgr.cli import plan_cmds  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,18 +25,18 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def recover_stale(reg: Any, base_id: int, *, holding_lock: bool = True) -> list[int]:
+def recover_stale(reg: Any, base_id: int, *, holding_lock: bool = True) -> list[tuple[int, str]]:
     """Mark this base's ``running`` builds as failed when their process is gone (or, while we hold
     the base's build lock, unconditionally: no other build of it can be running)."""
 
-    def write(s: Session) -> list[int]:
+    def write(s: Session) -> list[tuple[int, str]]:
         ids = []
         for b in s.scalars(select(Build).where(Build.base_id == base_id, Build.status == "running")):
             if holding_lock or not _alive(b.pid):
                 b.status, b.finished_at = "failed", utcnow()
                 b.log = (b.log or "") + "\nrecovered: the build process died before finishing\n"
                 reg.event(s, "build_recovered", f"build:{b.id}", pid=b.pid)
-                ids.append(b.id)
+                ids.append((b.id, b.out_dir))
         return ids
 
     return reg.retrying(write)

@@ -1,0 +1,121 @@
+"""Device bundles: plan + graphs + sections + ``SHA256SUMS`` as a reproducible tar (sorted entries,
+fixed mtimes and owners) or a directory. ``check`` refuses members with absolute or ``..`` paths,
+links and devices before reading anything, then verifies every checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from loramgr.errors import IntegrityError, InvalidInputError
+from loramgr.runtime import Plan
+
+SUMS = "SHA256SUMS"
+
+
+def _members(plan: Plan, plan_path: Path) -> list[tuple[str, Path]]:
+    plan.verify()  # every file must match its recorded checksum before it ships
+    items = [(f.path.relative_to(plan.root).as_posix(), f.path) for f in plan.files()]
+    items.append(("plan.json", plan_path))
+    return sorted(set(items))
+
+
+def _sums(items: list[tuple[str, Path]]) -> bytes:
+    from loramgr.store import sha256_file
+
+    return "".join(f"{sha256_file(p)}  {name}\n" for name, p in items).encode()
+
+
+def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False) -> dict[str, Any]:
+    plan_path = Path(plan_path).absolute()
+    plan = Plan.load(plan_path)
+    items = _members(plan, plan_path)
+    sums = _sums(items)
+    out = Path(out)
+    if as_dir:
+        for name, p in items:
+            dest = out / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+        (out / SUMS).write_bytes(sums)
+    else:
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+                entries: list[tuple[str, Path | None]] = sorted([*items, (SUMS, None)], key=lambda e: e[0])
+                for name, data_path in entries:
+                    data = sums if data_path is None else None
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(data) if data is not None else data_path.stat().st_size  # type: ignore[union-attr]
+                    ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0o644, 0, 0, "", ""
+                    if data is not None:
+                        tar.addfile(ti, io.BytesIO(data))
+                    else:
+                        with open(data_path, "rb") as f:
+                            tar.addfile(ti, f)
+            tmp.replace(out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return {"bundle": str(out), "files": len(items) + 1, "bytes": sum(p.stat().st_size for _, p in items),
+            "sha256": None if as_dir else hashlib.sha256(out.read_bytes()).hexdigest()}
+
+
+def _safe_name(name: str, where: str) -> str:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not name or "\\" in name:
+        raise InvalidInputError(where, f"member {name!r} has an absolute or '..' path; refusing the bundle")
+    return name
+
+
+def check_bundle(path: str | Path) -> dict[str, Any]:
+    """Verify a bundle tar or directory: safe member names, regular files only, every checksum."""
+    path = Path(path)
+    digests: dict[str, str] = {}
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_symlink():
+                raise InvalidInputError(str(p), "bundle contains a symlink; refusing it")
+            if p.is_file():
+                digests[p.relative_to(path).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+        sums = (path / SUMS).read_text() if (path / SUMS).is_file() else None
+    else:
+        try:
+            tar = tarfile.open(path, "r:*")
+        except (tarfile.TarError, OSError) as e:
+            raise InvalidInputError(str(path), f"not a readable tar bundle ({e})") from None
+        with tar:
+            sums = None
+            for m in tar.getmembers():
+                _safe_name(m.name, str(path))
+                if not m.isfile():
+                    raise InvalidInputError(str(path), f"member {m.name!r} is not a regular file; refusing the bundle")
+                f = tar.extractfile(m)
+                data = f.read() if f else b""
+                digests[m.name] = hashlib.sha256(data).hexdigest()
+                if m.name == SUMS:
+                    sums = data.decode("utf-8", "replace")
+    if sums is None:
+        raise IntegrityError(str(path), f"bundle has no {SUMS}")
+    listed = {}
+    for line in sums.splitlines():
+        digest, _, name = line.partition("  ")
+        listed[_safe_name(name, str(path))] = digest
+    for name, digest in sorted(listed.items()):
+        if digests.get(name) is None:
+            raise IntegrityError(f"{path}: {name}", "listed in SHA256SUMS but missing from the bundle")
+        if digests[name] != digest:
+            raise IntegrityError(f"{path}: {name}", "does not match its SHA256SUMS entry")
+    extra = sorted(set(digests) - set(listed) - {SUMS})
+    if extra:
+        raise IntegrityError(f"{path}: {extra[0]}", "is in the bundle but not in SHA256SUMS")
+    if "plan.json" not in listed:
+        raise IntegrityError(str(path), "bundle has no plan.json")
+    return {"bundle": str(path), "files": len(listed), "ok": True}
+
+

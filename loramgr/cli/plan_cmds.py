@@ -1,0 +1,102 @@
+"""plan and bundle."""
+
+from __future__ import annotations
+
+import click
+
+from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, pass_ctx, table
+
+
+@cli.command()
+@click.option("--base", "base_ref", help="Base model (NAME[@VERSION]).")
+@click.option("--build", "build_id", type=int, help="Build id (default: the base's newest finished build).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Plan file (default: BUILD_OUT/plan.json).")
+@click.option("--schema", "show_schema", is_flag=True, help="Print the plan's JSON Schema and exit.")
+@json_option
+@pass_ctx
+def plan(ctx: Ctx, base_ref: str | None, build_id: int | None, out: str | None, show_schema: bool,
+         as_json: bool) -> None:
+    """Write the versioned runtime plan (plan.json) of a build: sections, encodings, alpha, steps.
+
+    Paths in the plan are relative to its directory; every file carries sha256 and size.
+    """
+    from loramgr.errors import UsageError
+    from loramgr.plan import schema, write_plan
+
+    if show_schema:
+        emit_json(schema())
+        return
+    if not base_ref:
+        raise UsageError("plan", "--base is required")
+    res = write_plan(ctx.registry, base_ref, build_id, out)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"wrote {res['plan']} (build {res['build_id']}; adapters {', '.join(res['adapters'])})")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="plan.json to bundle.")
+@click.option("-o", "--out", type=click.Path(), help="Bundle file (tar) or, with --dir, directory.")
+@click.option("--dir", "as_dir", is_flag=True, help="Write a directory instead of a tar.")
+@json_option
+@click.pass_context
+def bundle(cctx: click.Context, plan_path: str | None, out: str | None, as_dir: bool, as_json: bool) -> None:
+    """Make a device bundle: plan + graphs + sections + SHA256SUMS (reproducible tar).
+
+    Refuses (exit 8) when any file does not match the checksum the plan records.
+    """
+    if cctx.invoked_subcommand is not None:
+        return
+    from loramgr.bundle import write_bundle
+    from loramgr.errors import UsageError
+
+    if not plan_path or not out:
+        raise UsageError("bundle", "give --plan PLAN and -o OUT (or use `loramgr bundle check BUNDLE`)")
+    res = write_bundle(plan_path, out, as_dir=as_dir)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"wrote {res['bundle']}: {res['files']} files, {human_size(res['bytes'])}")
+
+
+@bundle.command("check")
+@click.argument("path", type=click.Path(exists=True))
+@json_option
+def bundle_check(path: str, as_json: bool) -> None:
+    """Verify a bundle (tar or directory): safe paths, regular files, every checksum (exit 8 on mismatch)."""
+    from loramgr.bundle import check_bundle
+
+    res = check_bundle(path)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"{res['bundle']}: {res['files']} files verified")
+
+
+@cli.command("plan-show")
+@click.argument("plan_path", type=click.Path(dir_okay=False))
+@click.option("--adapter", help="Show one adapter's sections, encodings and steps.")
+@json_option
+def plan_show(plan_path: str, adapter: str | None, as_json: bool) -> None:
+    """Query a plan through the runtime API (what device code sees)."""
+    from loramgr.runtime import Plan
+
+    p = Plan.load(plan_path)
+    if adapter:
+        e = p.adapter(adapter)
+        res = {"adapter": e.ref, "sections": [{"name": s.name, "graphs": list(s.graphs), "path": str(s.path),
+                                               "size": s.size} for s in e.sections()],
+               "io_encodings": e.io_encodings(), "steps": e.steps()}
+    else:
+        res = {"adapters": list(p.adapters), "graphs": list(p.graphs), "rules": p.rules}
+    if as_json:
+        emit_json(res)
+    elif adapter:
+        table(f"sections of {res['adapter']}", ["section", "graphs", "size", "path"],
+              [(s["name"], "+".join(s["graphs"]), human_size(s["size"]), s["path"]) for s in res["sections"]])
+        table("steps", ["#", "op", "details"], [(i, s["op"], {k: v for k, v in s.items() if k != "op"})
+                                                for i, s in enumerate(res["steps"], 1)])
+    else:
+        click.echo(f"adapters: {', '.join(res['adapters'])}\ngraphs: {', '.join(res['graphs'])}")
+        table("rules", ["rule", "value"], sorted(res["rules"].items()))

@@ -1,0 +1,225 @@
+"""The runtime query API over a ``plan.json``: stdlib only (no SQLAlchemy, onnx or torch), so that
+device-side Python and tooling can import it cheaply.
+
+    plan = Plan.load("out/plan.json")
+    plan.adapters                       # adapter names (refs where a name has several versions)
+    plan.adapter("chat").sections("prefill")
+    plan.adapter("chat").io_encodings("logits")   # scale/offset/bitwidth/min/max, or None
+    plan.steps("chat")                  # ordered runtime steps
+    plan.default_adapter
+
+Checksums are verified lazily, the first time a file is used, and a mismatch raises
+:class:`PlanIntegrityError` naming the file (the CLI maps it to exit 8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_PLAN_BYTES = 256 * 1024 * 1024
+
+try:  # inside the full package, these are the CLI's own error classes (exit 8 / exit 4)
+    from loramgr.errors import IntegrityError as _IntegrityBase
+    from loramgr.errors import InvalidInputError as _InvalidBase
+except ImportError:  # pragma: no cover - runtime vendored alone
+    _IntegrityBase = _InvalidBase = Exception  # type: ignore[assignment,misc]
+
+
+class PlanIntegrityError(_IntegrityBase):  # type: ignore[misc,valid-type]
+    """A file does not match the checksum or size the plan records for it."""
+
+
+class PlanFormatError(_InvalidBase):  # type: ignore[misc,valid-type]
+    """The plan is not a loramgr plan, or is malformed or hostile (paths escaping its directory)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileRef:
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Section(FileRef):
+    name: str = ""
+    graphs: tuple[str, ...] = ()
+    shared: bool = False
+
+
+class _Verifier:
+    def __init__(self) -> None:
+        self._ok: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def check(self, f: FileRef) -> Path:
+        if f.path in self._ok:
+            return f.path
+        try:
+            size = f.path.stat().st_size
+        except FileNotFoundError:
+            raise PlanIntegrityError(str(f.path), "file listed in the plan is missing") from None
+        if size != f.size or _sha256(f.path) != f.sha256:
+            raise PlanIntegrityError(str(f.path), "does not match the sha256/size recorded in the plan")
+        with self._lock:
+            self._ok.add(f.path)
+        return f.path
+
+
+class AdapterEntry:
+    def __init__(self, plan: "Plan", doc: dict[str, Any], is_default: bool = False) -> None:
+        self._plan, self.doc = plan, doc
+        self.name = doc.get("name", "default")
+        self.ref = doc.get("ref", "default")
+        self.is_default = is_default
+        self._sections = [plan._section(s) for s in doc["sections"]]
+
+    def __repr__(self) -> str:
+        return f"AdapterEntry({self.ref!r})"
+
+    def sections(self, graph: str | None = None) -> list[Section]:
+        """Sections to apply (for one graph, or all)."""
+        return [s for s in self._sections if graph is None or graph in s.graphs]
+
+    def section_for(self, graph: str) -> Section:
+        secs = self.sections(graph)
+        if not secs:
+            raise KeyError(f"adapter {self.ref} has no section for graph {graph!r}")
+        return secs[0]
+
+    def io_encodings(self, tensor: str | None = None) -> dict[str, Any] | None:
+        """The I/O tensor encodings to set after applying this adapter (all, or one tensor's)."""
+        enc = self.doc.get("io_encodings") or {}
+        if tensor is None:
+            return enc
+        e = enc.get(tensor)
+        return e[0] if isinstance(e, list) and e else e
+
+    def weight_encodings(self) -> dict[str, Any]:
+        return self.doc.get("weight_encodings") or {}
+
+    @property
+    def recommended_alpha(self) -> float:
+        return float(self.doc.get("recommended_alpha", 1.0))
+
+    def steps(self) -> list[dict[str, Any]]:
+        return list(self.doc.get("steps", []))
+
+
+class Plan:
+    """A loaded plan; immutable, thread-safe."""
+
+    def __init__(self, doc: dict[str, Any], root: Path) -> None:
+        self.doc, self.root = doc, root
+        self._verifier = _Verifier()
+        self.base = doc["base"]
+        self.alpha = doc["alpha"]
+        self.rules = doc["rules"]
+        self.graphs = {g["name"]: g for g in self.base["graphs"]}
+        entries = [AdapterEntry(self, a) for a in doc["adapters"]]
+        names = [e.name for e in entries]
+        self._by_key: dict[str, AdapterEntry] = {}
+        for e in entries:
+            self._by_key[e.ref] = e
+            if names.count(e.name) == 1:
+                self._by_key[e.name] = e
+        self.adapters: tuple[str, ...] = tuple(e.name if names.count(e.name) == 1 else e.ref for e in entries)
+        self.default_adapter = AdapterEntry(self, doc["default_adapter"] | {"name": "default", "ref": "default"},
+                                            is_default=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Plan":
+        p = Path(path).absolute()
+        try:
+            if p.stat().st_size > MAX_PLAN_BYTES:
+                raise PlanFormatError(str(p), "plan file is implausibly large")
+            doc = json.loads(p.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise PlanFormatError(str(p), "no such plan file") from None
+        except RecursionError:
+            raise PlanFormatError(str(p), "plan JSON is nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise PlanFormatError(str(p), f"not a JSON plan ({e})") from None
+        if not isinstance(doc, dict) or doc.get("schema") != "loramgr.plan":
+            raise PlanFormatError(str(p), "not a loramgr plan (schema field missing)")
+        if doc.get("schema_version") != 1:
+            raise PlanFormatError(str(p), f"plan schema version {doc.get('schema_version')!r} is not supported (1)")
+        try:
+            return cls(doc, p.parent)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise PlanFormatError(str(p), f"malformed plan ({type(e).__name__}: {e})") from None
+
+    def resolve(self, rel: str) -> Path:
+        """A plan path as an absolute path; paths leaving the plan's directory are refused."""
+        if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or ".." in rel.split("/"):
+            raise PlanFormatError(str(self.root), f"plan path {rel!r} escapes the plan directory")
+        full = self.root / rel
+        real = Path(os.path.realpath(full))
+        if not real.is_relative_to(Path(os.path.realpath(self.root))):
+            raise PlanFormatError(str(self.root), f"plan path {rel!r} resolves outside the plan directory")
+        return full
+
+    def _section(self, s: dict[str, Any]) -> Section:
+        return Section(self.resolve(s["path"]), s["sha256"], int(s["size"]), s.get("name", ""),
+                       tuple(s["graphs"]), bool(s.get("shared")))
+
+    def file(self, entry: dict[str, Any]) -> FileRef:
+        return FileRef(self.resolve(entry["path"]), entry["sha256"], int(entry["size"]))
+
+    def verified(self, f: FileRef) -> Path:
+        """The file's path after checking its size and sha256 (once per file)."""
+        return self._verifier.check(f)
+
+    def graph_file(self, name: str) -> Path:
+        g = self.graphs[name]
+        for e in g.get("external_data", []):
+            self.verified(self.file(e))
+        return self.verified(self.file(g))
+
+    def adapter(self, name: str) -> AdapterEntry:
+        if name in ("default", "default_adapter"):
+            return self.default_adapter
+        try:
+            return self._by_key[name]
+        except KeyError:
+            raise KeyError(f"adapter {name!r} is not in the plan (have {', '.join(self.adapters)})") from None
+
+    def steps(self, name: str) -> list[dict[str, Any]]:
+        return self.adapter(name).steps()
+
+    def reset_steps(self, method: str = "default_adapter") -> list[dict[str, Any]]:
+        return list(self.doc["reset_steps"][method])
+
+    def files(self) -> list[FileRef]:
+        """Every file the plan references (graphs, external data, sections)."""
+        out: list[FileRef] = []
+        for g in self.base["graphs"]:
+            out.append(self.file(g))
+            out += [self.file(e) for e in g.get("external_data", [])]
+        for key in self.adapters:
+            out += self.adapter(key).sections()
+        out += self.default_adapter.sections()
+        seen: dict[Path, FileRef] = {}
+        for f in out:
+            seen.setdefault(f.path, f)
+        return list(seen.values())
+
+    def verify(self) -> list[Path]:
+        return [self.verified(f) for f in self.files()]
+
+
+__all__ = ["Plan", "AdapterEntry", "Section", "FileRef", "PlanIntegrityError", "PlanFormatError"]

@@ -1,0 +1,120 @@
+"""Reference runtime on ONNX Runtime: one session, adapters switched per run without reloading.
+
+``apply`` loads a section (``ort.LoraAdapter``) once and caches it (LRU with a byte budget);
+``run`` passes the active adapter through ``RunOptions.add_active_adapter``, so switching costs a
+dictionary lookup, never a new session. ``run(feeds, adapter=..., alpha=...)`` overrides the session
+state for one call, which makes concurrent runs with different adapters safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+
+from loramgr.runtime import AdapterEntry, Plan
+
+DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+
+
+class LoraSession:
+    def __init__(self, plan: Plan | str, graph: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 providers: Sequence[str] = ("CPUExecutionProvider",), session_options: Any = None) -> None:
+        import onnxruntime as ort
+
+        self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+        self.graph = graph or next(iter(self.plan.graphs))
+        if self.graph not in self.plan.graphs:
+            raise KeyError(f"graph {self.graph!r} is not in the plan (have {', '.join(self.plan.graphs)})")
+        self._ort = ort
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
+        self.session = ort.InferenceSession(str(self.plan.graph_file(self.graph)), sess_options=session_options,
+                                            providers=list(providers))
+        # inputs with a default initializer (LoRA inputs, alpha) are listed as overridable initializers
+        self._inputs = {i.name: i for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
+        self.input_names = list(self._inputs)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.alpha_tensor = self.plan.alpha.get("tensor")
+        self._has_alpha = self.alpha_tensor in self.input_names
+        self._cache: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._lock = threading.RLock()
+        self.active: AdapterEntry = self.plan.default_adapter
+        self.alpha = float(self.plan.alpha.get("default", 1.0))
+
+    # -- adapter state ------------------------------------------------------------------------
+    def _loaded(self, entry: AdapterEntry) -> Any:
+        sec = entry.section_for(self.graph)
+        key = str(sec.path)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit[0]
+        path = self.plan.verified(sec)
+        ad = self._ort.LoraAdapter()
+        ad.Load(str(path))
+        with self._lock:
+            self._cache[key] = (ad, sec.size)
+            total = sum(n for _, n in self._cache.values())
+            while total > self._cache_bytes and len(self._cache) > 1:
+                _, (_, n) = self._cache.popitem(last=False)
+                total -= n
+        return ad
+
+    def apply(self, name: str) -> None:
+        """Make ``name`` the active adapter (loads and verifies its section on first use)."""
+        entry = self.plan.adapter(name)
+        self._loaded(entry)
+        with self._lock:
+            self.active = entry
+            self.alpha = entry.recommended_alpha
+
+    def set_alpha(self, alpha: float) -> None:
+        with self._lock:
+            self.alpha = float(alpha)
+
+    def reset(self) -> None:
+        """Back to the base model through the all-zero default adapter."""
+        self.apply("default")
+
+    @property
+    def cached_sections(self) -> int:
+        return len(self._cache)
+
+    # -- execution ----------------------------------------------------------------------------
+    def run(self, feeds: dict[str, Any], output_names: Sequence[str] | None = None, *, adapter: str | None = None,
+            alpha: float | None = None) -> list[np.ndarray]:
+        with self._lock:
+            entry = self.plan.adapter(adapter) if adapter is not None else self.active
+            a = self.alpha if alpha is None else float(alpha)
+        ro = self._ort.RunOptions()
+        ro.add_active_adapter(self._loaded(entry))
+        feeds = dict(feeds)
+        if self._has_alpha and self.alpha_tensor not in feeds:
+            feeds[self.alpha_tensor] = np.array([a], dtype=self._alpha_dtype())
+        return self.session.run(list(output_names) if output_names else None, feeds, ro)
+
+    def _alpha_dtype(self) -> Any:
+        return np.float16 if "float16" in self._inputs[self.alpha_tensor].type else np.float32
+
+    # -- quantization helpers (per active adapter's I/O encodings) -------------------------------
+    def _encoding(self, tensor: str) -> dict[str, Any]:
+        enc = self.active.io_encodings(tensor)
+        if enc is None:
+            raise KeyError(f"adapter {self.active.ref} has no encoding for tensor {tensor!r}")
+        return enc
+
+    def quantize(self, tensor: str, x: np.ndarray) -> np.ndarray:
+        """Real -> unsigned code with the active adapter's encoding (AIMET: x = scale * (q + offset))."""
+        e = self._encoding(tensor)
+        q = np.round(np.asarray(x, np.float64) / float(e["scale"])) - int(e["offset"])
+        return np.clip(q, 0, 2 ** int(e["bitwidth"]) - 1).astype(np.int64)
+
+    def dequantize(self, tensor: str, q: np.ndarray) -> np.ndarray:
+        e = self._encoding(tensor)
+        return ((np.asarray(q, np.float64) + int(e["offset"])) * float(e["scale"])).astype(np.float32)
