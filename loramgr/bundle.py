@@ -62,7 +62,7 @@ def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    return {"bundle": str(out), "files": len(items) + 1, "bytes": sum(p.stat().st_size for _, p in items),
+    return {"bundle": str(out), "files": len(items), "bytes": sum(p.stat().st_size for _, p in items),
             "sha256": None if as_dir else hashlib.sha256(out.read_bytes()).hexdigest()}
 
 
