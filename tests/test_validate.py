@@ -226,3 +226,36 @@ def test_weight_list_per_graph_when_graphs_differ(tmp_path):
     assert not res["shared"]
     assert (tmp_path / "wl.part0.txt").read_text().splitlines()[0] == "model.layers.0.self_attn.q_proj.lora_A.weight"
     assert (tmp_path / "wl.part1.txt").read_text().splitlines()[0] == "model.layers.1.self_attn.q_proj.lora_A.weight"
+
+
+def test_parse_key_classifies_peft_layouts():
+    from loramgr.mapping import AttachmentIndex, parse_key, target_matches
+
+    k = parse_key("base_model.model.model.embed_tokens.lora_embedding_A")
+    assert (k.module, k.role, k.embedding) == ("model.embed_tokens", "A", True)
+    k = parse_key("base_model.model.model.embed_tokens.lora_embedding_B.default")
+    assert (k.module, k.role) == ("model.embed_tokens", "B")
+    assert parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight").role == "A"
+    assert parse_key("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight").module == "transformer.h.0.attn.c_attn"
+    assert parse_key("base_model.model.x.q_proj.lora_magnitude_vector").role == "dora_magnitude"
+    assert parse_key("base_model.model.x.q_proj.lora_magnitude_vector.default.weight").role == "dora_magnitude"
+    assert parse_key("base_model.model.lm_head.modules_to_save.default.weight").role == "full_weight"
+    assert parse_key("base_model.model.x.q_proj.lora_B.bias").role == "lora_bias"
+    assert parse_key("weird").role == "unknown"
+    idx = AttachmentIndex(["model.layers.0.self_attn.q_proj", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"])
+    assert idx.find("transformer.layers.0.self_attn.q_proj") == "model.layers.0.self_attn.q_proj"
+    assert idx.find("model.h.0.mlp.c_proj") == "transformer.h.0.mlp.c_proj"
+    assert target_matches("transformer.h.0.attn.c_proj", ["c_proj"]) and target_matches("transformer.h.0.mlp.c_proj", ["c_proj"])
+    assert target_matches("model.layers.3.self_attn.q_proj", r".*layers\.3\..*q_proj")
+
+
+def test_embedding_lora_prepares_like_peft():
+    """lora_embedding_A [r, vocab] / lora_embedding_B [dim, r]: the graph gathers rows of A.T."""
+    from loramgr.prepare import canonical_pair
+
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((4, 10)).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
+    ids = np.array([1, 7, 3])
+    ca, cb = canonical_pair(A, B, 2.0, 8, np.float32)
+    peft = 2.0 * (A.T[ids] @ B.T)  # PEFT: F.embedding(x, lora_embedding_A.T) @ lora_embedding_B.T * scaling
+    assert np.allclose(ca[ids] @ cb, peft, atol=1e-5)
