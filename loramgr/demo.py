@@ -91,7 +91,7 @@ def run_plan(plan_path: Path, W: dict, tensors: dict, adapters: dict) -> None:
     plan = Plan.load(plan_path)
     session = LoraSession(plan, graph="decode")
     x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
-    print(f"\n$ python: LoraSession(plan, graph='decode') -- one ORT session, adapters switched per run")
+    print("\n$ python: LoraSession(plan, graph='decode') -- one ORT session, adapters switched per run")
     for name in ("chat-r8", "code-r16", "default"):
         if name == "default":
             session.reset()

@@ -10,12 +10,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from loramgr.errors import InvalidInputError, NotFoundError
 from loramgr.formats.peft import LoraConfig, load_config
 from loramgr.formats.safetensors import FLOAT_DTYPES, Header, read_header, sniff_foreign
-from loramgr.mapping import group_pairs, summarize_targets
+from loramgr.mapping import summarize_targets
 from loramgr.names import sanitize_stem
 
 WEIGHTS = "adapter_model.safetensors"
@@ -104,9 +103,3 @@ def open_source(path: str | os.PathLike[str]) -> AdapterSource:
     return AdapterSource(weights=weights, config_path=config_path, config=config, header=header,
                          default_name=sanitize_stem(default_name))
 
-
-def describe(src: AdapterSource) -> dict[str, Any]:
-    """Fields recorded for a source (before it has a registry identity)."""
-    pairs = group_pairs(src.header.tensors)
-    return {"rank": src.rank, "dtype": src.dtype, "target_modules": src.target_modules,
-            "modules": len(pairs), "tensors": len(src.header.tensors)}

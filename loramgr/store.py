@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from loramgr.errors import IntegrityError, InvalidInputError, LoramgrError
+from loramgr.errors import IntegrityError, InvalidInputError
 
 CHUNK = 8 * 1024 * 1024
 _HEX = set("0123456789abcdef")
@@ -30,11 +30,6 @@ class StoredObject:
     size: int
     path: Path
     created: bool  # False when identical bytes were already in the store
-
-
-class StoreError(LoramgrError):
-    exit_code = 1
-    kind = "store"
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
@@ -177,10 +172,6 @@ class Store:
             if sub.is_dir():
                 for f in sorted(sub.iterdir()):
                     yield f.name, f
-
-    def iter_tmp(self) -> Iterator[Path]:
-        if self.tmp.is_dir():
-            yield from sorted(self.tmp.iterdir())
 
 
 def _fsync_dir(d: Path) -> None:

@@ -76,6 +76,23 @@ def select_adapters(reg: Any, base: dict[str, Any], refs: list[str], all_: bool)
     return chosen
 
 
+def _place(src: Path, dest: Path, *, link: bool) -> None:
+    """Put a copy (or, with ``link``, a hard link when possible) of ``src`` at ``dest`` atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    linked = False
+    if link:
+        try:
+            os.link(src, tmp)
+            linked = True
+        except OSError:  # another filesystem, or links not allowed: copy instead
+            pass
+    if not linked:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
 def _materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFile]:
     """Base graphs (and their external data) next to the sections, so that a plan and a bundle are
     self-contained. Hard links from the store where possible."""
@@ -91,14 +108,7 @@ def _materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFi
                 if not src.is_file():
                     raise IntegrityError(str(src), f"store object of graph {g['name']} is missing",
                                          hint="run `loramgr fsck`")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.tmp")
-                tmp.unlink(missing_ok=True)
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    shutil.copyfile(src, tmp)
-                os.replace(tmp, dest)
+                _place(src, dest, link=True)
             kind = "graph" if name == g["file_name"] else "graph_data"
             files.append(OutFile(rel, kind, [g["name"]], sha256=sha, size=size))
     return files
@@ -220,10 +230,7 @@ def _reuse(reg: Any, jobs: list[SectionJob], out: Path, force: bool) -> tuple[li
                 files = []
                 break
             if src != dest:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.tmp")
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dest)
+                _place(src, dest, link=False)
             files.append(OutFile(rel, a["kind"], a["graphs"], a["adapter_id"], j.adapter["name"] if j.adapter else None,
                                  j.cache_key, a["sha256"], a["size"]))
         if files and len(files) == len(j.groups):

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from loramgr.config import Settings, actor
-from loramgr.errors import ConflictError, InvalidInputError, LoramgrError, NotFoundError, UsageError
+from loramgr.errors import ConflictError, InvalidInputError, NotFoundError, UsageError
 from loramgr.names import check_name, check_version
 from loramgr.registry import db
 from loramgr.registry.models import Adapter, AdapterTensor, AttachmentPoint, BaseModel, Event, Graph, Validation
@@ -375,4 +375,4 @@ def _leaf_targets(s: Session, adapter_id: int) -> list[str]:
     return module_leaf_names(group_pairs(keys))
 
 
-__all__ = ["Registry", "LoramgrError"]
+__all__ = ["Registry"]

@@ -10,7 +10,6 @@ read-to-write lock upgrade.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -145,6 +144,3 @@ def redact(url: str) -> str:
 
     return make_url(url).render_as_string(hide_password=True)
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
