@@ -53,6 +53,15 @@ def _steps(base: dict[str, Any], sections: list[dict[str, Any]], alpha_tensor: s
     return steps
 
 
+def _contexts(arts: list[dict[str, Any]], dsecs: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+    """Context binaries (qairt) in context order; otherwise the default adapter's section groups."""
+    bins = [a for a in arts if a["kind"] == "context_binary"]
+    if not bins:
+        return [{"name": s["name"], "graphs": s["graphs"]} for s in dsecs]
+    return [{"name": Path(a["path"]).stem, "graphs": a["graphs"],
+             "binary": {"path": _rel(a["path"], root), "sha256": a["sha256"], "size": a["size"]}} for a in bins]
+
+
 def make_plan(reg: Any, base_ref: str, build_id: int | None, out: str | Path | None) -> tuple[dict[str, Any], Path]:
     """Build the plan document for a base's newest (or a given) finished build."""
     from loramgr.registry.builds import build_record
@@ -105,7 +114,7 @@ def make_plan(reg: Any, base_ref: str, build_id: int | None, out: str | Path | N
         "base": {"name": base["name"], "version": base["version"], "sdk_version": base["sdk_version"],
                  "precision": base["precision"], "max_rank": base["max_rank"], "fingerprint": base.get("fingerprint"),
                  "graphs": graphs,
-                 "contexts": [{"name": s["name"], "graphs": s["graphs"]} for s in dsecs]},
+                 "contexts": _contexts(rec["artifacts"], dsecs, root)},
         "alpha": {"tensor": alpha_tensor, "default": 1.0, "reset_value": 0.0},
         "rules": {"one_adapter_at_a_time": True, "apply_before_first_execute": shared,
                   "update_io_encodings_after_apply": True, "persistent_section_buffers_for_graph_switching": True,

@@ -156,14 +156,17 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
                                 + "; ".join(f"{p['code']} ({p['subject']})" for a in report["adapters"]
                                             for p in a["problems"])[:500], details=report)
     be = get_backend(backend, **backend_opts)
+    if hasattr(be, "check"):
+        be.check(base)  # e.g. the SDK version must equal the base's, before any build row exists
     out = Path(out_dir or reg.settings.home / "builds" / f"{base['name']}@{base['version']}").absolute()
     adapters = [reg.adapter(r) for r in chosen]
     groups = section_groups(base, share_adapters)
     kind = "super_section" if share_adapters else "section"
     backend_id = be.version()
-    all_jobs = [SectionJob(a, cache_key(base, a, backend_id, share_adapters, groups), groups, kind) for a in adapters]
+    all_jobs = [SectionJob(a, cache_key(base, a, backend_id, share_adapters, groups), groups, kind, share_adapters)
+                for a in adapters]
     all_jobs.append(SectionJob(None, cache_key(base, None, backend_id, share_adapters, groups), groups,
-                               "default_section"))
+                               "default_section", share_adapters))
     inputs_hash = hashlib.sha256("".join(sorted(j.cache_key for j in all_jobs)).encode()).hexdigest()
     with base_lock(reg.settings.home, base):
         for dead_id, dead_out in rb.recover_stale(reg, base["id"]):
@@ -175,6 +178,13 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
         log: list[str] = [f"build {build_id}: base {base['ref']}, backend {backend_id}, share={share_adapters}"]
         try:
             reused, todo = _reuse(reg, all_jobs, out, force)
+            if getattr(be, "needs_adapter_for_default", False) and todo and all(j.adapter is None for j in todo):
+                first = next(j for j in all_jobs if j.adapter is not None)
+                reused = [f for f in reused if f.cache_key != first.cache_key]
+                todo.insert(0, first)
+            graph_files = _materialize_graphs(reg, base, out)
+            base = base | {"graph_paths": {g: str(out / f.rel_path) for f in graph_files if f.kind == "graph"
+                                           for g in f.graphs}}
             log.append(f"reused {len(reused)} file(s); building {len(todo)} job(s)")
             work.mkdir(parents=True, exist_ok=True)
             progress = _Progress(len(todo), quiet)
@@ -187,7 +197,7 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
                 dest = out / f.rel_path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(work / f.rel_path, dest)
-            files = reused + new + _materialize_graphs(reg, base, out)
+            files = reused + new + graph_files
             wl = write_weight_lists(base, out / "weight_list.txt")
             for p in sorted(set(wl["files"].values())):
                 files.append(OutFile(Path(p).relative_to(out).as_posix(), "weight_list", list(base["graphs"]),
@@ -223,8 +233,7 @@ def _reuse(reg: Any, jobs: list[SectionJob], out: Path, force: bool) -> tuple[li
         files: list[OutFile] = []
         for a in arts:
             src = Path(a["path"])
-            folder = "default" if j.adapter is None else f"{j.adapter['name']}@{j.adapter['version']}"
-            rel = f"sections/{folder}/{src.name}"
+            rel = a["rel_path"]
             dest = out / rel
             if not (src.is_file() and src.stat().st_size == a["size"] and sha256_file(src) == a["sha256"]):
                 files = []
@@ -233,7 +242,7 @@ def _reuse(reg: Any, jobs: list[SectionJob], out: Path, force: bool) -> tuple[li
                 _place(src, dest, link=False)
             files.append(OutFile(rel, a["kind"], a["graphs"], a["adapter_id"], j.adapter["name"] if j.adapter else None,
                                  j.cache_key, a["sha256"], a["size"]))
-        if files and len(files) == len(j.groups):
+        if files and len(files) == len(arts):
             reused += files
         else:
             todo.append(j)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
 
 
 @cli.command()
@@ -20,11 +20,17 @@ from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, pas
               "(default: $LORAMGR_HOME/builds/BASE@VERSION).")
 @click.option("--sdk-root", type=click.Path(file_okay=False), envvar="QAIRT_SDK_ROOT",
               help="QAIRT SDK root for --backend qairt (default: $QAIRT_SDK_ROOT).")
+@click.option("--dlc", "dlcs", multiple=True, metavar="GRAPH=PATH",
+              help="qairt: the base graph's DLC (converted with --lora_weight_list); default: convert it here.")
+@click.option("--htp-config", type=click.Path(dir_okay=False), help="qairt: --config_file for the generator.")
+@click.option("--tool-timeout", type=click.FloatRange(min=0.1), help="qairt: seconds before an SDK tool is "
+              "stopped (default: $LORAMGR_TOOL_TIMEOUT or 3600).")
 @click.option("--force", is_flag=True, help="Rebuild even what is unchanged.")
 @json_option
 @pass_ctx
 def build(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, backend: str, share_adapters: bool,
-          jobs: int, out_dir: str | None, sdk_root: str | None, force: bool, as_json: bool) -> None:
+          jobs: int, out_dir: str | None, sdk_root: str | None, dlcs: tuple[str, ...], htp_config: str | None,
+          tool_timeout: float | None, force: bool, as_json: bool) -> None:
     """Build binary sections for adapters of a base, plus the default (all-zero) adapter.
 
     Adapters are validated as a group first (exit 5 on any problem). Unchanged adapters are reused
@@ -32,7 +38,12 @@ def build(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, backend: s
     """
     from loramgr.build.run import build as run
 
-    opts = {"sdk_root": sdk_root} if backend == "qairt" else {}
+    from loramgr.errors import UsageError
+
+    if backend != "qairt" and (dlcs or htp_config):
+        raise UsageError("--dlc/--htp-config", "only apply to --backend qairt")
+    opts = ({"sdk_root": sdk_root, "dlcs": parse_kv(dlcs, "--dlc"), "htp_config": htp_config,
+             "tool_timeout": tool_timeout} if backend == "qairt" else {})
     res = run(ctx.registry, base_ref, list(refs), all_=all_, backend=backend, share_adapters=share_adapters,
               jobs=jobs, out_dir=out_dir, force=force, quiet=as_json, **opts)
     if as_json:

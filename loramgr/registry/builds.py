@@ -4,6 +4,7 @@ whose process died (a killed build never leaves artifacts recorded as done)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import select
@@ -93,13 +94,16 @@ def reusable(reg: Any, cache_keys: Iterable[str]) -> dict[str, list[dict[str, An
     if not keys:
         return out
     with reg.session() as s:
-        q = (select(Artifact, Build.id).join(Build).where(Artifact.cache_key.in_(keys), Build.status == "done")
-             .order_by(Build.id.desc(), Artifact.id))
+        q = (select(Artifact, Build.id, Build.out_dir).join(Build)
+             .where(Artifact.cache_key.in_(keys), Build.status == "done").order_by(Build.id.desc(), Artifact.id))
         seen_build: dict[str, int] = {}
-        for art, bid in s.execute(q):
+        for art, bid, out_dir in s.execute(q):
             if seen_build.setdefault(art.cache_key, bid) != bid:
                 continue
-            out.setdefault(art.cache_key, []).append(artifact_record(art))
+            rel = os.path.relpath(art.path, out_dir)
+            if rel.startswith("..") or os.path.isabs(rel):
+                continue  # not under its build's directory: never copy from or to outside it
+            out.setdefault(art.cache_key, []).append(artifact_record(art) | {"rel_path": Path(rel).as_posix()})
     return out
 
 

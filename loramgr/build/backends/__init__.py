@@ -15,6 +15,7 @@ class SectionJob:
     cache_key: str
     groups: dict[str, list[str]]  # section name -> graphs it serves
     kind: str  # "section" | "super_section" | "default_section"
+    share: bool = False  # super adapters: one section per group of graphs
 
 
 @dataclass
