@@ -306,3 +306,17 @@ def test_bundle_reproducible_and_check(planned):
     assert r.exit_code == 4 and "'..'" in r.stderr
     assert invoke("bundle", "--plan", plan_path, "-o", tmp / "bdir", "--dir").exit_code == 0
     assert invoke("bundle", "check", tmp / "bdir").exit_code == 0
+
+
+def test_parallel_build_equals_serial(ctx2):
+    """--jobs 2 runs a process pool; its sections are byte-identical to a serial build's."""
+    tmp, _, _ = ctx2
+    ser = invoke("build", "--base", "tiny", "--all", "-o", tmp / "serial", "--json").json
+    par = invoke("build", "--base", "tiny", "--all", "-o", tmp / "par", "-j", "2", "--force", "--json").json
+    assert par["status"] == "done" and len(par["rebuilt"]) == 4
+
+    def digests(res):
+        return sorted((a["adapter"] or "", tuple(a["graphs"]), a["kind"], a["sha256"]) for a in res["artifacts"]
+                      if "section" in a["kind"])
+
+    assert digests(ser) == digests(par) and len(digests(par)) == 8
