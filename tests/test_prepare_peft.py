@@ -15,6 +15,7 @@ from loramgr.build.inputs import prepared_inputs
 from loramgr.config import Settings
 from loramgr.registry.api import Registry
 from tests.conftest import invoke
+from tests.hf_models import tiny_gpt2, tiny_llama
 
 MAXR = 16
 
@@ -45,21 +46,6 @@ def mirror_graph(path: Path, modules: dict[str, torch.nn.Module], conv1d: bool) 
         outputs.append(h.make_tensor_value_info(f"y{i}", T.FLOAT, ["n", fout]))
     onnx.save(h.make_model(h.make_graph(nodes, "mirror", inputs, outputs, inits),
                            opset_imports=[h.make_opsetid("", 17)]), str(path))
-
-
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2)).eval()
-
-
-def tiny_gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)).eval()
 
 
 def modules_named(model, leafs) -> dict[str, torch.nn.Module]:

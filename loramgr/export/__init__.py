@@ -1,0 +1,178 @@
+"""``loramgr base export``: a Hugging Face model directory -> LoRA-ready ONNX graphs.
+
+Needs the ``[export]`` extra (torch, transformers); nothing else in loramgr imports this package.
+Output: per part, one ONNX file per graph (``prefill``, ``decode``, ...) sharing one external data
+file, plus ``export.json`` describing graphs, parts, cache layout and how to chain them.
+
+fp16: the model's weights and activations are fp16, but the RMSNorm/LayerNorm modules are HF's own
+(``LlamaRMSNorm`` upcasts to fp32 before the variance and casts back), attention scores and softmax
+are computed in fp32, and the mask bias is fp32; so normalisation and softmax never overflow fp16.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from loramgr.errors import InvalidInputError, UsageError
+
+DEFAULT_GRAPHS = "prefill=128,decode=1"
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise UsageError(f"--max-part-bytes {text}", "use a number with an optional unit: B, KB, MB, GB, KiB, MiB, GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_graphs(text: str) -> list[tuple[str, int]]:
+    """``prefill=128,decode=1`` -> [("prefill", 128), ("decode", 1)]. A graph named ``prefill...``
+    has no KV-cache inputs; every other graph reads a cache of ``context_len - q`` entries."""
+    from loramgr.names import check_name
+
+    out: list[tuple[str, int]] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, q = item.partition("=")
+        check_name(name.strip(), "graph name")
+        if not q.strip().isdigit() or int(q) < 1:
+            raise UsageError(f"--graphs {item}", "expected NAME=SEQUENCE_LENGTH with a positive length")
+        out.append((name.strip(), int(q)))
+    if not out or len({n for n, _ in out}) != len(out):
+        raise UsageError(f"--graphs {text}", "give distinct NAME=LENGTH pairs, e.g. prefill=128,decode=1")
+    return out
+
+
+def plan_parts(unit_bytes: list[int], limit: int) -> list[tuple[int, int]]:
+    """Greedy contiguous packing of units (embeddings, layer 0..n-1, head) into parts of at most
+    ``limit`` bytes; returns unit index ranges ``[start, end)``."""
+    parts, start, acc = [], 0, 0
+    for i, b in enumerate(unit_bytes):
+        if b > limit:
+            what = "the embeddings" if i == 0 else "the head" if i == len(unit_bytes) - 1 else f"decoder layer {i - 1}"
+            raise UsageError(f"--max-part-bytes {limit}", f"{what} alone needs {b} bytes; raise the limit")
+        if acc + b > limit and i > start:
+            parts.append((start, i))
+            start, acc = i, 0
+        acc += b
+    parts.append((start, len(unit_bytes)))
+    return parts
+
+
+def _bytes(mod: Any, dtype_size: int) -> int:
+    return sum(p.numel() for p in mod.parameters()) * dtype_size
+
+
+def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], max_rank: int,
+                graphs: str = DEFAULT_GRAPHS, context_len: int | None = None, precision: str = "fp32",
+                max_part_bytes: int = 2 * 10**9, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export; returns the manifest (also written as ``OUT/export.json``)."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError as e:
+        raise UsageError("base export", f"needs the [export] extra ({e.name} is missing)",
+                         hint="pip install 'loramgr[export]'") from None
+    from loramgr.export.model import (GraphSpec, LoraForward, check_targets, family_of, find_targets, kv_shape,
+                                      num_layers)
+
+    hf = Path(hf_dir)
+    if not (hf / "config.json").is_file():
+        raise InvalidInputError(str(hf), "is not a Hugging Face model directory (no config.json)")
+    if max_rank < 1:
+        raise UsageError(f"--max-rank {max_rank}", "must be positive")
+    say = progress or (lambda s: None)
+    cfg = AutoConfig.from_pretrained(hf, local_files_only=True)
+    family = family_of(cfg)
+    check_targets(family, targets)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise UsageError(f"--precision {precision}", "export writes fp32 or fp16 graphs")
+    model = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True, dtype=torch.float32,
+                                                 attn_implementation="eager").eval().to(dtype)
+    n = num_layers(model, family)
+    max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
+    gspecs = parse_graphs(graphs)
+    ctx = context_len or min(max_pos, max(256, 2 * max(q for _, q in gspecs)))
+    if any(q > ctx for _, q in gspecs) or ctx > max_pos:
+        raise UsageError(f"--context-len {ctx}", f"must be >= every graph's length and <= {max_pos}")
+    isz = torch.finfo(dtype).bits // 8
+    layer_mods = model.model.layers if family == "llama" else model.transformer.h
+    all_targets = find_targets(model, family, targets, (0, n))
+    if not all_targets:
+        raise UsageError(f"--target-modules {','.join(targets)}", "matched no module of the model")
+    lora_bytes = [sum((t.in_features + t.out_features) * max_rank * isz for t in find_targets(model, family, targets, (i, i + 1)))
+                  for i in range(n)]
+    emb = (model.model.embed_tokens if family == "llama" else model.transformer.wte)
+    head_bytes = _bytes(model.lm_head, isz) + _bytes(model.model.norm if family == "llama" else model.transformer.ln_f, isz)
+    emb_bytes = _bytes(emb, isz) + (0 if family == "llama" else _bytes(model.transformer.wpe, isz))
+    units = [emb_bytes] + [_bytes(layer_mods[i], isz) + lora_bytes[i] for i in range(n)] + [head_bytes]
+    parts = plan_parts(units, max_part_bytes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kvh, hd = kv_shape(model, family)
+    manifest: dict[str, Any] = {"format": "loramgr.export", "version": 1, "family": family,
+                                "model_type": cfg.model_type, "precision": precision, "max_rank": max_rank,
+                                "target_modules": targets, "context_len": ctx, "num_layers": n,
+                                "kv_heads": kvh, "head_dim": hd, "vocab_size": cfg.vocab_size,
+                                "parts": [], "graphs": []}
+    np_dtype = {"fp32": "float32", "fp16": "float16"}[precision]
+    for pi, (u0, u1) in enumerate(parts):
+        layers = (max(0, u0 - 1), min(n, u1 - 1))
+        first, last = u0 == 0, u1 == len(units)
+        protos: dict[str, Any] = {}
+        for gname, q in gspecs:
+            past = 0 if gname.startswith("prefill") else ctx - q
+            name = gname if len(parts) == 1 else f"{gname}_part{pi + 1}"
+            spec = GraphSpec(name, q, past, layers, first, last, pi,
+                             find_targets(model, family, targets, layers))
+            say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
+            protos[f"{name}.onnx"] = _export_one(model, family, spec, max_rank, dtype, np_dtype)
+            manifest["graphs"].append({"name": name, "kind": "prefill" if not past else "decode",
+                                       "file": f"{name}.onnx", "part": pi, "q_len": q, "past_len": spec.past_len,
+                                       "layers": list(layers), "first": first, "last": last,
+                                       "inputs": [i.name for i in protos[f"{name}.onnx"].graph.input],
+                                       "outputs": [o.name for o in protos[f"{name}.onnx"].graph.output]})
+        from loramgr.export.onnx_io import save_sharing_weights
+
+        data_name = "model.data" if len(parts) == 1 else f"part{pi + 1}.data"
+        saved = save_sharing_weights(protos, out, data_name)
+        if saved["data_bytes"] > max_part_bytes:
+            raise UsageError(f"--max-part-bytes {max_part_bytes}", f"part {pi + 1} came out at {saved['data_bytes']} "
+                             "bytes; lower the limit a little to leave room for exporter constants")
+        manifest["parts"].append({"index": pi, "layers": list(layers), "embeddings": first, "head": last,
+                                  "data": data_name, "data_bytes": saved["data_bytes"]})
+    (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _export_one(model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dtype: str) -> Any:
+    import warnings
+
+    import torch
+
+    from loramgr.export.model import LoraForward
+    from loramgr.export.onnx_io import add_lora_defaults, strip_dropout
+
+    import logging
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
+    fwd = LoraForward(model, family, spec)
+    args = fwd.example_inputs(rank, dtype)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(fwd, args, input_names=fwd.input_names, output_names=fwd.output_names,
+                                 dynamo=True, optimize=True, verbose=False)
+    proto = prog.model_proto
+    got = [i.name for i in proto.graph.input]
+    lora = {n for n in fwd.input_names if n.endswith((".lora_A.weight", ".lora_B.weight"))}
+    missing = sorted(lora - set(got))
+    if missing:
+        raise RuntimeError(f"exporter dropped LoRA inputs {missing[:3]} of {spec.name}")
+    shapes = {n: (tuple(a.shape), np_dtype) for n, a in zip(fwd.input_names, args) if n in lora}
+    add_lora_defaults(proto, shapes, "lora_alpha" if spec.targets else None)
+    strip_dropout(proto)
+    return proto

@@ -1,0 +1,87 @@
+"""Post-processing of exported graphs: LoRA defaults, and weights written once per part.
+
+Prefill and decode graphs of one part hold the same weights (possibly renamed or transposed by the
+exporter's constant folding); their initializers are de-duplicated by content into one external
+data file, so the weights exist once on disk and once in a QNN context with weight sharing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: initializers smaller than this stay inside the .onnx file (as onnx's own converter does)
+INLINE_BELOW = 1024
+ALIGN = 64
+
+
+def add_lora_defaults(model: Any, lora_shapes: dict[str, tuple[tuple[int, ...], Any]], alpha: str | None) -> None:
+    """Give every LoRA input a zero initializer and ``alpha`` a 1.0 one, so a run without an adapter
+    is the base model (ORT treats an initializer named like an input as that input's default)."""
+    from onnx import numpy_helper
+
+    inputs = {i.name for i in model.graph.input}
+    have = {t.name for t in model.graph.initializer}
+    for name, (shape, dtype) in lora_shapes.items():
+        if name in inputs and name not in have:
+            model.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, dtype), name))
+    if alpha and alpha in inputs and alpha not in have:
+        model.graph.initializer.append(numpy_helper.from_array(np.ones((1,), np.float32), alpha))
+
+
+def strip_dropout(model: Any) -> int:
+    """Replace any Dropout (inference: identity) by Identity; returns how many there were."""
+    n = 0
+    for node in model.graph.node:
+        if node.op_type == "Dropout":
+            node.op_type = "Identity"
+            del node.input[1:]
+            del node.output[1:]
+            del node.attribute[:]
+            n += 1
+    return n
+
+
+def save_sharing_weights(models: dict[str, Any], out_dir: Path, data_name: str) -> dict[str, Any]:
+    """Save ``{file_name: ModelProto}`` into ``out_dir`` with one shared external data file.
+
+    Tensors with equal bytes, dtype and shape are stored once. Returns sizes for the caller's
+    part-size check."""
+    from onnx import TensorProto, numpy_helper
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path = out_dir / data_name
+    offsets: dict[tuple[str, int, tuple[int, ...]], tuple[int, int]] = {}
+    pos = 0
+    with open(data_path, "wb") as data:
+        for model in models.values():
+            for t in model.graph.initializer:
+                if t.data_location == TensorProto.EXTERNAL:
+                    raise ValueError(f"initializer {t.name} is already external")
+                raw = t.raw_data if t.HasField("raw_data") else numpy_helper.from_array(numpy_helper.to_array(t)).raw_data
+                if len(raw) < INLINE_BELOW:
+                    continue
+                key = (hashlib.sha256(raw).hexdigest(), t.data_type, tuple(t.dims))
+                if key not in offsets:
+                    pad = (-pos) % ALIGN
+                    data.write(b"\0" * pad)
+                    pos += pad
+                    data.write(raw)
+                    offsets[key] = (pos, len(raw))
+                    pos += len(raw)
+                off, length = offsets[key]
+                for fld in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    t.ClearField(fld)
+                t.data_location = TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", data_name), ("offset", str(off)), ("length", str(length))):
+                    e = t.external_data.add()
+                    e.key, e.value = k, v
+    import onnx
+
+    for fname, model in models.items():
+        onnx.save_model(model, str(out_dir / fname))
+    return {"data": str(data_path), "data_bytes": data_path.stat().st_size, "tensors": len(offsets)}

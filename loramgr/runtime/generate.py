@@ -1,0 +1,127 @@
+"""Greedy decoding over exported prefill/decode graphs (and their parts), with an explicit KV cache.
+
+The graphs' contract (``loramgr base export``): prefill takes ``input_ids [1, S]``, ``attention_mask
+[1, S]``, ``position_ids [1, S]``; decode also takes ``past_key_values.<l>.key|value [1, kv, P, d]``
+with ``attention_mask [1, P + 1]``; both return ``present.<l>.key|value`` for the new tokens only,
+which this driver writes into its own cache buffer (as an on-device runtime does). Parts are chained:
+one part's ``hidden_states_out`` is the next part's ``hidden_states``. numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+       "tensor(int32)": np.int32, "tensor(double)": np.float64}
+
+
+@dataclass
+class Runner:
+    """One graph: its input shapes/dtypes, output names and a function feeds -> outputs (in order)."""
+
+    inputs: dict[str, tuple[tuple[int, ...], Any]]
+    outputs: list[str]
+    fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.fn({k: v for k, v in feeds.items() if k in self.inputs})))
+
+    @classmethod
+    def from_session(cls, session: Any, fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None,
+                     extra: Sequence[Any] = ()) -> "Runner":
+        """From an ``ort.InferenceSession`` (``fn`` defaults to ``session.run(None, feeds)``)."""
+        args = list(session.get_inputs()) + list(extra)
+        ins = {a.name: (tuple(int(d) if isinstance(d, int) else -1 for d in a.shape), _NP.get(a.type, np.float32))
+               for a in args}
+        outs = [o.name for o in session.get_outputs()]
+        return cls(ins, outs, fn or (lambda feeds: session.run(None, feeds)))
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    logits: list[np.ndarray] = field(default_factory=list)  # one [vocab] row per generated token
+
+
+def _run_chain(parts: list[Runner], feeds: dict[str, np.ndarray], presents: dict[str, np.ndarray]) -> np.ndarray:
+    feeds = dict(feeds)
+    out: dict[str, np.ndarray] = {}
+    for r in parts:
+        out = r(feeds)
+        presents.update({k: v for k, v in out.items() if k.startswith("present.")})
+        if "hidden_states_out" in out:
+            feeds["hidden_states"] = out["hidden_states_out"]
+    if "logits" not in out:
+        raise ValueError("the last graph of the chain has no `logits` output")
+    return out["logits"]
+
+
+def greedy(prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[int], steps: int) -> Generation:
+    """Generate ``steps`` tokens after ``prompt``; prompts longer than the prefill length continue
+    through the decode graph (teacher-forced)."""
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    seq = prefill[0].inputs["input_ids"][0][1]
+    n0 = min(len(prompt), seq)
+    ids = np.zeros((1, seq), np.int64)
+    ids[0, :n0] = prompt[:n0]
+    mask = np.zeros((1, seq), np.int64)
+    mask[0, :n0] = 1
+    presents: dict[str, np.ndarray] = {}
+    logits = _run_chain(prefill, {"input_ids": ids, "attention_mask": mask,
+                                  "position_ids": np.arange(seq, dtype=np.int64)[None]}, presents)
+    row = logits[0, n0 - 1]
+    if decode is None:
+        if len(prompt) + steps > seq:
+            raise ValueError(f"without a decode graph, prompt + steps must fit the prefill length {seq}")
+        toks = list(prompt)
+        gen = Generation([])
+        for _ in range(steps):
+            t = int(np.argmax(row))
+            gen.tokens.append(t)
+            gen.logits.append(row)
+            toks.append(t)
+            ids[0, :len(toks)] = toks
+            mask[0, :len(toks)] = 1
+            row = _run_chain(prefill, {"input_ids": ids, "attention_mask": mask,
+                                       "position_ids": np.arange(seq, dtype=np.int64)[None]}, {})[0, len(toks) - 1]
+        return gen
+    cache = {}
+    for r in decode:
+        for name, (shape, dt) in r.inputs.items():
+            if name.startswith("past_key_values."):
+                cache[name] = np.zeros(shape, dt)
+    if not cache:
+        raise ValueError("the decode graph has no past_key_values inputs")
+    past = next(iter(cache.values())).shape[2]
+    for name, buf in cache.items():
+        pres = presents[name.replace("past_key_values.", "present.")]
+        buf[:, :, :n0] = pres[:, :, :n0]
+    pos = n0
+    pending = list(prompt[n0:])
+    gen = Generation([])
+    while len(gen.tokens) < steps:
+        if pending:
+            tok = pending.pop(0)
+        else:
+            tok = int(np.argmax(row))
+            gen.tokens.append(tok)
+            gen.logits.append(row)
+            if len(gen.tokens) == steps:
+                break
+        if pos >= past:
+            raise ValueError(f"the KV cache ({past} entries) is full")
+        m = np.zeros((1, past + 1), np.int64)
+        m[0, :pos] = 1
+        m[0, past] = 1
+        step: dict[str, np.ndarray] = {}
+        feeds = {"input_ids": np.array([[tok]], np.int64), "attention_mask": m,
+                 "position_ids": np.array([[pos]], np.int64), **cache}
+        row = _run_chain(decode, feeds, step)[0, 0]
+        for name, buf in cache.items():
+            buf[:, :, pos] = step[name.replace("past_key_values.", "present.")][:, :, 0]
+        pos += 1
+    return gen

@@ -1,0 +1,229 @@
+"""`base export` on tiny Llama and GPT-2 models made here: zero-LoRA parity with HF, PEFT adapters
+fed as graph inputs match PEFT, greedy decoding with the KV cache matches HF, parts chain exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from loramgr.runtime.generate import Runner, greedy
+from tests.conftest import invoke
+from tests.hf_models import peft_adapter, tiny_gpt2, tiny_llama
+
+pytestmark = pytest.mark.slow
+S, CTX = 8, 24
+
+
+def session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so)
+
+
+def runner(path: Path, lora: dict[str, np.ndarray] | None = None, alpha: float = 1.0) -> Runner:
+    s = session(path)
+    extra = {k: v for k, v in (lora or {}).items() if k in {i.name for i in s.get_overridable_initializers()}}
+    has_alpha = "lora_alpha" in {i.name for i in s.get_overridable_initializers()}
+
+    def fn(feeds):
+        f = dict(feeds) | extra
+        if has_alpha:
+            f["lora_alpha"] = np.array([alpha], np.float32)
+        return s.run(None, f)
+
+    return Runner.from_session(s, fn)
+
+
+def prefill_logits(r: Runner | list[Runner], ids: np.ndarray) -> np.ndarray:
+    from loramgr.runtime.generate import _run_chain
+
+    n = ids.shape[1]
+    feeds = {"input_ids": ids, "attention_mask": np.ones((1, n), np.int64),
+             "position_ids": np.arange(n, dtype=np.int64)[None]}
+    return _run_chain(r if isinstance(r, list) else [r], feeds, {})
+
+
+def hf_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """Reference: full forward (no cache) per step."""
+    seq, toks, rows = list(prompt), [], []
+    with torch.no_grad():
+        for _ in range(steps):
+            row = model(input_ids=torch.tensor([seq])).logits[0, -1].numpy()
+            t = int(row.argmax())
+            toks.append(t)
+            rows.append(row)
+            seq.append(t)
+    return toks, rows
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    from loramgr.export import export_base
+
+    tmp = tmp_path_factory.mktemp("llama")
+    tiny_llama().save_pretrained(tmp / "hf")
+    man = export_base(tmp / "hf", tmp / "onnx", targets=["q_proj", "v_proj"], max_rank=16,
+                      graphs=f"prefill={S},decode=1", context_len=CTX)
+    return tmp, man
+
+
+def register_and_prepare(tmp: Path, onnx_dir: Path, man: dict, adapter_dir: Path) -> dict[str, np.ndarray]:
+    from loramgr.build.inputs import prepared_inputs
+    from loramgr.config import Settings
+    from loramgr.registry.api import Registry
+
+    args = [a for g in man["graphs"] for a in ("--graph", f"{g['name']}={onnx_dir / g['file']}")]
+    r = invoke("base", "register", "--name", "exp", *args, "--allow-empty")
+    assert r.exit_code == 0, r.stderr
+    assert invoke("register", adapter_dir, "--name", "ad").exit_code == 0
+    v = invoke("validate", "ad", "--base", "exp", "--json")
+    assert v.exit_code == 0, v.stdout
+    reg = Registry(Settings.resolve())
+    return prepared_inputs(reg.adapter("ad"), reg.base("exp"))
+
+
+def test_llama_export_signature_and_weights_shared(llama):
+    tmp, man = llama
+    assert [g["name"] for g in man["graphs"]] == ["prefill", "decode"] and len(man["parts"]) == 1
+    want = {f"model.layers.{i}.self_attn.{m}.lora_{x}.weight" for i in range(2) for m in ("q_proj", "v_proj")
+            for x in "AB"}
+    for g in man["graphs"]:
+        m = onnx.load(str(tmp / "onnx" / g["file"]), load_external_data=False)
+        ins = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+        assert want <= set(ins) and ins["lora_alpha"] == [1]
+        assert ins["model.layers.0.self_attn.q_proj.lora_A.weight"] == [64, 16]
+        assert ins["model.layers.1.self_attn.v_proj.lora_B.weight"] == [16, 32]  # 2 kv heads x 16
+        assert not [n for n in m.graph.node if n.op_type == "Dropout"]
+        inits = {t.name for t in m.graph.initializer}
+        assert want <= inits  # zero defaults
+    dec = onnx.load(str(tmp / "onnx" / "decode.onnx"), load_external_data=False)
+    past = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in dec.graph.input}
+    assert past["past_key_values.1.value"] == [1, 2, CTX - 1, 16] and past["attention_mask"] == [1, CTX]
+    params = sum(p.numel() * 4 for p in tiny_llama().parameters())
+    data = (tmp / "onnx" / "model.data").stat().st_size
+    assert data < 1.2 * params  # the two graphs' weights are written once
+
+
+def test_llama_zero_lora_and_alpha_zero_equal_hf(llama, tmp_path):
+    tmp, man = llama
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (1, S), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    got = prefill_logits(runner(tmp / "onnx" / "prefill.onnx"), ids.numpy())
+    assert np.abs(got - ref).max() < 1e-4
+    pm = peft_adapter(tiny_llama(), tmp_path / "ad", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    lora = register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
+    assert lora["model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (64, 16)  # r=8 padded to 16
+    with torch.no_grad():
+        want = pm(input_ids=ids).logits.numpy()
+    got = prefill_logits(runner(tmp / "onnx" / "prefill.onnx", lora), ids.numpy())
+    assert np.abs(got - ref).max() > 1e-2  # the adapter matters ...
+    assert np.abs(got - want).max() < 1e-4  # ... and matches PEFT
+    off = prefill_logits(runner(tmp / "onnx" / "prefill.onnx", lora, alpha=0.0), ids.numpy())
+    assert np.abs(off - ref).max() < 1e-4
+
+
+def test_llama_greedy_with_kv_cache_matches_hf(llama, tmp_path):
+    tmp, man = llama
+    pm = peft_adapter(tiny_llama(), tmp_path / "ad", seed=5, r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    lora = register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
+    prompt = [5, 17, 99, 3, 42]
+    for lo, model in ((None, tiny_llama()), (lora, pm)):
+        want_t, want_l = hf_greedy(model, prompt, 4)
+        gen = greedy([runner(tmp / "onnx" / "prefill.onnx", lo)], [runner(tmp / "onnx" / "decode.onnx", lo)], prompt, 4)
+        assert gen.tokens == want_t
+        assert max(float(np.abs(a - b).max()) for a, b in zip(gen.logits, want_l)) < 1e-4
+    # a prompt longer than the prefill graph continues through the decode graph
+    long = list(range(1, S + 4))
+    want_t, want_l = hf_greedy(pm, long, 3)
+    gen = greedy([runner(tmp / "onnx" / "prefill.onnx", lora)], [runner(tmp / "onnx" / "decode.onnx", lora)], long, 3)
+    assert gen.tokens == want_t and max(float(np.abs(a - b).max()) for a, b in zip(gen.logits, want_l)) < 1e-4
+
+
+def test_llama_parts_chain_exactly(llama, tmp_path):
+    from loramgr.export import export_base
+
+    tmp, _ = llama
+    limit = 170_000  # a layer is 162 KB: embeddings | layer 0 | layer 1 | head
+    man = export_base(tmp / "hf", tmp_path / "parts", targets=["q_proj", "v_proj"], max_rank=16,
+                      graphs=f"prefill={S},decode=1", context_len=CTX, max_part_bytes=limit)
+    assert len(man["parts"]) >= 3
+    assert all(p["data_bytes"] <= limit for p in man["parts"])
+    assert (json.loads((tmp_path / "parts" / "export.json").read_text())["parts"] == man["parts"])
+    pre = [runner(tmp_path / "parts" / g["file"]) for g in man["graphs"] if g["kind"] == "prefill"]
+    dec = [runner(tmp_path / "parts" / g["file"]) for g in man["graphs"] if g["kind"] == "decode"]
+    ids = np.array([[9, 8, 7, 6, 5, 4, 3, 2]], np.int64)
+    whole = prefill_logits(runner(tmp / "onnx" / "prefill.onnx"), ids)
+    assert np.abs(prefill_logits(pre, ids) - whole).max() < 1e-5
+    one = greedy([runner(tmp / "onnx" / "prefill.onnx")], [runner(tmp / "onnx" / "decode.onnx")], [1, 2, 3], 4)
+    split = greedy(pre, dec, [1, 2, 3], 4)
+    assert split.tokens == one.tokens
+    # each part has its own attachment points; registering the parts works
+    args = [a for g in man["graphs"] for a in ("--graph", f"{g['name']}={tmp_path / 'parts' / g['file']}")]
+    r = invoke("base", "register", "--name", "parts", *args, "--allow-empty", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["attachment_points"] == 4
+
+
+def test_gpt2_cli_export_registers_and_matches_peft(tmp_path):
+    model = tiny_gpt2()
+    model.save_pretrained(tmp_path / "hf")
+    r = invoke("base", "export", tmp_path / "hf", "--name", "g2", "--target-modules", "c_attn,c_proj,c_fc",
+               "--max-rank", "8", "--graphs", f"prefill={S}", "-o", tmp_path / "onnx", "--json")
+    assert r.exit_code == 0, r.stderr
+    base = r.json["base"]
+    assert base["ref"] == "g2@1" and base["attachment_points"] == 8 and base["max_rank"] == 8
+    ids = torch.tensor([[1, 5, 9, 13, 2, 4, 6, 8]])
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    assert np.abs(prefill_logits(runner(tmp_path / "onnx" / "prefill.onnx"), ids.numpy()) - ref).max() < 1e-4
+    pm = peft_adapter(tiny_gpt2(), tmp_path / "ad", r=4, lora_alpha=8, fan_in_fan_out=True,
+                      target_modules=["c_attn", "c_proj", "c_fc"])
+    from loramgr.build.inputs import prepared_inputs
+    from loramgr.config import Settings
+    from loramgr.registry.api import Registry
+
+    assert invoke("register", tmp_path / "ad", "--name", "g2ad").exit_code == 0
+    assert invoke("validate", "g2ad", "--base", "g2").exit_code == 0
+    reg = Registry(Settings.resolve())
+    lora = prepared_inputs(reg.adapter("g2ad"), reg.base("g2"))
+    with torch.no_grad():
+        want = pm(input_ids=ids).logits.numpy()
+    got = prefill_logits(runner(tmp_path / "onnx" / "prefill.onnx", lora), ids.numpy())
+    assert np.abs(got - ref).max() > 1e-2 and np.abs(got - want).max() < 1e-4
+
+
+def test_fp16_export_runs_close_to_fp32(llama, tmp_path):
+    from loramgr.export import export_base
+
+    tmp, _ = llama
+    export_base(tmp / "hf", tmp_path / "h", targets=["q_proj"], max_rank=4, graphs=f"prefill={S}", precision="fp16")
+    m = onnx.load(str(tmp_path / "h" / "prefill.onnx"), load_external_data=False)
+    a = next(i for i in m.graph.input if i.name.endswith("q_proj.lora_A.weight"))
+    assert a.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    ids = np.arange(1, S + 1, dtype=np.int64)[None]
+    got = prefill_logits(runner(tmp_path / "h" / "prefill.onnx"), ids).astype(np.float32)
+    want = prefill_logits(runner(tmp / "onnx" / "prefill.onnx"), ids)
+    assert np.isfinite(got).all() and np.abs(got - want).max() < 2e-2
+
+
+def test_unsupported_architecture_and_target(tmp_path):
+    d = tmp_path / "bert"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    r = invoke("base", "export", d, "--name", "b", "--target-modules", "query", "--max-rank", "4", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "bert" in r.stderr and "llama" in r.stderr and "gpt2" in r.stderr
+    tiny_gpt2().save_pretrained(tmp_path / "g")
+    r = invoke("base", "export", tmp_path / "g", "--name", "b", "--target-modules", "q_proj", "--max-rank", "4",
+               "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "c_attn" in r.stderr
+    r = invoke("base", "export", tmp_path, "--name", "b", "--target-modules", "q_proj", "--max-rank", "4",
+               "-o", tmp_path / "o")
+    assert r.exit_code == 4 and "config.json" in r.stderr
