@@ -1,7 +1,7 @@
 """The README's demo: the main job end to end on the embedded SQLite default.
 
-It makes a tiny LoRA-ready base and a few PEFT-layout adapters, then drives the real CLI the way a
-user would, printing every command before running it. State lives in ``./demo-output`` (recreated
+It makes a tiny Hugging Face Llama and PEFT adapters for it, exports the model to LoRA-ready ONNX
+graphs with ``loramgr base export``, then drives the real CLI the way a user would, printing every command before running it. State lives in ``./demo-output`` (recreated
 on every run) so the demo never touches ``~/.loramgr``.
 """
 
@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loramgr import synth
 
 
 def sh(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -33,28 +32,26 @@ def main() -> None:
     os.environ.pop("LORAMGR_DB_URL", None)
     print(f"loramgr demo: state in {out}")
 
-    mps = synth.module_paths()
     inputs = out / "inputs"
-    W = synth.write_base(inputs / "prefill.onnx", mps, max_rank=16)
-    synth.write_base(inputs / "decode.onnx", mps, max_rank=16)
-    adapters = {"chat-r8": (8, 16, 1), "summarize-r4": (4, 8, 2), "code-r16": (16, 16, 3)}
-    tensors = {}
-    for name, (r, alpha, seed) in adapters.items():
-        tensors[name] = synth.adapter_tensors(mps, r, seed=seed)
-        synth.write_adapter(inputs / name, tensors[name], synth.peft_config(r, alpha, ["q_proj", "v_proj"]))
-    # an adapter this base cannot serve: rank 32 > max rank 16, and it targets k_proj
-    synth.write_adapter(inputs / "too-big-r32", synth.adapter_tensors(synth.module_paths(("q_proj", "k_proj")), 32, seed=4),
-                        synth.peft_config(32, 32, ["q_proj", "k_proj"]))
+    print("\n## 0. a tiny Hugging Face Llama (hidden 64, 2 layers) and PEFT adapters for it, made locally")
+    from loramgr.synth_hf import peft_adapter, tiny_llama
 
-    print("\n## 1. register a two-graph base (prefill + decode share attachment points) and the adapters")
-    sh("base", "register", "--name", "tiny", "--graph", f"prefill={inputs / 'prefill.onnx'}",
-       "--graph", f"decode={inputs / 'decode.onnx'}", "--max-rank", "16")
+    tiny_llama().save_pretrained(inputs / "hf")
+    adapters = {"chat-r8": (8, 16, 1), "summarize-r4": (4, 8, 2), "code-r16": (16, 16, 3)}
+    for name, (r, alpha, seed) in adapters.items():
+        peft_adapter(tiny_llama(), inputs / name, seed=seed, r=r, lora_alpha=alpha, target_modules=["q_proj", "v_proj"])
+    # an adapter this base cannot serve: rank 32 > max rank 16, and it targets k_proj
+    peft_adapter(tiny_llama(), inputs / "too-big-r32", seed=4, r=32, lora_alpha=32, target_modules=["q_proj", "k_proj"])
+
+    print("\n## 1. export the HF model to LoRA-ready prefill + decode ONNX graphs (registered as base `tiny`)")
+    sh("base", "export", inputs / "hf", "--name", "tiny", "--target-modules", "q_proj,v_proj", "--max-rank", "16",
+       "--graphs", "prefill=16,decode=1", "--context-len", "64", "-o", inputs / "onnx")
     for name in [*adapters, "too-big-r32"]:
         sh("register", inputs / name, "--base", "tiny")
     sh("register", inputs / "chat-r8")  # same bytes again: idempotent
     sh("list", "adapters")
 
-    print("\n## 2. validate: one compatible adapter, one incompatible (every problem at once, exit 5)")
+    print("\n## 2. validate: compatible adapters, and one incompatible (every problem at once, exit 5)")
     sh("validate", "chat-r8", "--base", "tiny")
     sh("validate", "too-big-r32", "--base", "tiny", check=False)
     for name in ("summarize-r4", "code-r16"):
@@ -73,39 +70,38 @@ def main() -> None:
     print(f"super adapters: {shared} bytes vs {per_graph} bytes per-graph sections "
           f"({100 * (1 - shared / per_graph):.0f}% saved)")
 
-    print("\n## 4. the runtime plan, a device bundle, and adapters switched on one live session")
+    print("\n## 4. the runtime plan, a device bundle, then adapters run through the plan")
+    plan = build_dir / "plan.json"
     sh("plan", "--base", "tiny")
-    sh("plan-show", build_dir / "plan.json", "--adapter", "chat-r8")
-    sh("bundle", "--plan", build_dir / "plan.json", "-o", out / "tiny-bundle.tar")
+    sh("plan-show", plan, "--adapter", "chat-r8")
+    sh("bundle", "--plan", plan, "-o", out / "tiny-bundle.tar")
     sh("bundle", "check", out / "tiny-bundle.tar")
-    run_plan(build_dir / "plan.json", W, tensors, adapters)
+    for name in ("chat-r8", "code-r16", "default"):
+        sh("run", "--plan", plan, "--adapter", name, "--input-ids", "5,17,99,3", "--steps", "8")
+    sh("verify", "--plan", plan)
+    run_plan(plan)
     print("\ndemo finished")
 
 
-def run_plan(plan_path: Path, W: dict, tensors: dict, adapters: dict) -> None:
+def run_plan(plan_path: Path) -> None:
+    """The Python runtime API: one live session per graph, adapters switched without reloading."""
     import numpy as np
 
     from loramgr.runtime import Plan
     from loramgr.runtime.ort import LoraSession
 
     plan = Plan.load(plan_path)
-    session = LoraSession(plan, graph="decode")
-    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
-    print("\n$ python: LoraSession(plan, graph='decode') -- one ORT session, adapters switched per run")
+    session = LoraSession(plan, graph="prefill")
+    ids = np.array([[5, 17, 99, 3] + [0] * 12], np.int64)
+    feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64) | (np.arange(16) < 4),
+             "position_ids": np.arange(16, dtype=np.int64)[None]}
+    print("\n$ python: LoraSession(plan, graph='prefill') -- one ORT session, adapters switched per run")
     for name in ("chat-r8", "code-r16", "default"):
-        if name == "default":
-            session.reset()
-            want = synth.reference(x, W, {}, 1.0)
-        else:
-            session.apply(name)
-            r, alpha, _ = adapters[name]
-            want = synth.reference(x, W, tensors[name], alpha / r)
-        got = session.run({"x": x})
-        diff = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
-        print(f"  {name:9s} out0[:4] = {np.array2string(got[0][0, :4], precision=4)}  "
-              f"max |diff| vs numpy reference = {diff:.1e}")
+        session.apply(name)
+        logits = session.run(feeds, ["logits"])[0]
+        print(f"  {name:9s} next-token logits[:4] = {np.array2string(logits[0, 3, :4], precision=4)}")
         enc = plan.adapter(name).io_encodings()
-        print(f"  {'':9s} I/O encodings: {enc or 'none yet (run `loramgr calibrate`, issue #9)'}")
+        print(f"  {'':9s} I/O encodings: {enc or 'none (not calibrated)'}")
 
 
 if __name__ == "__main__":

@@ -227,3 +227,34 @@ def test_unsupported_architecture_and_target(tmp_path):
     r = invoke("base", "export", tmp_path, "--name", "b", "--target-modules", "q_proj", "--max-rank", "4",
                "-o", tmp_path / "o")
     assert r.exit_code == 4 and "config.json" in r.stderr
+
+
+def test_plan_run_and_verify_end_to_end(llama, tmp_path):
+    """export -> register -> build --share-adapters -> plan -> `run` (greedy with KV cache) and `verify`."""
+    tmp, man = llama
+    pm = peft_adapter(tiny_llama(), tmp_path / "ad", seed=7, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
+    b = invoke("build", "--base", "exp", "--share-adapters", "-o", tmp_path / "out", "--json")
+    assert b.exit_code == 0, b.stderr
+    assert [a["graphs"] for a in b.json["artifacts"] if a["kind"] == "super_section"] == [["prefill", "decode"]]
+    assert invoke("plan", "--base", "exp").exit_code == 0
+    plan = tmp_path / "out" / "plan.json"
+    prompt = [5, 17, 99, 3]
+    r = invoke("run", "--plan", plan, "--adapter", "ad", "--input-ids", ",".join(map(str, prompt)), "--steps", "5",
+               "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["tokens"] == hf_greedy(pm, prompt, 5)[0] and r.json["graphs"] == {"prefill": 1, "decode": 1}
+    base_toks = invoke("run", "--plan", plan, "--input-ids", "5,17,99,3", "--steps", "5", "--json").json["tokens"]
+    assert base_toks == hf_greedy(tiny_llama(), prompt, 5)[0]
+    zero = invoke("run", "--plan", plan, "--adapter", "ad", "--alpha", "0", "--input-ids", "5,17,99,3", "--steps", "5",
+                  "--json").json["tokens"]
+    assert zero == base_toks
+    v = invoke("verify", "--plan", plan, "--hf-dir", tmp / "hf", "--json")
+    assert v.exit_code == 0, v.stdout + v.stderr
+    assert v.json["mode"] == "peft" and v.json["adapters"][0]["max_abs_diff"] < 1e-4
+    s = invoke("verify", "--plan", plan, "--mode", "sections", "--json")
+    assert s.exit_code == 0 and s.json["adapters"][0]["max_abs_diff"] < 1e-5, s.stdout
+    strict = invoke("verify", "--plan", plan, "--hf-dir", tmp / "hf", "--tolerance", "1e-12")
+    assert strict.exit_code == 5 and "beyond the tolerance" in strict.stderr
+    assert invoke("run", "--plan", plan, "--adapter", "nope", "--input-ids", "1").exit_code == 3
+    assert invoke("run", "--plan", plan, "--input-ids", "1,x").exit_code == 2

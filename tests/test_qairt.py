@@ -232,3 +232,21 @@ def test_given_dlc_skips_conversion_and_incremental(q, tmp_path):
     # another DLC is another cache key: everything rebuilds
     Path(dlcs[1].split("=", 1)[1]).write_text(Path(dlcs[1].split("=", 1)[1]).read_text() + " ")
     assert len(build(tmp, *dlcs).json["rebuilt"]) == 4
+
+
+def test_genie_config_golden(q):
+    """The Genie `lora` block of a super-adapter build equals the golden file byte for byte; an
+    unshared build of a 2-graph context is refused (Genie wants one bin-section per context)."""
+    from loramgr.genie import check_block
+
+    tmp, _ = q
+    assert build(tmp, "--share-adapters").exit_code == 0
+    r = invoke("plan", "--base", "tiny", "--genie-config", tmp / "out" / "genie.json", "--json")
+    assert r.exit_code == 0, r.stderr
+    golden = Path(__file__).parent / "golden" / "genie_lora.json"
+    assert (tmp / "out" / "genie.json").read_text() == golden.read_text()
+    with pytest.raises(ValueError):
+        check_block({**yaml.safe_load(golden.read_text())["lora"], "extra": 1})
+    assert build(tmp).exit_code == 0
+    r = invoke("plan", "--base", "tiny", "--genie-config", tmp / "out" / "genie2.json")
+    assert r.exit_code == 5 and "--share-adapters" in r.stderr and not (tmp / "out" / "genie2.json").exists()

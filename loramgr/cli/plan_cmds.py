@@ -12,10 +12,12 @@ from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, pas
 @click.option("--build", "build_id", type=int, help="Build id (default: the base's newest finished build).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Plan file (default: BUILD_OUT/plan.json).")
 @click.option("--schema", "show_schema", is_flag=True, help="Print the plan's JSON Schema and exit.")
+@click.option("--genie-config", type=click.Path(dir_okay=False), help="Also write the Genie `lora` config block "
+              "(one bin-section per context binary, in context order) to this file.")
 @json_option
 @pass_ctx
 def plan(ctx: Ctx, base_ref: str | None, build_id: int | None, out: str | None, show_schema: bool,
-         as_json: bool) -> None:
+         genie_config: str | None, as_json: bool) -> None:
     """Write the versioned runtime plan (plan.json) of a build: sections, encodings, alpha, steps.
 
     Paths in the plan are relative to its directory; every file carries sha256 and size.
@@ -29,6 +31,18 @@ def plan(ctx: Ctx, base_ref: str | None, build_id: int | None, out: str | None, 
     if not base_ref:
         raise UsageError("plan", "--base is required")
     res = write_plan(ctx.registry, base_ref, build_id, out)
+    if genie_config:
+        import json
+        from pathlib import Path
+
+        from loramgr.genie import lora_block
+        from loramgr.store import atomic_write
+
+        g = Path(genie_config).absolute()
+        doc = json.loads(Path(res["plan"]).read_text())
+        atomic_write(g, (json.dumps({"lora": lora_block(doc, Path(res["plan"]).parent, g.parent)}, indent=2)
+                         + "\n").encode())
+        res["genie_config"] = str(g)
     if as_json:
         emit_json(res)
     else:

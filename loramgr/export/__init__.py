@@ -115,6 +115,7 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     out.mkdir(parents=True, exist_ok=True)
     kvh, hd = kv_shape(model, family)
     manifest: dict[str, Any] = {"format": "loramgr.export", "version": 1, "family": family,
+                                "source": str(hf.absolute()),
                                 "model_type": cfg.model_type, "precision": precision, "max_rank": max_rank,
                                 "target_modules": targets, "context_len": ctx, "num_layers": n,
                                 "kv_heads": kvh, "head_dim": hd, "vocab_size": cfg.vocab_size,

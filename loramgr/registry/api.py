@@ -320,6 +320,7 @@ class Registry:
         }
         if full:
             rec["fingerprint"] = (b.details or {}).get("fingerprint")
+            rec["export"] = (b.details or {}).get("export")  # `base export` manifest, if exported
             rec["graph_list"] = [{"name": g.name, "kind": g.kind, "sha256": g.onnx_sha256, "size": g.size,
                                   "file_name": g.file_name, "io": g.io,
                                   "path": g.path, "external_data": g.external_data} for g in b.graphs]

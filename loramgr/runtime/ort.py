@@ -118,3 +118,22 @@ class LoraSession:
     def dequantize(self, tensor: str, q: np.ndarray) -> np.ndarray:
         e = self._encoding(tensor)
         return ((np.asarray(q, np.float64) + int(e["offset"])) * float(e["scale"])).astype(np.float32)
+
+
+def lm_chains(plan: Plan | str, adapter: str = "default", alpha: float | None = None) -> tuple[list[Any], list[Any] | None]:
+    """Prefill and decode chains of an exported LM plan (graphs by kind, parts in plan order) as
+    :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` on one LoraSession each."""
+    from loramgr.runtime.generate import Runner
+
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    kinds = {n: g.get("kind") for n, g in plan.graphs.items()}
+    pre = [n for n, k in kinds.items() if k == "prefill"] or [n for n in plan.graphs if kinds[n] != "decode"]
+    dec = [n for n, k in kinds.items() if k == "decode"]
+
+    def runner(graph: str) -> Runner:
+        s = LoraSession(plan, graph=graph)
+        if "input_ids" not in s.input_names and "hidden_states" not in s.input_names:
+            raise ValueError(f"graph {graph!r} is not an exported LM graph (no input_ids / hidden_states input)")
+        return Runner.from_session(s.session, lambda feeds: s.run(feeds, adapter=adapter, alpha=alpha))
+
+    return [runner(g) for g in pre], ([runner(g) for g in dec] or None)

@@ -1,0 +1,79 @@
+"""run and verify: the plan on the reference runtime."""
+
+from __future__ import annotations
+
+import click
+
+from loramgr.cli.common import Ctx, cli, emit_json, json_option, pass_ctx, table
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers, e.g. 1,2,3", param_hint="--input-ids") from None
+    if not ids or min(ids) < 0:
+        raise click.BadParameter("expected at least one non-negative token id", param_hint="--input-ids")
+    return ids
+
+
+@cli.command("run")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json.")
+@click.option("--adapter", default="default", show_default=True, help="Adapter name (or `default`: the base).")
+@click.option("--alpha", type=float, help="LoRA strength (default: the adapter's recommended alpha).")
+@click.option("--input-ids", "input_ids", required=True, help="Prompt token ids, comma-separated.")
+@click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True, help="Tokens to generate.")
+@json_option
+def run_cmd(plan_path: str, adapter: str, alpha: float | None, input_ids: str, steps: int, as_json: bool) -> None:
+    """Greedy tokens through the plan on the ONNX Runtime reference runtime (prefill, then decode
+    with the KV cache when the plan has a decode graph)."""
+    from loramgr.errors import NotFoundError
+    from loramgr.runtime import Plan
+    from loramgr.runtime.generate import greedy
+    from loramgr.runtime.ort import lm_chains
+
+    plan = Plan.load(plan_path)
+    try:
+        plan.adapter(adapter)
+    except KeyError:
+        raise NotFoundError(f"adapter {adapter}", f"is not in {plan_path} (have: {', '.join(plan.adapters)}, default)") from None
+    prompt = _ids(input_ids)
+    pre, dec = lm_chains(plan, adapter, alpha)
+    gen = greedy(pre, dec, prompt, steps)
+    res = {"adapter": adapter, "alpha": alpha, "input_ids": prompt, "tokens": gen.tokens,
+           "graphs": {"prefill": len(pre), "decode": len(dec or [])}}
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"{adapter} (alpha {alpha if alpha is not None else 'default'}): "
+                   f"{' '.join(map(str, prompt))} -> {' '.join(map(str, gen.tokens))}")
+
+
+@cli.command("verify")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json.")
+@click.option("--adapter", "adapters", multiple=True, help="Adapter(s) to check (default: all in the plan).")
+@click.option("--hf-dir", type=click.Path(file_okay=False), help="The base's Hugging Face directory (default: "
+              "from its `base export` manifest).")
+@click.option("--mode", type=click.Choice(["auto", "peft", "sections"]), default="auto", show_default=True,
+              help="peft: logits vs the PEFT model; sections: tensors and graph runs vs loramgr's numpy reference.")
+@click.option("--tolerance", type=float, help="Max abs diff allowed (default 1e-4 fp32, 2e-2 fp16).")
+@click.option("--input-ids", "input_ids", help="Prompt for the peft mode (default: a fixed sequence).")
+@json_option
+@pass_ctx
+def verify_cmd(ctx: Ctx, plan_path: str, adapters: tuple[str, ...], hf_dir: str | None, mode: str,
+               tolerance: float | None, input_ids: str | None, as_json: bool) -> None:
+    """Check every adapter of a plan against a reference; exit 5 when one is beyond tolerance."""
+    from loramgr.errors import IncompatibleError
+    from loramgr.verify import verify
+
+    res = verify(ctx.registry, plan_path, list(adapters), hf_dir=hf_dir, tolerance=tolerance, mode=mode,
+                 input_ids=_ids(input_ids) if input_ids else None)
+    if as_json:
+        emit_json(res)
+    else:
+        table(f"verify {plan_path} ({res['mode']})", ["adapter", "max abs diff", "cosine", "tolerance", "ok"],
+              [(r["adapter"], f"{r['max_abs_diff']:.2e}", f"{r['cosine']:.6f}", f"{r['tolerance']:.0e}",
+                "yes" if r["ok"] else "NO") for r in res["adapters"]])
+    if not res["ok"]:
+        bad = [r["adapter"] for r in res["adapters"] if not r["ok"]]
+        raise IncompatibleError(", ".join(bad), "differs from its reference beyond the tolerance", details=res)
