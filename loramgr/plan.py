@@ -107,6 +107,7 @@ def make_plan(reg: Any, base_ref: str, build_id: int | None, out: str | Path | N
                          "weight_encodings": enc.get("param_encodings", {}),
                          "steps": _steps(base, secs, alpha_tensor, 1.0, bool(enc))})
     dsecs = sections_of([a for a in rec["artifacts"] if a["kind"] == "default_section"])
+    denc = reg.adapter_encodings(None, base["id"]) if hasattr(reg, "adapter_encodings") else {}
     shared = bool(rec["share_adapters"])
     doc = {
         "schema": "loramgr.plan", "schema_version": SCHEMA_VERSION, "generated_by": f"loramgr {__version__}",
@@ -121,8 +122,8 @@ def make_plan(reg: Any, base_ref: str, build_id: int | None, out: str | Path | N
                   "same_sdk_version_required": True, "reset_by_alpha_zero": alpha_tensor is not None,
                   "reset_by_default_adapter": True},
         "adapters": adapters,
-        "default_adapter": {"sections": dsecs, "io_encodings": {},
-                            "steps": _steps(base, dsecs, alpha_tensor, 1.0, False)},
+        "default_adapter": {"sections": dsecs, "io_encodings": denc.get("activation_encodings", {}),
+                            "steps": _steps(base, dsecs, alpha_tensor, 1.0, bool(denc))},
         "reset_steps": {
             "alpha_zero": ([{"op": "set_alpha", "tensor": alpha_tensor, "value": 0.0}, {"op": "execute"}]
                            if alpha_tensor else []),

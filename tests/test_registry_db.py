@@ -25,7 +25,7 @@ def test_upgrade_from_empty_and_models_match_migrations(tmp_path):
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
     assert db.current_revision(engine) is None
-    assert db.upgrade(engine) == [db.SCHEMA_HEAD]
+    assert db.upgrade(engine) == ["0001", "0002"] and db.SCHEMA_HEAD == "0002"
     assert db.upgrade(engine) == []
     script = ScriptDirectory.from_config(db.alembic_config(engine))
     assert script.get_current_head() == db.SCHEMA_HEAD
@@ -60,7 +60,8 @@ def test_init_and_db_upgrade_list(home):
     r = invoke("init", "--json")
     assert r.exit_code == 0 and r.json["revision"] == db.SCHEMA_HEAD
     r = invoke("db", "upgrade", "--list", "--json")
-    assert r.json[-1] == {"revision": db.SCHEMA_HEAD, "message": "initial registry schema", "applied": True}
+    assert r.json[-1] == {"revision": db.SCHEMA_HEAD, "message": "per-adapter quantization encodings",
+                           "applied": True}
 
 
 def _register_many(args: tuple[str, str, int]) -> int:
@@ -184,3 +185,21 @@ def test_python_m_loramgr(tmp_path):
 
     p = subprocess.run([sys.executable, "-m", "loramgr", "--version"], capture_output=True, text=True)
     assert p.returncode == 0 and "loramgr" in p.stdout
+
+
+def test_upgrade_from_0001_keeps_rows(tmp_path):
+    """A registry made by an older loramgr (schema 0001) upgrades in place on first use."""
+    from alembic import command
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    cfg = db.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.exec_driver_sql("INSERT INTO event (at, actor, action, subject, details) "
+                             "VALUES ('2026-01-01', 'old', 'x', 'y', '{}')")
+    assert db.current_revision(engine) == "0001"
+    assert db.upgrade(engine) == ["0002"]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT actor FROM event").scalar() == "old"
+        assert conn.exec_driver_sql("SELECT count(*) FROM encoding").scalar() == 0

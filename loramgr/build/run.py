@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,7 +45,8 @@ def cache_key(base: dict[str, Any], adapter: dict[str, Any] | None, backend_id: 
     blob = {"layout": LAYOUT_VERSION, "base": base["fingerprint"], "precision": base["precision"],
             "backend": backend_id, "share": share, "groups": groups,
             "adapter": None if adapter is None else [adapter["sha256"], adapter.get("config_sha256"),
-                                                      adapter["lora_alpha"], adapter["name"], adapter["version"]]}
+                                                      adapter["lora_alpha"], adapter["name"], adapter["version"],
+                                                      adapter.get("encodings")]}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -93,7 +93,7 @@ def _place(src: Path, dest: Path, *, link: bool) -> None:
     os.replace(tmp, dest)
 
 
-def _materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFile]:
+def materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFile]:
     """Base graphs (and their external data) next to the sections, so that a plan and a bundle are
     self-contained. Hard links from the store where possible."""
     files = []
@@ -115,34 +115,24 @@ def _materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFi
 
 
 class _Progress:
-    """A rich bar per build on a terminal, plain lines otherwise."""
+    """Build progress: one step per section job."""
 
     def __init__(self, total: int, quiet: bool) -> None:
-        self.quiet, self.total, self.done = quiet, total, 0
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from rich.progress import Progress
+        from loramgr.progress import Progress
 
-            self.bar = Progress(transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("building sections", total=total)
+        self.p = Progress(total, "building sections", quiet)
 
     def __call__(self, job: SectionJob) -> None:
-        self.done += 1
-        name = job.adapter["ref"] if job.adapter else "default adapter"
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, description=f"built {name}")
-        elif not self.quiet:
-            print(f"[{self.done}/{self.total}] built {name}", file=sys.stderr, flush=True)
+        self.p.advance(f"built {job.adapter['ref'] if job.adapter else 'default adapter'}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.p.close()
 
 
 def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool = False, backend: str = "ort",
           share_adapters: bool = False, jobs: int = 1, out_dir: str | Path | None = None,
-          force: bool = False, quiet: bool = False, **backend_opts: Any) -> dict[str, Any]:
+          force: bool = False, quiet: bool = False, precision: str | None = None,
+          **backend_opts: Any) -> dict[str, Any]:
     """Build sections for the selected adapters of a base; returns the ``build --json`` object."""
     from loramgr.validate import validate
     from loramgr.weightlist import write_weight_lists
@@ -159,7 +149,12 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
     if hasattr(be, "check"):
         be.check(base)  # e.g. the SDK version must equal the base's, before any build row exists
     out = Path(out_dir or reg.settings.home / "builds" / f"{base['name']}@{base['version']}").absolute()
-    adapters = [reg.adapter(r) for r in chosen]
+    if precision and precision != base["precision"]:
+        if base["precision"] in ("int8", "int16") or any(ap["dtype"] in ("int8", "int16")
+                                                         for ap in base["attachment_point_list"]):
+            raise IncompatibleError(f"--precision {precision}", f"base {base['ref']} is {base['precision']}")
+        base = base | {"precision": precision}
+    adapters = [_with_encodings(reg, base, reg.adapter(r)) for r in chosen]
     groups = section_groups(base, share_adapters)
     kind = "super_section" if share_adapters else "section"
     backend_id = be.version()
@@ -182,7 +177,7 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
                 first = next(j for j in all_jobs if j.adapter is not None)
                 reused = [f for f in reused if f.cache_key != first.cache_key]
                 todo.insert(0, first)
-            graph_files = _materialize_graphs(reg, base, out)
+            graph_files = materialize_graphs(reg, base, out)
             base = base | {"graph_paths": {g: str(out / f.rel_path) for f in graph_files if f.kind == "graph"
                                            for g in f.graphs}}
             log.append(f"reused {len(reused)} file(s); building {len(todo)} job(s)")
@@ -219,6 +214,21 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
             "reused": sorted({f.adapter or "default" for f in reused}),
             "artifacts": [{"adapter": a["adapter"], "graphs": a["graphs"], "kind": a["kind"], "path": a["path"],
                            "sha256": a["sha256"], "size": a["size"]} for a in rec["artifacts"]]}
+
+
+def _with_encodings(reg: Any, base: dict[str, Any], adapter: dict[str, Any]) -> dict[str, Any]:
+    """Attach the adapter's encodings (they are build inputs: quant_overrides, quantized sections).
+    An integer build computes and stores weight encodings when calibration has not."""
+    from loramgr.build.inputs import INT_BITS, weight_encodings
+    from loramgr.registry.encodings import store
+
+    enc = reg.adapter_encodings(adapter["id"], base["id"])
+    bits = INT_BITS.get(base["precision"])
+    if bits and not (enc.get("param_encodings")):
+        store(reg, base["id"], adapter["id"], weight_encodings(adapter, base, bits), "build")
+        enc = reg.adapter_encodings(adapter["id"], base["id"])
+    enc.pop("sources", None)
+    return adapter | ({"encodings": enc} if enc else {})
 
 
 def _reuse(reg: Any, jobs: list[SectionJob], out: Path, force: bool) -> tuple[list[OutFile], list[SectionJob]]:

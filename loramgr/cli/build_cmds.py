@@ -25,12 +25,14 @@ from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, par
 @click.option("--htp-config", type=click.Path(dir_okay=False), help="qairt: --config_file for the generator.")
 @click.option("--tool-timeout", type=click.FloatRange(min=0.1), help="qairt: seconds before an SDK tool is "
               "stopped (default: $LORAMGR_TOOL_TIMEOUT or 3600).")
+@click.option("--precision", type=click.Choice(["int8", "int16"]), help="Quantize the adapters' weights with their "
+              "encodings (computed when calibration has not run); default: the base's precision.")
 @click.option("--force", is_flag=True, help="Rebuild even what is unchanged.")
 @json_option
 @pass_ctx
 def build(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, backend: str, share_adapters: bool,
           jobs: int, out_dir: str | None, sdk_root: str | None, dlcs: tuple[str, ...], htp_config: str | None,
-          tool_timeout: float | None, force: bool, as_json: bool) -> None:
+          tool_timeout: float | None, precision: str | None, force: bool, as_json: bool) -> None:
     """Build binary sections for adapters of a base, plus the default (all-zero) adapter.
 
     Adapters are validated as a group first (exit 5 on any problem). Unchanged adapters are reused
@@ -45,7 +47,7 @@ def build(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, backend: s
     opts = ({"sdk_root": sdk_root, "dlcs": parse_kv(dlcs, "--dlc"), "htp_config": htp_config,
              "tool_timeout": tool_timeout} if backend == "qairt" else {})
     res = run(ctx.registry, base_ref, list(refs), all_=all_, backend=backend, share_adapters=share_adapters,
-              jobs=jobs, out_dir=out_dir, force=force, quiet=as_json, **opts)
+              jobs=jobs, out_dir=out_dir, force=force, quiet=as_json, precision=precision, **opts)
     if as_json:
         emit_json(res)
         return

@@ -24,12 +24,15 @@ from loramgr.cli.registry_cmds import base_group
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-part-bytes", default="2GB", show_default=True,
               help="Split by decoder layers so each part's weights stay under this (protobuf's 2 GB limit).")
+@click.option("--quantized-lora", type=click.Choice(["8", "16"]), help="Integer LoRA inputs (int8/int16) with "
+              "per-channel `<input>_scale` inputs feeding DequantizeLinear: sections then carry quantized weights.")
 @click.option("--sdk-version", help="QAIRT SDK version recorded on the registered base.")
 @click.option("--no-register", is_flag=True, help="Only write the graphs.")
 @json_option
 @pass_ctx
 def base_export(ctx: Ctx, hf_dir: str, name: str, target_modules: str, max_rank: int, out_dir: str, graphs: str,
-                context_len: int | None, precision: str, max_part_bytes: str, sdk_version: str | None,
+                context_len: int | None, precision: str, max_part_bytes: str, quantized_lora: str | None,
+                sdk_version: str | None,
                 no_register: bool, as_json: bool) -> None:
     """Export a local Hugging Face causal LM to LoRA-ready ONNX graphs and register them as a base.
 
@@ -45,12 +48,14 @@ def base_export(ctx: Ctx, hf_dir: str, name: str, target_modules: str, max_rank:
     targets = [t.strip() for t in target_modules.split(",") if t.strip()]
     say = None if as_json else (lambda s: print(s, file=sys.stderr, flush=True))
     man = export_base(hf_dir, out_dir, targets=targets, max_rank=max_rank, graphs=graphs, context_len=context_len,
-                      precision=precision, max_part_bytes=parse_bytes(max_part_bytes), progress=say)
+                      precision=precision, max_part_bytes=parse_bytes(max_part_bytes),
+                      quantized_lora=int(quantized_lora) if quantized_lora else None, progress=say)
     res = {"out_dir": str(Path(out_dir).absolute()), "export": man, "base": None}
     if not no_register:
         out = Path(out_dir)
         rec, _ = ctx.registry.register_base(
-            [(g["name"], out / g["file"]) for g in man["graphs"]], name=name, max_rank=max_rank, precision=precision,
+            [(g["name"], out / g["file"]) for g in man["graphs"]], name=name, max_rank=max_rank,
+            precision=f"int{quantized_lora}" if quantized_lora else precision,
             sdk_version=sdk_version, allow_empty=len(man["parts"]) > 1,
             kinds={g["name"]: g["kind"] for g in man["graphs"]}, details={"export": man})
         res["base"] = rec

@@ -65,17 +65,35 @@ def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
 @click.option("--base", "base_ref", help="The base model this adapter is meant for (a hint).")
 @click.option("--tag", "tags", multiple=True, metavar="K=V", help="Free-form tag; repeatable.")
 @click.option("--link", is_flag=True, help="Hard-link into the store instead of copying (same filesystem).")
+@click.option("--encodings", "encodings_path", type=click.Path(dir_okay=False),
+              help="AIMET encodings for this adapter (needs --base; checked against its tensor names).")
 @json_option
 @pass_ctx
 def register(ctx: Ctx, path: str, name: str | None, version: str | None, lora_alpha: float | None,
-             base_ref: str | None, tags: tuple[str, ...], link: bool, as_json: bool) -> None:
+             base_ref: str | None, tags: tuple[str, ...], link: bool, encodings_path: str | None,
+             as_json: bool) -> None:
     """Register a LoRA adapter: a .safetensors file or a PEFT adapter directory.
 
     Reads only the safetensors header, copies the file once into the content-addressed store while
     hashing it, and records every tensor. The same bytes again return the existing record.
     """
+    enc = None
+    if encodings_path:  # checked before anything is registered, so bad encodings leave nothing behind
+        from loramgr.errors import UsageError
+        from loramgr.formats.encodings import load as load_encodings
+        from loramgr.registry.encodings import check_names
+
+        if not base_ref:
+            raise UsageError("--encodings", "needs --base (encodings name the base's tensors)")
+        base = ctx.registry.base(base_ref)
+        enc = load_encodings(encodings_path)
+        check_names(enc, base, encodings_path)
     rec, created = ctx.registry.register_adapter(path, name=name, version=version, lora_alpha=lora_alpha,
                                                  base=base_ref, tags=parse_kv(tags, "--tag"), link=link)
+    if enc is not None:
+        from loramgr.registry.encodings import store
+
+        rec["encodings"] = store(ctx.registry, base["id"], rec["id"], enc, "import")
     if as_json:
         emit_json(rec)
     elif created:

@@ -68,7 +68,8 @@ def _bytes(mod: Any, dtype_size: int) -> int:
 
 def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], max_rank: int,
                 graphs: str = DEFAULT_GRAPHS, context_len: int | None = None, precision: str = "fp32",
-                max_part_bytes: int = 2 * 10**9, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                max_part_bytes: int = 2 * 10**9, quantized_lora: int | None = None,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export; returns the manifest (also written as ``OUT/export.json``)."""
     try:
         import torch
@@ -114,7 +115,10 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kvh, hd = kv_shape(model, family)
+    if quantized_lora not in (None, 8, 16):
+        raise UsageError(f"--quantized-lora {quantized_lora}", "must be 8 or 16")
     manifest: dict[str, Any] = {"format": "loramgr.export", "version": 1, "family": family,
+                                "quantized_lora": quantized_lora,
                                 "source": str(hf.absolute()),
                                 "model_type": cfg.model_type, "precision": precision, "max_rank": max_rank,
                                 "target_modules": targets, "context_len": ctx, "num_layers": n,
@@ -131,7 +135,7 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
             spec = GraphSpec(name, q, past, layers, first, last, pi,
                              find_targets(model, family, targets, layers))
             say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
-            protos[f"{name}.onnx"] = _export_one(model, family, spec, max_rank, dtype, np_dtype)
+            protos[f"{name}.onnx"] = _export_one(model, family, spec, max_rank, dtype, np_dtype, quantized_lora)
             manifest["graphs"].append({"name": name, "kind": "prefill" if not past else "decode",
                                        "file": f"{name}.onnx", "part": pi, "q_len": q, "past_len": spec.past_len,
                                        "layers": list(layers), "first": first, "last": last,
@@ -150,7 +154,8 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     return manifest
 
 
-def _export_one(model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dtype: str) -> Any:
+def _export_one(model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dtype: str,
+                quantized_lora: int | None = None) -> Any:
     import warnings
 
     import torch
@@ -176,4 +181,8 @@ def _export_one(model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dt
     shapes = {n: (tuple(a.shape), np_dtype) for n, a in zip(fwd.input_names, args) if n in lora}
     add_lora_defaults(proto, shapes, "lora_alpha" if spec.targets else None)
     strip_dropout(proto)
+    if quantized_lora:
+        from loramgr.export.onnx_io import quantize_lora_inputs
+
+        quantize_lora_inputs(proto, sorted(lora), quantized_lora)
     return proto

@@ -85,3 +85,37 @@ def save_sharing_weights(models: dict[str, Any], out_dir: Path, data_name: str) 
     for fname, model in models.items():
         onnx.save_model(model, str(out_dir / fname))
     return {"data": str(data_path), "data_bytes": data_path.stat().st_size, "tensors": len(offsets)}
+
+
+def quantize_lora_inputs(model: Any, lora_inputs: list[str], bits: int) -> None:
+    """Make each LoRA input integer (int8/int16, symmetric) with a per-output-channel ``<name>_scale``
+    input feeding ``DequantizeLinear`` (axis 1), so sections carry integer weights plus their
+    encodings, as on HTP. int16 uses ONNX Runtime's ``com.microsoft`` DequantizeLinear, which accepts
+    int16 at any opset. Defaults: zero codes, unit scales (the default adapter)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    itype, npt = (TensorProto.INT8, np.int8) if bits == 8 else (TensorProto.INT16, np.int16)
+    domain = "" if bits == 8 else "com.microsoft"
+    if domain and not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    inputs = {i.name: i for i in model.graph.input}
+    inits = {t.name: t for t in model.graph.initializer}
+    new_nodes = []
+    for name in lora_inputs:
+        vi = inputs[name]
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        dq = f"{name}_dequantized"
+        for node in model.graph.node:
+            for k, x in enumerate(node.input):
+                if x == name:
+                    node.input[k] = dq
+        vi.type.tensor_type.elem_type = itype
+        scale = f"{name}_scale"
+        model.graph.input.append(helper.make_tensor_value_info(scale, TensorProto.FLOAT, [dims[1]]))
+        if name in inits:
+            inits[name].CopyFrom(numpy_helper.from_array(np.zeros(dims, npt), name))
+        model.graph.initializer.append(numpy_helper.from_array(np.ones(dims[1], np.float32), scale))
+        new_nodes.append(helper.make_node("DequantizeLinear", [name, scale], [dq], axis=1, domain=domain,
+                                          name=f"dq_{name}"))
+    for n in reversed(new_nodes):
+        model.graph.node.insert(0, n)

@@ -330,6 +330,12 @@ class Registry:
                  "dtype": ap.dtype, "graphs": ap.graphs} for ap in b.attachment_points]
         return rec
 
+    def adapter_encodings(self, adapter_id: int | None, base_id: int) -> dict[str, Any]:
+        """AIMET-layout encodings of an adapter (``None``: the base's own) on a base; {} if none."""
+        from loramgr.registry.encodings import load
+
+        return load(self, base_id, adapter_id)
+
     # -- validation ---------------------------------------------------------------------------------
     def record_validation(self, adapter_id: int, base_id: int, ok: bool, problems: list[dict[str, Any]]) -> None:
         """Keep the outcome; a pass moves a ``registered`` adapter to ``validated``."""

@@ -192,3 +192,22 @@ class Event(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(256), index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Encoding(Base):
+    """Quantization encodings of one tensor for one adapter on one base (``owner`` 0 with no adapter:
+    the base's own, i.e. the default adapter's). ``kind`` is activation (graph I/O) or param (LoRA
+    weights); ``entries`` is AIMET's list (one per channel for per-channel params)."""
+
+    __tablename__ = "encoding"
+    __table_args__ = (UniqueConstraint("base_id", "owner", "kind", "tensor"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16))
+    tensor: Mapped[str] = mapped_column(String(512))
+    entries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -75,20 +75,23 @@ def greedy(prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[
                                   "position_ids": np.arange(seq, dtype=np.int64)[None]}, presents)
     row = logits[0, n0 - 1]
     if decode is None:
-        if len(prompt) + steps > seq:
-            raise ValueError(f"without a decode graph, prompt + steps must fit the prefill length {seq}")
+        if len(prompt) > seq:
+            raise ValueError(f"without a decode graph, the prompt must fit the prefill length {seq}")
         toks = list(prompt)
         gen = Generation([])
-        for _ in range(steps):
+        while True:
             t = int(np.argmax(row))
             gen.tokens.append(t)
             gen.logits.append(row)
             toks.append(t)
+            if len(gen.tokens) == steps:
+                return gen
+            if len(toks) > seq:
+                raise ValueError(f"without a decode graph, prompt + steps must fit the prefill length {seq}")
             ids[0, :len(toks)] = toks
             mask[0, :len(toks)] = 1
             row = _run_chain(prefill, {"input_ids": ids, "attention_mask": mask,
                                        "position_ids": np.arange(seq, dtype=np.int64)[None]}, {})[0, len(toks) - 1]
-        return gen
     cache = {}
     for r in decode:
         for name, (shape, dt) in r.inputs.items():

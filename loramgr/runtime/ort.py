@@ -59,6 +59,9 @@ class LoraSession:
         ad = self._ort.LoraAdapter()
         ad.Load(str(path))
         with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:  # another thread loaded it meanwhile: share one object
+                return hit[0]
             self._cache[key] = (ad, sec.size)
             total = sum(n for _, n in self._cache.values())
             while total > self._cache_bytes and len(self._cache) > 1:
@@ -93,11 +96,16 @@ class LoraSession:
             entry = self.plan.adapter(adapter) if adapter is not None else self.active
             a = self.alpha if alpha is None else float(alpha)
         ro = self._ort.RunOptions()
-        ro.add_active_adapter(self._loaded(entry))
+        # keep a Python reference for the whole run: RunOptions holds only a raw pointer, and an LRU
+        # eviction in another thread must not free the adapter mid-run
+        adapter_obj = self._loaded(entry)
+        ro.add_active_adapter(adapter_obj)
         feeds = dict(feeds)
         if self._has_alpha and self.alpha_tensor not in feeds:
             feeds[self.alpha_tensor] = np.array([a], dtype=self._alpha_dtype())
-        return self.session.run(list(output_names) if output_names else None, feeds, ro)
+        out = self.session.run(list(output_names) if output_names else None, feeds, ro)
+        del adapter_obj
+        return out
 
     def _alpha_dtype(self) -> Any:
         return np.float16 if "float16" in self._inputs[self.alpha_tensor].type else np.float32

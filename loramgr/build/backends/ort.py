@@ -47,10 +47,10 @@ def read_section(path: str | Path) -> tuple[int, int, dict[str, Any]]:
 
 
 def _build_one(base: dict[str, Any], job: SectionJob, work: str) -> list[OutFile]:
-    from loramgr.build.inputs import default_inputs, prepared_inputs
+    from loramgr.build.inputs import section_inputs
     from loramgr.store import sha256_file
 
-    inputs = default_inputs(base) if job.adapter is None else prepared_inputs(job.adapter, base)
+    inputs = section_inputs(job.adapter, base)
     by_graph = {g: {ap["tensor_a"] for ap in base["attachment_point_list"] if g in ap["graphs"]} |
                 {ap["tensor_b"] for ap in base["attachment_point_list"] if g in ap["graphs"]}
                 for g in base["graphs"]}
@@ -58,6 +58,7 @@ def _build_one(base: dict[str, Any], job: SectionJob, work: str) -> list[OutFile
     out = []
     for section, graphs in job.groups.items():
         names = set().union(*(by_graph[g] for g in graphs))
+        names |= {k for k in inputs if k.endswith("_scale") and k[: -len("_scale")] in names}
         rel = f"sections/{folder}/{section}.onnx_adapter"
         p = Path(work) / rel
         write_section(p, {k: inputs[k] for k in sorted(names)}, adapter_version(job.adapter), model_version(base))

@@ -1,0 +1,170 @@
+"""``loramgr calibrate``: per-adapter activation (and weight) encodings on the ORT reference runtime.
+
+For the base alone (the default adapter) and for each adapter, the base graphs run on the
+calibration set with the adapter's prepared LoRA tensors fed as inputs; the min/max of every float
+graph input and output (except the LoRA inputs themselves) become asymmetric activation encodings,
+and the prepared (scaled, zero-padded) weights get symmetric per-output-channel encodings. Inputs:
+
+- ``.npz``: arrays named after graph inputs, the first axis indexing samples; every graph whose
+  plain inputs are all present runs once per sample;
+- ``.jsonl``: one ``{"input_ids": [...]}`` (or a bare list) per line, for exported LM bases; each
+  sample runs prefill and then decode steps (so the decode graph's cache tensors are covered too).
+
+Deterministic: same data, same encodings.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loramgr.errors import InvalidInputError, UsageError
+from loramgr.formats.encodings import asymmetric, symmetric_per_channel
+
+MAX_SAMPLES = 100_000
+
+
+def load_data(path: str | Path) -> tuple[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(str(p), "no such calibration file")
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (ValueError, OSError) as e:
+            raise InvalidInputError(str(p), f"not a readable .npz without pickles ({type(e).__name__})") from None
+        if not arrays or len({a.shape[0] if a.ndim else -1 for a in arrays.values()}) != 1 or \
+                any(a.ndim == 0 for a in arrays.values()):
+            raise InvalidInputError(str(p), "arrays must share a first (sample) axis")
+        return "npz", arrays
+    samples = []
+    for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise InvalidInputError(f"{p}:{i}", "not a JSON line") from None
+        ids = obj.get("input_ids") if isinstance(obj, dict) else obj
+        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                           for t in ids):
+            raise InvalidInputError(f"{p}:{i}", "expected {\"input_ids\": [non-negative ints]}")
+        samples.append(ids)
+        if len(samples) > MAX_SAMPLES:
+            raise InvalidInputError(str(p), f"more than {MAX_SAMPLES} samples")
+    if not samples:
+        raise InvalidInputError(str(p), "no samples")
+    return "ids", samples
+
+
+class _Recorder:
+    """min/max per float tensor name, over every run."""
+
+    def __init__(self, skip: set[str]) -> None:
+        self.skip, self.ranges = skip, {}
+
+    def see(self, named: dict[str, np.ndarray]) -> None:
+        for k, v in named.items():
+            if k in self.skip or not np.issubdtype(np.asarray(v).dtype, np.floating):
+                continue
+            lo, hi = float(np.min(v)), float(np.max(v))
+            if k in self.ranges:
+                a, b = self.ranges[k]
+                self.ranges[k] = (min(a, lo), max(b, hi))
+            else:
+                self.ranges[k] = (lo, hi)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run_owner(sessions: dict[str, Any], kinds: dict[str, str], data: tuple[str, Any], lora: dict[str, np.ndarray],
+               rec: _Recorder, progress: Any, label: str) -> None:
+    from loramgr.runtime.generate import Runner, greedy
+
+    def call(s: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = {i.name for i in [*s.get_inputs(), *s.get_overridable_initializers()]}
+        outs = s.run(None, feeds | {k: v for k, v in lora.items() if k in names})
+        rec.see(feeds)
+        rec.see(dict(zip([o.name for o in s.get_outputs()], outs)))
+        return outs
+
+    kind, payload = data
+    if kind == "npz":
+        n = next(iter(payload.values())).shape[0]
+        ran = False
+        for g, s in sessions.items():
+            need = [i.name for i in s.get_inputs() if i.name not in lora]
+            if not all(x in payload for x in need):
+                continue
+            ran = True
+            for i in range(n):
+                call(s, {x: payload[x][i] for x in need})
+        if not ran:
+            raise InvalidInputError("calibration data", f"arrays {sorted(payload)} do not cover the inputs of any graph "
+                                    f"({'; '.join(g + ': ' + ','.join(i.name for i in s.get_inputs()) for g, s in sessions.items())})")
+        progress.advance(label)
+        return
+    pre = [g for g in sessions if kinds[g] != "decode"]
+    dec = [g for g in sessions if kinds[g] == "decode"]
+    if not any("input_ids" in {i.name for i in sessions[g].get_inputs()} for g in pre):
+        raise UsageError("calibrate --data *.jsonl", "needs an exported LM base (graphs with input_ids)")
+    runners = {g: Runner.from_session(s, (lambda s: lambda feeds: call(s, feeds))(s)) for g, s in sessions.items()}
+    for ids in payload:
+        greedy([runners[g] for g in pre], [runners[g] for g in dec] or None, ids, 2 if dec else 1)
+    progress.advance(label)
+
+
+def calibrate(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool = False, data: str | Path,
+              act_bits: int = 8, weight_bits: int = 8, per_tensor: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Compute and store encodings for the base (default adapter) and each selected adapter."""
+    from loramgr.build.inputs import INT_BITS, prepared_inputs, section_inputs
+    from loramgr.build.run import materialize_graphs, select_adapters
+    from loramgr.progress import Progress
+    from loramgr.registry.encodings import store
+
+    if act_bits not in (8, 16) or weight_bits not in (8, 16):
+        raise UsageError("--act-bits/--weight-bits", "must be 8 or 16")
+    base = reg.base(base_ref)
+    wbits = INT_BITS.get(base["precision"], weight_bits)  # an integer base fixes the weight bit width
+    adapters = [reg.adapter(r) for r in select_adapters(reg, base, list(refs or []), all_)]
+    payload = load_data(data)
+    params = {n for ap in base["attachment_point_list"] for n in (ap["tensor_a"], ap["tensor_b"])}
+    skip = params | {n + "_scale" for n in params} | ({base["alpha_tensor"]} if base.get("alpha_tensor") else set())
+    out: dict[str, Any] = {"base": base["ref"], "data": str(data), "act_bits": act_bits, "weight_bits": wbits,
+                           "adapters": []}
+    with tempfile.TemporaryDirectory(prefix="loramgr-calib-") as tmp:
+        files = materialize_graphs(reg, base, Path(tmp))
+        paths = {f.graphs[0]: Path(tmp) / f.rel_path for f in files if f.kind == "graph"}
+        sessions = {g["name"]: _session(paths[g["name"]]) for g in base["graph_list"]}
+        kinds = {g["name"]: g["kind"] for g in base["graph_list"]}
+        with Progress(len(adapters) + 1, "calibrating", quiet) as progress:
+            for ad in [None, *adapters]:
+                prepared = {} if ad is None else prepared_inputs(ad, base)
+                params_enc = {n: symmetric_per_channel(v, wbits, axis=1, per_tensor=per_tensor)
+                              for n, v in sorted(prepared.items()) if n in params}
+                # what the runtime will hold: quantized weights for integer bases, else the prepared ones
+                lora = section_inputs(None if ad is None else ad | {"encodings": {"param_encodings": params_enc}}, base)
+                if base.get("alpha_tensor"):
+                    lora[base["alpha_tensor"]] = np.ones((1,), np.float32)
+                rec = _Recorder(skip)
+                _run_owner(sessions, kinds, payload, lora, rec, progress,
+                           "calibrated " + ("the base (default adapter)" if ad is None else ad["ref"]))
+                enc = {"activation_encodings": {t: [asymmetric(lo, hi, act_bits)] for t, (lo, hi) in
+                                                sorted(rec.ranges.items())},
+                       "param_encodings": params_enc}
+                store(reg, base["id"], ad["id"] if ad else None, enc, "calibrate", replace_all=True)
+                out["adapters"].append({"adapter": ad["ref"] if ad else "default",
+                                        "activation_tensors": len(enc["activation_encodings"]),
+                                        "param_tensors": len(enc["param_encodings"])})
+    return out

@@ -1,0 +1,159 @@
+"""AIMET quantization encodings: read (0.6.1 dict layout and 1.0.0 list layout), check, write, compute.
+
+Convention (AIMET/QNN): ``x = scale * (q + offset)``, ``offset = round(min / scale)`` (<= 0), unsigned
+codes ``q in [0, 2^bw - 1]`` for asymmetric activations; symmetric weights use signed codes with
+``offset = -2^(bw-1)`` in AIMET's file and zero-point 0 at run time.
+
+Normalised form, used everywhere in loramgr: ``{"version": "0.6.1", "activation_encodings":
+{tensor: [entry]}, "param_encodings": {tensor: [entry per channel]}}`` with entries
+``{bitwidth, dtype, is_symmetric, min, max, scale, offset}`` (is_symmetric as the strings AIMET
+writes, "True"/"False").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loramgr.errors import InvalidInputError
+
+MAX_BYTES = 256 * 1024 * 1024
+SECTIONS = ("activation_encodings", "param_encodings")
+_NUM = (int, float)
+
+
+def _bool_str(v: Any, where: str, source: str) -> str:
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return "True" if v.lower() == "true" else "False"
+    raise InvalidInputError(source, f"{where}.is_symmetric: expected true/false, got {v!r}")
+
+
+def _entry(e: Any, where: str, source: str) -> dict[str, Any]:
+    if not isinstance(e, dict):
+        raise InvalidInputError(source, f"{where}: expected an object")
+    bw = e.get("bitwidth")
+    if isinstance(bw, bool) or not isinstance(bw, int) or not 1 <= bw <= 32:
+        raise InvalidInputError(source, f"{where}.bitwidth: expected an integer 1..32, got {bw!r}")
+    dtype = e.get("dtype", "int")
+    if dtype not in ("int", "float"):
+        raise InvalidInputError(source, f"{where}.dtype: expected 'int' or 'float', got {dtype!r}")
+    out: dict[str, Any] = {"bitwidth": bw, "dtype": dtype,
+                           "is_symmetric": _bool_str(e.get("is_symmetric", False), where, source)}
+    if dtype == "float":
+        return out
+    for k in ("min", "max", "scale", "offset"):
+        v = e.get(k)
+        if isinstance(v, bool) or not isinstance(v, _NUM) or not math.isfinite(v):
+            raise InvalidInputError(source, f"{where}.{k}: expected a finite number, got {v!r}")
+        out[k] = float(v) if k != "offset" else int(round(v))
+    if out["scale"] < 0 or out["min"] > out["max"]:
+        raise InvalidInputError(source, f"{where}: needs scale >= 0 and min <= max")
+    return out
+
+
+def _v1_entries(e: dict[str, Any], where: str, source: str) -> list[dict[str, Any]]:
+    """AIMET 1.0.0 entry ``{name, enc_type, bw, dtype, is_sym, scale: [...], offset: [...]}``."""
+    bw = e.get("bw")
+    scales, offsets = e.get("scale"), e.get("offset")
+    if not isinstance(scales, list) or not isinstance(offsets, list) or len(scales) != len(offsets) or not scales:
+        raise InvalidInputError(source, f"{where}: expected equal, non-empty scale and offset lists")
+    out = []
+    for i, (s, o) in enumerate(zip(scales, offsets)):
+        if isinstance(s, bool) or not isinstance(s, _NUM) or isinstance(o, bool) or not isinstance(o, _NUM):
+            raise InvalidInputError(source, f"{where}.scale/offset[{i}]: expected numbers")
+        levels = 2 ** bw - 1 if isinstance(bw, int) and not isinstance(bw, bool) else 0
+        out.append(_entry({"bitwidth": bw, "dtype": str(e.get("dtype", "int")).lower(),
+                           "is_symmetric": e.get("is_sym", False), "scale": s, "offset": o,
+                           "min": s * o, "max": s * (o + levels)}, f"{where}[{i}]", source))
+    return out
+
+
+def parse(doc: Any, source: str) -> dict[str, Any]:
+    """Validate a decoded encodings file; every error names the offending key."""
+    if not isinstance(doc, dict):
+        raise InvalidInputError(source, "encodings file is not a JSON object")
+    if not any(k in doc for k in SECTIONS):
+        raise InvalidInputError(source, "has neither activation_encodings nor param_encodings")
+    out: dict[str, Any] = {"version": "0.6.1"}
+    for sec in SECTIONS:
+        val = doc.get(sec, {})
+        table: dict[str, list[dict[str, Any]]] = {}
+        if isinstance(val, list):  # AIMET 1.0.0
+            for i, e in enumerate(val):
+                if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+                    raise InvalidInputError(source, f"{sec}[{i}]: expected an object with a name")
+                table[e["name"]] = _v1_entries(e, f"{sec}.{e['name']}", source)
+        elif isinstance(val, dict):
+            for name, v in val.items():
+                items = v if isinstance(v, list) else [v]
+                if not items:
+                    raise InvalidInputError(source, f"{sec}.{name}: empty list")
+                table[name] = [_entry(e, f"{sec}.{name}[{i}]", source) for i, e in enumerate(items)]
+        else:
+            raise InvalidInputError(source, f"{sec}: expected an object or a list")
+        out[sec] = table
+    return out
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_BYTES:
+            raise InvalidInputError(str(p), f"encodings file larger than {MAX_BYTES} bytes")
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(str(p), "no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InvalidInputError(str(p), f"not valid JSON ({type(e).__name__})") from None
+    return parse(doc, str(p))
+
+
+def dumps(enc: dict[str, Any]) -> str:
+    return json.dumps({"version": enc.get("version", "0.6.1"),
+                       **{s: enc.get(s, {}) for s in SECTIONS}}, indent=2, sort_keys=True) + "\n"
+
+
+# -- computing encodings -----------------------------------------------------------------------------
+def asymmetric(lo: float, hi: float, bits: int = 8) -> dict[str, Any]:
+    """Activation encoding covering [lo, hi] (widened to include 0, so 0 is exact)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    levels = 2 ** bits - 1
+    scale = (hi - lo) / levels if hi > lo else 1.0 / levels
+    offset = int(round(lo / scale))
+    return {"bitwidth": bits, "dtype": "int", "is_symmetric": "False", "min": offset * scale,
+            "max": (offset + levels) * scale, "scale": scale, "offset": offset}
+
+
+def symmetric_per_channel(w: np.ndarray, bits: int = 8, axis: int = -1,
+                          per_tensor: bool = False) -> list[dict[str, Any]]:
+    """Signed symmetric weight encodings, one per channel along ``axis`` (or one for the tensor).
+
+    A channel that is all zeros (LoRA zero-padding) gets scale 1: it quantizes to exact zeros and
+    does not influence the other channels."""
+    a = np.abs(np.asarray(w, np.float64))
+    qmax = 2 ** (bits - 1) - 1
+    amax = [a.max()] if per_tensor else list(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1))
+    out = []
+    for m in amax:
+        scale = float(m) / qmax if m > 0 else 1.0
+        out.append({"bitwidth": bits, "dtype": "int", "is_symmetric": "True", "min": -scale * (qmax + 1),
+                    "max": scale * qmax, "scale": scale, "offset": -(qmax + 1)})
+    return out
+
+
+def quantize_symmetric(w: np.ndarray, encs: list[dict[str, Any]], axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(signed integer codes, per-channel scales as float32) for ``w`` with ``encs``."""
+    bits = encs[0]["bitwidth"]
+    scales = np.array([e["scale"] for e in encs], np.float64)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    s = scales.reshape(shape) if len(encs) > 1 else scales.reshape([1] * w.ndim)
+    qmax = 2 ** (bits - 1) - 1
+    q = np.clip(np.round(np.asarray(w, np.float64) / s), -qmax - 1, qmax)
+    return q.astype(np.int8 if bits <= 8 else np.int16), scales.astype(np.float32)
