@@ -59,7 +59,12 @@ def main() -> None:
     sh("weight-list", "--base", "tiny", "-o", out / "lora_weights.txt")
     print((out / "lora_weights.txt").read_text().rstrip())
 
-    print("\n## 3. build on the ONNX Runtime reference backend, with and without super adapters")
+    print("\n## 3. calibrate per-adapter I/O encodings on the bundled calibration set")
+    calib = Path(__file__).parent / "data" / "demo_calib.jsonl"
+    sh("calibrate", "--base", "tiny", "--all", "--data", calib)
+    sh("encodings", "show", "chat-r8", "--tensor", "logits")
+
+    print("\n## 4. build on the ONNX Runtime reference backend, with and without super adapters")
     build_dir = out / "build"
     sh("build", "--base", "tiny", "--backend", "ort", "-o", out / "build-per-graph")
     sh("build", "--base", "tiny", "--backend", "ort", "--share-adapters", "-o", build_dir)
@@ -70,7 +75,7 @@ def main() -> None:
     print(f"super adapters: {shared} bytes vs {per_graph} bytes per-graph sections "
           f"({100 * (1 - shared / per_graph):.0f}% saved)")
 
-    print("\n## 4. the runtime plan, a device bundle, then adapters run through the plan")
+    print("\n## 5. the runtime plan, a device bundle, then adapters run through the plan")
     plan = build_dir / "plan.json"
     sh("plan", "--base", "tiny")
     sh("plan-show", plan, "--adapter", "chat-r8")
@@ -100,8 +105,9 @@ def run_plan(plan_path: Path) -> None:
         session.apply(name)
         logits = session.run(feeds, ["logits"])[0]
         print(f"  {name:9s} next-token logits[:4] = {np.array2string(logits[0, 3, :4], precision=4)}")
-        enc = plan.adapter(name).io_encodings()
-        print(f"  {'':9s} I/O encodings: {enc or 'none (not calibrated)'}")
+        enc = plan.adapter(name).io_encodings("logits")
+        print(f"  {'':9s} I/O encoding of logits: " + (f"min {enc['min']:.4f} max {enc['max']:.4f} scale "
+                                                         f"{enc['scale']:.6f} offset {enc['offset']}" if enc else "none"))
 
 
 if __name__ == "__main__":
