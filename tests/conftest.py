@@ -79,3 +79,21 @@ def tiny(tmp_path: Path):
             return d, t
 
     return Tiny
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server per test session (per xdist worker)."""
+    from tests.pg import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_db(request, monkeypatch):
+    """Run a test on the embedded SQLite registry and on a fresh database of a real PostgreSQL server."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("LORAMGR_DB_URL", request.getfixturevalue("pg_server").create_db())
+    return request.param

@@ -17,6 +17,9 @@ REQUIRED = {"name", "version", "sha256", "size", "rank", "lora_alpha", "dtype", 
             "target_modules"}
 
 
+#: every registry test runs on SQLite and on a real PostgreSQL server
+pytestmark = pytest.mark.usefixtures("registry_db")
+
 def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 

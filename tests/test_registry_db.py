@@ -1,4 +1,4 @@
-"""Schema, migrations and concurrent writers on the real SQLite registry."""
+"""Schema, migrations and concurrent writers on the real SQLite registry and a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -18,12 +18,16 @@ from loramgr.registry.models import Base
 from tests.conftest import invoke
 
 
-def test_upgrade_from_empty_and_models_match_migrations(tmp_path):
+def _url(registry_db: str, tmp_path: Path) -> str:
+    return os.environ["LORAMGR_DB_URL"] if registry_db == "postgresql" else f"sqlite:///{tmp_path / 'r.db'}"
+
+
+def test_upgrade_from_empty_and_models_match_migrations(tmp_path, registry_db):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    engine = db.make_engine(_url(registry_db, tmp_path))
     assert db.current_revision(engine) is None
     assert db.upgrade(engine) == ["0001", "0002"] and db.SCHEMA_HEAD == "0002"
     assert db.upgrade(engine) == []
@@ -35,10 +39,10 @@ def test_upgrade_from_empty_and_models_match_migrations(tmp_path):
     assert set(inspect(engine).get_table_names()) >= {t for t in Base.metadata.tables}
 
 
-def test_downgrade_to_base_and_back(tmp_path):
+def test_downgrade_to_base_and_back(tmp_path, registry_db):
     from alembic import command
 
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    engine = db.make_engine(_url(registry_db, tmp_path))
     db.upgrade(engine)
     cfg = db.alembic_config(engine)
     with engine.begin() as conn:
@@ -64,38 +68,55 @@ def test_init_and_db_upgrade_list(home):
                            "applied": True}
 
 
-def _register_many(args: tuple[str, str, int]) -> int:
-    home, src_root, worker = args
+def _register_many(args: tuple[str, str | None, str, int, int]) -> list[str]:
+    home, url, src_root, worker, n = args
     os.environ["LORAMGR_HOME"] = home
+    if url:
+        os.environ["LORAMGR_DB_URL"] = url
     reg = Registry(Settings.resolve())
-    for i in range(25):
-        reg.register_adapter(Path(src_root) / f"w{worker}" / f"a{i}")
-    return worker
+    refs = []
+    for i in range(n):
+        rec, _ = reg.register_adapter(Path(src_root) / f"w{worker}" / f"a{i}")
+        refs.append(rec["ref"])
+    reg.close()
+    return refs
 
 
-def test_four_processes_register_100_adapters(tmp_path, home):
+@pytest.mark.slow
+def test_eight_processes_register_400_adapters(tmp_path, home, registry_db):
+    """8 processes x 50 registrations: workers 0-5 register their own bytes under 50 shared names
+    (-> versions 1..6 per name); workers 6 and 7 register the same bytes as workers 0 and 1
+    (duplicates -> the existing records). Nothing escapes as a lock/serialization error."""
     mps = synth.module_paths()
-    for w in range(4):
-        for i in range(25):
+    n, writers = 50, 6
+    for w in range(writers):
+        for i in range(n):
             synth.write_adapter(tmp_path / "src" / f"w{w}" / f"a{i}",
-                                synth.adapter_tensors(mps, 4, seed=1000 * w + i), synth.peft_config(4, 8, ["q_proj"]))
+                                synth.adapter_tensors(mps, 2, seed=1000 * w + i), synth.peft_config(2, 4, ["q_proj"]))
+    for dup, orig in ((6, 0), (7, 1)):
+        import shutil
+
+        shutil.copytree(tmp_path / "src" / f"w{orig}", tmp_path / "src" / f"w{dup}")
+    url = os.environ.get("LORAMGR_DB_URL")
     ctx = mp.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        assert sorted(pool.map(_register_many, [(str(home), str(tmp_path / "src"), w) for w in range(4)])) == [0, 1, 2, 3]
+    with ctx.Pool(8) as pool:
+        results = pool.map(_register_many, [(str(home), url, str(tmp_path / "src"), w, n) for w in range(8)])
+    assert results[6] == results[0] and results[7] == results[1]  # duplicates resolved to the same records
     rows = invoke("list", "--json").json
-    assert len(rows) == 100
-    # 4 workers used the same 25 names: every name has versions 1..4, each once
+    assert len(rows) == writers * n
     versions: dict[str, list[str]] = {}
     for r in rows:
         versions.setdefault(r["name"], []).append(r["version"])
-    assert all(sorted(v) == ["1", "2", "3", "4"] for v in versions.values()) and len(versions) == 25
+    assert len(versions) == n and all(sorted(v, key=int) == [str(k) for k in range(1, writers + 1)]
+                                       for v in versions.values())
+    assert len({r["sha256"] for r in rows}) == writers * n
     for r in rows:
         p = Path(r["store_path"])
         assert hashlib.sha256(p.read_bytes()).hexdigest() == r["sha256"]
     assert not list((home / "store" / "tmp").iterdir())
 
 
-def test_base_register_single_and_multi(tiny, tmp_path):
+def test_base_register_single_and_multi(tiny, tmp_path, registry_db):
     r = invoke("base", "register", tiny.base, "--name", "tiny", "--json")
     assert r.exit_code == 0, r.stderr
     rec = r.json
@@ -118,7 +139,7 @@ def test_base_register_single_and_multi(tiny, tmp_path):
     assert [b["name"] for b in bases] == ["ctx", "tiny"]
 
 
-def test_base_register_errors(tiny, tmp_path, home):
+def test_base_register_errors(tiny, tmp_path, home, registry_db):
     r = invoke("base", "register", tiny.base, "--name", "t", "--max-rank", "8")
     assert r.exit_code == 2 and "rank 16" in r.stderr
     junk = tmp_path / "junk.onnx"

@@ -26,6 +26,7 @@ class Ctx:
             from loramgr.registry.api import Registry
 
             self._registry = Registry(self.settings)
+            click.get_current_context().call_on_close(self._registry.close)
         return self._registry
 
 

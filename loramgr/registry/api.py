@@ -56,6 +56,12 @@ class Registry:
                 db.ensure_schema(self._engine)
         return self._engine
 
+    def close(self) -> None:
+        """Release database connections (the CLI calls this when a command ends)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
     @contextlib.contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
         """A session in one transaction; ``write`` takes SQLite's write lock up front."""

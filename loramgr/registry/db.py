@@ -63,7 +63,8 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql") or url.startswith("postgres"):
-        return create_engine(url, pool_pre_ping=True)
+        # small pools: a CLI process needs one connection, and teams run many processes at once
+        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
     return create_engine(url)
 
 
