@@ -134,7 +134,12 @@ def make_plan(reg: Any, base_ref: str, build_id: int | None, out: str | Path | N
 
 
 def write_plan(reg: Any, base_ref: str, build_id: int | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    from loramgr.registry.lifecycle import record_plan
+
     doc, path = make_plan(reg, base_ref, build_id, out)
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
+    sha = sha256_file(path)
+    base = reg.base(base_ref)
+    record_plan(reg, base["id"], doc["build_id"], str(path), sha, [reg.adapter(a["ref"])["id"] for a in doc["adapters"]])
     return {"plan": str(path), "build_id": doc["build_id"], "adapters": [a["ref"] for a in doc["adapters"]],
-            "sha256": sha256_file(path)}
+            "sha256": sha}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import contextlib
+import fcntl
 import os
 import queue
 import threading
@@ -147,6 +149,18 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    @contextlib.contextmanager
+    def guard(self, shared: bool = True) -> Iterator[None]:
+        """Writers (register) hold this shared from copy to committed row; ``gc`` holds it exclusive,
+        so it never collects an object whose row is about to be written."""
+        self.ensure()
+        with open(self.root / ".gc.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def remove(self, sha256: str) -> int:
         p = self.path_for(sha256)

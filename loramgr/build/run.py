@@ -51,19 +51,39 @@ def cache_key(base: dict[str, Any], adapter: dict[str, Any] | None, backend_id: 
 
 
 @contextlib.contextmanager
-def base_lock(home: Path, base: dict[str, Any]) -> Iterator[None]:
-    """One build of a base at a time (on this machine); others wait."""
-    d = home / "locks"
+def base_lock(reg: Any, base: dict[str, Any]) -> Iterator[None]:
+    """One build of a base at a time: a file lock on this machine, plus a PostgreSQL advisory lock
+    (held on its own connection) when the registry is shared by several machines."""
+    d = reg.settings.home / "locks"
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / f"build-{base['name']}@{base['version']}.lock", "a+") as f:
+    key = f"{base['name']}@{base['version']}"
+    with open(d / f"build-{key}.lock", "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            if reg.engine.dialect.name == "postgresql":
+                from sqlalchemy import text
+
+                lock_id = int.from_bytes(hashlib.sha256(f"loramgr-build:{key}".encode()).digest()[:8], "big", signed=True)
+                with reg.engine.connect() as conn:
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_id})
+                    conn.commit()
+                    try:
+                        yield
+                    finally:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+                        conn.commit()
+            else:
+                yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def select_adapters(reg: Any, base: dict[str, Any], refs: list[str], all_: bool) -> list[str]:
+    for r in refs:
+        if reg.adapter(r)["status"] == "retired":
+            from loramgr.errors import ConflictError
+
+            raise ConflictError(f"adapter {reg.adapter(r)['ref']}", "is retired and is not built any more")
     if refs and not all_:
         return list(dict.fromkeys(refs))
     validated = reg.validated_adapter_ids(base["id"])
@@ -163,7 +183,7 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
     all_jobs.append(SectionJob(None, cache_key(base, None, backend_id, share_adapters, groups), groups,
                                "default_section", share_adapters))
     inputs_hash = hashlib.sha256("".join(sorted(j.cache_key for j in all_jobs)).encode()).hexdigest()
-    with base_lock(reg.settings.home, base):
+    with base_lock(reg, base):
         for dead_id, dead_out in rb.recover_stale(reg, base["id"]):
             shutil.rmtree(Path(dead_out) / f".loramgr-tmp-{dead_id}", ignore_errors=True)
         build_id = rb.start_build(reg, base["id"], backend=backend, sdk_version=getattr(be, "sdk_version", None),

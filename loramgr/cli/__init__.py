@@ -23,6 +23,7 @@ from loramgr.cli import plan_cmds  # noqa: E402,F401
 from loramgr.cli import export_cmds  # noqa: E402,F401
 from loramgr.cli import runtime_cmds  # noqa: E402,F401
 from loramgr.cli import encodings_cmds  # noqa: E402,F401
+from loramgr.cli import lifecycle_cmds  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

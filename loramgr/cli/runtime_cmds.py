@@ -69,7 +69,8 @@ def verify_cmd(ctx: Ctx, plan_path: str, adapters: tuple[str, ...], hf_dir: str 
     res = verify(ctx.registry, plan_path, list(adapters), hf_dir=hf_dir, tolerance=tolerance, mode=mode,
                  input_ids=_ids(input_ids) if input_ids else None)
     if as_json:
-        emit_json(res)
+        if res["ok"]:
+            emit_json(res)
     else:
         table(f"verify {plan_path} ({res['mode']})", ["adapter", "max abs diff", "cosine", "tolerance", "ok"],
               [(r["adapter"], f"{r['max_abs_diff']:.2e}", f"{r['cosine']:.6f}", f"{r['tolerance']:.0e}",

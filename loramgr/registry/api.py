@@ -117,6 +117,12 @@ class Registry:
             check_name(k, "tag key")
         alpha = lora_alpha if lora_alpha is not None else (src.config.lora_alpha if src.config else None)
         config_sha = src.config_digest(lora_alpha)
+        with self.store.guard():
+            return self._store_and_insert(src, link, on_stored, name, version, alpha, base, tags, config_sha)
+
+    def _store_and_insert(self, src: Any, link: bool, on_stored: Callable[[StoredObject], None] | None, name: str,
+                          version: str | None, alpha: float | None, base: str | None, tags: dict[str, str],
+                          config_sha: str) -> tuple[dict[str, Any], bool]:
         obj = self.store.ingest(src.weights, link=link)
         try:
             if obj.size != src.header.file_size:
@@ -249,6 +255,12 @@ class Registry:
         spec = inspect_base(graphs, max_rank=max_rank, precision=precision, alpha_input=alpha_input,
                             allow_empty=allow_empty, kinds=kinds)
         stored: list[StoredObject] = []
+        with self.store.guard():
+            return self._store_base(spec, stored, link, name, version, sdk_version, quant_updatable_mode, details)
+
+    def _store_base(self, spec: Any, stored: list[StoredObject], link: bool, name: str, version: str | None,
+                    sdk_version: str | None, quant_updatable_mode: str,
+                    details: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
         try:
             for g in spec.graphs:
                 stored.append(obj := self.store.ingest(g.path, link=link))

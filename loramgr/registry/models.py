@@ -211,3 +211,19 @@ class Encoding(Base):
     entries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PlanRecord(Base):
+    """A plan written for devices. An ``active`` plan keeps its adapters from being retired; writing
+    a new plan to the same path supersedes the old one."""
+
+    __tablename__ = "plan"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
+    build_id: Mapped[Optional[int]] = mapped_column(ForeignKey("build.id", ondelete="SET NULL"))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    adapter_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

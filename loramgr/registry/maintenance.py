@@ -1,0 +1,204 @@
+"""Keeping a registry healthy: ``gc`` (collect unreferenced store files), ``fsck`` (re-hash and
+cross-check rows and files), and ``export-registry`` / ``import-registry`` (a JSON dump for backups
+and for moving between SQLite and PostgreSQL).
+
+``gc`` holds the store's guard exclusively (``register`` holds it shared from copy to committed row)
+and also skips objects younger than a grace period, so an object whose row is being written by a
+process on another machine sharing the store is never collected either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from loramgr.errors import ConflictError, InvalidInputError
+from loramgr.registry.models import Adapter, Artifact, Base, Build, Graph
+from loramgr.store import sha256_file
+
+DEFAULT_GRACE_S = 3600.0
+EXPORT_FORMAT = "loramgr.registry-export"
+
+
+def referenced(reg: Any, include_retired: bool = True) -> dict[str, str]:
+    """sha256 -> what references it (adapters, base graphs and their external data)."""
+    refs: dict[str, str] = {}
+    with reg.session() as s:
+        for a in s.scalars(select(Adapter)):
+            if include_retired or a.status != "retired":
+                refs[a.sha256] = f"adapter {a.name}@{a.version}"
+        for g in s.scalars(select(Graph)):
+            refs[g.onnx_sha256] = f"graph {g.name} of base {g.base_id}"
+            for e in g.external_data or []:
+                if e.get("sha256"):
+                    refs[e["sha256"]] = f"external data {e.get('location')} of graph {g.name}"
+    return refs
+
+
+def _age(p: Path) -> float:
+    st = p.stat()
+    return time.time() - max(st.st_mtime, st.st_ctime)  # ctime: a hard link made now is young
+
+
+def gc(reg: Any, *, dry_run: bool = False, retired: bool = False, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+    """Delete store objects no live row references (retired adapters' objects only with ``retired``)."""
+    with reg.store.guard(shared=False):
+        live = referenced(reg, include_retired=not retired)
+        deleted, kept_young, freed = [], 0, 0
+        for sha, path in list(reg.store.iter_objects()):
+            if sha in live:
+                continue
+            if _age(path) < grace_s:
+                kept_young += 1
+                continue
+            size = path.stat().st_size
+            if not dry_run:
+                reg.store.remove(sha)
+            deleted.append({"sha256": sha, "size": size})
+            freed += size
+        if not dry_run and deleted:
+            def note(s: Any) -> None:
+                reg.event(s, "gc", "store", deleted=len(deleted), bytes=freed, retired=retired)
+
+            reg.retrying(note)
+    return {"dry_run": dry_run, "deleted": deleted, "bytes_freed": freed, "kept_young": kept_young,
+            "referenced": len(live)}
+
+
+def fsck(reg: Any, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+    """Re-hash every store object and check every row's file. ``repair`` quarantines corrupt objects,
+    deletes orphaned ones and stale temporary files, and marks builds whose artifacts are gone as
+    failed (so the next build redoes them); missing adapter/graph files cannot be repaired."""
+    store = reg.store
+    problems: dict[str, list[dict[str, Any]]] = {"corrupt": [], "missing": [], "orphaned": [], "stale_tmp": [],
+                                                 "artifacts": []}
+    repaired: list[str] = []
+    with store.guard(shared=False):
+        live = referenced(reg)
+        seen = set()
+        checked = 0
+        for sha, path in list(store.iter_objects()):
+            checked += 1
+            seen.add(sha)
+            if sha256_file(path) != sha:
+                problems["corrupt"].append({"sha256": sha, "path": str(path), "used_by": live.get(sha)})
+                if repair:
+                    q = store.root / "quarantine" / sha
+                    q.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(path), q)
+                    repaired.append(f"quarantined {sha}")
+            elif sha not in live and _age(path) >= grace_s:
+                problems["orphaned"].append({"sha256": sha, "path": str(path), "size": path.stat().st_size})
+                if repair:
+                    store.remove(sha)
+                    repaired.append(f"deleted orphan {sha}")
+        with reg.session() as s:
+            retired_collected = {a.sha256 for a in s.scalars(select(Adapter).where(Adapter.status == "retired"))}
+        for sha, who in sorted(live.items()):
+            if sha not in seen and not (sha in retired_collected and who.startswith("adapter")):
+                problems["missing"].append({"sha256": sha, "used_by": who})
+        tmp = store.root / "tmp"
+        for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+            if p.is_file() and _age(p) >= grace_s:
+                problems["stale_tmp"].append({"path": str(p)})
+                if repair:
+                    p.unlink(missing_ok=True)
+                    repaired.append(f"deleted {p.name}")
+        bad_builds = _check_artifacts(reg, problems["artifacts"])
+        if repair and bad_builds:
+            def mark(s: Any) -> None:
+                for b in s.scalars(select(Build).where(Build.id.in_(bad_builds))):
+                    b.status = "failed"
+                    b.log = (b.log or "") + "\nfsck: artifacts missing or corrupt; marked failed\n"
+                    reg.event(s, "fsck_repair", f"build:{b.id}", reason="artifacts missing or corrupt")
+
+            reg.retrying(mark)
+            repaired += [f"marked build {b} failed" for b in sorted(bad_builds)]
+    unrepairable = problems["missing"] + ([] if repair else problems["corrupt"] + problems["orphaned"]
+                                          + problems["stale_tmp"] + problems["artifacts"])
+    return {"checked": checked, **problems, "repaired": repaired, "ok": not unrepairable}
+
+
+def _check_artifacts(reg: Any, out: list[dict[str, Any]]) -> set[int]:
+    bad: set[int] = set()
+    with reg.session() as s:
+        rows = s.execute(select(Artifact, Build.id).join(Build).where(Build.status == "done")).all()
+    for art, bid in rows:
+        p = Path(art.path)
+        why = "missing" if not p.is_file() else ("corrupt" if p.stat().st_size != art.size or
+                                                 sha256_file(p) != art.sha256 else None)
+        if why:
+            out.append({"build": bid, "path": art.path, "problem": why})
+            bad.add(bid)
+    return bad
+
+
+# -- export / import -----------------------------------------------------------------------------
+def _jsonable(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, dt.datetime) else v
+
+
+def export_registry(reg: Any) -> dict[str, Any]:
+    """Every row of every table (parents first), plus the schema revision."""
+    from loramgr.registry import db
+
+    tables = {}
+    with reg.session() as s:
+        for t in Base.metadata.sorted_tables:
+            rows = s.execute(select(t).order_by(*t.primary_key.columns)).mappings().all()
+            tables[t.name] = [{k: _jsonable(v) for k, v in r.items()} for r in rows]
+    return {"format": EXPORT_FORMAT, "version": 1, "schema": db.current_revision(reg.engine),
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(), "tables": tables}
+
+
+def _is_datetime(col: Any) -> bool:
+    try:
+        return col.type.python_type is dt.datetime
+    except NotImplementedError:
+        return False
+
+
+def import_registry(reg: Any, doc: Any, source: str = "dump") -> dict[str, int]:
+    """Load an export into an empty registry (ids preserved; PostgreSQL sequences advanced)."""
+    from loramgr.registry import db
+
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("tables"), dict):
+        raise InvalidInputError(source, f"not a {EXPORT_FORMAT} file")
+    if doc.get("schema") != db.current_revision(reg.engine):
+        raise InvalidInputError(source, f"was exported at schema {doc.get('schema')}, this registry is at "
+                                f"{db.current_revision(reg.engine)}; upgrade the older side first")
+    counts: dict[str, int] = {}
+    with reg.session(write=True) as s:
+        for t in Base.metadata.sorted_tables:
+            if s.scalar(select(func.count()).select_from(t)):
+                raise ConflictError(f"registry {db.redact(reg.settings.db_url)}", f"table {t.name} is not empty; "
+                                    "import-registry only fills an empty registry")
+        for t in Base.metadata.sorted_tables:
+            rows = doc["tables"].get(t.name, [])
+            cols = {c.name: c for c in t.columns}
+            clean = []
+            for r in rows:
+                if not isinstance(r, dict) or set(r) - set(cols):
+                    raise InvalidInputError(source, f"table {t.name}: unexpected row layout")
+                clean.append({k: (dt.datetime.fromisoformat(v) if isinstance(v, str) and _is_datetime(cols[k])
+                                  else v) for k, v in r.items()})
+            if clean:
+                s.execute(t.insert(), clean)
+            counts[t.name] = len(clean)
+        if reg.engine.dialect.name == "postgresql":
+            for t in Base.metadata.sorted_tables:
+                pk = list(t.primary_key.columns)
+                if len(pk) == 1 and counts.get(t.name):
+                    s.execute(text(f"SELECT setval(pg_get_serial_sequence('{t.name}', '{pk[0].name}'), "
+                                   f"(SELECT max({pk[0].name}) FROM {t.name}))"))
+    return counts
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
