@@ -8,6 +8,7 @@ import hashlib
 import io
 import shutil
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -72,6 +73,25 @@ def _safe_name(name: str, where: str) -> str:
     return name
 
 
+def _read_members(tar: tarfile.TarFile, path: Path, digests: dict[str, str]) -> str | None:
+    sums = None
+    for m in tar.getmembers():
+        _safe_name(m.name, str(path))
+        if not m.isfile():
+            raise InvalidInputError(str(path), f"member {m.name!r} is not a regular file; refusing the bundle")
+        f = tar.extractfile(m)
+        h = hashlib.sha256()
+        data = b""
+        while f is not None and (chunk := f.read(1 << 20)):
+            h.update(chunk)
+            if m.name == SUMS:
+                data += chunk
+        digests[m.name] = h.hexdigest()
+        if m.name == SUMS:
+            sums = data.decode("utf-8", "replace")
+    return sums
+
+
 def check_bundle(path: str | Path) -> dict[str, Any]:
     """Verify a bundle tar or directory: safe member names, regular files only, every checksum."""
     path = Path(path)
@@ -89,16 +109,10 @@ def check_bundle(path: str | Path) -> dict[str, Any]:
         except (tarfile.TarError, OSError) as e:
             raise InvalidInputError(str(path), f"not a readable tar bundle ({e})") from None
         with tar:
-            sums = None
-            for m in tar.getmembers():
-                _safe_name(m.name, str(path))
-                if not m.isfile():
-                    raise InvalidInputError(str(path), f"member {m.name!r} is not a regular file; refusing the bundle")
-                f = tar.extractfile(m)
-                data = f.read() if f else b""
-                digests[m.name] = hashlib.sha256(data).hexdigest()
-                if m.name == SUMS:
-                    sums = data.decode("utf-8", "replace")
+            try:
+                sums = _read_members(tar, path, digests)
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+                raise InvalidInputError(str(path), f"damaged tar bundle ({type(e).__name__}: {e})") from None
     if sums is None:
         raise IntegrityError(str(path), f"bundle has no {SUMS}")
     listed = {}

@@ -78,3 +78,25 @@ class IntegrityError(LoramgrError):
 
     exit_code = 8
     kind = "integrity"
+
+
+class StorageError(LoramgrError):
+    """The disk is full, or the store / registry database cannot be written."""
+
+    exit_code = 9
+    kind = "storage"
+
+
+def translate(e: BaseException) -> LoramgrError | None:
+    """Environmental failures that deserve a clear message instead of "unexpected": disk full,
+    read-only filesystems and databases."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        what = e.filename or "disk"
+        return StorageError(str(what), e.strerror or "no space left on device",
+                            hint="free space (`loramgr gc`) and re-run; nothing partial was recorded")
+    text = str(getattr(e, "orig", None) or e).lower()
+    if type(e).__name__ == "OperationalError" and ("readonly database" in text or "read-only" in text):
+        return StorageError("registry database", "is read-only", hint="check its permissions / LORAMGR_DB_URL")
+    return None

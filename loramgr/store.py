@@ -42,16 +42,25 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
-def _hash_copy(src: BinaryIO, dst: BinaryIO | None) -> tuple[str, int]:
-    """Hash ``src`` (and copy it to ``dst``) in one pass, hashing on a second thread."""
+def _hash_copy(src: BinaryIO, dst: BinaryIO | None, buffers: int = 4) -> tuple[str, int]:
+    """Hash ``src`` (and copy it to ``dst``) in one pass, hashing on a second thread.
+
+    A fixed ring of preallocated buffers (``readinto``) bounds memory at ``buffers x CHUNK`` whatever
+    the file size or how far the hasher lags, and avoids allocator churn of large ``bytes``."""
     h = hashlib.sha256()
-    q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+    ring = [memoryview(bytearray(CHUNK)) for _ in range(buffers)]
+    free: queue.Queue[int] = queue.Queue()
+    for i in range(buffers):
+        free.put(i)
+    full: queue.Queue[tuple[int, int] | None] = queue.Queue()
     errors: list[BaseException] = []
 
     def hasher() -> None:
         try:
-            while (b := q.get()) is not None:
-                h.update(b)
+            while (item := full.get()) is not None:
+                i, n = item
+                h.update(ring[i][:n])  # releases the GIL: hashing overlaps reading and writing
+                free.put(i)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(e)
 
@@ -59,13 +68,20 @@ def _hash_copy(src: BinaryIO, dst: BinaryIO | None) -> tuple[str, int]:
     t.start()
     size = 0
     try:
-        while b := src.read(CHUNK):
-            q.put(b)
+        while not errors:
+            i = free.get()
+            n = src.readinto(ring[i])  # type: ignore[attr-defined]
+            if not n:
+                free.put(i)
+                break
             if dst is not None:
-                dst.write(b)
-            size += len(b)
+                out = ring[i][:n]
+                while out:  # raw (unbuffered) writes may be partial
+                    out = out[dst.write(out):]
+            size += n
+            full.put((i, n))
     finally:
-        q.put(None)
+        full.put(None)
         t.join()
     if errors:
         raise errors[0]

@@ -243,3 +243,18 @@ def test_bf16_adapter_dtype(tmp_path):
     assert len(read_header(f).tensors) == len(t)
     rec = invoke("register", f, "--lora-alpha", "8", "--json").json
     assert rec["dtype"] == "BF16"
+
+
+def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """A header of 640 bytes is encoded 80 02 00..., which starts like pickle protocol 2."""
+    header = {"base_model.model.layers.0.q_proj.lora_A.weight": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]},
+              "__metadata__": {"pad": ""}}
+    body = json.dumps(header)
+    header["__metadata__"]["pad"] = "x" * (640 - len(body))
+    raw = json.dumps(header).encode()
+    assert len(raw) == 640
+    f = tmp_path / "a.safetensors"
+    f.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
+    assert f.read_bytes()[:2] == b"\x80\x02"
+    r = invoke("register", f, "--json")
+    assert r.exit_code == 0, r.stderr

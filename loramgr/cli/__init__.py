@@ -13,7 +13,7 @@ import sys
 import click
 
 from loramgr.cli.common import cli
-from loramgr.errors import LoramgrError
+from loramgr.errors import LoramgrError, translate
 
 # Command modules register themselves on ``cli`` when imported.
 from loramgr.cli import registry_cmds  # noqa: E402,F401
@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("loramgr: error: interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the one place unexpected errors become exit 1
+        known = translate(e)
+        if known is not None:
+            if want_json:
+                click.echo(json.dumps(known.to_json(), indent=2))
+            click.echo(f"loramgr: error: {known.message}", err=True)
+            sys.exit(known.exit_code)
         if debug:
             raise
         click.echo(f"loramgr: error: unexpected {type(e).__name__}: {e} (rerun with --debug for details)",

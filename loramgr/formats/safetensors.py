@@ -62,7 +62,10 @@ def sniff_foreign(path: Path, head: bytes) -> None:
     if head.startswith(_LFS_MAGIC):
         raise _bad(path, "is a Git LFS pointer file, not the adapter weights",
                    "run `git lfs pull` in its repository first")
-    if path.suffix.lower() in _PICKLE_SUFFIXES or head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+    # a safetensors header length can start with 0x80 (e.g. 640 bytes = 80 02 ...); its JSON always
+    # starts with "{" at offset 8, a pickle's byte 8 never is that in practice
+    pickle_like = head[:1] == b"\x80" and head[8:9] != b"{"
+    if path.suffix.lower() in _PICKLE_SUFFIXES or pickle_like or head[:4] == b"PK\x03\x04":
         raise _bad(path, "looks like a pickle/PyTorch checkpoint, which loramgr never loads (it can run code)",
                    "convert it to safetensors, e.g. safetensors.torch.save_file(torch.load(f, weights_only=True), "
                    "'adapter_model.safetensors') in a trusted environment")

@@ -10,6 +10,8 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from loramgr.build.backends import OutFile, SectionJob
@@ -43,7 +45,9 @@ def read_section(path: str | Path) -> tuple[int, int, dict[str, Any]]:
     import onnxruntime as ort
 
     af = ort.AdapterFormat.read_adapter(str(path))
-    return af.get_adapter_version(), af.get_model_version(), {k: v.numpy() for k, v in af.get_parameters().items()}
+    # copy: the arrays would otherwise view memory owned by ``af``, freed when it goes away
+    params = {k: np.array(v.numpy(), copy=True) for k, v in af.get_parameters().items()}
+    return af.get_adapter_version(), af.get_model_version(), params
 
 
 def _build_one(base: dict[str, Any], job: SectionJob, work: str) -> list[OutFile]:

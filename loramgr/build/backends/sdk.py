@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
+from loramgr.errors import ExternalToolError, IncompatibleError, InvalidInputError, UsageError
 
 HOST = "x86_64-linux-clang"
 _VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:\.\d+)?")
@@ -34,8 +34,8 @@ def read_sdk_version(root: Path) -> str:
     if meta.is_file():
         try:
             doc = yaml.safe_load(meta.read_text(encoding="utf-8", errors="replace"))
-        except yaml.YAMLError as e:
-            raise UsageError(str(meta), f"is not valid YAML ({type(e).__name__})") from None
+        except yaml.YAMLError as e:  # safe_load: tags such as !!python/object are refused, never run
+            raise InvalidInputError(str(meta), f"is not plain YAML ({type(e).__name__})") from None
         if isinstance(doc, dict) and doc.get("version") is not None:
             v = str(doc["version"]).strip()
             build = str(doc.get("build_id") or "").strip()
@@ -43,7 +43,7 @@ def read_sdk_version(root: Path) -> str:
                 v = f"{v}.{build}"
             if _VERSION_RE.fullmatch(v):
                 return v
-        raise UsageError(str(meta), "has no readable `version` field")
+        raise InvalidInputError(str(meta), "has no readable `version` field")
     m = _VERSION_RE.search(root.resolve().name)
     if m:
         return m.group(0)
