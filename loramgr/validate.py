@@ -229,7 +229,7 @@ def meant_for(registry: Any, base: dict[str, Any]) -> list[str]:
 
 
 def validate(registry: Any, refs: list[str], base_ref: str, *, all_: bool = False,
-             record: bool = True) -> dict[str, Any]:
+             record: bool = True, records: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Check adapters against a base (and, for several, against each other); record the outcome.
 
     Returns the report that ``loramgr validate --json`` prints.
@@ -241,9 +241,10 @@ def validate(registry: Any, refs: list[str], base_ref: str, *, all_: bool = Fals
         refs = list(dict.fromkeys(list(refs) + meant_for(registry, base)))
     results = []
     checks: dict[str, Check] = {}
+    known = records or {}
     records = {}
     for ref in dict.fromkeys(refs):
-        rec = registry.adapter(ref)
+        rec = known.get(ref) or registry.adapter(ref)
         records[rec["ref"]] = rec
         c = check_adapter(rec, rec["tensor_list"], base, AdapterFile(rec).load)
         checks[rec["ref"]] = c

@@ -40,16 +40,13 @@ def _peft_available() -> bool:
 
 
 def _peft_logits(hf_dir: str, adapter: dict[str, Any], store_path: Path, ids: np.ndarray, precision: str) -> np.ndarray:
-    import warnings
-
     import torch
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    from loramgr.export import quiet_transformers
+
+    quiet_transformers()
 
     cfg = adapter.get("peft_config") or {}
     keep = ("r", "lora_alpha", "target_modules", "use_rslora", "fan_in_fan_out", "rank_pattern", "alpha_pattern",

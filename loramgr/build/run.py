@@ -79,11 +79,6 @@ def base_lock(reg: Any, base: dict[str, Any]) -> Iterator[None]:
 
 
 def select_adapters(reg: Any, base: dict[str, Any], refs: list[str], all_: bool) -> list[str]:
-    for r in refs:
-        if reg.adapter(r)["status"] == "retired":
-            from loramgr.errors import ConflictError
-
-            raise ConflictError(f"adapter {reg.adapter(r)['ref']}", "is retired and is not built any more")
     if refs and not all_:
         return list(dict.fromkeys(refs))
     validated = reg.validated_adapter_ids(base["id"])
@@ -115,7 +110,8 @@ def _place(src: Path, dest: Path, *, link: bool) -> None:
 
 def materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFile]:
     """Base graphs (and their external data) next to the sections, so that a plan and a bundle are
-    self-contained. Hard links from the store where possible."""
+    self-contained. Copies, not hard links: the ``onnx`` package (and so the QAIRT converter and
+    importer) refuses external data files with several hard links ("potential hardlink attack")."""
     files = []
     for g in base["graph_list"]:
         items = [(g["file_name"], g["sha256"], g["size"])] + [(e["location"], e["sha256"], e["size"])
@@ -128,7 +124,7 @@ def materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFil
                 if not src.is_file():
                     raise IntegrityError(str(src), f"store object of graph {g['name']} is missing",
                                          hint="run `loramgr fsck`")
-                _place(src, dest, link=True)
+                _place(src, dest, link=False)
             kind = "graph" if name == g["file_name"] else "graph_data"
             files.append(OutFile(rel, kind, [g["name"]], sha256=sha, size=size))
     return files
@@ -157,9 +153,16 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
     from loramgr.validate import validate
     from loramgr.weightlist import write_weight_lists
 
+    from loramgr.errors import ConflictError
+
     base = reg.base(base_ref)
     chosen = select_adapters(reg, base, list(refs or []), all_)
-    report = validate(reg, chosen, base["ref"])
+    records = reg.adapter_many(chosen)  # fetched once; validation and jobs share them
+    for rec in records.values():
+        if rec["status"] == "retired":
+            raise ConflictError(f"adapter {rec['ref']}", "is retired and is not built any more")
+    # a build checks the group in memory; `loramgr validate` is what records validations
+    report = validate(reg, chosen, base["ref"], record=False, records=records)
     if not report["compatible"]:
         bad = [a["adapter"] for a in report["adapters"] if not a["compatible"]]
         raise IncompatibleError(", ".join(bad) or base["ref"], f"cannot build for {base['ref']}: "
@@ -174,7 +177,7 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
                                                          for ap in base["attachment_point_list"]):
             raise IncompatibleError(f"--precision {precision}", f"base {base['ref']} is {base['precision']}")
         base = base | {"precision": precision}
-    adapters = [_with_encodings(reg, base, reg.adapter(r)) for r in chosen]
+    adapters = [_with_encodings(reg, base, records[r]) for r in chosen]
     groups = section_groups(base, share_adapters)
     kind = "super_section" if share_adapters else "section"
     backend_id = be.version()
@@ -252,7 +255,7 @@ def _with_encodings(reg: Any, base: dict[str, Any], adapter: dict[str, Any]) -> 
 
 
 def _reuse(reg: Any, jobs: list[SectionJob], out: Path, force: bool) -> tuple[list[OutFile], list[SectionJob]]:
-    """Split jobs into reusable files (same cache key, file still verifies) and jobs to build."""
+    """Split jobs into reusable files (same cache key, file still there at its size) and jobs to build."""
     if force:
         return [], jobs
     cached = rb.reusable(reg, [j.cache_key for j in jobs])
@@ -265,7 +268,9 @@ def _reuse(reg: Any, jobs: list[SectionJob], out: Path, force: bool) -> tuple[li
             src = Path(a["path"])
             rel = a["rel_path"]
             dest = out / rel
-            if not (src.is_file() and src.stat().st_size == a["size"] and sha256_file(src) == a["sha256"]):
+            # existence and size: a killed build's partial file never matches; content is fsck's job
+            # (re-hashing every section on every build would make incremental builds O(all bytes))
+            if not (src.is_file() and src.stat().st_size == a["size"]):
                 files = []
                 break
             if src != dest:

@@ -22,6 +22,17 @@ DEFAULT_GRAPHS = "prefill=128,decode=1"
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
+def quiet_transformers() -> None:
+    """No progress bars or deprecation chatter from transformers in our output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
@@ -86,6 +97,7 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     if max_rank < 1:
         raise UsageError(f"--max-rank {max_rank}", "must be positive")
     say = progress or (lambda s: None)
+    quiet_transformers()
     cfg = AutoConfig.from_pretrained(hf, local_files_only=True)
     family = family_of(cfg)
     check_targets(family, targets)

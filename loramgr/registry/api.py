@@ -196,6 +196,11 @@ class Registry:
             a = self._adapter_query(s, ref)
             return self.adapter_record(a, s, full=True)
 
+    def adapter_many(self, refs: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Full records of several refs in one session (builds of many adapters)."""
+        with self.session() as s:
+            return {r: self.adapter_record(self._adapter_query(s, r), s, full=True) for r in dict.fromkeys(refs)}
+
     def adapters(self, *, base: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         with self.session() as s:
             q = select(Adapter).order_by(Adapter.name, Adapter.version_num)

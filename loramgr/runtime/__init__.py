@@ -15,6 +15,7 @@ Checksums are verified lazily, the first time a file is used, and a mismatch rai
 from __future__ import annotations
 
 import hashlib
+import collections
 import json
 import os
 import threading
@@ -125,19 +126,20 @@ class Plan:
 
     def __init__(self, doc: dict[str, Any], root: Path) -> None:
         self.doc, self.root = doc, root
+        self._real_root = Path(os.path.realpath(root))
         self._verifier = _Verifier()
         self.base = doc["base"]
         self.alpha = doc["alpha"]
         self.rules = doc["rules"]
         self.graphs = {g["name"]: g for g in self.base["graphs"]}
         entries = [AdapterEntry(self, a) for a in doc["adapters"]]
-        names = [e.name for e in entries]
+        counts = collections.Counter(e.name for e in entries)  # a bare name works when it is unique
         self._by_key: dict[str, AdapterEntry] = {}
         for e in entries:
             self._by_key[e.ref] = e
-            if names.count(e.name) == 1:
+            if counts[e.name] == 1:
                 self._by_key[e.name] = e
-        self.adapters: tuple[str, ...] = tuple(e.name if names.count(e.name) == 1 else e.ref for e in entries)
+        self.adapters: tuple[str, ...] = tuple(e.name if counts[e.name] == 1 else e.ref for e in entries)
         self.default_adapter = AdapterEntry(self, doc["default_adapter"] | {"name": "default", "ref": "default"},
                                             is_default=True)
 
@@ -169,7 +171,7 @@ class Plan:
             raise PlanFormatError(str(self.root), f"plan path {rel!r} escapes the plan directory")
         full = self.root / rel
         real = Path(os.path.realpath(full))
-        if not real.is_relative_to(Path(os.path.realpath(self.root))):
+        if not real.is_relative_to(self._real_root):
             raise PlanFormatError(str(self.root), f"plan path {rel!r} resolves outside the plan directory")
         return full
 
