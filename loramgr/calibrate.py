@@ -146,6 +146,14 @@ def calibrate(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: b
     with tempfile.TemporaryDirectory(prefix="loramgr-calib-") as tmp:
         files = materialize_graphs(reg, base, Path(tmp))
         paths = {f.graphs[0]: Path(tmp) / f.rel_path for f in files if f.kind == "graph"}
+        points = base.get("quantization_points") or []
+        if points:  # expose the declared intermediate tensors as extra outputs of a copy of each graph
+            from loramgr.formats.onnx_graph import with_extra_outputs
+
+            for g, p in list(paths.items()):
+                q = p.with_name(f"{p.stem}.calib{p.suffix}")
+                if with_extra_outputs(p, q, points):
+                    paths[g] = q
         sessions = {g["name"]: _session(paths[g["name"]]) for g in base["graph_list"]}
         kinds = {g["name"]: g["kind"] for g in base["graph_list"]}
         with Progress(len(adapters) + 1, "calibrating", quiet) as progress:

@@ -232,3 +232,28 @@ def test_quantized_sections_on_tiny_llama(tmp_path):
     err8 = np.abs(logits["int8"] - ref).max()
     err16 = np.abs(logits["int16"] - ref).max()
     assert 0 < err16 < err8
+
+
+def test_declared_intermediate_quantization_points_are_calibrated(tmp_path):
+    """A base may declare intermediate tensors (here the LoRA branch output of module 0) to calibrate."""
+    synth.write_base(tmp_path / "b.onnx", synth.module_paths())
+    r = invoke("base", "register", tmp_path / "b.onnx", "--name", "qp", "--quant-point", "nope")
+    assert r.exit_code == 4 and "nope" in r.stderr
+    assert invoke("base", "register", tmp_path / "b.onnx", "--name", "qp", "--quant-point", "xab0").exit_code == 0
+    t = synth.adapter_tensors(synth.module_paths(), 8, seed=5)
+    d = synth.write_adapter(tmp_path / "qa", t, synth.peft_config(8, 16, ["q_proj", "v_proj"]))
+    invoke("register", d)
+    invoke("validate", "qa", "--base", "qp")
+    xs = np.random.default_rng(2).standard_normal((6, 1, 64)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=xs)
+    assert invoke("calibrate", "--base", "qp", "--all", "--data", tmp_path / "c.npz").exit_code == 0
+    enc = invoke("encodings", "show", "qa", "--json").json["activation_encodings"]["xab0"][0]
+    A = t["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    B = t["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    branch = np.stack([(x @ A.T) @ B.T * 2.0 for x in xs])  # scaling 16/8
+    assert enc["min"] <= branch.min() + enc["scale"] and enc["max"] >= branch.max() - enc["scale"]
+    base_enc = invoke("encodings", "show", "default", "--base", "qp", "--json").json["activation_encodings"]["xab0"][0]
+    # the base's branch is all zeros (a degenerate range gets the unit grid); the adapter's is not
+    assert base_enc["min"] == 0 and base_enc["scale"] == pytest.approx(1 / 255) and enc["min"] < -0.01
+    (tmp_path / "imp.json").write_text(json.dumps({"activation_encodings": {"xab0": PER_TENSOR["activation_encodings"]["out0"]}}))
+    assert invoke("encodings", "import", "qa", tmp_path / "imp.json").exit_code == 0  # a declared point is a known name

@@ -122,12 +122,15 @@ def base_group() -> None:
 @click.option("--quant-updatable-mode", type=click.Choice(["none", "adapter_only", "all"]), default="none",
               show_default=True, help="What qairt-converter's --quant_updatable_mode was.")
 @click.option("--allow-empty", is_flag=True, help="Accept graphs without attachment points.")
+@click.option("--quant-point", "quant_points", multiple=True, metavar="TENSOR",
+              help="An intermediate tensor to calibrate per adapter besides the graph I/O; repeatable.")
 @click.option("--link", is_flag=True, help="Hard-link graph files into the store instead of copying.")
 @json_option
 @pass_ctx
 def base_register(ctx: Ctx, onnx_path: str | None, name: str, graphs: tuple[str, ...], version: str | None,
                   max_rank: int | None, precision: str | None, sdk_version: str | None, alpha_input: str,
-                  quant_updatable_mode: str, allow_empty: bool, link: bool, as_json: bool) -> None:
+                  quant_updatable_mode: str, allow_empty: bool, quant_points: tuple[str, ...], link: bool,
+                  as_json: bool) -> None:
     """Register a LoRA-ready base: one ONNX graph, or several with --graph NAME=PATH."""
     from pathlib import Path
 
@@ -138,7 +141,8 @@ def base_register(ctx: Ctx, onnx_path: str | None, name: str, graphs: tuple[str,
     pairs = [(Path(onnx_path).stem, onnx_path)] if onnx_path else list(parse_kv(graphs, "--graph").items())
     rec, created = ctx.registry.register_base(
         pairs, name=name, version=version, max_rank=max_rank, precision=precision, sdk_version=sdk_version,
-        alpha_input=alpha_input, allow_empty=allow_empty, link=link, quant_updatable_mode=quant_updatable_mode)
+        alpha_input=alpha_input, allow_empty=allow_empty, link=link, quant_updatable_mode=quant_updatable_mode,
+        details={"quantization_points": list(quant_points)} if quant_points else None)
     if as_json:
         emit_json(rec)
     else:

@@ -106,3 +106,29 @@ def inspect_graph(path: str | os.PathLike[str]) -> GraphInfo:
             raise InvalidInputError(str(p), f"{mp}: lora_A is {a['dtype']} but lora_B is {b['dtype']}")
         info.attachment_points[mp] = AttachmentPointInfo(mp, a_names[mp], b_names[mp], in_f, out_f, r_a, a["dtype"])
     return info
+
+
+def node_outputs(path: str | os.PathLike[str]) -> set[str]:
+    """Names of every tensor a node of the graph produces (intermediate quantization points)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises assorted errors on garbage
+        raise InvalidInputError(str(path), f"not a readable ONNX model ({type(e).__name__})") from None
+    return {o for n in model.graph.node for o in n.output if o}
+
+
+def with_extra_outputs(src: str | os.PathLike[str], dest: str | os.PathLike[str], names: list[str]) -> list[str]:
+    """Copy a graph (next to its external data) exposing intermediate tensors as extra outputs; returns
+    the names that exist in this graph."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    have = {o for n in model.graph.node for o in n.output}
+    outs = {o.name for o in model.graph.output}
+    added = [n for n in names if n in have and n not in outs]
+    for n in added:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    onnx.save(model, str(dest))
+    return added

@@ -259,6 +259,15 @@ class Registry:
             raise UsageError("base register", "give an ONNX file or at least one --graph NAME=PATH")
         spec = inspect_base(graphs, max_rank=max_rank, precision=precision, alpha_input=alpha_input,
                             allow_empty=allow_empty, kinds=kinds)
+        points = (details or {}).get("quantization_points") or []
+        if points:
+            from loramgr.formats.onnx_graph import node_outputs
+
+            known = set().union(*(node_outputs(g.path) for g in spec.graphs))
+            missing = sorted(set(points) - known)
+            if missing:
+                raise InvalidInputError(str(spec.graphs[0].path), f"--quant-point {missing[0]}: no node of the "
+                                        "graphs produces this tensor")
         stored: list[StoredObject] = []
         with self.store.guard():
             return self._store_base(spec, stored, link, name, version, sdk_version, quant_updatable_mode, details)
@@ -344,6 +353,7 @@ class Registry:
         if full:
             rec["fingerprint"] = (b.details or {}).get("fingerprint")
             rec["export"] = (b.details or {}).get("export")  # `base export` manifest, if exported
+            rec["quantization_points"] = (b.details or {}).get("quantization_points") or []
             rec["graph_list"] = [{"name": g.name, "kind": g.kind, "sha256": g.onnx_sha256, "size": g.size,
                                   "file_name": g.file_name, "io": g.io,
                                   "path": g.path, "external_data": g.external_data} for g in b.graphs]

@@ -22,7 +22,7 @@ def tensor_names(base: dict[str, Any]) -> tuple[set[str], set[str]]:
     for g in base["graph_list"]:
         io |= set(g["io"].get("inputs", {})) | set(g["io"].get("outputs", {}))
     params = {n for ap in base["attachment_point_list"] for n in (ap["tensor_a"], ap["tensor_b"])}
-    return io - params, params
+    return (io | set(base.get("quantization_points") or [])) - params, params
 
 
 def check_names(enc: dict[str, Any], base: dict[str, Any], source: str) -> None:
