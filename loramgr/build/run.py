@@ -119,7 +119,7 @@ def materialize_graphs(reg: Any, base: dict[str, Any], out: Path) -> list[OutFil
         for name, sha, size in items:
             rel = f"base/{g['name']}/{name}"
             dest = out / rel
-            if not (dest.is_file() and dest.stat().st_size == size and sha256_file(dest) == sha):
+            if not (dest.is_file() and dest.stat().st_size == size):  # content: fsck re-hashes artifacts
                 src = reg.store.path_for(sha)
                 if not src.is_file():
                     raise IntegrityError(str(src), f"store object of graph {g['name']} is missing",
@@ -177,7 +177,10 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
                                                          for ap in base["attachment_point_list"]):
             raise IncompatibleError(f"--precision {precision}", f"base {base['ref']} is {base['precision']}")
         base = base | {"precision": precision}
-    adapters = [_with_encodings(reg, base, records[r]) for r in chosen]
+    from loramgr.registry.encodings import load_many
+
+    encs = load_many(reg, base["id"], [records[r]["id"] for r in chosen])
+    adapters = [_with_encodings(reg, base, records[r], encs[records[r]["id"]]) for r in chosen]
     groups = section_groups(base, share_adapters)
     kind = "super_section" if share_adapters else "section"
     backend_id = be.version()
@@ -239,13 +242,12 @@ def build(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: bool 
                            "sha256": a["sha256"], "size": a["size"]} for a in rec["artifacts"]]}
 
 
-def _with_encodings(reg: Any, base: dict[str, Any], adapter: dict[str, Any]) -> dict[str, Any]:
+def _with_encodings(reg: Any, base: dict[str, Any], adapter: dict[str, Any], enc: dict[str, Any]) -> dict[str, Any]:
     """Attach the adapter's encodings (they are build inputs: quant_overrides, quantized sections).
     An integer build computes and stores weight encodings when calibration has not."""
     from loramgr.build.inputs import INT_BITS, weight_encodings
     from loramgr.registry.encodings import store
 
-    enc = reg.adapter_encodings(adapter["id"], base["id"])
     bits = INT_BITS.get(base["precision"])
     if bits and not (enc.get("param_encodings")):
         store(reg, base["id"], adapter["id"], weight_encodings(adapter, base, bits), "build")

@@ -197,9 +197,22 @@ class Registry:
             return self.adapter_record(a, s, full=True)
 
     def adapter_many(self, refs: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Full records of several refs in one session (builds of many adapters)."""
+        """Full records of several refs in one session, tensor lists in one query (builds of many
+        adapters: per-record queries would dominate an incremental build)."""
         with self.session() as s:
-            return {r: self.adapter_record(self._adapter_query(s, r), s, full=True) for r in dict.fromkeys(refs)}
+            rows = {r: self._adapter_query(s, r) for r in dict.fromkeys(refs)}
+            tensors: dict[int, list[dict[str, Any]]] = {a.id: [] for a in rows.values()}
+            q = (select(AdapterTensor.adapter_id, AdapterTensor.key, AdapterTensor.dtype, AdapterTensor.shape,
+                        AdapterTensor.offset_begin, AdapterTensor.offset_end)
+                 .where(AdapterTensor.adapter_id.in_(list(tensors))).order_by(AdapterTensor.adapter_id, AdapterTensor.key))
+            for aid, key, dtype, shape, b, e in s.execute(q):
+                tensors[aid].append({"key": key, "dtype": dtype, "shape": shape, "offsets": [b, e]})
+            out = {}
+            for r, a in rows.items():
+                rec = self.adapter_record(a, s, tensor_count=len(tensors[a.id]))
+                rec["peft_config"], rec["tensor_list"] = a.peft_config, tensors[a.id]
+                out[r] = rec
+            return out
 
     def adapters(self, *, base: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         with self.session() as s:

@@ -78,6 +78,19 @@ def load(reg: Any, base_id: int, adapter_id: int | None, tensor: str | None = No
         return out
 
 
+def load_many(reg: Any, base_id: int, adapter_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """``load`` for several adapters in one query ({} for those without encodings)."""
+    out: dict[int, dict[str, Any]] = {i: {} for i in adapter_ids}
+    with reg.session() as s:
+        q = (select(Encoding).where(Encoding.base_id == base_id, Encoding.owner.in_(adapter_ids))
+             .order_by(Encoding.owner, Encoding.kind, Encoding.tensor))
+        for r in s.scalars(q):
+            doc = out[r.owner] or {"version": "0.6.1", "activation_encodings": {}, "param_encodings": {}}
+            doc[f"{r.kind}_encodings"][r.tensor] = r.entries
+            out[r.owner] = doc
+    return out
+
+
 def bases_with(reg: Any, adapter_id: int) -> list[int]:
     with reg.session() as s:
         return sorted(set(s.scalars(select(Encoding.base_id).where(Encoding.owner == adapter_id))))
