@@ -70,15 +70,9 @@ def lm(home: Path, *args: Any, check: bool = True) -> subprocess.CompletedProces
 
 # -- 1. register --------------------------------------------------------------------------------------------
 def bench_register(tmp: Path, size: int) -> list[Row]:
-    f = tmp / "big.safetensors"
-    header = json.dumps({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
-                         {"dtype": "F32", "shape": [size // 4 // 256, 256], "data_offsets": [0, size]}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(f, "wb") as fh:
-        fh.write(len(header).to_bytes(8, "little") + header)
-        block = np.random.default_rng(0).bytes(1 << 24)
-        for _ in range(size // len(block)):
-            fh.write(block)
+    from loramgr.synth import write_large_adapter
+
+    f = write_large_adapter(tmp / "big.safetensors", size)
     subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
 
     def sha() -> None:
@@ -200,8 +194,6 @@ def lora_setup(tmp: Path, hf: Path, rank: int) -> tuple[Path, Path, list[str]]:
 
 
 def bench_switch_and_overhead(tmp: Path, hidden: int, layers: int, rank: int) -> list[Row]:
-    import onnxruntime as ort
-
     from loramgr.runtime import Plan
     from loramgr.runtime.ort import LoraSession
 

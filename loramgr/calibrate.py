@@ -162,7 +162,8 @@ def calibrate(reg: Any, base_ref: str, refs: list[str] | None = None, *, all_: b
                 params_enc = {n: symmetric_per_channel(v, wbits, axis=1, per_tensor=per_tensor)
                               for n, v in sorted(prepared.items()) if n in params}
                 # what the runtime will hold: quantized weights for integer bases, else the prepared ones
-                lora = section_inputs(None if ad is None else ad | {"encodings": {"param_encodings": params_enc}}, base)
+                lora = section_inputs(None if ad is None else ad | {"encodings": {"param_encodings": params_enc}}, base,
+                                      prepared or None)
                 if base.get("alpha_tensor"):
                     lora[base["alpha_tensor"]] = np.ones((1,), np.float32)
                 rec = _Recorder(skip)

@@ -91,3 +91,18 @@ def reference(x: np.ndarray, W: dict[str, np.ndarray], tensors: dict[str, np.nda
             y = y + strength * scaling * ((x.astype(np.float64) @ A.astype(np.float64).T) @ B.astype(np.float64).T)
         outs.append(y)
     return outs
+
+
+def write_large_adapter(path: str | Path, size: int, seed: int = 0) -> Path:
+    """A single-tensor safetensors adapter of ``size`` bytes (a multiple of 16 MiB) of random data,
+    written in 16 MiB blocks without holding it in memory: the register benchmarks and bounds tests."""
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    header = json.dumps({key: {"dtype": "F32", "shape": [size // 4 // 256, 256], "data_offsets": [0, size]}}).encode()
+    header += b" " * (-len(header) % 8)
+    block = np.random.default_rng(seed).bytes(1 << 24)
+    p = Path(path)
+    with open(p, "wb") as fh:
+        fh.write(len(header).to_bytes(8, "little") + header)
+        for _ in range(size // len(block)):
+            fh.write(block)
+    return p

@@ -226,18 +226,7 @@ def test_validate_and_plan_do_not_read_tensor_bytes_they_do_not_need(tmp_path, h
 
 @pytest.mark.slow
 def test_register_1gb_adapter_keeps_rss_under_200mb(tmp_path, home):
-    import numpy as np
-
-    f = tmp_path / "big.safetensors"
-    n = 1 << 30
-    header = json.dumps({"base_model.model.layers.0.q_proj.lora_A.weight": {"dtype": "F32", "shape": [n // 4 // 256, 256],
-                                                                           "data_offsets": [0, n]}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(f, "wb") as fh:
-        fh.write(len(header).to_bytes(8, "little") + header)
-        block = np.random.default_rng(0).bytes(1 << 24)
-        for _ in range(n // len(block)):
-            fh.write(block)
+    f = synth.write_large_adapter(tmp_path / "big.safetensors", 1 << 30)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) forking pytest worker
     code = ("import sys; from loramgr.cli import main\n"
             "try:\n main(sys.argv[1:])\nexcept SystemExit as e:\n assert not e.code, e.code\n"

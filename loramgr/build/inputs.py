@@ -55,14 +55,16 @@ def weight_encodings(adapter: dict[str, Any], base: dict[str, Any], bits: int,
             "param_encodings": {n: symmetric_per_channel(x[n], bits, axis=1) for n in sorted(names)}}
 
 
-def section_inputs(adapter: dict[str, Any] | None, base: dict[str, Any]) -> dict[str, np.ndarray]:
+def section_inputs(adapter: dict[str, Any] | None, base: dict[str, Any],
+                   prepared: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """What a section holds. Float precisions: the prepared tensors. int8/int16: each LoRA weight
     quantized with the adapter's param encodings; for graphs whose LoRA inputs are integer (``base
     export --quantized-lora``) the integer codes plus ``<input>_scale``, else (float graphs) the
     dequantized values, which reproduces the quantization error exactly."""
     from loramgr.formats.encodings import quantize_symmetric
 
-    x = default_inputs(base) if adapter is None else prepared_inputs(adapter, base)
+    x = prepared if prepared is not None else (default_inputs(base) if adapter is None
+                                               else prepared_inputs(adapter, base))
     bits = INT_BITS.get(base["precision"])
     if bits is None:
         return x

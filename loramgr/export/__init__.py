@@ -88,7 +88,7 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     except ImportError as e:
         raise UsageError("base export", f"needs the [export] extra ({e.name} is missing)",
                          hint="pip install 'loramgr[export]'") from None
-    from loramgr.export.model import (GraphSpec, LoraForward, check_targets, family_of, find_targets, kv_shape,
+    from loramgr.export.model import (GraphSpec, check_targets, family_of, find_targets, kv_shape,
                                       num_layers)
 
     hf = Path(hf_dir)

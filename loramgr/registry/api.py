@@ -38,6 +38,17 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     return ref, None
 
 
+def _tensor_lists(s: Session, adapter_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """adapter id -> its tensors (key order), for any number of adapters in one query."""
+    out: dict[int, list[dict[str, Any]]] = {i: [] for i in adapter_ids}
+    q = (select(AdapterTensor.adapter_id, AdapterTensor.key, AdapterTensor.dtype, AdapterTensor.shape,
+                AdapterTensor.offset_begin, AdapterTensor.offset_end)
+         .where(AdapterTensor.adapter_id.in_(list(out))).order_by(AdapterTensor.adapter_id, AdapterTensor.key))
+    for aid, key, dtype, shape, b, e in s.execute(q):
+        out[aid].append({"key": key, "dtype": dtype, "shape": shape, "offsets": [b, e]})
+    return out
+
+
 class Registry:
     """A registry (database + store) as configured by :class:`~loramgr.config.Settings`."""
 
@@ -201,18 +212,8 @@ class Registry:
         adapters: per-record queries would dominate an incremental build)."""
         with self.session() as s:
             rows = {r: self._adapter_query(s, r) for r in dict.fromkeys(refs)}
-            tensors: dict[int, list[dict[str, Any]]] = {a.id: [] for a in rows.values()}
-            q = (select(AdapterTensor.adapter_id, AdapterTensor.key, AdapterTensor.dtype, AdapterTensor.shape,
-                        AdapterTensor.offset_begin, AdapterTensor.offset_end)
-                 .where(AdapterTensor.adapter_id.in_(list(tensors))).order_by(AdapterTensor.adapter_id, AdapterTensor.key))
-            for aid, key, dtype, shape, b, e in s.execute(q):
-                tensors[aid].append({"key": key, "dtype": dtype, "shape": shape, "offsets": [b, e]})
-            out = {}
-            for r, a in rows.items():
-                rec = self.adapter_record(a, s, tensor_count=len(tensors[a.id]))
-                rec["peft_config"], rec["tensor_list"] = a.peft_config, tensors[a.id]
-                out[r] = rec
-            return out
+            lists = _tensor_lists(s, [a.id for a in rows.values()])
+            return {r: self.adapter_record(a, s, full=True, tensor_list=lists[a.id]) for r, a in rows.items()}
 
     def adapters(self, *, base: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         with self.session() as s:
@@ -223,10 +224,14 @@ class Registry:
                                     .group_by(AdapterTensor.adapter_id)).all())
             return [self.adapter_record(a, s, tensor_count=counts.get(a.id, 0)) for a in s.scalars(q)]
 
-    def adapter_record(self, a: Adapter, s: Session, *, full: bool = False,
-                       tensor_count: int | None = None) -> dict[str, Any]:
+    def adapter_record(self, a: Adapter, s: Session, *, full: bool = False, tensor_count: int | None = None,
+                       tensor_list: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The JSON contract of ``register --json`` / ``list adapters --json`` / ``show --json``."""
         cfg = a.peft_config or {}
+        if full and tensor_list is None:
+            tensor_list = _tensor_lists(s, [a.id])[a.id]
+        if tensor_count is None and tensor_list is not None:
+            tensor_count = len(tensor_list)
         if tensor_count is None:
             tensor_count = s.scalar(select(func.count()).select_from(AdapterTensor)
                                     .where(AdapterTensor.adapter_id == a.id))
@@ -242,11 +247,7 @@ class Registry:
             "store_path": str(self.store.path_for(a.sha256)),
         }
         if full:
-            rec["peft_config"] = a.peft_config
-            rec["tensor_list"] = [{"key": t.key, "dtype": t.dtype, "shape": t.shape,
-                                   "offsets": [t.offset_begin, t.offset_end]}
-                                  for t in s.scalars(select(AdapterTensor).where(AdapterTensor.adapter_id == a.id)
-                                                     .order_by(AdapterTensor.key))]
+            rec["peft_config"], rec["tensor_list"] = a.peft_config, tensor_list
         return rec
 
     def adapter_tensors(self, ref: str) -> tuple[dict[str, Any], list[AdapterTensor]]:

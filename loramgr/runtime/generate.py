@@ -30,12 +30,11 @@ class Runner:
         return dict(zip(self.outputs, self.fn({k: v for k, v in feeds.items() if k in self.inputs})))
 
     @classmethod
-    def from_session(cls, session: Any, fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None,
-                     extra: Sequence[Any] = ()) -> "Runner":
+    def from_session(cls, session: Any,
+                     fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None) -> "Runner":
         """From an ``ort.InferenceSession`` (``fn`` defaults to ``session.run(None, feeds)``)."""
-        args = list(session.get_inputs()) + list(extra)
         ins = {a.name: (tuple(int(d) if isinstance(d, int) else -1 for d in a.shape), _NP.get(a.type, np.float32))
-               for a in args}
+               for a in session.get_inputs()}
         outs = [o.name for o in session.get_outputs()]
         return cls(ins, outs, fn or (lambda feeds: session.run(None, feeds)))
 
