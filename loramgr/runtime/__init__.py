@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import collections
+import contextlib
 import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MAX_PLAN_BYTES = 256 * 1024 * 1024
 
@@ -121,6 +122,16 @@ class AdapterEntry:
         return list(self.doc.get("steps", []))
 
 
+@contextlib.contextmanager
+def _malformed(where: str) -> Iterator[None]:
+    """A plan entry of the wrong shape is a plan format error (exit 4), wherever it is first read:
+    entries are read lazily, so this guards the lazy readers as well as ``Plan.load``."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PlanFormatError(where, f"malformed plan ({type(e).__name__}: {e})") from None
+
+
 class Plan:
     """A loaded plan; immutable, thread-safe."""
 
@@ -160,10 +171,8 @@ class Plan:
             raise PlanFormatError(str(p), "not a loramgr plan (schema field missing)")
         if doc.get("schema_version") != 1:
             raise PlanFormatError(str(p), f"plan schema version {doc.get('schema_version')!r} is not supported (1)")
-        try:
+        with _malformed(str(p)):
             return cls(doc, p.parent)
-        except (KeyError, TypeError, AttributeError) as e:
-            raise PlanFormatError(str(p), f"malformed plan ({type(e).__name__}: {e})") from None
 
     def resolve(self, rel: str) -> Path:
         """A plan path as an absolute path; paths leaving the plan's directory are refused."""
@@ -176,11 +185,13 @@ class Plan:
         return full
 
     def _section(self, s: dict[str, Any]) -> Section:
-        return Section(self.resolve(s["path"]), s["sha256"], int(s["size"]), s.get("name", ""),
-                       tuple(s["graphs"]), bool(s.get("shared")))
+        with _malformed(str(self.root)):
+            return Section(self.resolve(s["path"]), s["sha256"], int(s["size"]), s.get("name", ""),
+                           tuple(s["graphs"]), bool(s.get("shared")))
 
     def file(self, entry: dict[str, Any]) -> FileRef:
-        return FileRef(self.resolve(entry["path"]), entry["sha256"], int(entry["size"]))
+        with _malformed(str(self.root)):
+            return FileRef(self.resolve(entry["path"]), entry["sha256"], int(entry["size"]))
 
     def verified(self, f: FileRef) -> Path:
         """The file's path after checking its size and sha256 (once per file)."""
@@ -188,8 +199,9 @@ class Plan:
 
     def graph_file(self, name: str) -> Path:
         g = self.graphs[name]
-        for e in g.get("external_data", []):
-            self.verified(self.file(e))
+        with _malformed(str(self.root)):
+            for e in g.get("external_data", []):
+                self.verified(self.file(e))
         return self.verified(self.file(g))
 
     def adapter(self, name: str) -> AdapterEntry:
@@ -209,9 +221,10 @@ class Plan:
     def files(self) -> list[FileRef]:
         """Every file the plan references (graphs, external data, sections)."""
         out: list[FileRef] = []
-        for g in self.base["graphs"]:
-            out.append(self.file(g))
-            out += [self.file(e) for e in g.get("external_data", [])]
+        with _malformed(str(self.root)):
+            for g in self.base["graphs"]:
+                out.append(self.file(g))
+                out += [self.file(e) for e in g.get("external_data", [])]
         for key in self.adapters:
             out += self.adapter(key).sections()
         out += self.default_adapter.sections()
