@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,13 +65,14 @@ def best(fn: Callable[[], Any], repeat: int = 3) -> float:
 def lm(home: Path, *args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, LORAMGR_HOME=str(home))
     env.pop("LORAMGR_DB_URL", None)
-    return subprocess.run([sys.executable, "-m", "loramgr", *map(str, args)], env=env, text=True,
-                          capture_output=True, check=check)
+    return subprocess.run(
+        [sys.executable, "-m", "loramgr", *map(str, args)], env=env, text=True, capture_output=True, check=check
+    )
 
 
 # -- 1. register --------------------------------------------------------------------------------------------
 def bench_register(tmp: Path, size: int) -> list[Row]:
-    from loramgr.synth import write_large_adapter
+    from loramgr.testing.synth import write_large_adapter
 
     f = write_large_adapter(tmp / "big.safetensors", size)
     subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
@@ -90,6 +92,7 @@ def bench_register(tmp: Path, size: int) -> list[Row]:
             t = time.perf_counter()
             lm(home, "register", f, "--name", "big", *(["--link"] if link else []))
             run.t = time.perf_counter() - t  # type: ignore[attr-defined]
+
         return run
 
     t_sha, t_cp = best(sha), best(cp)
@@ -104,9 +107,10 @@ def bench_register(tmp: Path, size: int) -> list[Row]:
     shutil.rmtree(tmp / "home", ignore_errors=True)
     f.unlink()
     mib = size >> 20
-    return [Row(f"register {mib} MiB (copy into store)", "sha256sum + cp", t_sha + t_cp, min(copies), "s",
-                "<= 1.0x", 1.0),
-            Row(f"register {mib} MiB --link", "sha256sum", t_sha, min(links), "s", "<= 1.2x", 1.2)]
+    return [
+        Row(f"register {mib} MiB (copy into store)", "sha256sum + cp", t_sha + t_cp, min(copies), "s", "<= 1.0x", 1.0),
+        Row(f"register {mib} MiB --link", "sha256sum", t_sha, min(links), "s", "<= 1.2x", 1.2),
+    ]
 
 
 # -- models for 2 and 7: a Llama-shaped graph with and without LoRA inputs ----------------------------------
@@ -115,9 +119,15 @@ def llama(tmp: Path, hidden: int, layers: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                      num_attention_heads=max(4, hidden // 64), num_key_value_heads=max(4, hidden // 64),
-                      max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=max(4, hidden // 64),
+        num_key_value_heads=max(4, hidden // 64),
+        max_position_embeddings=512,
+    )
     d = tmp / f"hf-{hidden}x{layers}"
     LlamaForCausalLM(cfg).eval().save_pretrained(d)
     return d
@@ -138,8 +148,9 @@ def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:
     from loramgr.export.model import GraphSpec, num_layers
     from loramgr.export.onnx_io import save_sharing_weights
 
-    model = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        hf, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     n = num_layers(model, "llama")
     proto = _export_one(model, "llama", GraphSpec("decode", q, past, (0, n), True, True), 1, torch.float32, "float32")
     save_sharing_weights({"plain.onnx": proto}, out, "plain.data")
@@ -171,7 +182,7 @@ def decode_feeds(sess: Any) -> dict[str, np.ndarray]:
 
 def lora_setup(tmp: Path, hf: Path, rank: int) -> tuple[Path, Path, list[str]]:
     """Export (prefill + decode), register 2 PEFT adapters, build --share-adapters, plan."""
-    from loramgr.synth_hf import peft_adapter
+    from loramgr.testing.synth_hf import peft_adapter
 
     home = tmp / "home-lora"
     man = export(hf, tmp / "onnx", ["q_proj", "k_proj", "v_proj", "o_proj"], rank, "prefill=16,decode=1", 64)
@@ -182,8 +193,9 @@ def lora_setup(tmp: Path, hf: Path, rank: int) -> tuple[Path, Path, list[str]]:
     names = []
     for i in range(2):
         m = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True)
-        peft_adapter(m, tmp / f"ad{i}", seed=i, r=rank, lora_alpha=rank,
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        peft_adapter(
+            m, tmp / f"ad{i}", seed=i, r=rank, lora_alpha=rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        )
         lm(home, "register", tmp / f"ad{i}", "--name", f"ad{i}")
         lm(home, "validate", f"ad{i}", "--base", "b")
         names.append(f"ad{i}")
@@ -241,7 +253,7 @@ def bench_switch_and_overhead(tmp: Path, hidden: int, layers: int, rank: int) ->
     merged = tmp / "merged"
     import onnx
 
-    from loramgr.build.backends.ort import read_section
+    from loramgr.sections.backends.ort import read_section
 
     m = onnx.load(str(graph))
     params = read_section(plan.verified(sec))[2]
@@ -280,18 +292,53 @@ def bench_switch_and_overhead(tmp: Path, hidden: int, layers: int, rank: int) ->
     t_peft = bench_peft_switch(tmp, hf)
     shape = f"hidden {hidden}, {layers} layers, rank {rank}, q/k/v/o"
     return [
-        Row(f"adapter switch (apply + 1 decode run; {shape})", "new ORT session, adapter merged", t_new, t_switch,
-            "s", "<= 0.05x", 0.05),
-        Row(f"adapter switch, apply() of a loaded section ({data.nbytes >> 10} KiB)",
-            "np.copy of the section bytes", t_memcpy, t_apply, "s", "<= 3x", 3.0,
-            note="the run then binds the section's OrtValues by reference: nothing is copied"),
-        Row(f"first apply() of a section (read + sha256 + load, {data.nbytes >> 10} KiB)",
-            "np.copy of the section bytes", t_memcpy, t_cold, "s", "report", float("inf")),
+        Row(
+            f"adapter switch (apply + 1 decode run; {shape})",
+            "new ORT session, adapter merged",
+            t_new,
+            t_switch,
+            "s",
+            "<= 0.05x",
+            0.05,
+        ),
+        Row(
+            f"adapter switch, apply() of a loaded section ({data.nbytes >> 10} KiB)",
+            "np.copy of the section bytes",
+            t_memcpy,
+            t_apply,
+            "s",
+            "<= 3x",
+            3.0,
+            note="the run then binds the section's OrtValues by reference: nothing is copied",
+        ),
+        Row(
+            f"first apply() of a section (read + sha256 + load, {data.nbytes >> 10} KiB)",
+            "np.copy of the section bytes",
+            t_memcpy,
+            t_cold,
+            "s",
+            "report",
+            float("inf"),
+        ),
         Row("super adapter bytes (2-graph base)", "per-graph sections", per_graph, shared, "bytes", "<= 0.51x", 0.51),
-        Row(f"decode step with adapter applied ({shape})", "same model exported without LoRA", t_plain, t_lora, "s",
-            "<= 1.10x", 1.10),
-        Row("adapter switch (apply + 1 decode run)", "PEFT set_adapter + 1 forward (same model, torch)", t_peft,
-            t_switch, "s", "<= 1.0x", 1.0),
+        Row(
+            f"decode step with adapter applied ({shape})",
+            "same model exported without LoRA",
+            t_plain,
+            t_lora,
+            "s",
+            "<= 1.10x",
+            1.10,
+        ),
+        Row(
+            "adapter switch (apply + 1 decode run)",
+            "PEFT set_adapter + 1 forward (same model, torch)",
+            t_peft,
+            t_switch,
+            "s",
+            "<= 1.0x",
+            1.0,
+        ),
     ]
 
 
@@ -320,19 +367,50 @@ def bench_peft_switch(tmp: Path, hf: Path) -> float:
 def bench_lookups(tmp: Path, n: int) -> list[Row]:
     from loramgr.runtime import Plan
 
-    enc = {"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "min": -1.0, "max": 1.0, "scale": 2 / 255,
-           "offset": -128}
+    enc = {
+        "bitwidth": 8,
+        "dtype": "int",
+        "is_symmetric": "False",
+        "min": -1.0,
+        "max": 1.0,
+        "scale": 2 / 255,
+        "offset": -128,
+    }
     sec = {"name": "g", "graphs": ["g"], "path": "s.onnx_adapter", "sha256": "0" * 64, "size": 1, "shared": False}
-    doc = {"schema": "loramgr.plan", "schema_version": 1, "build_id": 1, "backend": "ort",
-           "base": {"name": "b", "version": "1", "precision": "int8", "max_rank": 16, "graphs": [
-               {"name": "g", "kind": "single", "path": "g.onnx", "sha256": "0" * 64, "size": 1}],
-               "contexts": [{"name": "g", "graphs": ["g"]}]},
-           "alpha": {"tensor": "lora_alpha", "default": 1.0, "reset_value": 0.0}, "rules": {},
-           "adapters": [{"name": f"ad{i}", "version": "1", "ref": f"ad{i}@1", "sha256": "0" * 64, "rank": 8,
-                         "lora_alpha": 16, "recommended_alpha": 1.0, "sections": [sec],
-                         "io_encodings": {f"out{j}": [enc] for j in range(8)}, "weight_encodings": {}, "steps": []}
-                        for i in range(n)],
-           "default_adapter": {"sections": [sec], "io_encodings": {}, "steps": []}, "reset_steps": {}}
+    doc = {
+        "schema": "loramgr.plan",
+        "schema_version": 1,
+        "build_id": 1,
+        "backend": "ort",
+        "base": {
+            "name": "b",
+            "version": "1",
+            "precision": "int8",
+            "max_rank": 16,
+            "graphs": [{"name": "g", "kind": "single", "path": "g.onnx", "sha256": "0" * 64, "size": 1}],
+            "contexts": [{"name": "g", "graphs": ["g"]}],
+        },
+        "alpha": {"tensor": "lora_alpha", "default": 1.0, "reset_value": 0.0},
+        "rules": {},
+        "adapters": [
+            {
+                "name": f"ad{i}",
+                "version": "1",
+                "ref": f"ad{i}@1",
+                "sha256": "0" * 64,
+                "rank": 8,
+                "lora_alpha": 16,
+                "recommended_alpha": 1.0,
+                "sections": [sec],
+                "io_encodings": {f"out{j}": [enc] for j in range(8)},
+                "weight_encodings": {},
+                "steps": [],
+            }
+            for i in range(n)
+        ],
+        "default_adapter": {"sections": [sec], "io_encodings": {}, "steps": []},
+        "reset_steps": {},
+    }
     p = tmp / "big-plan.json"
     p.write_text(json.dumps(doc))
     t = time.perf_counter()
@@ -348,13 +426,28 @@ def bench_lookups(tmp: Path, n: int) -> list[Row]:
     # registry: `show` on n rows (bulk-inserted), through the library API and one CLI process
     from loramgr.config import Settings
     from loramgr.registry.api import Registry
-    from loramgr.registry.models import Adapter
+    from loramgr.registry.models import AdapterRow
 
     home = tmp / "home-lookup"
     reg = Registry(Settings.resolve(str(home)))
     with reg.session(write=True) as s:
-        s.add_all([Adapter(name=f"ad{i}", version="1", version_num=1, sha256=f"{i:064x}", config_sha256="0" * 64,
-                           size=1, source_uri="bench", dtype="F32", rank=8, alpha=16.0) for i in range(n)])
+        s.add_all(
+            [
+                AdapterRow(
+                    name=f"ad{i}",
+                    version="1",
+                    version_num=1,
+                    sha256=f"{i:064x}",
+                    config_sha256="0" * 64,
+                    size=1,
+                    source_uri="bench",
+                    dtype="F32",
+                    rank=8,
+                    alpha=16.0,
+                )
+                for i in range(n)
+            ]
+        )
     reg_lat = []
     for i in rng.integers(0, n, 500):
         t = time.perf_counter()
@@ -367,21 +460,39 @@ def bench_lookups(tmp: Path, n: int) -> list[Row]:
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     t_py = time.perf_counter() - t
-    return [Row(f"runtime I/O-encoding lookup, plan of {n} adapters (p50)", "1 ms goal", 1e-3, float(p50), "s",
-                "p50 < 1 ms", 1.0, note=f"p99 {p99 * 1e6:.1f} us; plan load {t_load:.2f} s"),
-            Row(f"registry show, {n} adapter rows (library p50)", "1 ms", 1e-3, float(np.percentile(reg_lat, 50)),
-                "s", "report", float("inf"), note=f"p99 {np.percentile(reg_lat, 99) * 1e3:.2f} ms"),
-            Row(f"`loramgr show` CLI process, {n} rows", "python -c pass", t_py, t_cli, "s", "report", float("inf"))]
+    return [
+        Row(
+            f"runtime I/O-encoding lookup, plan of {n} adapters (p50)",
+            "1 ms goal",
+            1e-3,
+            float(p50),
+            "s",
+            "p50 < 1 ms",
+            1.0,
+            note=f"p99 {p99 * 1e6:.1f} us; plan load {t_load:.2f} s",
+        ),
+        Row(
+            f"registry show, {n} adapter rows (library p50)",
+            "1 ms",
+            1e-3,
+            float(np.percentile(reg_lat, 50)),
+            "s",
+            "report",
+            float("inf"),
+            note=f"p99 {np.percentile(reg_lat, 99) * 1e3:.2f} ms",
+        ),
+        Row(f"`loramgr show` CLI process, {n} rows", "python -c pass", t_py, t_cli, "s", "report", float("inf")),
+    ]
 
 
 # -- 5. incremental rebuild --------------------------------------------------------------------------------------
 def bench_rebuild(tmp: Path, n: int, d: int, layers: int) -> list[Row]:
     """Library calls (the CLI adds a constant interpreter start-up, reported separately)."""
-    from loramgr import synth
-    from loramgr.build.run import build
     from loramgr.config import Settings
     from loramgr.registry.api import Registry
-    from loramgr.validate import validate
+    from loramgr.sections.pipeline import build
+    from loramgr.testing import synth
+    from loramgr.validation import validate
 
     mods = ("q_proj", "k_proj", "v_proj", "o_proj")
     mps = synth.module_paths(mods, layers=layers)
@@ -390,29 +501,41 @@ def bench_rebuild(tmp: Path, n: int, d: int, layers: int) -> list[Row]:
     reg.register_base([("rb", tmp / "rb.onnx")], name="rb")
     refs = []
     for i in range(n):
-        a = synth.write_adapter(tmp / "rb" / f"a{i}", synth.adapter_tensors(mps, 16, d=d, seed=i),
-                                synth.peft_config(16, 16, list(mods)))
-        refs.append(reg.register_adapter(a)[0]["ref"])
+        a = synth.write_adapter(
+            tmp / "rb" / f"a{i}", synth.adapter_tensors(mps, 16, d=d, seed=i), synth.peft_config(16, 16, list(mods))
+        )
+        refs.append(reg.register_adapter(a)[0].ref)
     validate(reg, refs, "rb")
     t = time.perf_counter()
     build(reg, "rb", refs, out_dir=tmp / "rb-out", quiet=True)
     t_full = time.perf_counter() - t
-    a = synth.write_adapter(tmp / "rb2" / "a3", synth.adapter_tensors(mps, 16, d=d, seed=999),
-                            synth.peft_config(16, 16, list(mods)))
-    new = reg.register_adapter(a)[0]["ref"]
+    a = synth.write_adapter(
+        tmp / "rb2" / "a3", synth.adapter_tensors(mps, 16, d=d, seed=999), synth.peft_config(16, 16, list(mods))
+    )
+    new = reg.register_adapter(a)[0].ref
     validate(reg, [new], "rb")
     t = time.perf_counter()
     res = build(reg, "rb", [r.split("@")[0] for r in refs], out_dir=tmp / "rb-out", quiet=True)
     t_inc = time.perf_counter() - t
     reg.close()
     mb = sum(p.stat().st_size for p in (tmp / "rb-out" / "sections").rglob("*.onnx_adapter")) >> 20
-    return [Row(f"rebuild with 1 of {n} adapters changed ({mb} MiB of sections)", "full build", t_full, t_inc, "s",
-                "<= 0.05x", 0.05, note=f"rebuilt {res['rebuilt']}")]
+    return [
+        Row(
+            f"rebuild with 1 of {n} adapters changed ({mb} MiB of sections)",
+            "full build",
+            t_full,
+            t_inc,
+            "s",
+            "<= 0.05x",
+            0.05,
+            note=f"rebuilt {res.rebuilt}",
+        )
+    ]
 
 
 # -- 6. parity ------------------------------------------------------------------------------------------------------
 def bench_parity(tmp: Path) -> list[Row]:
-    from loramgr.synth_hf import peft_adapter, tiny_llama
+    from loramgr.testing.synth_hf import peft_adapter, tiny_llama
 
     home = tmp / "home-parity"
     tiny_llama().save_pretrained(tmp / "hf-tiny")
@@ -424,8 +547,23 @@ def bench_parity(tmp: Path) -> list[Row]:
     logits = {}
     for label, q in (("fp32", None), ("int8", "8")):
         name = f"p{label}"
-        lm(home, "base", "export", tmp / "hf-tiny", "--name", name, "--target-modules", "q_proj,v_proj",
-           "--max-rank", "16", "--graphs", "prefill=8", "-o", tmp / name, *(["--quantized-lora", q] if q else []))
+        lm(
+            home,
+            "base",
+            "export",
+            tmp / "hf-tiny",
+            "--name",
+            name,
+            "--target-modules",
+            "q_proj,v_proj",
+            "--max-rank",
+            "16",
+            "--graphs",
+            "prefill=8",
+            "-o",
+            tmp / name,
+            *(["--quantized-lora", q] if q else []),
+        )
         lm(home, "register", tmp / "pa", "--name", "pa")
         lm(home, "validate", "pa", "--base", name)
         if q:
@@ -434,20 +572,49 @@ def bench_parity(tmp: Path) -> list[Row]:
         lm(home, "plan", "--base", name)
         if not q:
             v = json.loads(lm(home, "verify", "--plan", tmp / "out-fp32" / "plan.json", "--json").stdout)
-            rows.append(Row("fp32 parity vs PEFT (max abs diff of logits)", "tolerance 1e-4", 1e-4,
-                            v["adapters"][0]["max_abs_diff"], "abs", "<= 1e-4", 1.0))
+            rows.append(
+                Row(
+                    "fp32 parity vs PEFT (max abs diff of logits)",
+                    "tolerance 1e-4",
+                    1e-4,
+                    v["adapters"][0]["max_abs_diff"],
+                    "abs",
+                    "<= 1e-4",
+                    1.0,
+                )
+            )
         from loramgr.runtime.generate import _run_chain
         from loramgr.runtime.ort import lm_chains
 
         pre, _ = lm_chains(str(tmp / f"out-{label}" / "plan.json"), "pa")
-        logits[label] = np.stack([_run_chain(pre, {"input_ids": np.array([json.loads(ln)["input_ids"]]),
-                                                    "attention_mask": np.ones((1, 8), np.int64),
-                                                    "position_ids": np.arange(8)[None]}, {})[0]
-                                  for ln in calib.read_text().splitlines()])
+        logits[label] = np.stack(
+            [
+                _run_chain(
+                    pre,
+                    {
+                        "input_ids": np.array([json.loads(ln)["input_ids"]]),
+                        "attention_mask": np.ones((1, 8), np.int64),
+                        "position_ids": np.arange(8)[None],
+                    },
+                    {},
+                )[0]
+                for ln in calib.read_text().splitlines()
+            ]
+        )
     a, b = logits["int8"].reshape(-1, 128).astype(np.float64), logits["fp32"].reshape(-1, 128).astype(np.float64)
     cos = float(np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
-    rows.append(Row("int8 sections: min cosine of logits vs fp32 adapter", "goal 0.999", 0.999, cos, "cos",
-                    ">= 0.999", 0.999, higher_is_better=True))
+    rows.append(
+        Row(
+            "int8 sections: min cosine of logits vs fp32 adapter",
+            "goal 0.999",
+            0.999,
+            cos,
+            "cos",
+            ">= 0.999",
+            0.999,
+            higher_is_better=True,
+        )
+    )
     return rows
 
 
@@ -462,17 +629,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loramgr-bench-") as d:
         tmp = Path(d)
-        steps = [("register", lambda: bench_register(tmp, (128 if q else 1024) << 20)),
-                 ("switch", lambda: bench_switch_and_overhead(tmp, 256 if q else 1024, 2 if q else 8, 16)),
-                 ("lookups", lambda: bench_lookups(tmp, 2000 if q else 10_000)),
-                 ("rebuild", lambda: bench_rebuild(tmp, 20 if q else 100, 256 if q else 1024, 2 if q else 8)),
-                 ("parity", lambda: bench_parity(tmp))]
+        steps = [
+            ("register", lambda: bench_register(tmp, (128 if q else 1024) << 20)),
+            ("switch", lambda: bench_switch_and_overhead(tmp, 256 if q else 1024, 2 if q else 8, 16)),
+            ("lookups", lambda: bench_lookups(tmp, 2000 if q else 10_000)),
+            ("rebuild", lambda: bench_rebuild(tmp, 20 if q else 100, 256 if q else 1024, 2 if q else 8)),
+            ("parity", lambda: bench_parity(tmp)),
+        ]
         for label, fn in steps:
             print(f"... {label}", file=sys.stderr, flush=True)
             rows += fn()
     print_table(rows)
-    out = {"quick": q, "seconds": round(time.perf_counter() - t0, 1), "machine": machine(),
-           "rows": [asdict(r) | {"ratio": r.ratio, "pass": r.passed} for r in rows]}
+    out = {
+        "quick": q,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": machine(),
+        "rows": [asdict(r) | {"ratio": r.ratio, "pass": r.passed} for r in rows],
+    }
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -483,8 +656,12 @@ def machine() -> dict[str, Any]:
 
     import onnxruntime
 
-    return {"python": platform.python_version(), "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
-            "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def fmt(v: float, unit: str) -> str:
@@ -499,9 +676,17 @@ def print_table(rows: list[Row]) -> None:
     head = ["benchmark", "baseline", "baseline", "loramgr", "ratio", "goal", "pass"]
     lines = [head, ["---"] * len(head)]
     for r in rows:
-        lines.append([r.name, r.baseline, fmt(r.baseline_value, r.unit), fmt(r.loramgr_value, r.unit),
-                      "-" if r.goal == "report" else f"{r.ratio:.3f}x", r.goal,
-                      "-" if r.goal == "report" else ("yes" if r.passed else "NO")])
+        lines.append(
+            [
+                r.name,
+                r.baseline,
+                fmt(r.baseline_value, r.unit),
+                fmt(r.loramgr_value, r.unit),
+                "-" if r.goal == "report" else f"{r.ratio:.3f}x",
+                r.goal,
+                "-" if r.goal == "report" else ("yes" if r.passed else "NO"),
+            ]
+        )
     for ln in lines:
         print("| " + " | ".join(ln) + " |")
     for r in rows:

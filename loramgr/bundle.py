@@ -9,13 +9,29 @@ import io
 import shutil
 import tarfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from loramgr.errors import IntegrityError, InvalidInputError
+from loramgr.records import JsonRecord
 from loramgr.runtime import Plan
 
 SUMS = "SHA256SUMS"
+
+
+@dataclass(frozen=True)
+class BundleWritten(JsonRecord):
+    bundle: str
+    files: int
+    bytes: int
+    sha256: str | None  # of the tar (None for a directory bundle)
+
+
+@dataclass(frozen=True)
+class BundleChecked(JsonRecord):
+    bundle: str
+    files: int
+    ok: bool = True
 
 
 def _members(plan: Plan, plan_path: Path) -> list[tuple[str, Path]]:
@@ -31,7 +47,7 @@ def _sums(items: list[tuple[str, Path]]) -> bytes:
     return "".join(f"{sha256_file(p)}  {name}\n" for name, p in items).encode()
 
 
-def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False) -> dict[str, Any]:
+def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False) -> BundleWritten:
     plan_path = Path(plan_path).absolute()
     plan = Plan.load(plan_path)
     items = _members(plan, plan_path)
@@ -49,12 +65,11 @@ def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
                 entries: list[tuple[str, Path | None]] = sorted([*items, (SUMS, None)], key=lambda e: e[0])
                 for name, data_path in entries:
-                    data = sums if data_path is None else None
                     ti = tarfile.TarInfo(name)
-                    ti.size = len(data) if data is not None else data_path.stat().st_size  # type: ignore[union-attr]
+                    ti.size = len(sums) if data_path is None else data_path.stat().st_size
                     ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0o644, 0, 0, "", ""
-                    if data is not None:
-                        tar.addfile(ti, io.BytesIO(data))
+                    if data_path is None:
+                        tar.addfile(ti, io.BytesIO(sums))
                     else:
                         with open(data_path, "rb") as f:
                             tar.addfile(ti, f)
@@ -62,8 +77,12 @@ def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    return {"bundle": str(out), "files": len(items), "bytes": sum(p.stat().st_size for _, p in items),
-            "sha256": None if as_dir else hashlib.sha256(out.read_bytes()).hexdigest()}
+    return BundleWritten(
+        str(out),
+        len(items),
+        sum(p.stat().st_size for _, p in items),
+        None if as_dir else hashlib.sha256(out.read_bytes()).hexdigest(),
+    )
 
 
 def _safe_name(name: str, where: str) -> str:
@@ -92,7 +111,7 @@ def _read_members(tar: tarfile.TarFile, path: Path, digests: dict[str, str]) -> 
     return sums
 
 
-def check_bundle(path: str | Path) -> dict[str, Any]:
+def check_bundle(path: str | Path) -> BundleChecked:
     """Verify a bundle tar or directory: safe member names, regular files only, every checksum."""
     path = Path(path)
     digests: dict[str, str] = {}
@@ -129,6 +148,4 @@ def check_bundle(path: str | Path) -> dict[str, Any]:
         raise IntegrityError(f"{path}: {extra[0]}", "is in the bundle but not in SHA256SUMS")
     if "plan.json" not in listed:
         raise IntegrityError(str(path), "bundle has no plan.json")
-    return {"bundle": str(path), "files": len(listed), "ok": True}
-
-
+    return BundleChecked(str(path), len(listed))

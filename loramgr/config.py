@@ -20,7 +20,7 @@ class Settings:
         return self.home / "store"
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike[str] | None = None, db_url: str | None = None) -> "Settings":
+    def resolve(cls, home: str | os.PathLike[str] | None = None, db_url: str | None = None) -> Settings:
         h = Path(home or os.environ.get("LORAMGR_HOME") or Path.home() / ".loramgr").expanduser().absolute()
         url = db_url or os.environ.get("LORAMGR_DB_URL") or f"sqlite:///{h / 'registry.db'}"
         return cls(home=h, db_url=url)

@@ -15,8 +15,7 @@ class LoramgrError(Exception):
     exit_code = 1
     kind = "error"
 
-    def __init__(self, what: str, why: str | None = None, *, hint: str | None = None,
-                 details: Any = None) -> None:
+    def __init__(self, what: str, why: str | None = None, *, hint: str | None = None, details: Any = None) -> None:
         self.what = str(what)
         self.why = why
         self.hint = hint
@@ -35,6 +34,13 @@ class LoramgrError(Exception):
         if self.details is not None:
             out["details"] = self.details
         return out
+
+
+class InternalError(LoramgrError):
+    """A bug in loramgr found by a check of its own (e.g. a plan it wrote fails its own schema)."""
+
+    exit_code = 1
+    kind = "internal"
 
 
 class UsageError(LoramgrError):
@@ -87,16 +93,30 @@ class StorageError(LoramgrError):
     kind = "storage"
 
 
+class Interrupted(LoramgrError):
+    """The user stopped the command (Ctrl-C)."""
+
+    exit_code = 130
+    kind = "interrupted"
+
+
 def translate(e: BaseException) -> LoramgrError | None:
     """Environmental failures that deserve a clear message instead of "unexpected": disk full,
-    read-only filesystems and databases."""
+    read-only filesystems and databases. Matched by type; SQLAlchemy is consulted only when it is
+    already imported (a command that never opened the registry cannot have failed in it)."""
     import errno
+    import sys
 
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         what = e.filename or "disk"
-        return StorageError(str(what), e.strerror or "no space left on device",
-                            hint="free space (`loramgr gc`) and re-run; nothing partial was recorded")
-    text = str(getattr(e, "orig", None) or e).lower()
-    if type(e).__name__ == "OperationalError" and ("readonly database" in text or "read-only" in text):
-        return StorageError("registry database", "is read-only", hint="check its permissions / LORAMGR_DB_URL")
+        return StorageError(
+            str(what),
+            e.strerror or "no space left on device",
+            hint="free space (`loramgr gc`) and re-run; nothing partial was recorded",
+        )
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is not None and isinstance(e, sa_exc.OperationalError):
+        text = str(e.orig or e).lower()
+        if "readonly database" in text or "read-only" in text:
+            return StorageError("registry database", "is read-only", hint="check its permissions / LORAMGR_DB_URL")
     return None

@@ -6,6 +6,7 @@ it wants one bin-section per context binary, in context order, for every adapter
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,23 @@ def lora_block(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> dict[str,
         for c in contexts:
             mine = [s for s in a["sections"] if set(s["graphs"]) <= set(c["graphs"])]
             if len(mine) != 1:
-                raise IncompatibleError(f"adapter {a['ref']}", f"has {len(mine)} sections for context {c['name']}; "
-                                        "Genie needs one bin-section per context binary",
-                                        hint="build with --share-adapters")
+                raise IncompatibleError(
+                    f"adapter {a['ref']}",
+                    f"has {len(mine)} sections for context {c['name']}; Genie needs one bin-section per context binary",
+                    hint="build with --share-adapters",
+                )
             secs.append(Path(os.path.relpath(plan_dir / mine[0]["path"], out_dir)).as_posix())
         adapters.append({"version": 1, "name": a["name"], "alphas": [alpha], "bin-sections": secs})
     block = {"version": 1, "lora-version": 2, "alpha-tensor-name": alpha, "adapters": adapters}
     check_block(block)
     return block
+
+
+def write_genie_config(plan_path: str | Path, out: str | Path) -> Path:
+    """Write ``{"lora": <block>}`` for a written plan to ``out`` (atomically); returns its absolute path."""
+    from loramgr.store import atomic_write
+
+    plan_path, g = Path(plan_path), Path(out).absolute()
+    doc = json.loads(plan_path.read_text())
+    atomic_write(g, (json.dumps({"lora": lora_block(doc, plan_path.parent, g.parent)}, indent=2) + "\n").encode())
+    return g

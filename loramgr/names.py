@@ -19,8 +19,9 @@ def check_name(name: str, what: str = "name") -> str:
     if "/" in name or "\\" in name or ".." in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidInputError(f"{what} {name!r}", "must not contain '/', '\\', '..' or control characters")
     if not _NAME.match(name):
-        raise InvalidInputError(f"{what} {name!r}",
-                         "use letters, digits and . _ + - (start with a letter or digit, at most 128)")
+        raise InvalidInputError(
+            f"{what} {name!r}", "use letters, digits and . _ + - (start with a letter or digit, at most 128)"
+        )
     return name
 
 

@@ -8,17 +8,18 @@ under ``objects/`` and ``gc`` never collects a file that is still being written.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from loramgr.errors import IntegrityError, InvalidInputError
 
@@ -77,7 +78,7 @@ def _hash_copy(src: BinaryIO, dst: BinaryIO | None, buffers: int = 4) -> tuple[s
             if dst is not None:
                 out = ring[i][:n]
                 while out:  # raw (unbuffered) writes may be partial
-                    out = out[dst.write(out):]
+                    out = out[dst.write(out) :]
             size += n
             full.put((i, n))
     finally:
@@ -136,8 +137,11 @@ class Store:
                     os.link(src, tmp)
                 except OSError as e:
                     if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                        raise InvalidInputError(str(src), f"cannot hard-link into the store ({e.strerror})",
-                                                hint="the store must be on the same filesystem; drop --link") from None
+                        raise InvalidInputError(
+                            str(src),
+                            f"cannot hard-link into the store ({e.strerror})",
+                            hint="the store must be on the same filesystem; drop --link",
+                        ) from None
                     raise
                 with open(tmp, "rb", buffering=0) as f:
                     sha, size = _hash_copy(f, None)

@@ -7,8 +7,21 @@ graph's tensor names (and has a variable-name bug); the list must name the graph
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from loramgr.records import Base, JsonRecord
+
+
+@dataclass(frozen=True)
+class WeightLists(JsonRecord):
+    """What ``weight-list --json`` prints: per-graph names, the files written, whether one list serves all."""
+
+    base: str
+    files: dict[str, str]
+    lists: dict[str, list[str]]
+    shared: bool
 
 
 def natural_key(s: str) -> list[Any]:
@@ -16,17 +29,16 @@ def natural_key(s: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def weight_lists(base: dict[str, Any], include_alpha: bool = False) -> dict[str, list[str]]:
+def weight_lists(base: Base, include_alpha: bool = False) -> dict[str, list[str]]:
     """graph name -> its updatable tensor names, in a deterministic (natural) order."""
     out: dict[str, list[str]] = {}
-    for g in base["graph_list"]:
+    for g in base.graph_names:
         names: list[str] = []
-        for ap in sorted(base["attachment_point_list"], key=lambda a: natural_key(a["module_path"])):
-            if g["name"] in ap["graphs"]:
-                names += [ap["tensor_a"], ap["tensor_b"]]
-        if include_alpha and base.get("alpha_tensor"):
-            names.append(base["alpha_tensor"])
-        out[g["name"]] = names
+        for ap in sorted(base.points_of(g), key=lambda a: natural_key(a.module_path)):
+            names += [ap.tensor_a, ap.tensor_b]
+        if include_alpha and base.alpha_tensor:
+            names.append(base.alpha_tensor)
+        out[g] = names
     return out
 
 
@@ -34,10 +46,11 @@ def render(names: list[str]) -> str:
     return "".join(n + "\n" for n in names)
 
 
-def write_weight_lists(base: dict[str, Any], out: str | Path | None, *, include_alpha: bool = False,
-                       fmt: str = "qairt") -> dict[str, Any]:
-    """Write one file when every graph has the same list, else one per graph (``<stem>.<graph><suffix>``).
-    Returns ``{"files": {graph: path}, "lists": {graph: names}}``; with ``out=None`` nothing is written."""
+def write_weight_lists(
+    base: Base, out: str | Path | None, *, include_alpha: bool = False, fmt: str = "qairt"
+) -> WeightLists:
+    """Write one file when every graph has the same list, else one per graph (``<stem>.<graph><suffix>``);
+    with ``out=None`` nothing is written."""
     import json
 
     from loramgr.store import atomic_write
@@ -48,7 +61,7 @@ def write_weight_lists(base: dict[str, Any], out: str | Path | None, *, include_
     if out is not None:
         out = Path(out)
         if fmt == "json":
-            atomic_write(out, (json.dumps({"base": base["ref"], "graphs": lists}, indent=2) + "\n").encode())
+            atomic_write(out, (json.dumps({"base": base.ref, "graphs": lists}, indent=2) + "\n").encode())
             files = {g: str(out) for g in lists}
         elif len(unique) <= 1:
             atomic_write(out, render(next(iter(lists.values()), [])).encode())
@@ -58,4 +71,4 @@ def write_weight_lists(base: dict[str, Any], out: str | Path | None, *, include_
                 p = out.with_name(f"{out.stem}.{g}{out.suffix}")
                 atomic_write(p, render(names).encode())
                 files[g] = str(p)
-    return {"base": base["ref"], "files": files, "lists": lists, "shared": len(unique) <= 1}
+    return WeightLists(base.ref, files, lists, len(unique) <= 1)

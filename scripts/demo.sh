@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
-exec "$VENV/bin/python" -m loramgr.demo "$@"
+exec "$VENV/bin/python" -m loramgr.testing.demo "$@"

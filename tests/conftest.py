@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from loramgr import synth
+from loramgr.testing import synth
 
 
 @dataclass
@@ -69,12 +69,20 @@ def tiny(tmp_path: Path):
         W = synth.write_base(base, synth.module_paths())
 
         @staticmethod
-        def adapter(name: str, r: int = 8, alpha: float = 16, seed: int = 1, mods=("q_proj", "v_proj"),
-                    config: bool = True, **cfg: Any) -> tuple[Path, dict]:
+        def adapter(
+            name: str,
+            r: int = 8,
+            alpha: float = 16,
+            seed: int = 1,
+            mods=("q_proj", "v_proj"),
+            config: bool = True,
+            **cfg: Any,
+        ) -> tuple[Path, dict]:
             mps = synth.module_paths(mods)
             t = synth.adapter_tensors(mps, r, seed=seed)
-            d = synth.write_adapter(tmp_path / "adapters" / name, t,
-                                    synth.peft_config(r, alpha, mods, **cfg) if config else None)
+            d = synth.write_adapter(
+                tmp_path / "adapters" / name, t, synth.peft_config(r, alpha, mods, **cfg) if config else None
+            )
             return d, t
 
     return Tiny

@@ -18,8 +18,10 @@ def find_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    cands = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    cands = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     return cands[-1] if cands else None
 
 
@@ -33,8 +35,10 @@ class PgServer:
     def __init__(self) -> None:
         self.initdb, self.pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
         if not (self.initdb and self.pg_ctl):
-            raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; "
-                               "`apt-get install -y postgresql` (what .ci/run does)")
+            raise RuntimeError(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found; "
+                "`apt-get install -y postgresql` (what .ci/run does)"
+            )
         self.root = Path(tempfile.mkdtemp(prefix="loramgr-pg-"))
         self.data, self.sock, self.log = self.root / "data", self.root / "sock", self.root / "server.log"
         self.port = _free_port()
@@ -48,7 +52,7 @@ class PgServer:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"{argv[-1]} failed: {p.stderr or p.stdout}\n{log[-2000:]}")
 
-    def start(self) -> "PgServer":
+    def start(self) -> PgServer:
         self.sock.mkdir()
         if self.as_root:
             import pwd
@@ -57,8 +61,10 @@ class PgServer:
             for p in (self.root, self.sock):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
         self._run([self.initdb, "-D", str(self.data), "-U", "loramgr", "--auth=trust", "-E", "UTF8", "--no-sync"])
-        opts = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        opts = (
+            f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
         self._run([self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", opts, "start"])
         return self
 

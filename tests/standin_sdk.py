@@ -14,7 +14,7 @@ import stat
 import sys
 from pathlib import Path
 
-COMMON = r'''
+COMMON = r"""
 import json, os, sys, time, argparse
 from pathlib import Path
 TOOL = Path(sys.argv[0]).name
@@ -31,9 +31,11 @@ if os.environ.get("STANDIN_FAIL") == TOOL:
     print("ERROR: updatable tensor mismatch (simulated)", file=sys.stderr)
     sys.exit(3)
 SKIP = os.environ.get("STANDIN_SKIP") == TOOL
-'''
+"""
 
-CONVERTER = COMMON + r'''
+CONVERTER = (
+    COMMON
+    + r"""
 p = argparse.ArgumentParser()
 p.add_argument("--input_network", required=True)
 p.add_argument("--lora_weight_list", required=True)
@@ -44,9 +46,12 @@ names = Path(a.lora_weight_list).read_text().split()
 if not SKIP:
     Path(a.output_path).write_text(json.dumps({"standin_dlc": True, "network": a.input_network,
                                                "updatable": names, "mode": a.quant_updatable_mode}))
-'''
+"""
+)
 
-IMPORTER = COMMON + r'''
+IMPORTER = (
+    COMMON
+    + r"""
 import yaml
 from safetensors.numpy import load_file, save_file
 p = argparse.ArgumentParser()
@@ -78,9 +83,12 @@ for uc in cfg["use_case"]:
     listing.append(e)
 if not SKIP:
     (out / "lora_output_files.yaml").write_text(yaml.safe_dump({"use_case": listing}, sort_keys=False))
-'''
+"""
+)
 
-GENERATOR = COMMON + r'''
+GENERATOR = (
+    COMMON
+    + r"""
 import hashlib, yaml
 from safetensors.numpy import load_file
 p = argparse.ArgumentParser()
@@ -123,7 +131,8 @@ if a.adapter_weight_config:
     else:
         for g in graphs:
             (out / f"{g}_default_adapter.bin").write_bytes(blob(zeros[g]))
-'''
+"""
+)
 
 TOOLS = {"qairt-converter": CONVERTER, "qairt-lora-importer": IMPORTER, "qnn-context-binary-generator": GENERATOR}
 
@@ -148,4 +157,3 @@ def make_standin_sdk(root: Path, version: str = "2.28.0", build_id: str | None =
 def calls(root: Path) -> list[dict]:
     p = root / "calls.jsonl"
     return [json.loads(ln) for ln in p.read_text().splitlines()] if p.exists() else []
-

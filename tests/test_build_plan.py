@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from loramgr import synth
-from loramgr.build.backends.ort import model_version, read_section
+from loramgr.sections.backends.ort import model_version, read_section
+from loramgr.testing import synth
 from tests.conftest import invoke
 
 ADAPTERS = [("a4", 4, 8, 11), ("a8", 8, 16, 12), ("a16", 16, 16, 13)]
@@ -27,8 +27,16 @@ def ctx2(tmp_path):
     """A 2-graph base (prefill/decode share attachment points) and 3 validated adapters."""
     W = synth.write_base(tmp_path / "prefill.onnx", synth.module_paths())
     synth.write_base(tmp_path / "decode.onnx", synth.module_paths())
-    r = invoke("base", "register", "--name", "tiny", "--graph", f"prefill={tmp_path / 'prefill.onnx'}",
-               "--graph", f"decode={tmp_path / 'decode.onnx'}")
+    r = invoke(
+        "base",
+        "register",
+        "--name",
+        "tiny",
+        "--graph",
+        f"prefill={tmp_path / 'prefill.onnx'}",
+        "--graph",
+        f"decode={tmp_path / 'decode.onnx'}",
+    )
     assert r.exit_code == 0, r.stderr
     ads = {}
     for name, rank, alpha, seed in ADAPTERS:
@@ -51,7 +59,7 @@ def run_section(model: Path, section: str | None, x: np.ndarray, alpha: float = 
 
 
 def maxdiff(got, want) -> float:
-    return max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+    return max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
 
 
 def test_build_sections_match_reference_and_default_is_base(ctx2):
@@ -77,7 +85,7 @@ def test_build_sections_match_reference_and_default_is_base(ctx2):
     assert seen == {(n, (g,)) for n in [*ads, "default"] for g in ("prefill", "decode")}
     av, mv, params = read_section(next(a["path"] for a in res["artifacts"] if a["adapter"] == "a8"))
     base_fp = invoke("show", "tiny", "--json").json["fingerprint"]
-    assert av == 1 and mv == model_version({"fingerprint": base_fp})
+    assert av == 1 and mv == model_version(base_fp)
     assert invoke("show", "a8", "--json").json["status"] == "built"
 
 
@@ -85,7 +93,10 @@ def test_share_adapters_halves_bytes(ctx2):
     tmp, W, ads = ctx2
     plain = invoke("build", "--base", "tiny", "--all", "-o", tmp / "o1", "--json").json
     shared = invoke("build", "--base", "tiny", "--all", "--share-adapters", "-o", tmp / "o2", "--json").json
-    size = lambda res, kinds: sum(a["size"] for a in res["artifacts"] if a["kind"] in kinds and a["adapter"])
+
+    def size(res, kinds):
+        return sum(a["size"] for a in res["artifacts"] if a["kind"] in kinds and a["adapter"])
+
     secs = [a for a in shared["artifacts"] if a["kind"] == "super_section"]
     assert len(secs) == len(ads) and all(a["graphs"] == ["prefill", "decode"] for a in secs)
     assert size(shared, {"super_section"}) <= 0.55 * size(plain, {"section"})
@@ -100,16 +111,22 @@ def test_incremental_rebuild_one_of_ten(tmp_path):
     synth.write_base(tmp_path / "b.onnx", synth.module_paths())
     invoke("base", "register", tmp_path / "b.onnx", "--name", "tiny")
     for i in range(10):
-        d = synth.write_adapter(tmp_path / f"ad{i}", synth.adapter_tensors(synth.module_paths(), 4, seed=i),
-                                synth.peft_config(4, 8, ["q_proj", "v_proj"]))
+        d = synth.write_adapter(
+            tmp_path / f"ad{i}",
+            synth.adapter_tensors(synth.module_paths(), 4, seed=i),
+            synth.peft_config(4, 8, ["q_proj", "v_proj"]),
+        )
         invoke("register", d)
         invoke("validate", f"ad{i}", "--base", "tiny")
     first = invoke("build", "--base", "tiny", "-o", tmp_path / "out", "--json").json
     assert len(first["rebuilt"]) == 11  # 10 adapters + default
     again = invoke("build", "--base", "tiny", "-o", tmp_path / "out", "--json").json
     assert again["rebuilt"] == [] and len(again["reused"]) == 11
-    d = synth.write_adapter(tmp_path / "v2" / "ad3", synth.adapter_tensors(synth.module_paths(), 4, seed=99),
-                            synth.peft_config(4, 8, ["q_proj", "v_proj"]))
+    d = synth.write_adapter(
+        tmp_path / "v2" / "ad3",
+        synth.adapter_tensors(synth.module_paths(), 4, seed=99),
+        synth.peft_config(4, 8, ["q_proj", "v_proj"]),
+    )
     assert invoke("register", d, "--json").json["version"] == "2"
     invoke("validate", "ad3@2", "--base", "tiny")
     refs = [f"ad{i}" for i in range(10)]  # ad3 now resolves to ad3@2
@@ -130,10 +147,15 @@ def test_build_refuses_incompatible_group(ctx2):
 
 def test_kill_9_mid_build_then_rebuild(ctx2):
     tmp, W, ads = ctx2
-    env = dict(os.environ, LORAMGR_TEST_SLOW_BUILD="0.5")
+    env = dict(os.environ)
+    slow = [sys.executable, str(Path(__file__).with_name("slowbuild.py")), "0.5"]  # each section job + 0.5 s
     for attempt in range(3):
-        p = subprocess.Popen([sys.executable, "-m", "loramgr", "build", "--base", "tiny", "--all", "--force",
-                              "-o", str(tmp / "out")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [*slow, "build", "--base", "tiny", "--all", "--force", "-o", str(tmp / "out")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1.2 + 0.3 * attempt)
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -146,11 +168,11 @@ def test_kill_9_mid_build_then_rebuild(ctx2):
     assert not list((tmp / "out").glob(".loramgr-tmp-*"))
     from loramgr.config import Settings
     from loramgr.registry.api import Registry
-    from loramgr.registry.models import Build
+    from loramgr.registry.models import BuildRow
 
     reg = Registry(Settings.resolve())
     with reg.session() as s:
-        statuses = [b.status for b in s.query(Build).order_by(Build.id)]
+        statuses = [b.status for b in s.query(BuildRow).order_by(BuildRow.id)]
     assert statuses[-1] == "done" and "running" not in statuses
 
 
@@ -180,15 +202,23 @@ def test_plan_schema_and_queries(planned):
     secs = plan.adapter("a8").sections("decode")
     assert len(secs) == 1 and secs[0].graphs == ("prefill", "decode") and secs[0].shared
     assert plan.rules["apply_before_first_execute"] is True
-    assert [s["op"] for s in plan.steps("a8")] == ["create_context", "apply_section", "update_io_encodings",
-                                                   "set_alpha", "execute"]
+    assert [s["op"] for s in plan.steps("a8")] == [
+        "create_context",
+        "apply_section",
+        "update_io_encodings",
+        "set_alpha",
+        "execute",
+    ]
     assert plan.reset_steps("alpha_zero")[0] == {"op": "set_alpha", "tensor": "lora_alpha", "value": 0.0}
     assert all(not Path(s["path"]).is_absolute() for s in doc["adapters"][0]["sections"])
     assert plan.default_adapter.sections("prefill")
 
 
 def test_runtime_import_is_light():
-    code = "import sys, loramgr.runtime; print(sorted(m for m in ('sqlalchemy','torch','onnx','onnxruntime') if m in sys.modules))"
+    code = (
+        "import sys, loramgr.runtime; "
+        "print(sorted(m for m in ('sqlalchemy','torch','onnx','onnxruntime') if m in sys.modules))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stderr
 
@@ -316,7 +346,10 @@ def test_parallel_build_equals_serial(ctx2):
     assert par["status"] == "done" and len(par["rebuilt"]) == 4
 
     def digests(res):
-        return sorted((a["adapter"] or "", tuple(a["graphs"]), a["kind"], a["sha256"]) for a in res["artifacts"]
-                      if "section" in a["kind"])
+        return sorted(
+            (a["adapter"] or "", tuple(a["graphs"]), a["kind"], a["sha256"])
+            for a in res["artifacts"]
+            if "section" in a["kind"]
+        )
 
     assert digests(ser) == digests(par) and len(digests(par)) == 8

@@ -7,17 +7,68 @@ import json
 import numpy as np
 import pytest
 
-from loramgr import synth
 from loramgr.formats import encodings as E
+from loramgr.formats import quant as Q
+from loramgr.testing import synth
 from tests.conftest import invoke
 
-PER_TENSOR = {"version": "0.6.1", "activation_encodings": {"out0": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False",
-              "min": -1.0, "max": 3.0, "scale": 4.0 / 255, "offset": -64}]}, "param_encodings": {}}
-PER_CHANNEL = {"activation_encodings": {}, "param_encodings": {"m.lora_A.weight": [
-    {"bitwidth": 8, "dtype": "int", "is_symmetric": "True", "min": -1.0, "max": 0.99, "scale": 1 / 128, "offset": -128},
-    {"bitwidth": 8, "dtype": "int", "is_symmetric": True, "min": -2.0, "max": 1.98, "scale": 2 / 128, "offset": -128}]}}
-V1 = {"version": "1.0.0", "activation_encodings": [{"name": "out0", "enc_type": "PER_TENSOR", "bw": 8, "dtype": "INT",
-      "is_sym": False, "scale": [0.5], "offset": [-10]}], "param_encodings": []}
+PER_TENSOR = {
+    "version": "0.6.1",
+    "activation_encodings": {
+        "out0": [
+            {
+                "bitwidth": 8,
+                "dtype": "int",
+                "is_symmetric": "False",
+                "min": -1.0,
+                "max": 3.0,
+                "scale": 4.0 / 255,
+                "offset": -64,
+            }
+        ]
+    },
+    "param_encodings": {},
+}
+PER_CHANNEL = {
+    "activation_encodings": {},
+    "param_encodings": {
+        "m.lora_A.weight": [
+            {
+                "bitwidth": 8,
+                "dtype": "int",
+                "is_symmetric": "True",
+                "min": -1.0,
+                "max": 0.99,
+                "scale": 1 / 128,
+                "offset": -128,
+            },
+            {
+                "bitwidth": 8,
+                "dtype": "int",
+                "is_symmetric": True,
+                "min": -2.0,
+                "max": 1.98,
+                "scale": 2 / 128,
+                "offset": -128,
+            },
+        ]
+    },
+}
+V1 = {
+    "version": "1.0.0",
+    "activation_encodings": [
+        {
+            "name": "out0",
+            "enc_type": "PER_TENSOR",
+            "bw": 8,
+            "dtype": "INT",
+            "is_sym": False,
+            "scale": [0.5],
+            "offset": [-10],
+        }
+    ],
+    "param_encodings": [],
+}
 
 
 @pytest.mark.parametrize("doc", [PER_TENSOR, PER_CHANNEL, V1])
@@ -36,14 +87,25 @@ def test_aimet_round_trip(doc, tmp_path):
         assert e["scale"] == 0.5 and e["offset"] == -10 and e["min"] == -5.0 and e["max"] == 0.5 * 245
 
 
-@pytest.mark.parametrize("doc,key", [
-    ({"activation_encodings": {"out0": [{"bitwidth": "eight"}]}}, "activation_encodings.out0[0].bitwidth"),
-    ({"activation_encodings": {"out0": {"bitwidth": 8, "min": 0, "max": 1, "scale": 0.1}}}, "out0[0].offset"),
-    ({"param_encodings": {"w": [{"bitwidth": 8, "is_symmetric": "maybe", "min": 0, "max": 1, "scale": 1, "offset": 0}]}},
-     "w[0].is_symmetric"),
-    ({"activation_encodings": {"o": [{"bitwidth": 8, "min": 2, "max": 1, "scale": 1, "offset": 0}]}}, "min <= max"),
-    ({"activation_encodings": [{"bw": 8}]}, "activation_encodings[0]"),
-    ({"nothing": 1}, "neither"), ([1, 2], "not a JSON object")])
+@pytest.mark.parametrize(
+    "doc,key",
+    [
+        ({"activation_encodings": {"out0": [{"bitwidth": "eight"}]}}, "activation_encodings.out0[0].bitwidth"),
+        ({"activation_encodings": {"out0": {"bitwidth": 8, "min": 0, "max": 1, "scale": 0.1}}}, "out0[0].offset"),
+        (
+            {
+                "param_encodings": {
+                    "w": [{"bitwidth": 8, "is_symmetric": "maybe", "min": 0, "max": 1, "scale": 1, "offset": 0}]
+                }
+            },
+            "w[0].is_symmetric",
+        ),
+        ({"activation_encodings": {"o": [{"bitwidth": 8, "min": 2, "max": 1, "scale": 1, "offset": 0}]}}, "min <= max"),
+        ({"activation_encodings": [{"bw": 8}]}, "activation_encodings[0]"),
+        ({"nothing": 1}, "neither"),
+        ([1, 2], "not a JSON object"),
+    ],
+)
 def test_malformed_rejected_naming_the_key(doc, key, tmp_path):
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(doc))
@@ -56,13 +118,13 @@ def test_weight_encodings_ignore_zero_padding():
     rng = np.random.default_rng(0)
     w = np.zeros((8, 16), np.float32)
     w[:, :4] = rng.standard_normal((8, 4))
-    encs = E.symmetric_per_channel(w, 8, axis=1)
+    encs = Q.symmetric_per_channel(w, 8, axis=1)
     assert [e["scale"] for e in encs[4:]] == [1.0] * 12  # padded columns: own scale, exact zeros
     assert np.allclose([e["scale"] for e in encs[:4]], np.abs(w[:, :4]).max(axis=0) / 127)
-    q, s = E.quantize_symmetric(w, encs, axis=1)
+    q, s = Q.quantize_symmetric(w, encs, axis=1)
     assert q.dtype == np.int8 and not q[:, 4:].any()
     assert np.abs(q * s - w).max() <= max(s[:4]) / 2 + 1e-7
-    assert E.symmetric_per_channel(w, 8, per_tensor=True)[0]["scale"] == pytest.approx(np.abs(w).max() / 127)
+    assert Q.symmetric_per_channel(w, 8, per_tensor=True)[0]["scale"] == pytest.approx(np.abs(w).max() / 127)
 
 
 @pytest.fixture
@@ -89,7 +151,10 @@ def test_calibration_per_adapter_covers_ranges_and_default_is_base(calibrated):
     for name, (t, scaling) in ads.items():
         e = invoke("encodings", "show", name, "--json").json
         assert set(e) == {"version", "activation_encodings", "param_encodings"}
-        assert len(e["param_encodings"]) == 8 and len(e["param_encodings"]["model.layers.0.self_attn.q_proj.lora_A.weight"]) == 16
+        assert (
+            len(e["param_encodings"]) == 8
+            and len(e["param_encodings"]["model.layers.0.self_attn.q_proj.lora_A.weight"]) == 16
+        )
         outs = [synth.reference(x, W, t, scaling) for x in xs]
         for k in range(len(W)):
             enc = e["activation_encodings"][f"out{k}"][0]
@@ -101,7 +166,7 @@ def test_calibration_per_adapter_covers_ranges_and_default_is_base(calibrated):
     d = invoke("encodings", "show", "default", "--base", "tiny", "--json").json
     base_outs = [synth.reference(x, W, {}, 1.0) for x in xs]
     e0 = d["activation_encodings"]["out0"][0]
-    want = E.asymmetric(min(o[0].min() for o in base_outs), max(o[0].max() for o in base_outs), 8)
+    want = Q.asymmetric(min(o[0].min() for o in base_outs), max(o[0].max() for o in base_outs), 8)
     num = ("min", "max", "scale")
     assert {k: e0[k] for k in num} == pytest.approx({k: want[k] for k in num}, rel=1e-5)
     assert e0["offset"] == want["offset"] and d["param_encodings"] == {}
@@ -143,8 +208,10 @@ def test_import_replaces_named_tensors_and_register_with_encodings(calibrated, t
     assert invoke("register", d, "--encodings", tmp / "aimet.json").exit_code == 2  # needs --base
     r = invoke("register", d, "--base", "tiny", "--encodings", tmp / "aimet.json", "--json")
     assert r.exit_code == 0 and r.json["encodings"] == 1
-    assert invoke("encodings", "show", "third", "--base", "tiny", "--json").json["activation_encodings"]["out0"][0][
-        "max"] == 3.0
+    assert (
+        invoke("encodings", "show", "third", "--base", "tiny", "--json").json["activation_encodings"]["out0"][0]["max"]
+        == 3.0
+    )
 
 
 def test_qairt_quant_overrides(tmp_path, monkeypatch):
@@ -152,8 +219,12 @@ def test_qairt_quant_overrides(tmp_path, monkeypatch):
 
     sdk = make_standin_sdk(tmp_path / "qairt-standin")
     synth.write_base(tmp_path / "b.onnx", synth.module_paths())
-    assert invoke("base", "register", tmp_path / "b.onnx", "--name", "q", "--sdk-version", "2.28.0",
-                  "--precision", "int8").exit_code == 0
+    assert (
+        invoke(
+            "base", "register", tmp_path / "b.onnx", "--name", "q", "--sdk-version", "2.28.0", "--precision", "int8"
+        ).exit_code
+        == 0
+    )
     t = synth.adapter_tensors(synth.module_paths(), 4, seed=3)
     d = synth.write_adapter(tmp_path / "qa", t, synth.peft_config(4, 8, ["q_proj", "v_proj"]))
     assert invoke("register", d).exit_code == 0 and invoke("validate", "qa", "--base", "q").exit_code == 0
@@ -165,7 +236,10 @@ def test_qairt_quant_overrides(tmp_path, monkeypatch):
     cfg = yaml.safe_load((gdir / "lora_importer_config.yaml").read_text())
     assert cfg["use_case"][0]["quant_overrides"] == "qa_v1.encodings"
     enc = E.load(gdir / "qa_v1.encodings")
-    assert len(enc["param_encodings"]) == 8 and enc["param_encodings"]["model.layers.1.self_attn.v_proj.lora_B.weight"][0]["bitwidth"] == 8
+    assert (
+        len(enc["param_encodings"]) == 8
+        and enc["param_encodings"]["model.layers.1.self_attn.v_proj.lora_B.weight"][0]["bitwidth"] == 8
+    )
     imp = next(c for c in calls(sdk) if c["tool"] == "qairt-lora-importer")
     assert "--enable_float_fallback" in imp["argv"]
     assert (gdir / "imported" / "qa_v1_lora.encodings").is_file()
@@ -189,8 +263,22 @@ def test_quantized_sections_on_tiny_llama(tmp_path):
     for label, q in (("fp32", None), ("int8", "8"), ("int16", "16")):
         name = f"b{label}"
         extra = ["--quantized-lora", q] if q else []
-        r = invoke("base", "export", tmp_path / "hf", "--name", name, "--target-modules", "q_proj,v_proj",
-                   "--max-rank", "16", "--graphs", "prefill=8", "-o", tmp_path / name, *extra)
+        r = invoke(
+            "base",
+            "export",
+            tmp_path / "hf",
+            "--name",
+            name,
+            "--target-modules",
+            "q_proj,v_proj",
+            "--max-rank",
+            "16",
+            "--graphs",
+            "prefill=8",
+            "-o",
+            tmp_path / name,
+            *extra,
+        )
         assert r.exit_code == 0, r.stderr
         assert invoke("register", tmp_path / "ad", "--name", "ad").exit_code == 0
         assert invoke("validate", "ad", "--base", name).exit_code == 0
@@ -202,7 +290,7 @@ def test_quantized_sections_on_tiny_llama(tmp_path):
         assert invoke("plan", "--base", name).exit_code == 0
         plan = tmp_path / f"out-{label}" / "plan.json"
         if q:
-            from loramgr.build.backends.ort import read_section
+            from loramgr.sections.backends.ort import read_section
 
             sec = next(a["path"] for a in b.json["artifacts"] if a["kind"] == "section")
             params = read_section(sec)[2]
@@ -214,8 +302,17 @@ def test_quantized_sections_on_tiny_llama(tmp_path):
         out = []
         for s in samples:
             ids = np.array([s], np.int64)
-            out.append(_run_chain(pre, {"input_ids": ids, "attention_mask": np.ones((1, 8), np.int64),
-                                        "position_ids": np.arange(8, dtype=np.int64)[None]}, {})[0])
+            out.append(
+                _run_chain(
+                    pre,
+                    {
+                        "input_ids": ids,
+                        "attention_mask": np.ones((1, 8), np.int64),
+                        "position_ids": np.arange(8, dtype=np.int64)[None],
+                    },
+                    {},
+                )[0]
+            )
         logits[label] = np.stack(out)
     ref = logits["fp32"]
 
@@ -227,7 +324,11 @@ def test_quantized_sections_on_tiny_llama(tmp_path):
         return float(np.mean(a.argmax(-1) == ref.argmax(-1)))
 
     for label in ("int8", "int16"):
-        assert cos(logits[label]) >= 0.999 and top1(logits[label]) >= 0.99, (label, cos(logits[label]), top1(logits[label]))
+        assert cos(logits[label]) >= 0.999 and top1(logits[label]) >= 0.99, (
+            label,
+            cos(logits[label]),
+            top1(logits[label]),
+        )
     err8 = np.abs(logits["int8"] - ref).max()
     err16 = np.abs(logits["int16"] - ref).max()
     assert 0 < err16 < err8
@@ -254,5 +355,7 @@ def test_declared_intermediate_quantization_points_are_calibrated(tmp_path):
     base_enc = invoke("encodings", "show", "default", "--base", "qp", "--json").json["activation_encodings"]["xab0"][0]
     # the base's branch is all zeros (a degenerate range gets the unit grid); the adapter's is not
     assert base_enc["min"] == 0 and base_enc["scale"] == pytest.approx(1 / 255) and enc["min"] < -0.01
-    (tmp_path / "imp.json").write_text(json.dumps({"activation_encodings": {"xab0": PER_TENSOR["activation_encodings"]["out0"]}}))
+    (tmp_path / "imp.json").write_text(
+        json.dumps({"activation_encodings": {"xab0": PER_TENSOR["activation_encodings"]["out0"]}})
+    )
     assert invoke("encodings", "import", "qa", tmp_path / "imp.json").exit_code == 0  # a declared point is a known name

@@ -44,8 +44,11 @@ def prefill_logits(r: Runner | list[Runner], ids: np.ndarray) -> np.ndarray:
     from loramgr.runtime.generate import _run_chain
 
     n = ids.shape[1]
-    feeds = {"input_ids": ids, "attention_mask": np.ones((1, n), np.int64),
-             "position_ids": np.arange(n, dtype=np.int64)[None]}
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones((1, n), np.int64),
+        "position_ids": np.arange(n, dtype=np.int64)[None],
+    }
     return _run_chain(r if isinstance(r, list) else [r], feeds, {})
 
 
@@ -65,7 +68,7 @@ def hf_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[np.
 def same_greedy(tokens: list[int], ref_tokens: list[int], ref_rows: list[np.ndarray], tie: float = 1e-4) -> bool:
     """Equal token streams, except that a divergence is allowed at a near-tie of the reference
     logits (random tiny models have almost flat logits; 1e-7 numeric noise may flip such a tie)."""
-    for i, (a, b) in enumerate(zip(tokens, ref_tokens)):
+    for i, (a, b) in enumerate(zip(tokens, ref_tokens, strict=True)):
         if a != b:
             return abs(float(ref_rows[i][a]) - float(ref_rows[i][b])) < tie
     return len(tokens) == len(ref_tokens)
@@ -77,14 +80,20 @@ def llama(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("llama")
     tiny_llama().save_pretrained(tmp / "hf")
-    man = export_base(tmp / "hf", tmp / "onnx", targets=["q_proj", "v_proj"], max_rank=16,
-                      graphs=f"prefill={S},decode=1", context_len=CTX)
+    man = export_base(
+        tmp / "hf",
+        tmp / "onnx",
+        targets=["q_proj", "v_proj"],
+        max_rank=16,
+        graphs=f"prefill={S},decode=1",
+        context_len=CTX,
+    )
     return tmp, man
 
 
 def register_and_prepare(tmp: Path, onnx_dir: Path, man: dict, adapter_dir: Path) -> dict[str, np.ndarray]:
-    from loramgr.build.inputs import prepared_inputs
     from loramgr.config import Settings
+    from loramgr.lora.inputs import prepared_inputs
     from loramgr.registry.api import Registry
 
     args = [a for g in man["graphs"] for a in ("--graph", f"{g['name']}={onnx_dir / g['file']}")]
@@ -100,8 +109,9 @@ def register_and_prepare(tmp: Path, onnx_dir: Path, man: dict, adapter_dir: Path
 def test_llama_export_signature_and_weights_shared(llama):
     tmp, man = llama
     assert [g["name"] for g in man["graphs"]] == ["prefill", "decode"] and len(man["parts"]) == 1
-    want = {f"model.layers.{i}.self_attn.{m}.lora_{x}.weight" for i in range(2) for m in ("q_proj", "v_proj")
-            for x in "AB"}
+    want = {
+        f"model.layers.{i}.self_attn.{m}.lora_{x}.weight" for i in range(2) for m in ("q_proj", "v_proj") for x in "AB"
+    }
     for g in man["graphs"]:
         m = onnx.load(str(tmp / "onnx" / g["file"]), load_external_data=False)
         ins = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
@@ -149,7 +159,7 @@ def test_llama_greedy_with_kv_cache_matches_hf(llama, tmp_path):
         gen = greedy([runner(tmp / "onnx" / "prefill.onnx", lo)], [runner(tmp / "onnx" / "decode.onnx", lo)], prompt, 4)
         assert same_greedy(gen.tokens, want_t, want_l)
         if gen.tokens == want_t:
-            assert max(float(np.abs(a - b).max()) for a, b in zip(gen.logits, want_l)) < 1e-4
+            assert max(float(np.abs(a - b).max()) for a, b in zip(gen.logits, want_l, strict=True)) < 1e-4
     # a prompt longer than the prefill graph continues through the decode graph
     long = list(range(1, S + 4))
     want_t, want_l = hf_greedy(pm, long, 3)
@@ -163,11 +173,18 @@ def test_llama_parts_chain_exactly(llama, tmp_path):
 
     tmp, _ = llama
     limit = 170_000  # a layer is 162 KB: embeddings | layer 0 | layer 1 | head
-    man = export_base(tmp / "hf", tmp_path / "parts", targets=["q_proj", "v_proj"], max_rank=16,
-                      graphs=f"prefill={S},decode=1", context_len=CTX, max_part_bytes=limit)
+    man = export_base(
+        tmp / "hf",
+        tmp_path / "parts",
+        targets=["q_proj", "v_proj"],
+        max_rank=16,
+        graphs=f"prefill={S},decode=1",
+        context_len=CTX,
+        max_part_bytes=limit,
+    )
     assert len(man["parts"]) >= 3
     assert all(p["data_bytes"] <= limit for p in man["parts"])
-    assert (json.loads((tmp_path / "parts" / "export.json").read_text())["parts"] == man["parts"])
+    assert json.loads((tmp_path / "parts" / "export.json").read_text())["parts"] == man["parts"]
     pre = [runner(tmp_path / "parts" / g["file"]) for g in man["graphs"] if g["kind"] == "prefill"]
     dec = [runner(tmp_path / "parts" / g["file"]) for g in man["graphs"] if g["kind"] == "decode"]
     ids = np.array([[9, 8, 7, 6, 5, 4, 3, 2]], np.int64)
@@ -186,8 +203,22 @@ def test_llama_parts_chain_exactly(llama, tmp_path):
 def test_gpt2_cli_export_registers_and_matches_peft(tmp_path):
     model = tiny_gpt2()
     model.save_pretrained(tmp_path / "hf")
-    r = invoke("base", "export", tmp_path / "hf", "--name", "g2", "--target-modules", "c_attn,c_proj,c_fc",
-               "--max-rank", "8", "--graphs", f"prefill={S}", "-o", tmp_path / "onnx", "--json")
+    r = invoke(
+        "base",
+        "export",
+        tmp_path / "hf",
+        "--name",
+        "g2",
+        "--target-modules",
+        "c_attn,c_proj,c_fc",
+        "--max-rank",
+        "8",
+        "--graphs",
+        f"prefill={S}",
+        "-o",
+        tmp_path / "onnx",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     base = r.json["base"]
     assert base["ref"] == "g2@1" and base["attachment_points"] == 8 and base["max_rank"] == 8
@@ -195,10 +226,16 @@ def test_gpt2_cli_export_registers_and_matches_peft(tmp_path):
     with torch.no_grad():
         ref = model(input_ids=ids).logits.numpy()
     assert np.abs(prefill_logits(runner(tmp_path / "onnx" / "prefill.onnx"), ids.numpy()) - ref).max() < 1e-4
-    pm = peft_adapter(tiny_gpt2(), tmp_path / "ad", r=4, lora_alpha=8, fan_in_fan_out=True,
-                      target_modules=["c_attn", "c_proj", "c_fc"])
-    from loramgr.build.inputs import prepared_inputs
+    pm = peft_adapter(
+        tiny_gpt2(),
+        tmp_path / "ad",
+        r=4,
+        lora_alpha=8,
+        fan_in_fan_out=True,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+    )
     from loramgr.config import Settings
+    from loramgr.lora.inputs import prepared_inputs
     from loramgr.registry.api import Registry
 
     assert invoke("register", tmp_path / "ad", "--name", "g2ad").exit_code == 0
@@ -232,11 +269,23 @@ def test_unsupported_architecture_and_target(tmp_path):
     r = invoke("base", "export", d, "--name", "b", "--target-modules", "query", "--max-rank", "4", "-o", tmp_path / "o")
     assert r.exit_code == 2 and "bert" in r.stderr and "llama" in r.stderr and "gpt2" in r.stderr
     tiny_gpt2().save_pretrained(tmp_path / "g")
-    r = invoke("base", "export", tmp_path / "g", "--name", "b", "--target-modules", "q_proj", "--max-rank", "4",
-               "-o", tmp_path / "o")
+    r = invoke(
+        "base",
+        "export",
+        tmp_path / "g",
+        "--name",
+        "b",
+        "--target-modules",
+        "q_proj",
+        "--max-rank",
+        "4",
+        "-o",
+        tmp_path / "o",
+    )
     assert r.exit_code == 2 and "c_attn" in r.stderr
-    r = invoke("base", "export", tmp_path, "--name", "b", "--target-modules", "q_proj", "--max-rank", "4",
-               "-o", tmp_path / "o")
+    r = invoke(
+        "base", "export", tmp_path, "--name", "b", "--target-modules", "q_proj", "--max-rank", "4", "-o", tmp_path / "o"
+    )
     assert r.exit_code == 4 and "config.json" in r.stderr
 
 
@@ -251,14 +300,16 @@ def test_plan_run_and_verify_end_to_end(llama, tmp_path):
     assert invoke("plan", "--base", "exp").exit_code == 0
     plan = tmp_path / "out" / "plan.json"
     prompt = [5, 17, 99, 3]
-    r = invoke("run", "--plan", plan, "--adapter", "ad", "--input-ids", ",".join(map(str, prompt)), "--steps", "5",
-               "--json")
+    r = invoke(
+        "run", "--plan", plan, "--adapter", "ad", "--input-ids", ",".join(map(str, prompt)), "--steps", "5", "--json"
+    )
     assert r.exit_code == 0, r.stderr
     assert same_greedy(r.json["tokens"], *hf_greedy(pm, prompt, 5)) and r.json["graphs"] == {"prefill": 1, "decode": 1}
     base_toks = invoke("run", "--plan", plan, "--input-ids", "5,17,99,3", "--steps", "5", "--json").json["tokens"]
     assert same_greedy(base_toks, *hf_greedy(tiny_llama(), prompt, 5))
-    zero = invoke("run", "--plan", plan, "--adapter", "ad", "--alpha", "0", "--input-ids", "5,17,99,3", "--steps", "5",
-                  "--json").json["tokens"]
+    zero = invoke(
+        "run", "--plan", plan, "--adapter", "ad", "--alpha", "0", "--input-ids", "5,17,99,3", "--steps", "5", "--json"
+    ).json["tokens"]
     assert zero == base_toks
     v = invoke("verify", "--plan", plan, "--hf-dir", tmp / "hf", "--json")
     assert v.exit_code == 0, v.stdout + v.stderr

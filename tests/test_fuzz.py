@@ -16,21 +16,29 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loramgr import synth
 from loramgr.errors import LoramgrError
+from loramgr.testing import synth
 
 N = int(os.environ.get("LORAMGR_FUZZ_EXAMPLES", "150"))
-SETTINGS = settings(max_examples=N, deadline=5000, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                           HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=N,
+    deadline=5000,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # -- generic mutators --------------------------------------------------------------------------------
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
-                           | st.text(max_size=20),
-                           lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids,
-                                                                                    max_size=5), max_leaves=30)
-mutation = st.tuples(st.sampled_from(["flip", "truncate", "insert", "delete", "dup", "zero"]),
-                     st.floats(0, 1), st.binary(min_size=1, max_size=16))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids, max_size=5),
+    max_leaves=30,
+)
+mutation = st.tuples(
+    st.sampled_from(["flip", "truncate", "insert", "delete", "dup", "zero"]),
+    st.floats(0, 1),
+    st.binary(min_size=1, max_size=16),
+)
 
 
 def mutate(data: bytes, muts: list[tuple[str, float, bytes]]) -> bytes:
@@ -44,11 +52,11 @@ def mutate(data: bytes, muts: list[tuple[str, float, bytes]]) -> bytes:
         elif op == "insert":
             b[i:i] = blob
         elif op == "delete":
-            del b[i:i + len(blob)]
+            del b[i : i + len(blob)]
         elif op == "dup" and b:
-            b[i:i] = b[i:i + 64]
+            b[i:i] = b[i : i + 64]
         elif op == "zero":
-            b[i:i + len(blob)] = bytes(len(b[i:i + len(blob)]))
+            b[i : i + len(blob)] = bytes(len(b[i : i + len(blob)]))
     return bytes(b)
 
 
@@ -60,7 +68,7 @@ def mutate_json(doc, path: list, value):
         k = sorted(doc)[path[0] % len(doc)]
         return {**doc, k: mutate_json(doc[k], path[1:], value)}
     i = path[0] % len(doc)
-    return doc[:i] + [mutate_json(doc[i], path[1:], value)] + doc[i + 1:]
+    return doc[:i] + [mutate_json(doc[i], path[1:], value)] + doc[i + 1 :]
 
 
 json_mutation = st.tuples(st.lists(st.integers(0, 50), max_size=4), json_values)
@@ -79,11 +87,15 @@ def refuse_only_loramgr_errors(fn, *args) -> bool:
 def seeds(tmp_path_factory):
     d = tmp_path_factory.mktemp("seeds")
     mps = synth.module_paths()
-    adapter = synth.write_adapter(d / "ad", synth.adapter_tensors(mps, 4, seed=1), synth.peft_config(4, 8, ["q_proj", "v_proj"]))
+    adapter = synth.write_adapter(
+        d / "ad", synth.adapter_tensors(mps, 4, seed=1), synth.peft_config(4, 8, ["q_proj", "v_proj"])
+    )
     synth.write_base(d / "base.onnx", mps)
-    return {"safetensors": (adapter / "adapter_model.safetensors").read_bytes(),
-            "config": json.loads((adapter / "adapter_config.json").read_text()),
-            "onnx": (d / "base.onnx").read_bytes()}
+    return {
+        "safetensors": (adapter / "adapter_model.safetensors").read_bytes(),
+        "config": json.loads((adapter / "adapter_config.json").read_text()),
+        "onnx": (d / "base.onnx").read_bytes(),
+    }
 
 
 @pytest.fixture
@@ -99,10 +111,10 @@ def registry(home):
 def _rows(reg) -> int:
     from sqlalchemy import func, select
 
-    from loramgr.registry.models import Adapter
+    from loramgr.registry.models import AdapterRow
 
     with reg.session() as s:
-        return s.scalar(select(func.count()).select_from(Adapter))
+        return s.scalar(select(func.count()).select_from(AdapterRow))
 
 
 @SETTINGS
@@ -119,7 +131,7 @@ def test_fuzz_safetensors_register(seeds, tmp_path, home, registry, muts):
     except LoramgrError:
         assert _rows(reg) == before_rows and sum(1 for _ in reg.store.iter_objects()) == before_objs
     else:
-        assert _rows(reg) == before_rows + created and reg.store.has(rec["sha256"])
+        assert _rows(reg) == before_rows + created and reg.store.has(rec.sha256)
     assert not list((home / "store" / "tmp").glob("*"))
 
 
@@ -149,10 +161,36 @@ def test_fuzz_onnx_inspection(seeds, tmp_path, muts):
     refuse_only_loramgr_errors(inspect_graph, f)
 
 
-ENC = {"version": "0.6.1", "activation_encodings": {"out0": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False",
-       "min": -1.0, "max": 1.0, "scale": 2 / 255, "offset": -128}]},
-       "param_encodings": {"w": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "True", "min": -1.0, "max": 1.0,
-                                  "scale": 1 / 127, "offset": -128}] * 2}}
+ENC = {
+    "version": "0.6.1",
+    "activation_encodings": {
+        "out0": [
+            {
+                "bitwidth": 8,
+                "dtype": "int",
+                "is_symmetric": "False",
+                "min": -1.0,
+                "max": 1.0,
+                "scale": 2 / 255,
+                "offset": -128,
+            }
+        ]
+    },
+    "param_encodings": {
+        "w": [
+            {
+                "bitwidth": 8,
+                "dtype": "int",
+                "is_symmetric": "True",
+                "min": -1.0,
+                "max": 1.0,
+                "scale": 1 / 127,
+                "offset": -128,
+            }
+        ]
+        * 2
+    },
+}
 
 
 @SETTINGS
@@ -176,7 +214,9 @@ def built_plan(tmp_path_factory):
     env.pop("LORAMGR_DB_URL", None)
     mps = synth.module_paths()
     synth.write_base(d / "b.onnx", mps)
-    ad = synth.write_adapter(d / "ad", synth.adapter_tensors(mps, 4, seed=2), synth.peft_config(4, 8, ["q_proj", "v_proj"]))
+    ad = synth.write_adapter(
+        d / "ad", synth.adapter_tensors(mps, 4, seed=2), synth.peft_config(4, 8, ["q_proj", "v_proj"])
+    )
 
     def lm(*a):
         subprocess.run([sys.executable, "-m", "loramgr", *map(str, a)], env=env, check=True, capture_output=True)

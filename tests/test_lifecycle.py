@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loramgr import synth
+from loramgr.testing import synth
 from tests.conftest import invoke
 
 pytestmark = pytest.mark.usefixtures("registry_db")
@@ -20,8 +20,11 @@ def _setup(tmp: Path, names=("a1", "a2")) -> None:
     synth.write_base(tmp / "base.onnx", synth.module_paths())
     assert invoke("base", "register", tmp / "base.onnx", "--name", "tiny").exit_code == 0
     for i, n in enumerate(names):
-        d = synth.write_adapter(tmp / n, synth.adapter_tensors(synth.module_paths(), 4, seed=40 + i),
-                                synth.peft_config(4, 8, ["q_proj", "v_proj"]))
+        d = synth.write_adapter(
+            tmp / n,
+            synth.adapter_tensors(synth.module_paths(), 4, seed=40 + i),
+            synth.peft_config(4, 8, ["q_proj", "v_proj"]),
+        )
         assert invoke("register", d).exit_code == 0
 
 
@@ -105,8 +108,11 @@ def test_gc_during_concurrent_register_never_removes_a_referenced_file(tmp_path,
     _setup(tmp_path, names=())
     n = 30
     for i in range(n):
-        synth.write_adapter(tmp_path / "src" / f"c{i}", synth.adapter_tensors(synth.module_paths(), 2, seed=500 + i),
-                            synth.peft_config(2, 4, ["q_proj"]))
+        synth.write_adapter(
+            tmp_path / "src" / f"c{i}",
+            synth.adapter_tensors(synth.module_paths(), 2, seed=500 + i),
+            synth.peft_config(2, 4, ["q_proj"]),
+        )
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         job = pool.map_async(_register_loop, [(str(home), os.environ.get("LORAMGR_DB_URL"), str(tmp_path / "src"), n)])
@@ -140,8 +146,11 @@ def test_fsck_finds_corruption_missing_and_bad_artifacts(tmp_path, home):
     data[len(data) // 2] ^= 0x01
     p.write_bytes(bytes(data))
     reg.store.path_for(a2["sha256"]).unlink()
-    section = next(Path(a["path"]) for a in invoke("build", "--base", "tiny", "-o", tmp_path / "out", "--json").json[
-        "artifacts"] if a["kind"] == "section" and a["adapter"] == "a1")
+    section = next(
+        Path(a["path"])
+        for a in invoke("build", "--base", "tiny", "-o", tmp_path / "out", "--json").json["artifacts"]
+        if a["kind"] == "section" and a["adapter"] == "a1"
+    )
     section.unlink()
     r = invoke("fsck", "--json")
     assert r.exit_code == 8 and r.json["exit_code"] == 8
@@ -178,8 +187,11 @@ def test_export_import_round_trip(tmp_path, home, pg_server, monkeypatch):
     assert first["tables"] == second["tables"]  # every row of every table, ids included
     assert invoke("import-registry", tmp_path / "dump.json").exit_code == 6  # not empty any more
     # new rows get fresh ids after an import (sequences advanced on PostgreSQL)
-    d = synth.write_adapter(tmp_path / "a3", synth.adapter_tensors(synth.module_paths(), 4, seed=99),
-                            synth.peft_config(4, 8, ["q_proj", "v_proj"]))
+    d = synth.write_adapter(
+        tmp_path / "a3",
+        synth.adapter_tensors(synth.module_paths(), 4, seed=99),
+        synth.peft_config(4, 8, ["q_proj", "v_proj"]),
+    )
     assert invoke("register", d).exit_code == 0 and len(invoke("list", "--json").json) == 3
     (tmp_path / "junk.json").write_text('{"format": "something else"}')
     assert invoke("import-registry", tmp_path / "junk.json").exit_code == 4
@@ -194,10 +206,12 @@ def test_concurrent_builds_of_one_base_build_each_section_once(tmp_path, home):
     _setup(tmp_path)
     for n in ("a1", "a2"):
         invoke("validate", n, "--base", "tiny")
-    env = dict(os.environ, LORAMGR_TEST_SLOW_BUILD="0.3")
-    cmd = [sys.executable, "-m", "loramgr", "build", "--base", "tiny", "-o", str(tmp_path / "out"), "--json"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    env = dict(os.environ)
+    slow = [sys.executable, str(Path(__file__).with_name("slowbuild.py")), "0.3"]  # each section job + 0.3 s
+    cmd = [*slow, "build", "--base", "tiny", "-o", str(tmp_path / "out"), "--json"]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     res = [json.loads(o[0]) for o in outs]

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from loramgr.build.inputs import prepared_inputs
 from loramgr.config import Settings
+from loramgr.lora.inputs import prepared_inputs
 from loramgr.registry.api import Registry
 from tests.conftest import invoke
 from tests.hf_models import tiny_gpt2, tiny_llama
@@ -35,17 +35,31 @@ def mirror_graph(path: Path, modules: dict[str, torch.nn.Module], conv1d: bool) 
         W = w if conv1d else w.T  # [in, out]
         fin, fout = W.shape
         a, b = f"{mp}.lora_A.weight", f"{mp}.lora_B.weight"
-        inputs += [h.make_tensor_value_info(f"x{i}", T.FLOAT, ["n", fin]),
-                   h.make_tensor_value_info(a, T.FLOAT, [fin, MAXR]), h.make_tensor_value_info(b, T.FLOAT, [MAXR, fout])]
+        inputs += [
+            h.make_tensor_value_info(f"x{i}", T.FLOAT, ["n", fin]),
+            h.make_tensor_value_info(a, T.FLOAT, [fin, MAXR]),
+            h.make_tensor_value_info(b, T.FLOAT, [MAXR, fout]),
+        ]
         bias = m.bias.detach().numpy() if m.bias is not None else np.zeros(fout, np.float32)
-        inits += [nh.from_array(W.astype(np.float32), f"W{i}"), nh.from_array(bias.astype(np.float32), f"b{i}"),
-                  nh.from_array(np.zeros((fin, MAXR), np.float32), a), nh.from_array(np.zeros((MAXR, fout), np.float32), b)]
-        nodes += [h.make_node("MatMul", [f"x{i}", f"W{i}"], [f"xw{i}"]), h.make_node("Add", [f"xw{i}", f"b{i}"], [f"base{i}"]),
-                  h.make_node("MatMul", [f"x{i}", a], [f"xa{i}"]), h.make_node("MatMul", [f"xa{i}", b], [f"xab{i}"]),
-                  h.make_node("Mul", [f"xab{i}", "lora_alpha"], [f"s{i}"]), h.make_node("Add", [f"base{i}", f"s{i}"], [f"y{i}"])]
+        inits += [
+            nh.from_array(W.astype(np.float32), f"W{i}"),
+            nh.from_array(bias.astype(np.float32), f"b{i}"),
+            nh.from_array(np.zeros((fin, MAXR), np.float32), a),
+            nh.from_array(np.zeros((MAXR, fout), np.float32), b),
+        ]
+        nodes += [
+            h.make_node("MatMul", [f"x{i}", f"W{i}"], [f"xw{i}"]),
+            h.make_node("Add", [f"xw{i}", f"b{i}"], [f"base{i}"]),
+            h.make_node("MatMul", [f"x{i}", a], [f"xa{i}"]),
+            h.make_node("MatMul", [f"xa{i}", b], [f"xab{i}"]),
+            h.make_node("Mul", [f"xab{i}", "lora_alpha"], [f"s{i}"]),
+            h.make_node("Add", [f"base{i}", f"s{i}"], [f"y{i}"]),
+        ]
         outputs.append(h.make_tensor_value_info(f"y{i}", T.FLOAT, ["n", fout]))
-    onnx.save(h.make_model(h.make_graph(nodes, "mirror", inputs, outputs, inits),
-                           opset_imports=[h.make_opsetid("", 17)]), str(path))
+    onnx.save(
+        h.make_model(h.make_graph(nodes, "mirror", inputs, outputs, inits), opset_imports=[h.make_opsetid("", 17)]),
+        str(path),
+    )
 
 
 def modules_named(model, leafs) -> dict[str, torch.nn.Module]:
@@ -73,8 +87,9 @@ def roundtrip(tmp_path, make_model, leafs, conv1d, lora_kwargs: list[dict], base
         v = invoke("validate", f"ad{j}", "--base", base_name, "--json")
         assert v.exit_code == 0, v.stdout
         feeds = dict(prepared_inputs(reg.adapter(f"ad{j}"), base))
-        peft_modules = {n[len("base_model.model."):]: m for n, m in pm.named_modules()
-                        if n.startswith("base_model.model.")}
+        peft_modules = {
+            n[len("base_model.model.") :]: m for n, m in pm.named_modules() if n.startswith("base_model.model.")
+        }
         xs = {}
         for i, (mp, m) in enumerate(base_modules.items()):
             fin = m.weight.shape[0] if conv1d else m.weight.shape[1]
@@ -93,26 +108,41 @@ def roundtrip(tmp_path, make_model, leafs, conv1d, lora_kwargs: list[dict], base
 
 def test_llama_ranks_rslora_patterns(tmp_path):
     t = ["q_proj", "v_proj"]
-    roundtrip(tmp_path, tiny_llama, set(t), False, [
-        dict(r=4, lora_alpha=8, target_modules=t),
-        dict(r=8, lora_alpha=16, target_modules=t),
-        dict(r=16, lora_alpha=16, target_modules=t),
-        dict(r=8, lora_alpha=8, target_modules=t, use_rslora=True),
-        dict(r=8, lora_alpha=16, target_modules=t, alpha_pattern={"v_proj": 4}, rank_pattern={"q_proj": 4}),
-        dict(r=4, lora_alpha=8, target_modules=["q_proj"]),  # v_proj zero-filled
-    ], "llama")
+    roundtrip(
+        tmp_path,
+        tiny_llama,
+        set(t),
+        False,
+        [
+            dict(r=4, lora_alpha=8, target_modules=t),
+            dict(r=8, lora_alpha=16, target_modules=t),
+            dict(r=16, lora_alpha=16, target_modules=t),
+            dict(r=8, lora_alpha=8, target_modules=t, use_rslora=True),
+            dict(r=8, lora_alpha=16, target_modules=t, alpha_pattern={"v_proj": 4}, rank_pattern={"q_proj": 4}),
+            dict(r=4, lora_alpha=8, target_modules=["q_proj"]),  # v_proj zero-filled
+        ],
+        "llama",
+    )
 
 
 def test_gpt2_conv1d_fan_in_fan_out(tmp_path):
     t = ["c_attn", "c_proj"]  # c_proj matches both attn.c_proj and mlp.c_proj
-    roundtrip(tmp_path, tiny_gpt2, set(t), True, [
-        dict(r=8, lora_alpha=16, target_modules=t, fan_in_fan_out=True),
-        dict(r=16, lora_alpha=32, target_modules=t, fan_in_fan_out=True, use_rslora=True),
-    ], "gpt2")
+    roundtrip(
+        tmp_path,
+        tiny_gpt2,
+        set(t),
+        True,
+        [
+            dict(r=8, lora_alpha=16, target_modules=t, fan_in_fan_out=True),
+            dict(r=16, lora_alpha=32, target_modules=t, fan_in_fan_out=True, use_rslora=True),
+        ],
+        "gpt2",
+    )
 
 
 def test_pure_prepare_rules():
-    from loramgr.prepare import Target, canonical_pair, pattern_value, prepare, scaling
+    from loramgr.lora.prepare import canonical_pair, pattern_value, prepare, scaling
+    from loramgr.records import AttachmentPoint
 
     assert scaling("m.q_proj", 8, 16) == 2.0
     assert scaling("m.q_proj", 16, 8, use_rslora=True) == 2.0
@@ -129,6 +159,6 @@ def test_pure_prepare_rules():
     assert np.allclose(x @ ca @ cb, 0.5 * (x @ a.T @ b.T))
     with pytest.raises(ValueError):
         canonical_pair(a, b, 1.0, 1, np.float32)
-    t = Target("m", "m.lora_A.weight", "m.lora_B.weight", 3, 4, 4)
+    t = AttachmentPoint("m", "m.lora_A.weight", "m.lora_B.weight", 3, 4, 4, "float32")
     p = prepare([t], {}, lambda k: None, lora_alpha=1.0, precision="fp16")
     assert p.tensors["m.lora_A.weight"].dtype == np.float16 and not p.tensors["m.lora_B.weight"].any()

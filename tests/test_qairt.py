@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from loramgr import synth
+from loramgr.testing import synth
 from tests.conftest import invoke
 from tests.standin_sdk import calls, make_standin_sdk
 
@@ -25,8 +25,18 @@ def q(tmp_path, monkeypatch):
     monkeypatch.setenv("QAIRT_SDK_ROOT", str(sdk))
     synth.write_base(tmp_path / "prefill.onnx", synth.module_paths())
     synth.write_base(tmp_path / "decode.onnx", synth.module_paths())
-    r = invoke("base", "register", "--name", "tiny", "--graph", f"prefill={tmp_path / 'prefill.onnx'}",
-               "--graph", f"decode={tmp_path / 'decode.onnx'}", "--sdk-version", SDK_VERSION)
+    r = invoke(
+        "base",
+        "register",
+        "--name",
+        "tiny",
+        "--graph",
+        f"prefill={tmp_path / 'prefill.onnx'}",
+        "--graph",
+        f"decode={tmp_path / 'decode.onnx'}",
+        "--sdk-version",
+        SDK_VERSION,
+    )
     assert r.exit_code == 0, r.stderr
     for name, rank, seed in (("ad-a", 4, 1), ("ad.b", 8, 2)):
         t = synth.adapter_tensors(synth.module_paths(), rank, seed=seed)
@@ -41,7 +51,7 @@ def build(tmp: Path, *extra) -> object:
 
 
 def test_contract_unshared(q):
-    from loramgr.build.inputs import prepared_inputs
+    from loramgr.lora.inputs import prepared_inputs
     from loramgr.registry.api import Registry
 
     tmp, sdk = q
@@ -53,25 +63,46 @@ def test_contract_unshared(q):
     lib = sdk / "lib" / "x86_64-linux-clang"
     seq = calls(sdk)
     assert sorted(c["tool"] for c in seq) == ["qairt-converter"] * 2 + ["qairt-lora-importer"] * 2 + [
-        "qnn-context-binary-generator"]
+        "qnn-context-binary-generator"
+    ]
     assert all(c["env_root"] == str(sdk) for c in seq)
     reg = Registry()
     base = reg.base("tiny")
-    wl = {g: [n for ap in base["attachment_point_list"] for n in (ap["tensor_a"], ap["tensor_b"])] for g in base["graphs"]}
+    wl = {g: [n for ap in base.attachment_points for n in (ap.tensor_a, ap.tensor_b)] for g in base.graph_names}
     for g in ("prefill", "decode"):
         conv = next(c for c in seq if c["tool"] == "qairt-converter" and c["cwd"].endswith(f"/qairt/{g}"))
         onnx_path = str(out / "base" / g / f"{g}.onnx")
-        assert conv["argv"] == ["--input_network", onnx_path, "--lora_weight_list", "lora_weights.txt",
-                                "--quant_updatable_mode", "none", "--output_path", f"{g}.dlc"]
+        assert conv["argv"] == [
+            "--input_network",
+            onnx_path,
+            "--lora_weight_list",
+            "lora_weights.txt",
+            "--quant_updatable_mode",
+            "none",
+            "--output_path",
+            f"{g}.dlc",
+        ]
         imp = next(c for c in seq if c["tool"] == "qairt-lora-importer" and c["cwd"].endswith(f"/qairt/{g}"))
-        assert imp["argv"] == ["--input_network", onnx_path, "--input_dlc", f"{g}.dlc",
-                               "--lora_config", "lora_importer_config.yaml", "--output_dir", "imported"]
+        assert imp["argv"] == [
+            "--input_network",
+            onnx_path,
+            "--input_dlc",
+            f"{g}.dlc",
+            "--lora_config",
+            "lora_importer_config.yaml",
+            "--output_dir",
+            "imported",
+        ]
         cfg = yaml.safe_load((out / "qairt" / g / "lora_importer_config.yaml").read_text())
-        assert cfg == {"use_case": [
-            {"name": "ad-a_v1".replace("-", "_"), "model_name": onnx_path, "lora_weights": "ad_a_v1.safetensors"},
-            {"name": "ad_b_v1", "model_name": onnx_path, "lora_weights": "ad_b_v1.safetensors"}]}
+        assert cfg == {
+            "use_case": [
+                {"name": "ad-a_v1".replace("-", "_"), "model_name": onnx_path, "lora_weights": "ad_a_v1.safetensors"},
+                {"name": "ad_b_v1", "model_name": onnx_path, "lora_weights": "ad_b_v1.safetensors"},
+            ]
+        }
         assert (out / "qairt" / g / "lora_weights.txt").read_text().split() == sorted(
-            wl[g], key=lambda s: [int(t) if t.isdigit() else t for t in __import__("re").split(r"(\d+)", s)])
+            wl[g], key=lambda s: [int(t) if t.isdigit() else t for t in __import__("re").split(r"(\d+)", s)]
+        )
         # prepared weights are keyed by the graph's tensor names and equal loramgr's prepared inputs
         for ref, uc in (("ad-a", "ad_a_v1"), ("ad.b", "ad_b_v1")):
             got = load_file(str(out / "qairt" / g / f"{uc}.safetensors"))
@@ -81,10 +112,20 @@ def test_contract_unshared(q):
                 np.testing.assert_array_equal(got[k], want[k])
     gen = next(c for c in seq if c["tool"] == "qnn-context-binary-generator")
     assert gen["cwd"] == str(out / ".loramgr-tmp-1" / "qairt")
-    assert gen["argv"] == ["--backend", str(lib / "libQnnHtp.so"), "--model", str(lib / "libQnnModelDlc.so"),
-                           "--dlc_path", "prefill/prefill.dlc,decode/decode.dlc", "--binary_file", "prefill_decode",
-                           "--output_dir", "contexts/prefill_decode",
-                           "--adapter_weight_config", "prefill_decode.adapter_weight_config.yaml"]
+    assert gen["argv"] == [
+        "--backend",
+        str(lib / "libQnnHtp.so"),
+        "--model",
+        str(lib / "libQnnModelDlc.so"),
+        "--dlc_path",
+        "prefill/prefill.dlc,decode/decode.dlc",
+        "--binary_file",
+        "prefill_decode",
+        "--output_dir",
+        "contexts/prefill_decode",
+        "--adapter_weight_config",
+        "prefill_decode.adapter_weight_config.yaml",
+    ]
     merged_text = (out / "qairt" / "prefill_decode.adapter_weight_config.yaml").read_text()
     assert "share_adapters_between_graphs" not in merged_text
     merged = yaml.safe_load(merged_text)
@@ -92,18 +133,29 @@ def test_contract_unshared(q):
         ("ad_a_v1", "prefill", "prefill/imported/ad_a_v1_lora.safetensors"),
         ("ad_b_v1", "prefill", "prefill/imported/ad_b_v1_lora.safetensors"),
         ("ad_a_v1", "decode", "decode/imported/ad_a_v1_lora.safetensors"),
-        ("ad_b_v1", "decode", "decode/imported/ad_b_v1_lora.safetensors")]
+        ("ad_b_v1", "decode", "decode/imported/ad_b_v1_lora.safetensors"),
+    ]
     for c in merged["use_case"]:  # relative paths stay valid next to the config after the build
         assert (out / "qairt" / c["weights"]).is_file()
     arts = res["artifacts"]
     secs = sorted((a["adapter"], a["graphs"], Path(a["path"]).name) for a in arts if a["kind"] == "section")
-    assert secs == [("ad-a", ["decode"], "decode_ad_a_v1.bin"), ("ad-a", ["prefill"], "prefill_ad_a_v1.bin"),
-                    ("ad.b", ["decode"], "decode_ad_b_v1.bin"), ("ad.b", ["prefill"], "prefill_ad_b_v1.bin")]
+    assert secs == [
+        ("ad-a", ["decode"], "decode_ad_a_v1.bin"),
+        ("ad-a", ["prefill"], "prefill_ad_a_v1.bin"),
+        ("ad.b", ["decode"], "decode_ad_b_v1.bin"),
+        ("ad.b", ["prefill"], "prefill_ad_b_v1.bin"),
+    ]
     defaults = sorted(Path(a["path"]).name for a in arts if a["kind"] == "default_section")
     assert defaults == ["decode_default_adapter.bin", "prefill_default_adapter.bin"]
     kinds = {a["kind"] for a in arts}
-    assert {"context_binary", "importer_config", "adapter_weight_config", "dlc", "prepared_weights",
-            "weight_list"} <= kinds
+    assert {
+        "context_binary",
+        "importer_config",
+        "adapter_weight_config",
+        "dlc",
+        "prepared_weights",
+        "weight_list",
+    } <= kinds
     for a in arts:
         assert Path(a["path"]).is_file() and Path(a["path"]).stat().st_size == a["size"]
     assert not (out / ".loramgr-tmp-1").exists()
@@ -115,7 +167,9 @@ def test_contract_unshared(q):
     plan = Plan.load(out / "plan.json")
     assert plan.doc["base"]["sdk_version"] == SDK_VERSION
     ctxs = plan.doc["base"]["contexts"]
-    assert [c["name"] for c in ctxs] == ["prefill_decode"] and ctxs[0]["binary"]["path"] == "contexts/prefill_decode.bin"
+    assert [c["name"] for c in ctxs] == ["prefill_decode"] and ctxs[0]["binary"][
+        "path"
+    ] == "contexts/prefill_decode.bin"
     assert [s.path for s in plan.adapter("ad-a").sections("decode")] == [out / "sections/ad-a@1/decode_ad_a_v1.bin"]
 
 
@@ -129,8 +183,10 @@ def test_contract_super_adapters(q):
     assert text.startswith("share_adapters_between_graphs: Yes\n")
     assert yaml.safe_load(text)["share_adapters_between_graphs"] is True
     sup = [a for a in res["artifacts"] if a["kind"] == "super_section"]
-    assert sorted((a["adapter"], tuple(a["graphs"])) for a in sup) == [("ad-a", ("prefill", "decode")),
-                                                                        ("ad.b", ("prefill", "decode"))]
+    assert sorted((a["adapter"], tuple(a["graphs"])) for a in sup) == [
+        ("ad-a", ("prefill", "decode")),
+        ("ad.b", ("prefill", "decode")),
+    ]
     assert [a["graphs"] for a in res["artifacts"] if a["kind"] == "default_section"] == [["prefill", "decode"]]
     b_sh = sum(a["size"] for a in sup)
     b_un = sum(a["size"] for a in unshared["artifacts"] if a["kind"] == "section")
@@ -146,10 +202,10 @@ def test_sdk_version_mismatch_refused_before_any_build(q, tmp_path):
     assert calls(other) == []
     assert not (tmp / "out" / "sections").exists()
     from loramgr.registry.api import Registry
-    from loramgr.registry.models import Build
+    from loramgr.registry.models import BuildRow
 
     with Registry().session() as s:
-        assert s.query(Build).count() == 0
+        assert s.query(BuildRow).count() == 0
     # a version in the directory name serves when there is no sdk.yaml; a shorter recorded version matches
     (other / "sdk.yaml").unlink()
     renamed = other.rename(tmp_path / "qairt-2.28.0.241029")
@@ -174,11 +230,10 @@ def test_tool_failure_exit_7_and_nothing_built(q, monkeypatch, tool):
     assert len(r.stderr.strip().splitlines()) == 1
     assert {a["status"] for a in invoke("list", "--json").json} == {"validated"}
     from loramgr.registry.api import Registry
-    from loramgr.registry.builds import build_record
 
-    rec = build_record(Registry(), 1)
-    assert rec["status"] == "failed" and rec["artifacts"] == []
-    assert "stand-in failure requested" in rec["log"] and f"bin/x86_64-linux-clang/{tool}" in rec["log"]
+    rec = Registry().builds.get(1)
+    assert rec.status == "failed" and rec.artifacts == ()
+    assert "stand-in failure requested" in rec.log and f"bin/x86_64-linux-clang/{tool}" in rec.log
     assert not list((tmp / "out").glob("sections/**/*.bin")) and not (tmp / "out" / ".loramgr-tmp-1").exists()
     monkeypatch.delenv("STANDIN_FAIL")
     assert build(tmp).json["status"] == "done"

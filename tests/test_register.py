@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loramgr import synth
+from loramgr.testing import synth
 from tests.conftest import invoke, store_files
 
-REQUIRED = {"name", "version", "sha256", "size", "rank", "lora_alpha", "dtype", "status", "tensors",
-            "target_modules"}
+REQUIRED = {"name", "version", "sha256", "size", "rank", "lora_alpha", "dtype", "status", "tensors", "target_modules"}
 
 
 #: every registry test runs on SQLite and on a real PostgreSQL server
 pytestmark = pytest.mark.usefixtures("registry_db")
+
 
 def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
@@ -56,8 +56,11 @@ def test_idempotent_and_versions(tiny, tmp_path):
     assert invoke("register", d).exit_code == 0
     r = invoke("register", d)
     assert r.exit_code == 0 and "already registered as ad1@1" in r.stdout
-    other = synth.write_adapter(tmp_path / "v2" / "ad1", synth.adapter_tensors(tiny.mps, 8, seed=2),
-                                synth.peft_config(8, 16, ["q_proj", "v_proj"]))
+    other = synth.write_adapter(
+        tmp_path / "v2" / "ad1",
+        synth.adapter_tensors(tiny.mps, 8, seed=2),
+        synth.peft_config(8, 16, ["q_proj", "v_proj"]),
+    )
     assert invoke("register", other, "--json").json["version"] == "2"
     third = synth.write_adapter(tmp_path / "v3" / "ad1", synth.adapter_tensors(tiny.mps, 8, seed=3), None)
     r = invoke("register", third, "--version", "2", "--lora-alpha", "8")
@@ -118,23 +121,42 @@ BAD = {
     "not_json": (lambda good: (8).to_bytes(8, "little") + b"nonjson!", "not JSON"),
     "not_utf8": (lambda good: (4).to_bytes(8, "little") + b"\xff\xfe\xfd\xfc", "not UTF-8"),
     "not_object": (lambda good: _st([1, 2]), "not an object"),  # type: ignore[arg-type]
-    "unknown_dtype": (lambda good: _st({"a": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
-                      "unknown dtype"),
-    "out_of_bounds": (lambda good: _st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8),
-                      "out of bounds"),
-    "overlap": (lambda good: _st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                                  "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12),
-                "overlaps"),
-    "size_mismatch": (lambda good: _st({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
-                      "do not match"),
-    "huge_tensor": (lambda good: _st({"a": {"dtype": "F32", "shape": [2**38], "data_offsets": [0, 2**40]}}, b"\0" * 8),
-                    "out of bounds"),
-    "lfs": (lambda good: b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 1234\n",
-            "git lfs pull"),
+    "unknown_dtype": (
+        lambda good: _st({"a": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "unknown dtype",
+    ),
+    "out_of_bounds": (
+        lambda good: _st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8),
+        "out of bounds",
+    ),
+    "overlap": (
+        lambda good: _st(
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+        ),
+        "overlaps",
+    ),
+    "size_mismatch": (
+        lambda good: _st({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+        "do not match",
+    ),
+    "huge_tensor": (
+        lambda good: _st({"a": {"dtype": "F32", "shape": [2**38], "data_offsets": [0, 2**40]}}, b"\0" * 8),
+        "out of bounds",
+    ),
+    "lfs": (
+        lambda good: b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 1234\n",
+        "git lfs pull",
+    ),
     "pickle": (lambda good: _pickle_bytes(), "never loads"),
     "zip_checkpoint": (lambda good: b"PK\x03\x04" + b"\0" * 60, "pickle"),
-    "deep_json": (lambda good: (lambda b: len(b).to_bytes(8, "little") + b)(b"[" * 100000 + b"]" * 100000),
-                  "nested too deeply"),
+    "deep_json": (
+        lambda good: (lambda b: len(b).to_bytes(8, "little") + b)(b"[" * 100000 + b"]" * 100000),
+        "nested too deeply",
+    ),
 }
 
 
@@ -174,15 +196,18 @@ def test_peft_dir_with_only_bin_is_refused(tmp_path):
     assert r.exit_code == 4 and "never loads" in r.stderr
 
 
-@pytest.mark.parametrize("cfg, needle", [
-    ("{not json", "invalid JSON"),
-    ('{"r": "eight"}', "'r'"),
-    ('{"peft_type": "IA3"}', "only LORA"),
-    ('{"lora_alpha": true}', "lora_alpha"),
-    ('{"target_modules": 5}', "target_modules"),
-    ('[]', "not a JSON object"),
-    ('{"use_dora": "yes"}', "use_dora"),
-])
+@pytest.mark.parametrize(
+    "cfg, needle",
+    [
+        ("{not json", "invalid JSON"),
+        ('{"r": "eight"}', "'r'"),
+        ('{"peft_type": "IA3"}', "only LORA"),
+        ('{"lora_alpha": true}', "lora_alpha"),
+        ('{"target_modules": 5}', "target_modules"),
+        ("[]", "not a JSON object"),
+        ('{"use_dora": "yes"}', "use_dora"),
+    ],
+)
 def test_invalid_adapter_config(cfg, needle, tiny, home):
     d, _ = tiny.adapter("ad")
     (d / "adapter_config.json").write_text(cfg)
@@ -228,10 +253,12 @@ def test_json_error_object(tmp_path):
 
 def test_bf16_adapter_dtype(tmp_path):
     import ml_dtypes
+
     mps = synth.module_paths()
     t = {k: v.astype(ml_dtypes.bfloat16) for k, v in synth.adapter_tensors(mps, 4).items()}
     # safetensors.numpy cannot write bf16, so lay the file out by hand
     from loramgr.formats.safetensors import read_header
+
     header, blobs, off = {}, [], 0
     for k, v in t.items():
         b = v.tobytes()
@@ -247,8 +274,10 @@ def test_bf16_adapter_dtype(tmp_path):
 
 def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path):
     """A header of 640 bytes is encoded 80 02 00..., which starts like pickle protocol 2."""
-    header = {"base_model.model.layers.0.q_proj.lora_A.weight": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]},
-              "__metadata__": {"pad": ""}}
+    header = {
+        "base_model.model.layers.0.q_proj.lora_A.weight": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]},
+        "__metadata__": {"pad": ""},
+    }
     body = json.dumps(header)
     header["__metadata__"]["pad"] = "x" * (640 - len(body))
     raw = json.dumps(header).encode()

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from loramgr import synth
 from loramgr.config import Settings
 from loramgr.registry import db
 from loramgr.registry.api import Registry
-from loramgr.registry.models import Base
+from loramgr.registry.models import Model
+from loramgr.testing import synth
 from tests.conftest import invoke
 
 
@@ -34,9 +34,9 @@ def test_upgrade_from_empty_and_models_match_migrations(tmp_path, registry_db):
     script = ScriptDirectory.from_config(db.alembic_config(engine))
     assert script.get_current_head() == db.SCHEMA_HEAD
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), Model.metadata)
     assert diff == [], diff
-    assert set(inspect(engine).get_table_names()) >= {t for t in Base.metadata.tables}
+    assert set(inspect(engine).get_table_names()) >= {t for t in Model.metadata.tables}
 
 
 def test_downgrade_to_base_and_back(tmp_path, registry_db):
@@ -64,8 +64,11 @@ def test_init_and_db_upgrade_list(home):
     r = invoke("init", "--json")
     assert r.exit_code == 0 and r.json["revision"] == db.SCHEMA_HEAD
     r = invoke("db", "upgrade", "--list", "--json")
-    assert r.json[-1] == {"revision": db.SCHEMA_HEAD, "message": "plan records (lifecycle: a plan in use keeps its adapters from being retired)",
-                           "applied": True}
+    assert r.json[-1] == {
+        "revision": db.SCHEMA_HEAD,
+        "message": "plan records (lifecycle: a plan in use keeps its adapters from being retired)",
+        "applied": True,
+    }
 
 
 def _register_many(args: tuple[str, str | None, str, int, int]) -> list[str]:
@@ -77,7 +80,7 @@ def _register_many(args: tuple[str, str | None, str, int, int]) -> list[str]:
     refs = []
     for i in range(n):
         rec, _ = reg.register_adapter(Path(src_root) / f"w{worker}" / f"a{i}")
-        refs.append(rec["ref"])
+        refs.append(rec.ref)
     reg.close()
     return refs
 
@@ -91,8 +94,11 @@ def test_eight_processes_register_400_adapters(tmp_path, home, registry_db):
     n, writers = 50, 6
     for w in range(writers):
         for i in range(n):
-            synth.write_adapter(tmp_path / "src" / f"w{w}" / f"a{i}",
-                                synth.adapter_tensors(mps, 2, seed=1000 * w + i), synth.peft_config(2, 4, ["q_proj"]))
+            synth.write_adapter(
+                tmp_path / "src" / f"w{w}" / f"a{i}",
+                synth.adapter_tensors(mps, 2, seed=1000 * w + i),
+                synth.peft_config(2, 4, ["q_proj"]),
+            )
     for dup, orig in ((6, 0), (7, 1)):
         import shutil
 
@@ -107,8 +113,9 @@ def test_eight_processes_register_400_adapters(tmp_path, home, registry_db):
     versions: dict[str, list[str]] = {}
     for r in rows:
         versions.setdefault(r["name"], []).append(r["version"])
-    assert len(versions) == n and all(sorted(v, key=int) == [str(k) for k in range(1, writers + 1)]
-                                       for v in versions.values())
+    assert len(versions) == n and all(
+        sorted(v, key=int) == [str(k) for k in range(1, writers + 1)] for v in versions.values()
+    )
     assert len({r["sha256"] for r in rows}) == writers * n
     for r in rows:
         p = Path(r["store_path"])
@@ -125,8 +132,21 @@ def test_base_register_single_and_multi(tiny, tmp_path, registry_db):
     again = invoke("base", "register", tiny.base, "--name", "tiny", "--json").json
     assert again["already_registered"] and again["version"] == "1"
     synth.write_base(tmp_path / "decode.onnx", tiny.mps)
-    r = invoke("base", "register", "--name", "ctx", "--graph", f"prefill={tiny.base}",
-               "--graph", f"decode={tmp_path / 'decode.onnx'}", "--max-rank", "16", "--sdk-version", "2.31.0", "--json")
+    r = invoke(
+        "base",
+        "register",
+        "--name",
+        "ctx",
+        "--graph",
+        f"prefill={tiny.base}",
+        "--graph",
+        f"decode={tmp_path / 'decode.onnx'}",
+        "--max-rank",
+        "16",
+        "--sdk-version",
+        "2.31.0",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     full = invoke("show", "ctx", "--json").json
     assert [g["name"] for g in full["graph_list"]] == ["prefill", "decode"]
@@ -149,9 +169,12 @@ def test_base_register_errors(tiny, tmp_path, home, registry_db):
     import onnx
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(g), str(tmp_path / "plain.onnx"))
     r = invoke("base", "register", tmp_path / "plain.onnx", "--name", "t")
     assert r.exit_code == 4 and "no LoRA attachment points" in r.stderr
@@ -165,8 +188,14 @@ def test_base_with_external_data(tmp_path):
     import onnx
 
     m = onnx.load(str(synth_base(tmp_path)))
-    onnx.save(m, str(tmp_path / "ext" / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="m.data", size_threshold=0)
+    onnx.save(
+        m,
+        str(tmp_path / "ext" / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.data",
+        size_threshold=0,
+    )
     rec = invoke("show", "x", "--json")
     assert rec.exit_code == 3
     r = invoke("base", "register", tmp_path / "ext" / "m.onnx", "--name", "x", "--json")
@@ -217,8 +246,9 @@ def test_upgrade_from_0001_keeps_rows(tmp_path):
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.exec_driver_sql("INSERT INTO event (at, actor, action, subject, details) "
-                             "VALUES ('2026-01-01', 'old', 'x', 'y', '{}')")
+        conn.exec_driver_sql(
+            "INSERT INTO event (at, actor, action, subject, details) VALUES ('2026-01-01', 'old', 'x', 'y', '{}')"
+        )
     assert db.current_revision(engine) == "0001"
     assert db.upgrade(engine) == ["0002", "0003"]
     with engine.connect() as conn:

@@ -16,13 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from loramgr import synth
+from loramgr.testing import synth
 from tests.conftest import invoke, store_files
 
 
 def _adapter(tmp: Path, name: str = "ad", seed: int = 1, r: int = 4) -> Path:
-    return synth.write_adapter(tmp / name, synth.adapter_tensors(synth.module_paths(), r, seed=seed),
-                               synth.peft_config(r, 8, ["q_proj", "v_proj"]))
+    return synth.write_adapter(
+        tmp / name,
+        synth.adapter_tensors(synth.module_paths(), r, seed=seed),
+        synth.peft_config(r, 8, ["q_proj", "v_proj"]),
+    )
 
 
 def _base(tmp: Path) -> None:
@@ -117,7 +120,7 @@ def test_disk_full_during_register(tmp_path, home, monkeypatch):
 
 
 def test_disk_full_during_build(tmp_path, home, monkeypatch):
-    import loramgr.build.backends.ort as ortb
+    import loramgr.sections.backends.ort as ortb
 
     _base(tmp_path)
     invoke("register", _adapter(tmp_path))
@@ -148,9 +151,14 @@ def test_read_only_database(tmp_path, home, monkeypatch):
     clean(home)
 
 
-def _spawn(args: list, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "loramgr", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _spawn(args: list, env: dict, slow: float | None = None) -> subprocess.Popen:
+    """The CLI in a child process; ``slow``: through tests/slowbuild.py (each section job + slow s)."""
+    head = (
+        [sys.executable, str(Path(__file__).with_name("slowbuild.py")), str(slow)]
+        if slow
+        else [sys.executable, "-m", "loramgr"]
+    )
+    return subprocess.Popen([*head, *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.mark.slow
@@ -159,8 +167,12 @@ def test_sigkill_at_random_points_of_register_and_build(tmp_path, home):
     registry stays consistent and the operation then succeeds."""
     rng = random.Random(7)
     env = dict(os.environ)
-    big = synth.write_adapter(tmp_path / "big", synth.adapter_tensors(synth.module_paths(), 16, seed=3) | {
-        "pad.weight": __import__("numpy").zeros((3000, 2000), "float32")}, synth.peft_config(16, 16, ["q_proj", "v_proj"]))
+    big = synth.write_adapter(
+        tmp_path / "big",
+        synth.adapter_tensors(synth.module_paths(), 16, seed=3)
+        | {"pad.weight": __import__("numpy").zeros((3000, 2000), "float32")},
+        synth.peft_config(16, 16, ["q_proj", "v_proj"]),
+    )
     for i in range(10):
         p = _spawn(["register", big, "--name", f"big{i}"], env)
         time.sleep(rng.uniform(0.05, 0.8))
@@ -173,9 +185,8 @@ def test_sigkill_at_random_points_of_register_and_build(tmp_path, home):
     for k in range(3):
         invoke("register", _adapter(tmp_path, f"s{k}", seed=50 + k))
         invoke("validate", f"s{k}", "--base", "tiny")
-    env["LORAMGR_TEST_SLOW_BUILD"] = "0.15"
-    for i in range(10):
-        p = _spawn(["build", "--base", "tiny", "-o", tmp_path / "out", "--force"], env)
+    for _ in range(10):
+        p = _spawn(["build", "--base", "tiny", "-o", tmp_path / "out", "--force"], env, slow=0.15)
         time.sleep(rng.uniform(0.3, 1.5))
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -195,23 +206,27 @@ def test_hanging_tool_times_out_then_rerun(tmp_path, home, monkeypatch):
     invoke("validate", "ad", "--base", "tiny")
     monkeypatch.setenv("STANDIN_HANG", "qnn-context-binary-generator")
     t = time.monotonic()
-    r = invoke("build", "--base", "tiny", "--backend", "qairt", "--sdk-root", sdk, "--tool-timeout", "1",
-               "-o", tmp_path / "o")
+    r = invoke(
+        "build", "--base", "tiny", "--backend", "qairt", "--sdk-root", sdk, "--tool-timeout", "1", "-o", tmp_path / "o"
+    )
     assert r.exit_code == 7 and "timed out" in r.stderr and time.monotonic() - t < 30
     assert not list((tmp_path / "o").glob("sections/**/*.bin"))
     clean(home)
     monkeypatch.delenv("STANDIN_HANG")
-    assert invoke("build", "--base", "tiny", "--backend", "qairt", "--sdk-root", sdk, "-o", tmp_path / "o").exit_code == 0
+    assert (
+        invoke("build", "--base", "tiny", "--backend", "qairt", "--sdk-root", sdk, "-o", tmp_path / "o").exit_code == 0
+    )
     clean(home)
 
 
 # -- resource bounds ------------------------------------------------------------------------------------------
 def test_validate_and_plan_do_not_read_tensor_bytes_they_do_not_need(tmp_path, home, monkeypatch):
     """fp32 base: validation is header-only, plans never open adapters. Any tensor read fails here."""
-    import loramgr.loader as loader
+    import loramgr.lora.loader as loader
 
     _base(tmp_path)
     invoke("register", _adapter(tmp_path))
+
     def no_reads(*a, **k):
         raise AssertionError("tensor bytes were read")
 
@@ -228,11 +243,18 @@ def test_validate_and_plan_do_not_read_tensor_bytes_they_do_not_need(tmp_path, h
 def test_register_1gb_adapter_keeps_rss_under_200mb(tmp_path, home):
     f = synth.write_large_adapter(tmp_path / "big.safetensors", 1 << 30)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) forking pytest worker
-    code = ("import sys; from loramgr.cli import main\n"
-            "try:\n main(sys.argv[1:])\nexcept SystemExit as e:\n assert not e.code, e.code\n"
-            "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0])")
-    p = subprocess.run([sys.executable, "-c", code, "register", str(f), "--name", "big"], capture_output=True, text=True,
-                       env=dict(os.environ), timeout=600)
+    code = (
+        "import sys; from loramgr.cli import main\n"
+        "try:\n main(sys.argv[1:])\nexcept SystemExit as e:\n assert not e.code, e.code\n"
+        "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0])"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, "register", str(f), "--name", "big"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     rss_mb = int(p.stdout.strip().splitlines()[-1]) / 1024
     print(f"peak RSS registering 1 GiB: {rss_mb:.0f} MB")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from loramgr import synth
+from loramgr.testing import synth
 from tests.conftest import invoke
 
 
@@ -98,7 +98,9 @@ def test_dora_magnitude_tensor(base, tmp_path):
 def test_modules_to_save(base, tmp_path):
     t = synth.adapter_tensors(base.mps, 8)
     t["base_model.model.lm_head.weight"] = np.ones((4, 64), np.float32)
-    registered(synth.write_adapter(tmp_path / "mts", t, synth.peft_config(8, 16, ["q_proj"], modules_to_save=["lm_head"])))
+    registered(
+        synth.write_adapter(tmp_path / "mts", t, synth.peft_config(8, 16, ["q_proj"], modules_to_save=["lm_head"]))
+    )
     check_refused("mts@1", "modules_to_save", ["lm_head"])
 
 
@@ -145,13 +147,13 @@ def test_unsupported_dtype(base, tmp_path):
 def test_retired_adapter(base):
     from loramgr.config import Settings
     from loramgr.registry.api import Registry
-    from loramgr.registry.models import Adapter
+    from loramgr.registry.models import AdapterRow
 
     d, _ = base.adapter("old")
     registered(d)
     reg = Registry(Settings.resolve())
     with reg.session(write=True) as s:
-        s.query(Adapter).filter_by(name="old").update({"status": "retired"})
+        s.query(AdapterRow).filter_by(name="old").update({"status": "retired"})
     check_refused("old@1", "retired")
 
 
@@ -163,8 +165,10 @@ def test_all_problems_at_once(base):
 
 
 def test_prefix_mapping_transformer_vs_model(base, tmp_path):
-    t = {k.replace("base_model.model.model.", "base_model.model.transformer."): v
-         for k, v in synth.adapter_tensors(base.mps, 8).items()}
+    t = {
+        k.replace("base_model.model.model.", "base_model.model.transformer."): v
+        for k, v in synth.adapter_tensors(base.mps, 8).items()
+    }
     registered(synth.write_adapter(tmp_path / "pref", t, synth.peft_config(8, 16, ["q_proj", "v_proj"])))
     r = invoke("validate", "pref", "--base", "tiny", "--json")
     assert r.exit_code == 0, r.stdout
@@ -220,8 +224,19 @@ def test_weight_list_per_graph_when_graphs_differ(tmp_path):
     synth.write_base(tmp_path / "p0.onnx", synth.module_paths(layers=1))
     m = [f"model.layers.1.self_attn.{x}" for x in ("q_proj", "v_proj")]
     synth.write_base(tmp_path / "p1.onnx", m)
-    assert invoke("base", "register", "--name", "parts", "--graph", f"part0={tmp_path / 'p0.onnx'}",
-                  "--graph", f"part1={tmp_path / 'p1.onnx'}").exit_code == 0
+    assert (
+        invoke(
+            "base",
+            "register",
+            "--name",
+            "parts",
+            "--graph",
+            f"part0={tmp_path / 'p0.onnx'}",
+            "--graph",
+            f"part1={tmp_path / 'p1.onnx'}",
+        ).exit_code
+        == 0
+    )
     res = invoke("weight-list", "--base", "parts", "-o", tmp_path / "wl.txt", "--json").json
     assert not res["shared"]
     assert (tmp_path / "wl.part0.txt").read_text().splitlines()[0] == "model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -229,29 +244,35 @@ def test_weight_list_per_graph_when_graphs_differ(tmp_path):
 
 
 def test_parse_key_classifies_peft_layouts():
-    from loramgr.mapping import AttachmentIndex, parse_key, target_matches
+    from loramgr.lora.mapping import AttachmentIndex, parse_key, target_matches
 
     k = parse_key("base_model.model.model.embed_tokens.lora_embedding_A")
     assert (k.module, k.role, k.embedding) == ("model.embed_tokens", "A", True)
     k = parse_key("base_model.model.model.embed_tokens.lora_embedding_B.default")
     assert (k.module, k.role) == ("model.embed_tokens", "B")
     assert parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight").role == "A"
-    assert parse_key("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight").module == "transformer.h.0.attn.c_attn"
+    assert (
+        parse_key("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight").module == "transformer.h.0.attn.c_attn"
+    )
     assert parse_key("base_model.model.x.q_proj.lora_magnitude_vector").role == "dora_magnitude"
     assert parse_key("base_model.model.x.q_proj.lora_magnitude_vector.default.weight").role == "dora_magnitude"
     assert parse_key("base_model.model.lm_head.modules_to_save.default.weight").role == "full_weight"
     assert parse_key("base_model.model.x.q_proj.lora_B.bias").role == "lora_bias"
     assert parse_key("weird").role == "unknown"
-    idx = AttachmentIndex(["model.layers.0.self_attn.q_proj", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"])
+    idx = AttachmentIndex(
+        ["model.layers.0.self_attn.q_proj", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"]
+    )
     assert idx.find("transformer.layers.0.self_attn.q_proj") == "model.layers.0.self_attn.q_proj"
     assert idx.find("model.h.0.mlp.c_proj") == "transformer.h.0.mlp.c_proj"
-    assert target_matches("transformer.h.0.attn.c_proj", ["c_proj"]) and target_matches("transformer.h.0.mlp.c_proj", ["c_proj"])
+    assert target_matches("transformer.h.0.attn.c_proj", ["c_proj"]) and target_matches(
+        "transformer.h.0.mlp.c_proj", ["c_proj"]
+    )
     assert target_matches("model.layers.3.self_attn.q_proj", r".*layers\.3\..*q_proj")
 
 
 def test_embedding_lora_prepares_like_peft():
     """lora_embedding_A [r, vocab] / lora_embedding_B [dim, r]: the graph gathers rows of A.T."""
-    from loramgr.prepare import canonical_pair
+    from loramgr.lora.prepare import canonical_pair
 
     rng = np.random.default_rng(0)
     A, B = rng.standard_normal((4, 10)).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)

@@ -12,21 +12,32 @@ import sys
 
 import click
 
-from loramgr.cli.common import cli
-from loramgr.errors import LoramgrError, translate
-
 # Command modules register themselves on ``cli`` when imported.
-from loramgr.cli import registry_cmds  # noqa: E402,F401
-from loramgr.cli import validate_cmds  # noqa: E402,F401
-from loramgr.cli import build_cmds  # noqa: E402,F401
-from loramgr.cli import plan_cmds  # noqa: E402,F401
-from loramgr.cli import export_cmds  # noqa: E402,F401
-from loramgr.cli import runtime_cmds  # noqa: E402,F401
-from loramgr.cli import encodings_cmds  # noqa: E402,F401
-from loramgr.cli import lifecycle_cmds  # noqa: E402,F401
+from loramgr.cli import (  # noqa: F401
+    build_cmds,
+    encodings_cmds,
+    export_cmds,
+    lifecycle_cmds,
+    plan_cmds,
+    registry_cmds,
+    runtime_cmds,
+    validate_cmds,
+)
+from loramgr.cli.common import cli
+from loramgr.errors import InternalError, Interrupted, LoramgrError, UsageError, translate
+
+
+def _fail(err: LoramgrError, want_json: bool) -> None:
+    """The one way a command fails: a JSON object on stdout with ``--json``, one line on stderr, the
+    error class's exit code."""
+    if want_json:
+        click.echo(json.dumps(err.to_json(), indent=2, default=str))
+    click.echo(f"loramgr: error: {err.message}", err=True)
+    sys.exit(err.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: run a command and translate every failure in this one place, by type."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     want_json = "--json" in args
@@ -37,31 +48,20 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        if want_json:
-            click.echo(json.dumps(e.to_json(), indent=2))
-        click.echo(f"loramgr: error: {e.message}", err=True)
-        sys.exit(e.exit_code)
+        _fail(e, want_json)
     except click.exceptions.Abort:
-        click.echo("loramgr: error: aborted", err=True)
-        sys.exit(130)
+        _fail(Interrupted("aborted"), want_json)
     except click.ClickException as e:
-        click.echo(f"loramgr: error: {e.format_message()}", err=True)
-        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
+        _fail(UsageError(e.format_message()), want_json)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        click.echo("loramgr: error: interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - the one place unexpected errors become exit 1
+        _fail(Interrupted("interrupted"), want_json)
+    except Exception as e:
         known = translate(e)
         if known is not None:
-            if want_json:
-                click.echo(json.dumps(known.to_json(), indent=2))
-            click.echo(f"loramgr: error: {known.message}", err=True)
-            sys.exit(known.exit_code)
+            _fail(known, want_json)
         if debug:
             raise
-        click.echo(f"loramgr: error: unexpected {type(e).__name__}: {e} (rerun with --debug for details)",
-                   err=True)
-        sys.exit(1)
+        _fail(InternalError(f"unexpected {type(e).__name__}", f"{e} (rerun with --debug for details)"), want_json)
     sys.exit(0)

@@ -4,57 +4,118 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
 
 
 @cli.command()
 @click.argument("refs", nargs=-1)
-@click.option("--base", "base_ref", required=True, help="Base model (NAME[@VERSION]).")
+@base_option()
 @click.option("--all", "all_", is_flag=True, help="Every validated adapter of the base (the default without REFS).")
-@click.option("--backend", type=click.Choice(["ort", "qairt"]), default="ort", show_default=True,
-              help="ort: .onnx_adapter sections (runs anywhere); qairt: the QAIRT SDK tools.")
-@click.option("--share-adapters", is_flag=True, help="Super adapters: one section per group of graphs that "
-              "share attachment points (prefill+decode) instead of one per graph.")
+@click.option(
+    "--backend",
+    type=click.Choice(["ort", "qairt"]),
+    default="ort",
+    show_default=True,
+    help="ort: .onnx_adapter sections (runs anywhere); qairt: the QAIRT SDK tools.",
+)
+@click.option(
+    "--share-adapters",
+    is_flag=True,
+    help="Super adapters: one section per group of graphs that "
+    "share attachment points (prefill+decode) instead of one per graph.",
+)
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True, help="Parallel workers.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Output directory "
-              "(default: $LORAMGR_HOME/builds/BASE@VERSION).")
-@click.option("--sdk-root", type=click.Path(file_okay=False), envvar="QAIRT_SDK_ROOT",
-              help="QAIRT SDK root for --backend qairt (default: $QAIRT_SDK_ROOT).")
-@click.option("--dlc", "dlcs", multiple=True, metavar="GRAPH=PATH",
-              help="qairt: the base graph's DLC (converted with --lora_weight_list); default: convert it here.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Output directory (default: $LORAMGR_HOME/builds/BASE@VERSION).",
+)
+@click.option(
+    "--sdk-root",
+    type=click.Path(file_okay=False),
+    envvar="QAIRT_SDK_ROOT",
+    help="QAIRT SDK root for --backend qairt (default: $QAIRT_SDK_ROOT).",
+)
+@click.option(
+    "--dlc",
+    "dlcs",
+    multiple=True,
+    metavar="GRAPH=PATH",
+    help="qairt: the base graph's DLC (converted with --lora_weight_list); default: convert it here.",
+)
 @click.option("--htp-config", type=click.Path(dir_okay=False), help="qairt: --config_file for the generator.")
-@click.option("--tool-timeout", type=click.FloatRange(min=0.1), help="qairt: seconds before an SDK tool is "
-              "stopped (default: $LORAMGR_TOOL_TIMEOUT or 3600).")
-@click.option("--precision", type=click.Choice(["int8", "int16"]), help="Quantize the adapters' weights with their "
-              "encodings (computed when calibration has not run); default: the base's precision.")
+@click.option(
+    "--tool-timeout",
+    type=click.FloatRange(min=0.1),
+    help="qairt: seconds before an SDK tool is stopped (default: $LORAMGR_TOOL_TIMEOUT or 3600).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "int16"]),
+    help="Quantize the adapters' weights with their "
+    "encodings (computed when calibration has not run); default: the base's precision.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even what is unchanged.")
 @json_option
 @pass_ctx
-def build(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, backend: str, share_adapters: bool,
-          jobs: int, out_dir: str | None, sdk_root: str | None, dlcs: tuple[str, ...], htp_config: str | None,
-          tool_timeout: float | None, precision: str | None, force: bool, as_json: bool) -> None:
+def build(
+    ctx: Ctx,
+    refs: tuple[str, ...],
+    base_ref: str,
+    all_: bool,
+    backend: str,
+    share_adapters: bool,
+    jobs: int,
+    out_dir: str | None,
+    sdk_root: str | None,
+    dlcs: tuple[str, ...],
+    htp_config: str | None,
+    tool_timeout: float | None,
+    precision: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Build binary sections for adapters of a base, plus the default (all-zero) adapter.
 
     Adapters are validated as a group first (exit 5 on any problem). Unchanged adapters are reused
     (content-hash cache); outputs are moved into place atomically.
     """
-    from loramgr.build.run import build as run
-
     from loramgr.errors import UsageError
+    from loramgr.sections.pipeline import build as run
 
     if backend != "qairt" and (dlcs or htp_config):
         raise UsageError("--dlc/--htp-config", "only apply to --backend qairt")
-    opts = ({"sdk_root": sdk_root, "dlcs": parse_kv(dlcs, "--dlc"), "htp_config": htp_config,
-             "tool_timeout": tool_timeout} if backend == "qairt" else {})
-    res = run(ctx.registry, base_ref, list(refs), all_=all_, backend=backend, share_adapters=share_adapters,
-              jobs=jobs, out_dir=out_dir, force=force, quiet=as_json, precision=precision, **opts)
+    opts = (
+        {"sdk_root": sdk_root, "dlcs": parse_kv(dlcs, "--dlc"), "htp_config": htp_config, "tool_timeout": tool_timeout}
+        if backend == "qairt"
+        else {}
+    )
+    res = run(
+        ctx.registry,
+        base_ref,
+        list(refs),
+        all_=all_,
+        backend=backend,
+        share_adapters=share_adapters,
+        jobs=jobs,
+        out_dir=out_dir,
+        force=force,
+        quiet=as_json,
+        precision=precision,
+        **opts,
+    )
     if as_json:
         emit_json(res)
         return
-    sections = [a for a in res["artifacts"] if "section" in a["kind"]]
-    table(f"build {res['build_id']} ({res['backend']}, share_adapters={res['share_adapters']}) -> {res['out_dir']}",
-          ["adapter", "kind", "graphs", "size", "sha256"],
-          [(a["adapter"] or "(default)", a["kind"], "+".join(a["graphs"]), human_size(a["size"]), a["sha256"][:12])
-           for a in sections])
-    click.echo(f"rebuilt {len(res['rebuilt'])}, reused {len(res['reused'])}; "
-               f"{sum(a['size'] for a in sections if a['adapter'])} bytes of adapter sections")
+    sections = [a for a in res.artifacts if "section" in a.kind]
+    table(
+        f"build {res.build_id} ({res.backend}, share_adapters={res.share_adapters}) -> {res.out_dir}",
+        ["adapter", "kind", "graphs", "size", "sha256"],
+        [(a.adapter or "(default)", a.kind, "+".join(a.graphs), human_size(a.size), a.sha256[:12]) for a in sections],
+    )
+    click.echo(
+        f"rebuilt {len(res.rebuilt)}, reused {len(res.reused)}; "
+        f"{sum(a.size for a in sections if a.adapter)} bytes of adapter sections"
+    )

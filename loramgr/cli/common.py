@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from loramgr import __version__
 from loramgr.config import Settings
+
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
 
 
 class Ctx:
@@ -18,10 +23,11 @@ class Ctx:
     def __init__(self, home: str | None, debug: bool) -> None:
         self.settings = Settings.resolve(home)
         self.debug = debug
-        self._registry = None
+        self._registry: Registry | None = None
 
     @property
-    def registry(self):  # noqa: ANN201 - avoids importing SQLAlchemy for --help
+    def registry(self) -> Registry:
+        """Opened on first use (SQLAlchemy is imported then, not for ``--help``)."""
         if self._registry is None:
             from loramgr.registry.api import Registry
 
@@ -32,8 +38,12 @@ class Ctx:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="loramgr")
-@click.option("--home", type=click.Path(file_okay=False), envvar="LORAMGR_HOME",
-              help="State directory (registry.db and store/); default ~/.loramgr or $LORAMGR_HOME.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="LORAMGR_HOME",
+    help="State directory (registry.db and store/); default ~/.loramgr or $LORAMGR_HOME.",
+)
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, debug: bool) -> None:
@@ -53,8 +63,32 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
 
 
+def base_option(required: bool = True, help: str = "Base model (NAME[@VERSION]).") -> Callable[..., Any]:
+    """``--base NAME[@VERSION]``, bound to the ``base_ref`` parameter (one definition for every command)."""
+    return click.option("--base", "base_ref", required=required, help=help)
+
+
+def _jsonable(obj: Any) -> Any:
+    """``json.dumps`` fallback: records render their own contract; anything else as a string."""
+    to_json = getattr(obj, "to_json", None)
+    return to_json() if callable(to_json) else str(obj)
+
+
+def _finite(obj: Any) -> Any:
+    """Strict JSON has no NaN or Infinity: such numbers become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    """Print a record (or a list/dict of them) as strict JSON."""
+    plain = json.loads(json.dumps(obj, default=_jsonable))
+    click.echo(json.dumps(_finite(plain), indent=2, sort_keys=False, allow_nan=False))
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -13,58 +13,93 @@ from loramgr.cli.registry_cmds import base_group
 @base_group.command("export")
 @click.argument("hf_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--name", required=True, help="Base model name to register.")
-@click.option("--target-modules", required=True, help="Comma-separated projections, e.g. q_proj,v_proj "
-              "(Llama/Mistral/Qwen2) or c_attn,c_proj,c_fc (GPT-2).")
+@click.option(
+    "--target-modules",
+    required=True,
+    help="Comma-separated projections, e.g. q_proj,v_proj (Llama/Mistral/Qwen2) or c_attn,c_proj,c_fc (GPT-2).",
+)
 @click.option("--max-rank", type=click.IntRange(min=1), required=True, help="Rank of the LoRA inputs.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
-@click.option("--graphs", default="prefill=128,decode=1", show_default=True,
-              help="NAME=SEQ_LEN pairs; graphs named prefill* have no KV-cache inputs.")
-@click.option("--context-len", type=click.IntRange(min=2), help="KV-cache length (default: max(256, 2 x longest "
-              "graph), capped by the model's max positions).")
+@click.option(
+    "--graphs",
+    default="prefill=128,decode=1",
+    show_default=True,
+    help="NAME=SEQ_LEN pairs; graphs named prefill* have no KV-cache inputs.",
+)
+@click.option(
+    "--context-len",
+    type=click.IntRange(min=2),
+    help="KV-cache length (default: max(256, 2 x longest graph), capped by the model's max positions).",
+)
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--max-part-bytes", default="2GB", show_default=True,
-              help="Split by decoder layers so each part's weights stay under this (protobuf's 2 GB limit).")
-@click.option("--quantized-lora", type=click.Choice(["8", "16"]), help="Integer LoRA inputs (int8/int16) with "
-              "per-channel `<input>_scale` inputs feeding DequantizeLinear: sections then carry quantized weights.")
+@click.option(
+    "--max-part-bytes",
+    default="2GB",
+    show_default=True,
+    help="Split by decoder layers so each part's weights stay under this (protobuf's 2 GB limit).",
+)
+@click.option(
+    "--quantized-lora",
+    type=click.Choice(["8", "16"]),
+    help="Integer LoRA inputs (int8/int16) with "
+    "per-channel `<input>_scale` inputs feeding DequantizeLinear: sections then carry quantized weights.",
+)
 @click.option("--sdk-version", help="QAIRT SDK version recorded on the registered base.")
 @click.option("--no-register", is_flag=True, help="Only write the graphs.")
 @json_option
 @pass_ctx
-def base_export(ctx: Ctx, hf_dir: str, name: str, target_modules: str, max_rank: int, out_dir: str, graphs: str,
-                context_len: int | None, precision: str, max_part_bytes: str, quantized_lora: str | None,
-                sdk_version: str | None,
-                no_register: bool, as_json: bool) -> None:
+def base_export(
+    ctx: Ctx,
+    hf_dir: str,
+    name: str,
+    target_modules: str,
+    max_rank: int,
+    out_dir: str,
+    graphs: str,
+    context_len: int | None,
+    precision: str,
+    max_part_bytes: str,
+    quantized_lora: str | None,
+    sdk_version: str | None,
+    no_register: bool,
+    as_json: bool,
+) -> None:
     """Export a local Hugging Face causal LM to LoRA-ready ONNX graphs and register them as a base.
 
     Every target projection gets `<module>.lora_A.weight [in, R]` / `.lora_B.weight [R, out]` graph
     inputs (zero defaults) and one `lora_alpha` input; prefill/decode graphs share weights on disk.
     """
-    from pathlib import Path
+    from loramgr.export import export_and_register, parse_bytes
 
-    from loramgr.export import export_base, parse_bytes
-    from loramgr.names import check_name
-
-    check_name(name, "base name")
     targets = [t.strip() for t in target_modules.split(",") if t.strip()]
     say = None if as_json else (lambda s: print(s, file=sys.stderr, flush=True))
-    man = export_base(hf_dir, out_dir, targets=targets, max_rank=max_rank, graphs=graphs, context_len=context_len,
-                      precision=precision, max_part_bytes=parse_bytes(max_part_bytes),
-                      quantized_lora=int(quantized_lora) if quantized_lora else None, progress=say)
-    res = {"out_dir": str(Path(out_dir).absolute()), "export": man, "base": None}
-    if not no_register:
-        out = Path(out_dir)
-        rec, _ = ctx.registry.register_base(
-            [(g["name"], out / g["file"]) for g in man["graphs"]], name=name, max_rank=max_rank,
-            precision=f"int{quantized_lora}" if quantized_lora else precision,
-            sdk_version=sdk_version, allow_empty=len(man["parts"]) > 1,
-            kinds={g["name"]: g["kind"] for g in man["graphs"]}, details={"export": man})
-        res["base"] = rec
+    res = export_and_register(
+        None if no_register else ctx.registry,
+        hf_dir,
+        out_dir,
+        name=name,
+        targets=targets,
+        max_rank=max_rank,
+        graphs=graphs,
+        context_len=context_len,
+        precision=precision,
+        max_part_bytes=parse_bytes(max_part_bytes),
+        quantized_lora=int(quantized_lora) if quantized_lora else None,
+        sdk_version=sdk_version,
+        progress=say,
+    )
     if as_json:
         emit_json(res)
         return
-    table(f"exported {man['model_type']} -> {res['out_dir']}", ["graph", "kind", "part", "layers", "q", "past"],
-          [(g["name"], g["kind"], g["part"] + 1, f"{g['layers'][0]}..{g['layers'][1] - 1}", g["q_len"], g["past_len"])
-           for g in man["graphs"]])
-    if res["base"]:
-        b = res["base"]
-        click.echo(f"registered base {b['ref']}: {b['attachment_points']} attachment points, max rank {b['max_rank']}")
+    man = res.export
+    table(
+        f"exported {man['model_type']} -> {res.out_dir}",
+        ["graph", "kind", "part", "layers", "q", "past"],
+        [
+            (g["name"], g["kind"], g["part"] + 1, f"{g['layers'][0]}..{g['layers'][1] - 1}", g["q_len"], g["past_len"])
+            for g in man["graphs"]
+        ],
+    )
+    if res.base:
+        b = res.base
+        click.echo(f"registered base {b.ref}: {len(b.attachment_points)} attachment points, max rank {b.max_rank}")

@@ -9,17 +9,22 @@ from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, pas
 
 @cli.command()
 @click.argument("ref")
-@click.option("--to", "to", required=True, type=click.Choice(["built", "deployed"]),
-              help="Target stage (deployed only from built).")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Choice(["built", "deployed"]),
+    help="Target stage (deployed only from built).",
+)
 @json_option
 @pass_ctx
 def promote(ctx: Ctx, ref: str, to: str, as_json: bool) -> None:
     """Move an adapter to a later stage (registered -> validated -> built -> deployed -> retired)."""
-    from loramgr.registry.lifecycle import promote as run
-
-    res = run(ctx.registry, ref, to)
-    emit_json(res) if as_json else click.echo(f"{res['adapter']}: {res['status']}"
-                                              + ("" if res["changed"] else " (unchanged)"))
+    res = ctx.registry.lifecycle.promote(ref, to)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"{res.adapter}: {res.status}" + ("" if res.changed else " (unchanged)"))
 
 
 @cli.command()
@@ -29,10 +34,11 @@ def promote(ctx: Ctx, ref: str, to: str, as_json: bool) -> None:
 @pass_ctx
 def retire(ctx: Ctx, ref: str, force: bool, as_json: bool) -> None:
     """Retire an adapter (refused while an active plan references it; exit 6)."""
-    from loramgr.registry.lifecycle import retire as run
-
-    res = run(ctx.registry, ref, force)
-    emit_json(res) if as_json else click.echo(f"{res['adapter']}: retired" + (" (forced)" if res.get("forced") else ""))
+    res = ctx.registry.lifecycle.retire(ref, force)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"{res.adapter}: retired" + (" (forced)" if res.forced else ""))
 
 
 @cli.command()
@@ -41,63 +47,76 @@ def retire(ctx: Ctx, ref: str, force: bool, as_json: bool) -> None:
 @pass_ctx
 def history(ctx: Ctx, ref: str, as_json: bool) -> None:
     """The audit trail of an adapter: who did what, when."""
-    from loramgr.registry.lifecycle import history as run
-
-    rows = run(ctx.registry, ref)
+    rows = ctx.registry.lifecycle.history(ref)
     if as_json:
         emit_json(rows)
     else:
-        table(f"history of {ref}", ["at", "actor", "action", "details"],
-              [(r["at"], r["actor"], r["action"], ", ".join(f"{k}={v}" for k, v in r["details"].items())) for r in rows])
+        table(
+            f"history of {ref}",
+            ["at", "actor", "action", "details"],
+            [(r.at, r.actor, r.action, ", ".join(f"{k}={v}" for k, v in r.details.items())) for r in rows],
+        )
 
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
 @click.option("--retired", is_flag=True, help="Also collect the files of retired adapters.")
-@click.option("--grace", type=float, default=3600, show_default=True,
-              help="Never collect objects younger than this many seconds.")
+@click.option(
+    "--grace", type=float, default=3600, show_default=True, help="Never collect objects younger than this many seconds."
+)
 @json_option
 @pass_ctx
 def gc(ctx: Ctx, dry_run: bool, retired: bool, grace: float, as_json: bool) -> None:
     """Delete store files that no live registry row references."""
-    from loramgr.registry.maintenance import gc as run
-
-    res = run(ctx.registry, dry_run=dry_run, retired=retired, grace_s=grace)
+    res = ctx.registry.maintenance.gc(dry_run=dry_run, retired=retired, grace_s=grace)
     if as_json:
         emit_json(res)
     else:
         verb = "would delete" if dry_run else "deleted"
-        click.echo(f"{verb} {len(res['deleted'])} object(s), {human_size(res['bytes_freed'])}"
-                   f" ({res['bytes_freed']} bytes); kept {res['referenced']} referenced, {res['kept_young']} too young")
+        click.echo(
+            f"{verb} {len(res.deleted)} object(s), {human_size(res.bytes_freed)}"
+            f" ({res.bytes_freed} bytes); kept {res.referenced} referenced, {res.kept_young} too young"
+        )
 
 
 @cli.command()
-@click.option("--repair", is_flag=True, help="Quarantine corrupt objects, delete orphans and stale temporary "
-              "files, mark builds with bad artifacts failed.")
-@click.option("--grace", type=float, default=3600, show_default=True,
-              help="Objects/temp files younger than this are in-flight, not orphaned.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Quarantine corrupt objects, delete orphans and stale temporary files, mark builds with bad artifacts failed.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="Objects/temp files younger than this are in-flight, not orphaned.",
+)
 @json_option
 @pass_ctx
 def fsck(ctx: Ctx, repair: bool, grace: float, as_json: bool) -> None:
     """Re-hash every store file and check every row's file; exit 8 when anything is wrong."""
     from loramgr.errors import IntegrityError
-    from loramgr.registry.maintenance import fsck as run
 
-    res = run(ctx.registry, repair=repair, grace_s=grace)
+    res = ctx.registry.maintenance.fsck(repair=repair, grace_s=grace)
     if as_json:
-        if res["ok"]:
+        if res.ok:
             emit_json(res)
     else:
-        rows = [(k, len(res[k]), "; ".join(str(x.get("sha256", x.get("path")))[:40] for x in res[k][:3]))
-                for k in ("corrupt", "missing", "orphaned", "stale_tmp", "artifacts")]
-        table(f"fsck: {res['checked']} store objects checked", ["problem", "count", "examples"], rows)
-        for r in res["repaired"]:
+        rows = []
+        for k in res.PROBLEMS:
+            found = getattr(res, k)
+            rows.append((k, len(found), "; ".join(str(x.get("sha256", x.get("path")))[:40] for x in found[:3])))
+        table(f"fsck: {res.checked} store objects checked", ["problem", "count", "examples"], rows)
+        for r in res.repaired:
             click.echo(f"repaired: {r}")
-    if not res["ok"]:
-        n = sum(len(res[k]) for k in ("corrupt", "missing", "orphaned", "stale_tmp", "artifacts"))
-        raise IntegrityError("registry", f"fsck found {n} problem(s)"
-                             + ("" if repair else "; run `loramgr fsck --repair` for what can be repaired"),
-                             details=res)  # with --json: the error object carries the report
+    if not res.ok:
+        raise IntegrityError(
+            "registry",
+            f"fsck found {res.count()} problem(s)"
+            + ("" if repair else "; run `loramgr fsck --repair` for what can be repaired"),
+            details=res.to_json(),
+        )  # with --json: the error object carries the report
 
 
 @cli.command("export-registry")
@@ -106,13 +125,11 @@ def fsck(ctx: Ctx, repair: bool, grace: float, as_json: bool) -> None:
 @pass_ctx
 def export_registry(ctx: Ctx, out: str, as_json: bool) -> None:
     """Dump every registry row to JSON (backups; moving between SQLite and PostgreSQL)."""
-    from loramgr.registry.maintenance import dumps, export_registry as run
-    from loramgr.store import atomic_write
-
-    doc = run(ctx.registry)
-    atomic_write(out, dumps(doc).encode())
-    res = {"out": out, "schema": doc["schema"], "rows": {k: len(v) for k, v in doc["tables"].items()}}
-    emit_json(res) if as_json else click.echo(f"wrote {out}: {sum(res['rows'].values())} rows (schema {res['schema']})")
+    res = ctx.registry.maintenance.export_to(out)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"wrote {out}: {sum(res.rows.values())} rows (schema {res.schema})")
 
 
 @cli.command("import-registry")
@@ -122,14 +139,8 @@ def export_registry(ctx: Ctx, out: str, as_json: bool) -> None:
 def import_registry(ctx: Ctx, path: str, as_json: bool) -> None:
     """Load an export-registry dump into an empty registry (the store files are shared or copied
     separately: rows refer to them by sha256)."""
-    import json
-
-    from loramgr.errors import InvalidInputError
-    from loramgr.registry.maintenance import import_registry as run
-
-    try:
-        doc = json.loads(open(path, encoding="utf-8").read())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise InvalidInputError(path, f"not valid JSON ({type(e).__name__})") from None
-    counts = run(ctx.registry, doc, path)
-    emit_json(counts) if as_json else click.echo(f"imported {sum(counts.values())} rows from {path}")
+    counts = ctx.registry.maintenance.import_from(path)
+    if as_json:
+        emit_json(counts)
+    else:
+        click.echo(f"imported {sum(counts.values())} rows from {path}")

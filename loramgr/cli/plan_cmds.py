@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, pass_ctx, table
 
 
 @cli.command()
-@click.option("--base", "base_ref", help="Base model (NAME[@VERSION]).")
+@base_option(required=False, help="Base model (NAME[@VERSION]); required unless --schema.")
 @click.option("--build", "build_id", type=int, help="Build id (default: the base's newest finished build).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Plan file (default: BUILD_OUT/plan.json).")
 @click.option("--schema", "show_schema", is_flag=True, help="Print the plan's JSON Schema and exit.")
-@click.option("--genie-config", type=click.Path(dir_okay=False), help="Also write the Genie `lora` config block "
-              "(one bin-section per context binary, in context order) to this file.")
+@click.option(
+    "--genie-config",
+    type=click.Path(dir_okay=False),
+    help="Also write the Genie `lora` config block "
+    "(one bin-section per context binary, in context order) to this file.",
+)
 @json_option
 @pass_ctx
-def plan(ctx: Ctx, base_ref: str | None, build_id: int | None, out: str | None, show_schema: bool,
-         genie_config: str | None, as_json: bool) -> None:
+def plan(
+    ctx: Ctx,
+    base_ref: str | None,
+    build_id: int | None,
+    out: str | None,
+    show_schema: bool,
+    genie_config: str | None,
+    as_json: bool,
+) -> None:
     """Write the versioned runtime plan (plan.json) of a build: sections, encodings, alpha, steps.
 
     Paths in the plan are relative to its directory; every file carries sha256 and size.
@@ -30,23 +41,14 @@ def plan(ctx: Ctx, base_ref: str | None, build_id: int | None, out: str | None, 
         return
     if not base_ref:
         raise UsageError("plan", "--base is required")
-    res = write_plan(ctx.registry, base_ref, build_id, out)
-    if genie_config:
-        import json
-        from pathlib import Path
-
-        from loramgr.genie import lora_block
-        from loramgr.store import atomic_write
-
-        g = Path(genie_config).absolute()
-        doc = json.loads(Path(res["plan"]).read_text())
-        atomic_write(g, (json.dumps({"lora": lora_block(doc, Path(res["plan"]).parent, g.parent)}, indent=2)
-                         + "\n").encode())
-        res["genie_config"] = str(g)
+    res = write_plan(ctx.registry, base_ref, build_id, out, genie_config=genie_config)
     if as_json:
         emit_json(res)
     else:
-        click.echo(f"wrote {res['plan']} (build {res['build_id']}; adapters {', '.join(res['adapters'])})")
+        click.echo(
+            f"wrote {res.plan} (build {res.build_id}; adapters {', '.join(res.adapters)})"
+            + (f"; Genie config {res.genie_config}" if res.genie_config else "")
+        )
 
 
 @cli.group(invoke_without_command=True)
@@ -71,7 +73,7 @@ def bundle(cctx: click.Context, plan_path: str | None, out: str | None, as_dir: 
     if as_json:
         emit_json(res)
     else:
-        click.echo(f"wrote {res['bundle']}: {res['files']} files, {human_size(res['bytes'])}")
+        click.echo(f"wrote {res.bundle}: {res.files} files, {human_size(res.bytes)}")
 
 
 @bundle.command("check")
@@ -85,7 +87,7 @@ def bundle_check(path: str, as_json: bool) -> None:
     if as_json:
         emit_json(res)
     else:
-        click.echo(f"{res['bundle']}: {res['files']} files verified")
+        click.echo(f"{res.bundle}: {res.files} files verified")
 
 
 @cli.command("plan-show")
@@ -99,18 +101,29 @@ def plan_show(plan_path: str, adapter: str | None, as_json: bool) -> None:
     p = Plan.load(plan_path)
     if adapter:
         e = p.adapter(adapter)
-        res = {"adapter": e.ref, "sections": [{"name": s.name, "graphs": list(s.graphs), "path": str(s.path),
-                                               "size": s.size} for s in e.sections()],
-               "io_encodings": e.io_encodings(), "steps": e.steps()}
+        res = {
+            "adapter": e.ref,
+            "sections": [
+                {"name": s.name, "graphs": list(s.graphs), "path": str(s.path), "size": s.size} for s in e.sections()
+            ],
+            "io_encodings": e.io_encodings(),
+            "steps": e.steps(),
+        }
     else:
         res = {"adapters": list(p.adapters), "graphs": list(p.graphs), "rules": p.rules}
     if as_json:
         emit_json(res)
     elif adapter:
-        table(f"sections of {res['adapter']}", ["section", "graphs", "size", "path"],
-              [(s["name"], "+".join(s["graphs"]), human_size(s["size"]), s["path"]) for s in res["sections"]])
-        table("steps", ["#", "op", "details"], [(i, s["op"], {k: v for k, v in s.items() if k != "op"})
-                                                for i, s in enumerate(res["steps"], 1)])
+        table(
+            f"sections of {res['adapter']}",
+            ["section", "graphs", "size", "path"],
+            [(s["name"], "+".join(s["graphs"]), human_size(s["size"]), s["path"]) for s in res["sections"]],
+        )
+        table(
+            "steps",
+            ["#", "op", "details"],
+            [(i, s["op"], {k: v for k, v in s.items() if k != "op"}) for i, s in enumerate(res["steps"], 1)],
+        )
     else:
         click.echo(f"adapters: {', '.join(res['adapters'])}\ngraphs: {', '.join(res['graphs'])}")
         table("rules", ["rule", "value"], sorted(res["rules"].items()))

@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+from loramgr.records import ADAPTER_STATUSES, Adapter, Base
 
 
 @cli.command()
@@ -19,13 +20,19 @@ def init(ctx: Ctx, as_json: bool) -> None:
     engine = db.make_engine(ctx.settings.db_url)
     applied = db.upgrade(engine)
     ctx.settings.store_dir.mkdir(parents=True, exist_ok=True)
-    res = {"database": db.redact(ctx.settings.db_url), "store": str(ctx.settings.store_dir),
-           "applied": applied, "revision": db.current_revision(engine)}
+    res = {
+        "database": db.redact(ctx.settings.db_url),
+        "store": str(ctx.settings.store_dir),
+        "applied": applied,
+        "revision": db.current_revision(engine),
+    }
     if as_json:
         emit_json(res)
     else:
-        click.echo(f"registry {res['database']} at revision {res['revision']}"
-                   + (f" (applied {', '.join(applied)})" if applied else " (up to date)"))
+        click.echo(
+            f"registry {res['database']} at revision {res['revision']}"
+            + (f" (applied {', '.join(applied)})" if applied else " (up to date)")
+        )
 
 
 @cli.group("db")
@@ -47,8 +54,11 @@ def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
         if as_json:
             emit_json(rows)
         else:
-            table("migrations", ["revision", "applied", "message"],
-                  [(r["revision"], "yes" if r["applied"] else "no", r["message"]) for r in rows])
+            table(
+                "migrations",
+                ["revision", "applied", "message"],
+                [(r["revision"], "yes" if r["applied"] else "no", r["message"]) for r in rows],
+            )
         return
     applied = db.upgrade(engine)
     if as_json:
@@ -62,45 +72,57 @@ def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
 @click.option("--name", help="Adapter name (default: the file's or directory's stem).")
 @click.option("--version", "version", help="Version label (default: the next integer for this name).")
 @click.option("--lora-alpha", type=float, help="lora_alpha when the adapter has no adapter_config.json.")
-@click.option("--base", "base_ref", help="The base model this adapter is meant for (a hint).")
+@base_option(required=False, help="The base model this adapter is meant for (a hint; needed by --encodings).")
 @click.option("--tag", "tags", multiple=True, metavar="K=V", help="Free-form tag; repeatable.")
 @click.option("--link", is_flag=True, help="Hard-link into the store instead of copying (same filesystem).")
-@click.option("--encodings", "encodings_path", type=click.Path(dir_okay=False),
-              help="AIMET encodings for this adapter (needs --base; checked against its tensor names).")
+@click.option(
+    "--encodings",
+    "encodings_path",
+    type=click.Path(dir_okay=False),
+    help="AIMET encodings for this adapter (needs --base; checked against its tensor names).",
+)
 @json_option
 @pass_ctx
-def register(ctx: Ctx, path: str, name: str | None, version: str | None, lora_alpha: float | None,
-             base_ref: str | None, tags: tuple[str, ...], link: bool, encodings_path: str | None,
-             as_json: bool) -> None:
+def register(
+    ctx: Ctx,
+    path: str,
+    name: str | None,
+    version: str | None,
+    lora_alpha: float | None,
+    base_ref: str | None,
+    tags: tuple[str, ...],
+    link: bool,
+    encodings_path: str | None,
+    as_json: bool,
+) -> None:
     """Register a LoRA adapter: a .safetensors file or a PEFT adapter directory.
 
     Reads only the safetensors header, copies the file once into the content-addressed store while
     hashing it, and records every tensor. The same bytes again return the existing record.
     """
-    enc = None
-    if encodings_path:  # checked before anything is registered, so bad encodings leave nothing behind
-        from loramgr.errors import UsageError
-        from loramgr.formats.encodings import load as load_encodings
-        from loramgr.registry.encodings import check_names
-
-        if not base_ref:
-            raise UsageError("--encodings", "needs --base (encodings name the base's tensors)")
-        base = ctx.registry.base(base_ref)
-        enc = load_encodings(encodings_path)
-        check_names(enc, base, encodings_path)
-    rec, created = ctx.registry.register_adapter(path, name=name, version=version, lora_alpha=lora_alpha,
-                                                 base=base_ref, tags=parse_kv(tags, "--tag"), link=link)
-    if enc is not None:
-        from loramgr.registry.encodings import store
-
-        rec["encodings"] = store(ctx.registry, base["id"], rec["id"], enc, "import")
+    rec, created = ctx.registry.register_adapter(
+        path,
+        name=name,
+        version=version,
+        lora_alpha=lora_alpha,
+        base=base_ref,
+        tags=parse_kv(tags, "--tag"),
+        link=link,
+        encodings=encodings_path,
+    )
     if as_json:
-        emit_json(rec)
+        out = rec.to_json() | ({} if created else {"already_registered": True})
+        if encodings_path and base_ref:  # what the same transaction stored
+            enc = ctx.registry.encodings.get(ctx.registry.base(base_ref).id, rec.id)
+            out["encodings"] = len(enc.activation) + len(enc.param)
+        emit_json(out)
     elif created:
-        click.echo(f"registered {rec['ref']}  sha256 {rec['sha256'][:12]}  rank {rec['rank']}  "
-                   f"alpha {rec['lora_alpha']}  {rec['dtype']}  {rec['tensors']} tensors  {human_size(rec['size'])}")
+        click.echo(
+            f"registered {rec.ref}  sha256 {rec.sha256[:12]}  rank {rec.rank}  "
+            f"alpha {rec.lora_alpha}  {rec.dtype}  {rec.tensor_count} tensors  {human_size(rec.size)}"
+        )
     else:
-        click.echo(f"already registered as {rec['ref']} (sha256 {rec['sha256'][:12]})")
+        click.echo(f"already registered as {rec.ref} (sha256 {rec.sha256[:12]})")
 
 
 @cli.group("base")
@@ -111,26 +133,56 @@ def base_group() -> None:
 @base_group.command("register")
 @click.argument("onnx_path", required=False, type=click.Path())
 @click.option("--name", required=True, help="Base model name.")
-@click.option("--graph", "graphs", multiple=True, metavar="GNAME=PATH",
-              help="A graph of a multi-graph context (prefill/decode, parts); repeatable.")
+@click.option(
+    "--graph",
+    "graphs",
+    multiple=True,
+    metavar="GNAME=PATH",
+    help="A graph of a multi-graph context (prefill/decode, parts); repeatable.",
+)
 @click.option("--version", "version", help="Version label (default: next integer).")
 @click.option("--max-rank", type=int, help="Expected max rank; must match the graphs' LoRA inputs.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int16"]),
-              help="Precision of the LoRA weights (default: from the LoRA inputs' dtype).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8", "int16"]),
+    help="Precision of the LoRA weights (default: from the LoRA inputs' dtype).",
+)
 @click.option("--sdk-version", help="QAIRT SDK version the base context binary was built with.")
 @click.option("--alpha-input", default="lora_alpha", show_default=True, help="Name of the alpha graph input.")
-@click.option("--quant-updatable-mode", type=click.Choice(["none", "adapter_only", "all"]), default="none",
-              show_default=True, help="What qairt-converter's --quant_updatable_mode was.")
+@click.option(
+    "--quant-updatable-mode",
+    type=click.Choice(["none", "adapter_only", "all"]),
+    default="none",
+    show_default=True,
+    help="What qairt-converter's --quant_updatable_mode was.",
+)
 @click.option("--allow-empty", is_flag=True, help="Accept graphs without attachment points.")
-@click.option("--quant-point", "quant_points", multiple=True, metavar="TENSOR",
-              help="An intermediate tensor to calibrate per adapter besides the graph I/O; repeatable.")
+@click.option(
+    "--quant-point",
+    "quant_points",
+    multiple=True,
+    metavar="TENSOR",
+    help="An intermediate tensor to calibrate per adapter besides the graph I/O; repeatable.",
+)
 @click.option("--link", is_flag=True, help="Hard-link graph files into the store instead of copying.")
 @json_option
 @pass_ctx
-def base_register(ctx: Ctx, onnx_path: str | None, name: str, graphs: tuple[str, ...], version: str | None,
-                  max_rank: int | None, precision: str | None, sdk_version: str | None, alpha_input: str,
-                  quant_updatable_mode: str, allow_empty: bool, quant_points: tuple[str, ...], link: bool,
-                  as_json: bool) -> None:
+def base_register(
+    ctx: Ctx,
+    onnx_path: str | None,
+    name: str,
+    graphs: tuple[str, ...],
+    version: str | None,
+    max_rank: int | None,
+    precision: str | None,
+    sdk_version: str | None,
+    alpha_input: str,
+    quant_updatable_mode: str,
+    allow_empty: bool,
+    quant_points: tuple[str, ...],
+    link: bool,
+    as_json: bool,
+) -> None:
     """Register a LoRA-ready base: one ONNX graph, or several with --graph NAME=PATH."""
     from pathlib import Path
 
@@ -140,21 +192,43 @@ def base_register(ctx: Ctx, onnx_path: str | None, name: str, graphs: tuple[str,
         raise UsageError("base register", "give either one ONNX file or --graph options, not both")
     pairs = [(Path(onnx_path).stem, onnx_path)] if onnx_path else list(parse_kv(graphs, "--graph").items())
     rec, created = ctx.registry.register_base(
-        pairs, name=name, version=version, max_rank=max_rank, precision=precision, sdk_version=sdk_version,
-        alpha_input=alpha_input, allow_empty=allow_empty, link=link, quant_updatable_mode=quant_updatable_mode,
-        details={"quantization_points": list(quant_points)} if quant_points else None)
+        pairs,
+        name=name,
+        version=version,
+        max_rank=max_rank,
+        precision=precision,
+        sdk_version=sdk_version,
+        alpha_input=alpha_input,
+        allow_empty=allow_empty,
+        link=link,
+        quant_updatable_mode=quant_updatable_mode,
+        details={"quantization_points": list(quant_points)} if quant_points else None,
+    )
     if as_json:
-        emit_json(rec)
+        emit_json(rec.to_json() | ({} if created else {"already_registered": True}))
     else:
         verb = "registered" if created else "already registered as"
-        click.echo(f"{verb} base {rec['ref']}: graphs {', '.join(rec['graphs'])}; "
-                   f"{rec['attachment_points']} attachment points, max rank {rec['max_rank']}, {rec['precision']}")
+        click.echo(
+            f"{verb} base {rec.ref}: graphs {', '.join(rec.graph_names)}; "
+            f"{len(rec.attachment_points)} attachment points, max rank {rec.max_rank}, {rec.precision}"
+        )
 
 
-def _adapter_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return [(r["ref"], r["status"], r["rank"], r["lora_alpha"], r["dtype"], ",".join(r["target_modules"])
-             if isinstance(r["target_modules"], list) else r["target_modules"], r["tensors"],
-             human_size(r["size"]), r["sha256"][:12]) for r in rows]
+def _adapter_rows(rows: list[Adapter]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.ref,
+            r.status,
+            r.rank,
+            r.lora_alpha,
+            r.dtype,
+            ",".join(r.target_modules) if isinstance(r.target_modules, tuple) else r.target_modules,
+            r.tensor_count,
+            human_size(r.size),
+            r.sha256[:12],
+        )
+        for r in rows
+    ]
 
 
 ADAPTER_COLUMNS = ["adapter", "status", "rank", "alpha", "dtype", "targets", "tensors", "size", "sha256"]
@@ -162,25 +236,39 @@ ADAPTER_COLUMNS = ["adapter", "status", "rank", "alpha", "dtype", "targets", "te
 
 @cli.command("list")
 @click.argument("what", type=click.Choice(["adapters", "bases"]), default="adapters")
-@click.option("--status", help="Only adapters with this status.")
+@click.option("--status", type=click.Choice(ADAPTER_STATUSES), help="Only adapters with this status.")
+@base_option(required=False, help="Only adapters meant for this base (registered for it or validated against it).")
 @json_option
 @pass_ctx
-def list_cmd(ctx: Ctx, what: str, status: str | None, as_json: bool) -> None:
+def list_cmd(ctx: Ctx, what: str, status: str | None, base_ref: str | None, as_json: bool) -> None:
     """List adapters (default) or bases."""
     if what == "adapters":
-        rows = ctx.registry.adapters(status=status)
+        rows = ctx.registry.adapters(status=status, base=base_ref)
         if as_json:
             emit_json(rows)
         else:
             table("adapters", ADAPTER_COLUMNS, _adapter_rows(rows))
     else:
-        rows = ctx.registry.bases()
+        bases = ctx.registry.bases()
         if as_json:
-            emit_json(rows)
+            emit_json(bases)
         else:
-            table("bases", ["base", "status", "graphs", "attachment points", "max rank", "precision", "sdk"],
-                  [(r["ref"], r["status"], ",".join(r["graphs"]), r["attachment_points"], r["max_rank"],
-                    r["precision"], r["sdk_version"]) for r in rows])
+            table(
+                "bases",
+                ["base", "status", "graphs", "attachment points", "max rank", "precision", "sdk"],
+                [
+                    (
+                        r.ref,
+                        r.status,
+                        ",".join(r.graph_names),
+                        len(r.attachment_points),
+                        r.max_rank,
+                        r.precision,
+                        r.sdk_version,
+                    )
+                    for r in bases
+                ],
+            )
 
 
 @cli.command()
@@ -189,22 +277,68 @@ def list_cmd(ctx: Ctx, what: str, status: str | None, as_json: bool) -> None:
 @pass_ctx
 def show(ctx: Ctx, ref: str, as_json: bool) -> None:
     """Show an adapter or base: NAME (newest version), NAME@VERSION or a sha256 prefix (>= 8 hex)."""
-    kind, rec = ctx.registry.resolve(ref)
-    if as_json:
-        emit_json(rec | {"kind": kind})
+    rec = ctx.registry.resolve(ref)
+    if isinstance(rec, Adapter):
+        doc = rec.to_json(full=True)
+        if as_json:
+            emit_json(doc | {"kind": "adapter"})
+            return
+        table(
+            f"adapter {rec.ref}",
+            ["field", "value"],
+            [
+                (k, doc[k])
+                for k in (
+                    "status",
+                    "sha256",
+                    "size",
+                    "rank",
+                    "lora_alpha",
+                    "dtype",
+                    "target_modules",
+                    "use_rslora",
+                    "use_dora",
+                    "fan_in_fan_out",
+                    "base_hint",
+                    "tags",
+                    "source_uri",
+                    "created_at",
+                )
+            ],
+        )
+        table("tensors", ["key", "dtype", "shape"], [(t.key, t.dtype, list(t.shape)) for t in rec.tensor_list()])
         return
-    if kind == "adapter":
-        table(f"adapter {rec['ref']}", ["field", "value"],
-              [(k, rec[k]) for k in ("status", "sha256", "size", "rank", "lora_alpha", "dtype", "target_modules",
-                                     "use_rslora", "use_dora", "fan_in_fan_out", "base_hint", "tags",
-                                     "source_uri", "created_at")])
-        table("tensors", ["key", "dtype", "shape"], [(t["key"], t["dtype"], t["shape"]) for t in rec["tensor_list"]])
-    else:
-        table(f"base {rec['ref']}", ["field", "value"],
-              [(k, rec[k]) for k in ("status", "max_rank", "precision", "sdk_version", "alpha_tensor",
-                                     "quant_updatable_mode", "created_at")])
-        table("graphs", ["graph", "kind", "size", "sha256", "path"],
-              [(g["name"], g["kind"], human_size(g["size"]), g["sha256"][:12], g["path"]) for g in rec["graph_list"]])
-        table("attachment points", ["module", "in", "out", "rank", "dtype", "graphs"],
-              [(a["module_path"], a["in_features"], a["out_features"], a["rank"], a["dtype"], ",".join(a["graphs"]))
-               for a in rec["attachment_point_list"]])
+    assert isinstance(rec, Base)
+    doc = rec.to_json(full=True)
+    if as_json:
+        emit_json(doc | {"kind": "base"})
+        return
+    table(
+        f"base {rec.ref}",
+        ["field", "value"],
+        [
+            (k, doc[k])
+            for k in (
+                "status",
+                "max_rank",
+                "precision",
+                "sdk_version",
+                "alpha_tensor",
+                "quant_updatable_mode",
+                "created_at",
+            )
+        ],
+    )
+    table(
+        "graphs",
+        ["graph", "kind", "size", "sha256", "path"],
+        [(g.name, g.kind, human_size(g.size), g.sha256[:12], g.path) for g in rec.graphs],
+    )
+    table(
+        "attachment points",
+        ["module", "in", "out", "rank", "dtype", "graphs"],
+        [
+            (a.module_path, a.in_features, a.out_features, a.rank, a.dtype, ",".join(a.graphs))
+            for a in rec.attachment_points
+        ],
+    )

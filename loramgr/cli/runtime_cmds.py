@@ -27,54 +27,86 @@ def _ids(text: str) -> list[int]:
 def run_cmd(plan_path: str, adapter: str, alpha: float | None, input_ids: str, steps: int, as_json: bool) -> None:
     """Greedy tokens through the plan on the ONNX Runtime reference runtime (prefill, then decode
     with the KV cache when the plan has a decode graph)."""
-    from loramgr.errors import NotFoundError
     from loramgr.runtime import Plan
     from loramgr.runtime.generate import greedy
     from loramgr.runtime.ort import lm_chains
 
     plan = Plan.load(plan_path)
-    try:
-        plan.adapter(adapter)
-    except KeyError:
-        raise NotFoundError(f"adapter {adapter}", f"is not in {plan_path} (have: {', '.join(plan.adapters)}, default)") from None
+    plan.adapter(adapter)  # not in the plan: exit 3 before any session is created
     prompt = _ids(input_ids)
     pre, dec = lm_chains(plan, adapter, alpha)
     gen = greedy(pre, dec, prompt, steps)
-    res = {"adapter": adapter, "alpha": alpha, "input_ids": prompt, "tokens": gen.tokens,
-           "graphs": {"prefill": len(pre), "decode": len(dec or [])}}
+    res = {
+        "adapter": adapter,
+        "alpha": alpha,
+        "input_ids": prompt,
+        "tokens": gen.tokens,
+        "graphs": {"prefill": len(pre), "decode": len(dec or [])},
+    }
     if as_json:
         emit_json(res)
     else:
-        click.echo(f"{adapter} (alpha {alpha if alpha is not None else 'default'}): "
-                   f"{' '.join(map(str, prompt))} -> {' '.join(map(str, gen.tokens))}")
+        click.echo(
+            f"{adapter} (alpha {alpha if alpha is not None else 'default'}): "
+            f"{' '.join(map(str, prompt))} -> {' '.join(map(str, gen.tokens))}"
+        )
 
 
 @cli.command("verify")
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json.")
 @click.option("--adapter", "adapters", multiple=True, help="Adapter(s) to check (default: all in the plan).")
-@click.option("--hf-dir", type=click.Path(file_okay=False), help="The base's Hugging Face directory (default: "
-              "from its `base export` manifest).")
-@click.option("--mode", type=click.Choice(["auto", "peft", "sections"]), default="auto", show_default=True,
-              help="peft: logits vs the PEFT model; sections: tensors and graph runs vs loramgr's numpy reference.")
+@click.option(
+    "--hf-dir",
+    type=click.Path(file_okay=False),
+    help="The base's Hugging Face directory (default: from its `base export` manifest).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "peft", "sections"]),
+    default="auto",
+    show_default=True,
+    help="peft: logits vs the PEFT model; sections: tensors and graph runs vs loramgr's numpy reference.",
+)
 @click.option("--tolerance", type=float, help="Max abs diff allowed (default 1e-4 fp32, 2e-2 fp16).")
 @click.option("--input-ids", "input_ids", help="Prompt for the peft mode (default: a fixed sequence).")
 @json_option
 @pass_ctx
-def verify_cmd(ctx: Ctx, plan_path: str, adapters: tuple[str, ...], hf_dir: str | None, mode: str,
-               tolerance: float | None, input_ids: str | None, as_json: bool) -> None:
+def verify_cmd(
+    ctx: Ctx,
+    plan_path: str,
+    adapters: tuple[str, ...],
+    hf_dir: str | None,
+    mode: str,
+    tolerance: float | None,
+    input_ids: str | None,
+    as_json: bool,
+) -> None:
     """Check every adapter of a plan against a reference; exit 5 when one is beyond tolerance."""
     from loramgr.errors import IncompatibleError
-    from loramgr.verify import verify
+    from loramgr.verification import verify
 
-    res = verify(ctx.registry, plan_path, list(adapters), hf_dir=hf_dir, tolerance=tolerance, mode=mode,
-                 input_ids=_ids(input_ids) if input_ids else None)
+    res = verify(
+        ctx.registry,
+        plan_path,
+        list(adapters),
+        hf_dir=hf_dir,
+        tolerance=tolerance,
+        mode=mode,
+        input_ids=_ids(input_ids) if input_ids else None,
+    )
     if as_json:
-        if res["ok"]:
+        if res.ok:
             emit_json(res)
     else:
-        table(f"verify {plan_path} ({res['mode']})", ["adapter", "max abs diff", "cosine", "tolerance", "ok"],
-              [(r["adapter"], f"{r['max_abs_diff']:.2e}", f"{r['cosine']:.6f}", f"{r['tolerance']:.0e}",
-                "yes" if r["ok"] else "NO") for r in res["adapters"]])
-    if not res["ok"]:
-        bad = [r["adapter"] for r in res["adapters"] if not r["ok"]]
-        raise IncompatibleError(", ".join(bad), "differs from its reference beyond the tolerance", details=res)
+        table(
+            f"verify {plan_path} ({res.mode})",
+            ["adapter", "max abs diff", "cosine", "tolerance", "ok"],
+            [
+                (r.adapter, f"{r.max_abs_diff:.2e}", f"{r.cosine:.6f}", f"{r.tolerance:.0e}", "yes" if r.ok else "NO")
+                for r in res.adapters
+            ],
+        )
+    if not res.ok:
+        raise IncompatibleError(
+            ", ".join(res.failed), "differs from its reference beyond the tolerance", details=res.to_json()
+        )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, cli, emit_json, json_option, pass_ctx, table
 from loramgr.errors import IncompatibleError, UsageError
 
 
 @cli.command()
 @click.argument("refs", nargs=-1)
-@click.option("--base", "base_ref", required=True, help="Base model to validate against (NAME[@VERSION]).")
+@base_option(help="Base model to validate against (NAME[@VERSION]).")
 @click.option("--all", "all_", is_flag=True, help="Also every adapter meant for this base, checked as a group.")
 @json_option
 @pass_ctx
@@ -19,7 +19,7 @@ def validate(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, as_json
 
     A pass is recorded: the adapter becomes `validated` for that base.
     """
-    from loramgr.validate import validate as run
+    from loramgr.validation import validate as run
 
     if not refs and not all_:
         raise UsageError("validate", "name at least one adapter, or use --all")
@@ -27,28 +27,31 @@ def validate(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, as_json
     if as_json:
         emit_json(report)
     else:
-        for a in report["adapters"]:
-            status = "compatible" if a["compatible"] else "INCOMPATIBLE"
-            click.echo(f"{a['adapter']}: {status} with {report['base']} (rank {a['rank']}, "
-                       f"base max rank {report['max_rank']}, {report['precision']})")
-            rows = [("error", p["code"], p["subject"], p["message"], p["hint"]) for p in a["problems"]]
-            rows += [("warning", w["code"], w["subject"], w["message"], w["hint"]) for w in a["warnings"]]
+        for a in report.adapters:
+            status = "compatible" if a.compatible else "INCOMPATIBLE"
+            click.echo(
+                f"{a.adapter}: {status} with {report.base} (rank {a.rank}, "
+                f"base max rank {report.max_rank}, {report.precision})"
+            )
+            rows = [("error", p.code, p.subject, p.message, p.hint) for p in a.problems]
+            rows += [("warning", w.code, w.subject, w.message, w.hint) for w in a.warnings]
             if rows:
                 table(None, ["severity", "code", "subject", "problem", "fix"], rows)
-        g = report.get("group")
+        g = report.group
         if g:
-            click.echo(f"group of {len(g['adapters'])}: effective max rank {g['effective_max_rank']} "
-                       f"(base {g['base_max_rank']}), {g['attachment_points']} attachment points"
-                       + ("" if not g["problems"] else f"; {len(g['problems'])} group problem(s)"))
-            for p in g["problems"]:
-                click.echo(f"  {p['code']}: {p['message']}")
-    if not report["compatible"]:
-        bad = [a["adapter"] for a in report["adapters"] if not a["compatible"]]
-        codes = sorted({p["code"] for a in report["adapters"] for p in a["problems"]} |
-                       {p["code"] for p in (report.get("group") or {}).get("problems", [])})
-        err = IncompatibleError(", ".join(bad) or report["base"], f"incompatible with base {report['base']} "
-                                f"({', '.join(codes)})")
-        err.details = report
+            click.echo(
+                f"group of {len(g.adapters)}: effective max rank {g.effective_max_rank} "
+                f"(base {g.base_max_rank}), {g.attachment_points} attachment points"
+                + ("" if not g.problems else f"; {len(g.problems)} group problem(s)")
+            )
+            for p in g.problems:
+                click.echo(f"  {p.code}: {p.message}")
+    if not report.compatible:
+        err = IncompatibleError(
+            ", ".join(report.incompatible) or report.base,
+            f"incompatible with base {report.base} ({', '.join(report.codes)})",
+            details=report.to_json(),
+        )
         if as_json:  # the report above is the machine-readable output; only the line goes to stderr
             click.echo(f"loramgr: error: {err.message}", err=True)
             raise SystemExit(err.exit_code)
@@ -56,10 +59,16 @@ def validate(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, as_json
 
 
 @cli.command("weight-list")
-@click.option("--base", "base_ref", required=True, help="Base model (NAME[@VERSION]).")
+@base_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["qairt", "json"]), default="qairt", show_default=True,
-              help="qairt: newline-delimited names for --lora_weight_list; json: per-graph lists.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["qairt", "json"]),
+    default="qairt",
+    show_default=True,
+    help="qairt: newline-delimited names for --lora_weight_list; json: per-graph lists.",
+)
 @click.option("--include-alpha", is_flag=True, help="Also list the alpha input.")
 @json_option
 @pass_ctx
@@ -76,13 +85,13 @@ def weight_list(ctx: Ctx, base_ref: str, output: str | None, fmt: str, include_a
         emit_json(res)
     elif output is None:
         if fmt == "json":
-            emit_json({"base": res["base"], "graphs": res["lists"]})
-        elif res["shared"]:
-            click.echo(render(next(iter(res["lists"].values()), [])), nl=False)
+            emit_json({"base": res.base, "graphs": res.lists})
+        elif res.shared:
+            click.echo(render(next(iter(res.lists.values()), [])), nl=False)
         else:
-            for g, names in res["lists"].items():
+            for g, names in res.lists.items():
                 click.echo(f"# graph {g}")
                 click.echo(render(names), nl=False)
     else:
-        for g, f in res["files"].items():
-            click.echo(f"{g}: {f} ({len(res['lists'][g])} names)")
+        for g, f in res.files.items():
+            click.echo(f"{g}: {f} ({len(res.lists[g])} names)")

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import InvalidInputError, UsageError
+from loramgr.records import Base, JsonRecord
+
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
 
 DEFAULT_GRAPHS = "prefill=128,decode=1"
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -74,22 +80,31 @@ def plan_parts(unit_bytes: list[int], limit: int) -> list[tuple[int, int]]:
 
 
 def _bytes(mod: Any, dtype_size: int) -> int:
-    return sum(p.numel() for p in mod.parameters()) * dtype_size
+    return int(sum(p.numel() for p in mod.parameters())) * dtype_size
 
 
-def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], max_rank: int,
-                graphs: str = DEFAULT_GRAPHS, context_len: int | None = None, precision: str = "fp32",
-                max_part_bytes: int = 2 * 10**9, quantized_lora: int | None = None,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def export_base(
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    targets: list[str],
+    max_rank: int,
+    graphs: str = DEFAULT_GRAPHS,
+    context_len: int | None = None,
+    precision: str = "fp32",
+    max_part_bytes: int = 2 * 10**9,
+    quantized_lora: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Export; returns the manifest (also written as ``OUT/export.json``)."""
     try:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
-        raise UsageError("base export", f"needs the [export] extra ({e.name} is missing)",
-                         hint="pip install 'loramgr[export]'") from None
-    from loramgr.export.model import (GraphSpec, check_targets, family_of, find_targets, kv_shape,
-                                      num_layers)
+        raise UsageError(
+            "base export", f"needs the [export] extra ({e.name} is missing)", hint="pip install 'loramgr[export]'"
+        ) from None
+    from loramgr.export.model import GraphSpec, check_targets, family_of, find_targets, kv_shape, num_layers
 
     hf = Path(hf_dir)
     if not (hf / "config.json").is_file():
@@ -104,8 +119,13 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
     if dtype is None:
         raise UsageError(f"--precision {precision}", "export writes fp32 or fp16 graphs")
-    model = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True, dtype=torch.float32,
-                                                 attn_implementation="eager").eval().to(dtype)
+    model = (
+        AutoModelForCausalLM.from_pretrained(
+            hf, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
+        )
+        .eval()
+        .to(dtype)
+    )
     n = num_layers(model, family)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
     gspecs = parse_graphs(graphs)
@@ -117,10 +137,14 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     all_targets = find_targets(model, family, targets, (0, n))
     if not all_targets:
         raise UsageError(f"--target-modules {','.join(targets)}", "matched no module of the model")
-    lora_bytes = [sum((t.in_features + t.out_features) * max_rank * isz for t in find_targets(model, family, targets, (i, i + 1)))
-                  for i in range(n)]
-    emb = (model.model.embed_tokens if family == "llama" else model.transformer.wte)
-    head_bytes = _bytes(model.lm_head, isz) + _bytes(model.model.norm if family == "llama" else model.transformer.ln_f, isz)
+    lora_bytes = [
+        sum((t.in_features + t.out_features) * max_rank * isz for t in find_targets(model, family, targets, (i, i + 1)))
+        for i in range(n)
+    ]
+    emb = model.model.embed_tokens if family == "llama" else model.transformer.wte
+    head_bytes = _bytes(model.lm_head, isz) + _bytes(
+        model.model.norm if family == "llama" else model.transformer.ln_f, isz
+    )
     emb_bytes = _bytes(emb, isz) + (0 if family == "llama" else _bytes(model.transformer.wpe, isz))
     units = [emb_bytes] + [_bytes(layer_mods[i], isz) + lora_bytes[i] for i in range(n)] + [head_bytes]
     parts = plan_parts(units, max_part_bytes)
@@ -129,13 +153,24 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
     kvh, hd = kv_shape(model, family)
     if quantized_lora not in (None, 8, 16):
         raise UsageError(f"--quantized-lora {quantized_lora}", "must be 8 or 16")
-    manifest: dict[str, Any] = {"format": "loramgr.export", "version": 1, "family": family,
-                                "quantized_lora": quantized_lora,
-                                "source": str(hf.absolute()),
-                                "model_type": cfg.model_type, "precision": precision, "max_rank": max_rank,
-                                "target_modules": targets, "context_len": ctx, "num_layers": n,
-                                "kv_heads": kvh, "head_dim": hd, "vocab_size": cfg.vocab_size,
-                                "parts": [], "graphs": []}
+    manifest: dict[str, Any] = {
+        "format": "loramgr.export",
+        "version": 1,
+        "family": family,
+        "quantized_lora": quantized_lora,
+        "source": str(hf.absolute()),
+        "model_type": cfg.model_type,
+        "precision": precision,
+        "max_rank": max_rank,
+        "target_modules": targets,
+        "context_len": ctx,
+        "num_layers": n,
+        "kv_heads": kvh,
+        "head_dim": hd,
+        "vocab_size": cfg.vocab_size,
+        "parts": [],
+        "graphs": [],
+    }
     np_dtype = {"fp32": "float32", "fp16": "float16"}[precision]
     for pi, (u0, u1) in enumerate(parts):
         layers = (max(0, u0 - 1), min(n, u1 - 1))
@@ -144,30 +179,52 @@ def export_base(hf_dir: str | Path, out_dir: str | Path, *, targets: list[str], 
         for gname, q in gspecs:
             past = 0 if gname.startswith("prefill") else ctx - q
             name = gname if len(parts) == 1 else f"{gname}_part{pi + 1}"
-            spec = GraphSpec(name, q, past, layers, first, last, pi,
-                             find_targets(model, family, targets, layers))
+            spec = GraphSpec(name, q, past, layers, first, last, pi, find_targets(model, family, targets, layers))
             say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
             protos[f"{name}.onnx"] = _export_one(model, family, spec, max_rank, dtype, np_dtype, quantized_lora)
-            manifest["graphs"].append({"name": name, "kind": "prefill" if not past else "decode",
-                                       "file": f"{name}.onnx", "part": pi, "q_len": q, "past_len": spec.past_len,
-                                       "layers": list(layers), "first": first, "last": last,
-                                       "inputs": [i.name for i in protos[f"{name}.onnx"].graph.input],
-                                       "outputs": [o.name for o in protos[f"{name}.onnx"].graph.output]})
+            manifest["graphs"].append(
+                {
+                    "name": name,
+                    "kind": "prefill" if not past else "decode",
+                    "file": f"{name}.onnx",
+                    "part": pi,
+                    "q_len": q,
+                    "past_len": spec.past_len,
+                    "layers": list(layers),
+                    "first": first,
+                    "last": last,
+                    "inputs": [i.name for i in protos[f"{name}.onnx"].graph.input],
+                    "outputs": [o.name for o in protos[f"{name}.onnx"].graph.output],
+                }
+            )
         from loramgr.export.onnx_io import save_sharing_weights
 
         data_name = "model.data" if len(parts) == 1 else f"part{pi + 1}.data"
         saved = save_sharing_weights(protos, out, data_name)
         if saved["data_bytes"] > max_part_bytes:
-            raise UsageError(f"--max-part-bytes {max_part_bytes}", f"part {pi + 1} came out at {saved['data_bytes']} "
-                             "bytes; lower the limit a little to leave room for exporter constants")
-        manifest["parts"].append({"index": pi, "layers": list(layers), "embeddings": first, "head": last,
-                                  "data": data_name, "data_bytes": saved["data_bytes"]})
+            raise UsageError(
+                f"--max-part-bytes {max_part_bytes}",
+                f"part {pi + 1} came out at {saved['data_bytes']} "
+                "bytes; lower the limit a little to leave room for exporter constants",
+            )
+        manifest["parts"].append(
+            {
+                "index": pi,
+                "layers": list(layers),
+                "embeddings": first,
+                "head": last,
+                "data": data_name,
+                "data_bytes": saved["data_bytes"],
+            }
+        )
     (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _export_one(model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dtype: str,
-                quantized_lora: int | None = None) -> Any:
+def _export_one(
+    model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dtype: str, quantized_lora: int | None = None
+) -> Any:
+    import logging
     import warnings
 
     import torch
@@ -175,22 +232,29 @@ def _export_one(model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dt
     from loramgr.export.model import LoraForward
     from loramgr.export.onnx_io import add_lora_defaults, strip_dropout
 
-    import logging
-
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
     fwd = LoraForward(model, family, spec)
     args = fwd.example_inputs(rank, dtype)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(fwd, args, input_names=fwd.input_names, output_names=fwd.output_names,
-                                 dynamo=True, optimize=True, verbose=False)
+        prog = torch.onnx.export(
+            fwd,
+            args,
+            input_names=fwd.input_names,
+            output_names=fwd.output_names,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    if prog is None:
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     proto = prog.model_proto
     got = [i.name for i in proto.graph.input]
     lora = {n for n in fwd.input_names if n.endswith((".lora_A.weight", ".lora_B.weight"))}
     missing = sorted(lora - set(got))
     if missing:
         raise RuntimeError(f"exporter dropped LoRA inputs {missing[:3]} of {spec.name}")
-    shapes = {n: (tuple(a.shape), np_dtype) for n, a in zip(fwd.input_names, args) if n in lora}
+    shapes = {n: (tuple(a.shape), np_dtype) for n, a in zip(fwd.input_names, args, strict=True) if n in lora}
     add_lora_defaults(proto, shapes, "lora_alpha" if spec.targets else None)
     strip_dropout(proto)
     if quantized_lora:
@@ -198,3 +262,66 @@ def _export_one(model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dt
 
         quantize_lora_inputs(proto, sorted(lora), quantized_lora)
     return proto
+
+
+@dataclass(frozen=True)
+class ExportResult(JsonRecord):
+    """What ``loramgr base export --json`` prints: the graphs written and the base registered."""
+
+    out_dir: str
+    export: dict[str, Any]  # the manifest, as written to export.json
+    base: Base | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": self.out_dir, "export": self.export, "base": self.base.to_json() if self.base else None}
+
+
+def export_and_register(
+    reg: Registry | None,
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str,
+    targets: list[str],
+    max_rank: int,
+    graphs: str = DEFAULT_GRAPHS,
+    context_len: int | None = None,
+    precision: str = "fp32",
+    max_part_bytes: int = 2 * 10**9,
+    quantized_lora: int | None = None,
+    sdk_version: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """``base export``: export the graphs, then (with a registry) register them as base ``name``.
+
+    The registered precision is the LoRA inputs' (``int8``/``int16`` with ``quantized_lora``); a
+    multi-part export may have parts without attachment points (embeddings, head)."""
+    from loramgr.names import check_name
+
+    check_name(name, "base name")
+    man = export_base(
+        hf_dir,
+        out_dir,
+        targets=targets,
+        max_rank=max_rank,
+        graphs=graphs,
+        context_len=context_len,
+        precision=precision,
+        max_part_bytes=max_part_bytes,
+        quantized_lora=quantized_lora,
+        progress=progress,
+    )
+    base = None
+    if reg is not None:
+        out = Path(out_dir)
+        base, _ = reg.register_base(
+            [(g["name"], out / g["file"]) for g in man["graphs"]],
+            name=name,
+            max_rank=max_rank,
+            precision=f"int{quantized_lora}" if quantized_lora else precision,
+            sdk_version=sdk_version,
+            allow_empty=len(man["parts"]) > 1,
+            kinds={g["name"]: g["kind"] for g in man["graphs"]},
+            details={"export": man},
+        )
+    return ExportResult(str(Path(out_dir).absolute()), man, base)

@@ -25,8 +25,10 @@ from torch import nn
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
 GPT2_TYPES = ("gpt2",)
-TARGETS = {"llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-           "gpt2": ("c_attn", "c_proj", "c_fc")}
+TARGETS = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+}
 
 
 def family_of(config: Any) -> str:
@@ -37,12 +39,13 @@ def family_of(config: Any) -> str:
         return "llama"
     if mt in GPT2_TYPES:
         return "gpt2"
-    raise UsageError(f"model_type {mt!r}", "is not supported by `base export`; supported: "
-                     + ", ".join(LLAMA_TYPES + GPT2_TYPES))
+    raise UsageError(
+        f"model_type {mt!r}", "is not supported by `base export`; supported: " + ", ".join(LLAMA_TYPES + GPT2_TYPES)
+    )
 
 
 @dataclass
-class Target:
+class LoraTarget:
     module_path: str
     in_features: int
     out_features: int
@@ -57,7 +60,7 @@ class GraphSpec:
     first: bool
     last: bool
     part: int = 0
-    targets: list[Target] = field(default_factory=list)
+    targets: list[LoraTarget] = field(default_factory=list)
 
 
 def _features(mod: nn.Module) -> tuple[int, int]:
@@ -73,7 +76,7 @@ def layer_prefix(family: str, layer: int) -> str:
     return f"model.layers.{layer}" if family == "llama" else f"transformer.h.{layer}"
 
 
-def find_targets(model: nn.Module, family: str, wanted: list[str], layers: tuple[int, int]) -> list[Target]:
+def find_targets(model: nn.Module, family: str, wanted: list[str], layers: tuple[int, int]) -> list[LoraTarget]:
     """Projection modules of ``layers`` whose leaf name (or path suffix) is in ``wanted``."""
     out = []
     prefixes = tuple(layer_prefix(family, i) + "." for i in range(*layers))
@@ -82,7 +85,7 @@ def find_targets(model: nn.Module, family: str, wanted: list[str], layers: tuple
             continue
         if any(path == w or path.endswith("." + w) for w in wanted):
             fi, fo = _features(mod)
-            out.append(Target(path, fi, fo))
+            out.append(LoraTarget(path, fi, fo))
     return out
 
 
@@ -91,15 +94,17 @@ def check_targets(family: str, wanted: list[str]) -> None:
 
     bad = [w for w in wanted if w.rsplit(".", 1)[-1] not in TARGETS[family]]
     if bad:
-        raise UsageError(f"--target-modules {','.join(bad)}", f"not supported for {family}-style models; "
-                         f"supported: {', '.join(TARGETS[family])}")
+        raise UsageError(
+            f"--target-modules {','.join(bad)}",
+            f"not supported for {family}-style models; supported: {', '.join(TARGETS[family])}",
+        )
 
 
-def num_layers(model: nn.Module, family: str) -> int:
+def num_layers(model: Any, family: str) -> int:
     return len(model.model.layers) if family == "llama" else len(model.transformer.h)
 
 
-def kv_shape(model: nn.Module, family: str) -> tuple[int, int]:
+def kv_shape(model: Any, family: str) -> tuple[int, int]:
     """(kv heads, head dim)."""
     c = model.config
     if family == "llama":
@@ -111,13 +116,16 @@ def kv_shape(model: nn.Module, family: str) -> tuple[int, int]:
 class LoraForward(nn.Module):
     """One exportable graph (a part of prefill or decode) over ``model``'s modules."""
 
-    def __init__(self, model: nn.Module, family: str, spec: GraphSpec) -> None:
+    def __init__(self, model: Any, family: str, spec: GraphSpec) -> None:
         super().__init__()
-        self.model, self.family, self.spec = model, family, spec
+        # an HF model: its submodules (model.layers, transformer.h, ...) are looked up by name, so Any
+        self.model: Any = model
+        self.family, self.spec = family, spec
         self.targets = {t.module_path for t in spec.targets}
         self.input_names = self._input_names()
-        self.output_names = ((["logits"] if spec.last else ["hidden_states_out"])
-                             + [f"present.{i}.{kv}" for i in range(*spec.layers) for kv in ("key", "value")])
+        self.output_names = (["logits"] if spec.last else ["hidden_states_out"]) + [
+            f"present.{i}.{kv}" for i in range(*spec.layers) for kv in ("key", "value")
+        ]
 
     def _input_names(self) -> list[str]:
         s = self.spec
@@ -152,7 +160,7 @@ class LoraForward(nn.Module):
 
     # -- the forward ---------------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        d = dict(zip(self.input_names, args))
+        d = dict(zip(self.input_names, args, strict=True))
         lora = {t: (d[f"{t}.lora_A.weight"], d[f"{t}.lora_B.weight"]) for t in self.targets}
         h0 = d["input_ids"] if self.spec.first else d["hidden_states"]
         dtype = next(self.model.parameters()).dtype
@@ -161,12 +169,14 @@ class LoraForward(nn.Module):
         run = self._llama if self.family == "llama" else self._gpt2
         return run(h0, d, lora, alpha, bias)
 
-    def _lin(self, mod: nn.Module, path: str, x: torch.Tensor, lora: dict[str, Any],
-             alpha: torch.Tensor | None) -> torch.Tensor:
-        y = mod(x)
+    def _lin(
+        self, mod: Any, path: str, x: torch.Tensor, lora: dict[str, Any], alpha: torch.Tensor | None
+    ) -> torch.Tensor:
+        y: torch.Tensor = mod(x)
         if path in lora:
             a, b = lora[path]
-            y = y + torch.matmul(torch.matmul(x, a), b) * alpha
+            branch = torch.matmul(torch.matmul(x, a), b)
+            y = y + (branch if alpha is None else branch * alpha)
         return y
 
     def _mask_bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -180,8 +190,16 @@ class LoraForward(nn.Module):
         neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32)
         return torch.where(allowed, zero, neg)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scaling: float,
-                past: tuple[torch.Tensor, torch.Tensor] | None, groups: int) -> torch.Tensor:
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        scaling: float,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        groups: int,
+    ) -> torch.Tensor:
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
@@ -198,8 +216,14 @@ class LoraForward(nn.Module):
             return None
         return d[f"past_key_values.{i}.key"], d[f"past_key_values.{i}.value"]
 
-    def _llama(self, h0: torch.Tensor, d: dict[str, torch.Tensor], lora: dict[str, Any], alpha: torch.Tensor,
-               bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _llama(
+        self,
+        h0: torch.Tensor,
+        d: dict[str, torch.Tensor],
+        lora: dict[str, Any],
+        alpha: torch.Tensor | None,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         m, s = self.model.model, self.spec
@@ -227,8 +251,14 @@ class LoraForward(nn.Module):
             h = self.model.lm_head(m.norm(h))
         return (h, *presents)
 
-    def _gpt2(self, h0: torch.Tensor, d: dict[str, torch.Tensor], lora: dict[str, Any], alpha: torch.Tensor,
-              bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _gpt2(
+        self,
+        h0: torch.Tensor,
+        d: dict[str, torch.Tensor],
+        lora: dict[str, Any],
+        alpha: torch.Tensor | None,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         t, s = self.model.transformer, self.spec
         h = t.wte(h0) + t.wpe(d["position_ids"]) if s.first else h0
         nh, hd = kv_shape(self.model, "gpt2")
@@ -238,7 +268,7 @@ class LoraForward(nn.Module):
             blk, p = t.h[i], f"transformer.h.{i}"
             x = blk.ln_1(h)
             qkv = self._lin(blk.attn.c_attn, f"{p}.attn.c_attn", x, lora, alpha)
-            q, k, v = (z.view(1, s.q_len, nh, hd).transpose(1, 2) for z in qkv.split(e, dim=2))
+            q, k, v = (z.view(1, s.q_len, nh, hd).transpose(1, 2) for z in torch.split(qkv, e, dim=2))
             presents += [k, v]
             o = self._attend(q, k, v, bias, blk.attn.scaling, self._past(d, i), 1)
             h = h + self._lin(blk.attn.c_proj, f"{p}.attn.c_proj", o, lora, alpha)

@@ -61,7 +61,9 @@ def save_sharing_weights(models: dict[str, Any], out_dir: Path, data_name: str) 
             for t in model.graph.initializer:
                 if t.data_location == TensorProto.EXTERNAL:
                     raise ValueError(f"initializer {t.name} is already external")
-                raw = t.raw_data if t.HasField("raw_data") else numpy_helper.from_array(numpy_helper.to_array(t)).raw_data
+                raw = (
+                    t.raw_data if t.HasField("raw_data") else numpy_helper.from_array(numpy_helper.to_array(t)).raw_data
+                )
                 if len(raw) < INLINE_BELOW:
                     continue
                 key = (hashlib.sha256(raw).hexdigest(), t.data_type, tuple(t.dims))
@@ -115,7 +117,8 @@ def quantize_lora_inputs(model: Any, lora_inputs: list[str], bits: int) -> None:
         if name in inits:
             inits[name].CopyFrom(numpy_helper.from_array(np.zeros(dims, npt), name))
         model.graph.initializer.append(numpy_helper.from_array(np.ones(dims[1], np.float32), scale))
-        new_nodes.append(helper.make_node("DequantizeLinear", [name, scale], [dq], axis=1, domain=domain,
-                                          name=f"dq_{name}"))
+        new_nodes.append(
+            helper.make_node("DequantizeLinear", [name, scale], [dq], axis=1, domain=domain, name=f"dq_{name}")
+        )
     for n in reversed(new_nodes):
         model.graph.node.insert(0, n)

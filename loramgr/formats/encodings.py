@@ -17,8 +17,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from loramgr.errors import InvalidInputError
 
 MAX_BYTES = 256 * 1024 * 1024
@@ -43,8 +41,11 @@ def _entry(e: Any, where: str, source: str) -> dict[str, Any]:
     dtype = e.get("dtype", "int")
     if dtype not in ("int", "float"):
         raise InvalidInputError(source, f"{where}.dtype: expected 'int' or 'float', got {dtype!r}")
-    out: dict[str, Any] = {"bitwidth": bw, "dtype": dtype,
-                           "is_symmetric": _bool_str(e.get("is_symmetric", False), where, source)}
+    out: dict[str, Any] = {
+        "bitwidth": bw,
+        "dtype": dtype,
+        "is_symmetric": _bool_str(e.get("is_symmetric", False), where, source),
+    }
     if dtype == "float":
         return out
     for k in ("min", "max", "scale", "offset"):
@@ -64,13 +65,25 @@ def _v1_entries(e: dict[str, Any], where: str, source: str) -> list[dict[str, An
     if not isinstance(scales, list) or not isinstance(offsets, list) or len(scales) != len(offsets) or not scales:
         raise InvalidInputError(source, f"{where}: expected equal, non-empty scale and offset lists")
     out = []
-    for i, (s, o) in enumerate(zip(scales, offsets)):
+    for i, (s, o) in enumerate(zip(scales, offsets, strict=True)):
         if isinstance(s, bool) or not isinstance(s, _NUM) or isinstance(o, bool) or not isinstance(o, _NUM):
             raise InvalidInputError(source, f"{where}.scale/offset[{i}]: expected numbers")
-        levels = 2 ** bw - 1 if isinstance(bw, int) and not isinstance(bw, bool) else 0
-        out.append(_entry({"bitwidth": bw, "dtype": str(e.get("dtype", "int")).lower(),
-                           "is_symmetric": e.get("is_sym", False), "scale": s, "offset": o,
-                           "min": s * o, "max": s * (o + levels)}, f"{where}[{i}]", source))
+        levels = 2**bw - 1 if isinstance(bw, int) and not isinstance(bw, bool) else 0
+        out.append(
+            _entry(
+                {
+                    "bitwidth": bw,
+                    "dtype": str(e.get("dtype", "int")).lower(),
+                    "is_symmetric": e.get("is_sym", False),
+                    "scale": s,
+                    "offset": o,
+                    "min": s * o,
+                    "max": s * (o + levels),
+                },
+                f"{where}[{i}]",
+                source,
+            )
+        )
     return out
 
 
@@ -115,45 +128,9 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def dumps(enc: dict[str, Any]) -> str:
-    return json.dumps({"version": enc.get("version", "0.6.1"),
-                       **{s: enc.get(s, {}) for s in SECTIONS}}, indent=2, sort_keys=True) + "\n"
-
-
-# -- computing encodings -----------------------------------------------------------------------------
-def asymmetric(lo: float, hi: float, bits: int = 8) -> dict[str, Any]:
-    """Activation encoding covering [lo, hi] (widened to include 0, so 0 is exact)."""
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    levels = 2 ** bits - 1
-    scale = (hi - lo) / levels if hi > lo else 1.0 / levels
-    offset = int(round(lo / scale))
-    return {"bitwidth": bits, "dtype": "int", "is_symmetric": "False", "min": offset * scale,
-            "max": (offset + levels) * scale, "scale": scale, "offset": offset}
-
-
-def symmetric_per_channel(w: np.ndarray, bits: int = 8, axis: int = -1,
-                          per_tensor: bool = False) -> list[dict[str, Any]]:
-    """Signed symmetric weight encodings, one per channel along ``axis`` (or one for the tensor).
-
-    A channel that is all zeros (LoRA zero-padding) gets scale 1: it quantizes to exact zeros and
-    does not influence the other channels."""
-    a = np.abs(np.asarray(w, np.float64))
-    qmax = 2 ** (bits - 1) - 1
-    amax = [a.max()] if per_tensor else list(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1))
-    out = []
-    for m in amax:
-        scale = float(m) / qmax if m > 0 else 1.0
-        out.append({"bitwidth": bits, "dtype": "int", "is_symmetric": "True", "min": -scale * (qmax + 1),
-                    "max": scale * qmax, "scale": scale, "offset": -(qmax + 1)})
-    return out
-
-
-def quantize_symmetric(w: np.ndarray, encs: list[dict[str, Any]], axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """(signed integer codes, per-channel scales as float32) for ``w`` with ``encs``."""
-    bits = encs[0]["bitwidth"]
-    scales = np.array([e["scale"] for e in encs], np.float64)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    s = scales.reshape(shape) if len(encs) > 1 else scales.reshape([1] * w.ndim)
-    qmax = 2 ** (bits - 1) - 1
-    q = np.clip(np.round(np.asarray(w, np.float64) / s), -qmax - 1, qmax)
-    return q.astype(np.int8 if bits <= 8 else np.int16), scales.astype(np.float32)
+    return (
+        json.dumps(
+            {"version": enc.get("version", "0.6.1"), **{s: enc.get(s, {}) for s in SECTIONS}}, indent=2, sort_keys=True
+        )
+        + "\n"
+    )

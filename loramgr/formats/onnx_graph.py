@@ -17,8 +17,21 @@ from loramgr.errors import InvalidInputError
 SUFFIX_A = ".lora_A.weight"
 SUFFIX_B = ".lora_B.weight"
 
-ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
-              9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+ELEM_TYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    16: "bfloat16",
+}
 PRECISION_OF = {"float32": "fp32", "float16": "fp16", "int8": "int8", "int16": "int16"}
 
 

@@ -38,7 +38,7 @@ class LoraConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LoraConfig":
+    def from_json(cls, d: dict[str, Any]) -> LoraConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -99,7 +99,9 @@ def parse_config(obj: Any, source: str) -> LoraConfig:
         setattr(c, name, v)
     c.peft_type = pt
     ltt = obj.get("layers_to_transform")
-    if ltt is not None and not (isinstance(ltt, int) or (isinstance(ltt, list) and all(isinstance(i, int) for i in ltt))):
+    if ltt is not None and not (
+        isinstance(ltt, int) or (isinstance(ltt, list) and all(isinstance(i, int) for i in ltt))
+    ):
         raise bad("field 'layers_to_transform' must be an integer, a list of integers or null")
     c.layers_to_transform = ltt
     c.extra = {k: v for k, v in obj.items() if k not in LoraConfig.__dataclass_fields__}
@@ -120,6 +122,8 @@ def load_config(path: str | Path) -> LoraConfig:
         obj = json.loads(text)
     except RecursionError:
         raise InvalidInputError(str(p), "JSON is nested too deeply") from None
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise InvalidInputError(str(p), f"invalid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:  # e.g. an integer literal too long to convert
+        raise InvalidInputError(str(p), f"invalid JSON ({e})") from None
     return parse_config(obj, str(p))

@@ -19,9 +19,22 @@ from loramgr.errors import InvalidInputError
 
 #: bytes per element of every dtype the safetensors spec defines.
 DTYPE_SIZES: dict[str, int] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 FLOAT_DTYPES = {"F8_E5M2", "F8_E4M3", "F8_E8M0", "F16", "BF16", "F32", "F64"}
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's own limit
@@ -60,15 +73,19 @@ def _bad(path: Path | str, why: str, hint: str | None = None) -> InvalidInputErr
 def sniff_foreign(path: Path, head: bytes) -> None:
     """Recognise files that are not safetensors and say what they are instead."""
     if head.startswith(_LFS_MAGIC):
-        raise _bad(path, "is a Git LFS pointer file, not the adapter weights",
-                   "run `git lfs pull` in its repository first")
+        raise _bad(
+            path, "is a Git LFS pointer file, not the adapter weights", "run `git lfs pull` in its repository first"
+        )
     # a safetensors header length can start with 0x80 (e.g. 640 bytes = 80 02 ...); its JSON always
     # starts with "{" at offset 8, a pickle's byte 8 never is that in practice
     pickle_like = head[:1] == b"\x80" and head[8:9] != b"{"
     if path.suffix.lower() in _PICKLE_SUFFIXES or pickle_like or head[:4] == b"PK\x03\x04":
-        raise _bad(path, "looks like a pickle/PyTorch checkpoint, which loramgr never loads (it can run code)",
-                   "convert it to safetensors, e.g. safetensors.torch.save_file(torch.load(f, weights_only=True), "
-                   "'adapter_model.safetensors') in a trusted environment")
+        raise _bad(
+            path,
+            "looks like a pickle/PyTorch checkpoint, which loramgr never loads (it can run code)",
+            "convert it to safetensors, e.g. safetensors.torch.save_file(torch.load(f, weights_only=True), "
+            "'adapter_model.safetensors') in a trusted environment",
+        )
 
 
 def _depth_ok(obj: Any, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -117,8 +134,10 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         obj = json.loads(text)
     except RecursionError:
         raise _bad(p, "header JSON is nested too deeply") from None
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise _bad(p, f"header is not JSON ({e.msg} at char {e.pos})") from None
+    except ValueError as e:  # e.g. an integer literal too long to convert
+        raise _bad(p, f"header is not JSON ({e})") from None
     if not isinstance(obj, dict):
         raise _bad(p, "header JSON is not an object")
     if not _depth_ok(obj):
@@ -145,8 +164,9 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         if begin > end:
             raise _bad(p, f"tensor {key!r}: data_offsets begin {begin} > end {end}")
         if end > data_len:
-            raise _bad(p, f"tensor {key!r}: byte range [{begin}, {end}) is out of bounds "
-                          f"(data section is {data_len} bytes)")
+            raise _bad(
+                p, f"tensor {key!r}: byte range [{begin}, {end}) is out of bounds (data section is {data_len} bytes)"
+            )
         want = math.prod(shape) * DTYPE_SIZES[dtype]
         if end - begin != want:
             raise _bad(p, f"tensor {key!r}: {end - begin} bytes do not match {dtype} x {list(shape)} ({want} bytes)")
@@ -167,15 +187,32 @@ def numpy_dtype(dtype: str) -> Any:
     """numpy dtype for a safetensors dtype; bf16/fp8 come from ml_dtypes."""
     import numpy as np
 
-    simple = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
-              "F16": np.float16, "I32": np.int32, "U32": np.uint32, "F32": np.float32, "I64": np.int64,
-              "U64": np.uint64, "F64": np.float64}
+    simple = {
+        "BOOL": np.bool_,
+        "U8": np.uint8,
+        "I8": np.int8,
+        "I16": np.int16,
+        "U16": np.uint16,
+        "F16": np.float16,
+        "I32": np.int32,
+        "U32": np.uint32,
+        "F32": np.float32,
+        "I64": np.int64,
+        "U64": np.uint64,
+        "F64": np.float64,
+    }
     if dtype in simple:
         return np.dtype(simple[dtype])
     import ml_dtypes
 
-    return np.dtype({"BF16": ml_dtypes.bfloat16, "F8_E5M2": ml_dtypes.float8_e5m2,
-                     "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E8M0": ml_dtypes.float8_e8m0fnu}[dtype])
+    return np.dtype(
+        {
+            "BF16": ml_dtypes.bfloat16,
+            "F8_E5M2": ml_dtypes.float8_e5m2,
+            "F8_E4M3": ml_dtypes.float8_e4m3fn,
+            "F8_E8M0": ml_dtypes.float8_e8m0fnu,
+        }[dtype]
+    )
 
 
 def read_tensor(path: str | os.PathLike[str], info: TensorInfo) -> Any:
@@ -186,5 +223,5 @@ def read_tensor(path: str | os.PathLike[str], info: TensorInfo) -> Any:
         f.seek(info.begin)
         buf = f.read(info.nbytes)
     if len(buf) != info.nbytes:
-        raise _bad(path, f"tensor {info.key!r}: file shorter than its header says")
+        raise _bad(str(path), f"tensor {info.key!r}: file shorter than its header says")
     return np.frombuffer(buf, dtype=numpy_dtype(info.dtype).newbyteorder("<")).reshape(info.shape).copy()

@@ -10,11 +10,15 @@ read-to-write lock upgrade.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
+
+if TYPE_CHECKING:
+    from alembic.config import Config  # alembic itself is imported only when a migration is due
 
 #: newest Alembic revision; a test asserts it equals the migrations' head.
 SCHEMA_HEAD = "0003"
@@ -22,15 +26,11 @@ SQLITE_BUSY_MS = 60_000
 
 
 def migrations_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("migrations")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the loramgr 'migrations' package is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
+    """The Alembic script directory, shipped inside the package (``loramgr/registry/migrations``)."""
+    return Path(__file__).parent / "migrations"
 
 
-def alembic_config(engine: Engine):  # noqa: ANN201 - alembic is imported lazily
+def alembic_config(engine: Engine) -> Config:
     from alembic.config import Config
 
     cfg = Config()
@@ -47,7 +47,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (pysqlite recipe)
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
@@ -57,7 +57,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn) -> None:  # noqa: ANN001
+        def _on_begin(conn: Connection) -> None:
             mode = "IMMEDIATE" if conn.get_execution_options().get("loramgr_write") else "DEFERRED"
             conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -144,4 +144,3 @@ def redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-

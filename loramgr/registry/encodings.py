@@ -1,4 +1,5 @@
-"""Per-adapter encodings in the registry: store (calibration, AIMET import, build), query, check.
+"""Per-adapter encodings in the registry (``reg.encodings``): store (calibration, AIMET import,
+build), query, check.
 
 Rows are per tensor, so an AIMET import replaces exactly the tensors it names and leaves the rest
 of what calibration computed. ``adapter_id=None`` holds the base's own encodings (the default
@@ -6,91 +7,197 @@ adapter's)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
-from loramgr.errors import InvalidInputError
-from loramgr.registry.models import Encoding
+from loramgr.errors import InvalidInputError, NotFoundError, UsageError
+from loramgr.records import Adapter, Base, EncodingSet, JsonRecord
+from loramgr.registry import rows
+from loramgr.registry.models import EncodingRow
 
-KINDS = {"activation_encodings": "activation", "param_encodings": "param"}
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
 
 
-def tensor_names(base: dict[str, Any]) -> tuple[set[str], set[str]]:
+def tensor_names(base: Base) -> tuple[set[str], set[str]]:
     """(graph I/O tensor names, LoRA weight input names) of a base."""
     io: set[str] = set()
-    for g in base["graph_list"]:
-        io |= set(g["io"].get("inputs", {})) | set(g["io"].get("outputs", {}))
-    params = {n for ap in base["attachment_point_list"] for n in (ap["tensor_a"], ap["tensor_b"])}
-    return (io | set(base.get("quantization_points") or [])) - params, params
+    for g in base.graphs:
+        io |= set(g.inputs) | set(g.outputs)
+    params = base.lora_inputs
+    return (io | set(base.quantization_points)) - params, params
 
 
-def check_names(enc: dict[str, Any], base: dict[str, Any], source: str) -> None:
+def check_names(enc: EncodingSet, base: Base, source: str) -> None:
     """Every encoding must name a tensor of the base: I/O tensors for activations, LoRA inputs for params."""
     io, params = tensor_names(base)
-    for sec, allowed, what in (("activation_encodings", io | params, "graph tensor"),
-                               ("param_encodings", params, "LoRA weight input")):
-        unknown = sorted(set(enc.get(sec, {})) - allowed)
+    for sec, have, allowed, what in (
+        ("activation_encodings", enc.activation, io | params, "graph tensor"),
+        ("param_encodings", enc.param, params, "LoRA weight input"),
+    ):
+        unknown = sorted(set(have) - allowed)
         if unknown:
-            raise InvalidInputError(source, f"{sec}.{unknown[0]}: not a {what} of base {base['ref']}"
-                                    + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+            raise InvalidInputError(
+                source,
+                f"{sec}.{unknown[0]}: not a {what} of base {base.ref}"
+                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+            )
 
 
-def store(reg: Any, base_id: int, adapter_id: int | None, enc: dict[str, Any], source: str, *,
-          replace_all: bool = False) -> int:
-    """Upsert the tensors of ``enc`` for one owner; ``replace_all`` first drops the owner's rows."""
-    owner = adapter_id or 0
+@dataclass(frozen=True)
+class OwnerEncodings:
+    """One owner's encodings on one base, for ``encodings show``."""
 
-    def write(s: Any) -> int:
+    owner: str  # adapter ref, or "default"
+    base: str
+    encodings: EncodingSet
+
+
+@dataclass(frozen=True)
+class EncodingsImported(JsonRecord):
+    """What ``encodings import --json`` prints."""
+
+    adapter: str
+    base: str
+    tensors: int
+    file: str
+
+
+class Encodings:
+    """``reg.encodings``: the encoding rows of a registry."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+
+    @staticmethod
+    def read_file(path: str | Path, base: Base) -> EncodingSet:
+        """An AIMET encodings file, parsed and checked against ``base``'s tensor names (exit 4 on any
+        unknown name): done before anything is written."""
+        from loramgr.formats.encodings import load
+
+        enc = EncodingSet.from_aimet(load(path))
+        check_names(enc, base, str(path))
+        return enc
+
+    def write(
+        self,
+        s: Session,
+        base_id: int,
+        adapter_id: int | None,
+        enc: EncodingSet,
+        source: str,
+        *,
+        replace_all: bool = False,
+    ) -> int:
+        """Upsert inside the caller's transaction (so a registration and its encodings are one)."""
+        owner = adapter_id or 0
         if replace_all:
-            s.execute(delete(Encoding).where(Encoding.base_id == base_id, Encoding.owner == owner))
+            s.execute(delete(EncodingRow).where(EncodingRow.base_id == base_id, EncodingRow.owner == owner))
         n = 0
-        for sec, kind in KINDS.items():
-            names = list(enc.get(sec, {}))
+        for kind, entries in (("activation", enc.activation), ("param", enc.param)):
+            names = list(entries)
             if names and not replace_all:
-                s.execute(delete(Encoding).where(Encoding.base_id == base_id, Encoding.owner == owner,
-                                                 Encoding.kind == kind, Encoding.tensor.in_(names)))
+                s.execute(
+                    delete(EncodingRow).where(
+                        EncodingRow.base_id == base_id,
+                        EncodingRow.owner == owner,
+                        EncodingRow.kind == kind,
+                        EncodingRow.tensor.in_(names),
+                    )
+                )
             for name in names:
-                s.add(Encoding(base_id=base_id, adapter_id=adapter_id, owner=owner, kind=kind, tensor=name,
-                               entries=enc[sec][name], source=source))
+                s.add(
+                    EncodingRow(
+                        base_id=base_id,
+                        adapter_id=adapter_id,
+                        owner=owner,
+                        kind=kind,
+                        tensor=name,
+                        entries=[dict(e) for e in entries[name]],
+                        source=source,
+                    )
+                )
                 n += 1
-        reg.event(s, "encodings", f"adapter:{adapter_id}" if adapter_id else f"base:{base_id}",
-                  source=source, tensors=n)
+        self.reg.event(
+            s, "encodings", f"adapter:{adapter_id}" if adapter_id else f"base:{base_id}", source=source, tensors=n
+        )
         return n
 
-    return reg.retrying(write)
+    def store(
+        self, base_id: int, adapter_id: int | None, enc: EncodingSet, source: str, *, replace_all: bool = False
+    ) -> int:
+        """Upsert the tensors of ``enc`` for one owner; ``replace_all`` first drops the owner's rows."""
+        return self.reg.retrying(lambda s: self.write(s, base_id, adapter_id, enc, source, replace_all=replace_all))
 
+    def get(self, base_id: int, adapter_id: int | None, tensor: str | None = None) -> EncodingSet:
+        """One owner's encodings (empty when there are none)."""
+        owner = adapter_id or 0
+        with self.reg.session() as s:
+            q = select(EncodingRow).where(EncodingRow.base_id == base_id, EncodingRow.owner == owner)
+            if tensor is not None:
+                q = q.where(EncodingRow.tensor == tensor)
+            return rows.encoding_set(list(s.scalars(q.order_by(EncodingRow.kind, EncodingRow.tensor))))
 
-def load(reg: Any, base_id: int, adapter_id: int | None, tensor: str | None = None) -> dict[str, Any]:
-    """AIMET-layout encodings of one owner ({} when there are none)."""
-    owner = adapter_id or 0
-    with reg.session() as s:
-        q = select(Encoding).where(Encoding.base_id == base_id, Encoding.owner == owner)
-        if tensor is not None:
-            q = q.where(Encoding.tensor == tensor)
-        rows = list(s.scalars(q.order_by(Encoding.kind, Encoding.tensor)))
-        if not rows:
-            return {}
-        out: dict[str, Any] = {"version": "0.6.1", "activation_encodings": {}, "param_encodings": {}}
-        for r in rows:
-            out[f"{r.kind}_encodings"][r.tensor] = r.entries
-        out["sources"] = sorted({r.source for r in rows})
-        return out
+    def get_many(self, base_id: int, adapter_ids: Sequence[int]) -> dict[int, EncodingSet]:
+        """``get`` for several adapters in one query (empty sets for those without encodings)."""
+        found: dict[int, list[EncodingRow]] = {i: [] for i in adapter_ids}
+        with self.reg.session() as s:
+            q = (
+                select(EncodingRow)
+                .where(EncodingRow.base_id == base_id, EncodingRow.owner.in_(list(adapter_ids)))
+                .order_by(EncodingRow.owner, EncodingRow.kind, EncodingRow.tensor)
+            )
+            for r in s.scalars(q):
+                found[r.owner].append(r)
+        return {k: rows.encoding_set(v) for k, v in found.items()}
 
+    def bases_with(self, adapter_id: int) -> list[int]:
+        """Ids of the bases an adapter has encodings for."""
+        with self.reg.session() as s:
+            return sorted(set(s.scalars(select(EncodingRow.base_id).where(EncodingRow.owner == adapter_id))))
 
-def load_many(reg: Any, base_id: int, adapter_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """``load`` for several adapters in one query ({} for those without encodings)."""
-    out: dict[int, dict[str, Any]] = {i: {} for i in adapter_ids}
-    with reg.session() as s:
-        q = (select(Encoding).where(Encoding.base_id == base_id, Encoding.owner.in_(adapter_ids))
-             .order_by(Encoding.owner, Encoding.kind, Encoding.tensor))
-        for r in s.scalars(q):
-            doc = out[r.owner] or {"version": "0.6.1", "activation_encodings": {}, "param_encodings": {}}
-            doc[f"{r.kind}_encodings"][r.tensor] = r.entries
-            out[r.owner] = doc
-    return out
+    def base_for(self, adapter: Adapter, base_ref: str | None) -> Base:
+        """The base an adapter's encodings belong to: ``base_ref``, else the only one it has encodings
+        for (or, with none, the only one it is validated for)."""
+        if base_ref:
+            return self.reg.base(base_ref)
+        bases = self.reg.bases()
+        ids = self.bases_with(adapter.id) or sorted(
+            b.id for b in bases if adapter.id in self.reg.validated_adapter_ids(b.id)
+        )
+        if len(ids) != 1:
+            raise UsageError(
+                f"adapter {adapter.ref}",
+                f"has encodings for {len(ids)} bases; pass --base"
+                if ids
+                else "is not validated for any base; pass --base",
+            )
+        return next(b for b in bases if b.id == ids[0])
 
+    def show(self, ref: str, base_ref: str | None, tensor: str | None = None) -> OwnerEncodings:
+        """An adapter's encodings (``ref`` ``default`` with a base: the base's own); exit 3 when none."""
+        if ref == "default" and base_ref:
+            base, adapter_id, label = self.reg.base(base_ref), None, "default"
+        else:
+            ad = self.reg.adapter(ref)
+            base, adapter_id, label = self.base_for(ad, base_ref), ad.id, ad.ref
+        enc = self.get(base.id, adapter_id, tensor)
+        if not enc:
+            raise NotFoundError(
+                f"encodings of {label} on {base.ref}" + (f" for {tensor}" if tensor else ""),
+                "none stored",
+                hint="run `loramgr calibrate` or `loramgr encodings import`",
+            )
+        return OwnerEncodings(label, base.ref, enc)
 
-def bases_with(reg: Any, adapter_id: int) -> list[int]:
-    with reg.session() as s:
-        return sorted(set(s.scalars(select(Encoding.base_id).where(Encoding.owner == adapter_id))))
+    def import_file(self, ref: str, path: str | Path, base_ref: str | None = None) -> EncodingsImported:
+        """Attach an AIMET file to an adapter; its tensors replace what calibration computed."""
+        ad = self.reg.adapter(ref)
+        base = self.base_for(ad, base_ref)
+        n = self.store(base.id, ad.id, self.read_file(path, base), "import")
+        return EncodingsImported(ad.ref, base.ref, n, str(path))

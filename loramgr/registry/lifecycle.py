@@ -1,4 +1,4 @@
-"""Adapter stages and the audit trail.
+"""Adapter stages, plan records and the audit trail (``reg.lifecycle``).
 
 ``registered -> validated -> built -> deployed -> retired``: validate and build move adapters forward
 themselves; ``promote --to deployed`` is the deliberate step (only from ``built``); ``retire`` is
@@ -8,84 +8,119 @@ unless forced. Every change is an event with who (``LORAMGR_ACTOR`` or the OS us
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from loramgr.errors import ConflictError, UsageError
-from loramgr.registry.models import Adapter, Event, PlanRecord
+from loramgr.records import Event, JsonRecord, ref_of
+from loramgr.registry import rows
+from loramgr.registry.models import EventRow, PlanRow
+
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
 
 #: allowed ``promote`` targets and the stages they may come from
 PROMOTIONS = {"deployed": ("built",), "built": ("validated",)}
 
 
-def _adapter_row(s: Any, reg: Any, ref: str) -> Adapter:
-    rec = reg.adapter(ref)
-    a = s.get(Adapter, rec["id"])
-    assert a is not None
-    return a
+@dataclass(frozen=True)
+class StageChange(JsonRecord):
+    """What ``promote`` / ``retire`` did (``--json``)."""
+
+    adapter: str
+    status: str
+    changed: bool
+    forced: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"adapter": self.adapter, "status": self.status, "changed": self.changed}
+        if self.status == "retired" and self.changed:
+            out["forced"] = self.forced
+        return out
 
 
-def promote(reg: Any, ref: str, to: str) -> dict[str, Any]:
-    if to not in PROMOTIONS:
-        raise UsageError(f"--to {to}", f"must be one of {', '.join(PROMOTIONS)}")
-
-    def write(s: Any) -> dict[str, Any]:
-        a = _adapter_row(s, reg, ref)
-        if a.status == to:
-            return {"adapter": f"{a.name}@{a.version}", "status": to, "changed": False}
-        if a.status not in PROMOTIONS[to]:
-            raise ConflictError(f"adapter {a.name}@{a.version}", f"is {a.status}; only {' or '.join(PROMOTIONS[to])} "
-                                f"adapters can be promoted to {to}")
-        reg.event(s, "status", f"adapter:{a.name}@{a.version}", old=a.status, new=to, via="promote")
-        a.status = to
-        return {"adapter": f"{a.name}@{a.version}", "status": to, "changed": True}
-
-    return reg.retrying(write)
+def _active_plans_with(s: Session, adapter_id: int) -> list[PlanRow]:
+    return [p for p in s.scalars(select(PlanRow).where(PlanRow.status == "active")) if adapter_id in p.adapter_ids]
 
 
-def active_plans_with(s: Any, adapter_id: int) -> list[PlanRecord]:
-    return [p for p in s.scalars(select(PlanRecord).where(PlanRecord.status == "active")) if adapter_id in p.adapter_ids]
+class Lifecycle:
+    """``reg.lifecycle``: stage changes, plan records, history."""
 
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
 
-def retire(reg: Any, ref: str, force: bool = False) -> dict[str, Any]:
-    def write(s: Any) -> dict[str, Any]:
-        a = _adapter_row(s, reg, ref)
-        if a.status == "retired":
-            return {"adapter": f"{a.name}@{a.version}", "status": "retired", "changed": False}
-        plans = active_plans_with(s, a.id)
-        if plans and not force:
-            raise ConflictError(f"adapter {a.name}@{a.version}", f"is in {len(plans)} active plan(s) "
-                                f"({', '.join(p.path for p in plans[:3])})", hint="write a new plan without it, or --force")
-        reg.event(s, "status", f"adapter:{a.name}@{a.version}", old=a.status, new="retired", via="retire",
-                  forced=bool(plans), plans=[p.path for p in plans])
-        a.status = "retired"
-        return {"adapter": f"{a.name}@{a.version}", "status": "retired", "changed": True, "forced": bool(plans)}
+    def promote(self, ref: str, to: str) -> StageChange:
+        if to not in PROMOTIONS:
+            raise UsageError(f"--to {to}", f"must be one of {', '.join(PROMOTIONS)}")
 
-    return reg.retrying(write)
+        def write(s: Session) -> StageChange:
+            a = self.reg.adapter_row(s, ref)
+            r = ref_of(a.name, a.version)
+            if a.status == to:
+                return StageChange(r, to, False)
+            if a.status not in PROMOTIONS[to]:
+                raise ConflictError(
+                    f"adapter {r}",
+                    f"is {a.status}; only {' or '.join(PROMOTIONS[to])} adapters can be promoted to {to}",
+                )
+            self.reg.event(s, "status", f"adapter:{r}", old=a.status, new=to, via="promote")
+            a.status = to
+            return StageChange(r, to, True)
 
+        return self.reg.retrying(write)
 
-def record_plan(reg: Any, base_id: int, build_id: int | None, path: str, sha256: str, adapter_ids: list[int]) -> int:
-    """Remember a written plan; an older active plan at the same path is superseded."""
+    def retire(self, ref: str, force: bool = False) -> StageChange:
+        def write(s: Session) -> StageChange:
+            a = self.reg.adapter_row(s, ref)
+            r = ref_of(a.name, a.version)
+            if a.status == "retired":
+                return StageChange(r, "retired", False)
+            plans = _active_plans_with(s, a.id)
+            if plans and not force:
+                raise ConflictError(
+                    f"adapter {r}",
+                    f"is in {len(plans)} active plan(s) ({', '.join(p.path for p in plans[:3])})",
+                    hint="write a new plan without it, or --force",
+                )
+            self.reg.event(
+                s,
+                "status",
+                f"adapter:{r}",
+                old=a.status,
+                new="retired",
+                via="retire",
+                forced=bool(plans),
+                plans=[p.path for p in plans],
+            )
+            a.status = "retired"
+            return StageChange(r, "retired", True, bool(plans))
 
-    def write(s: Any) -> int:
-        for old in s.scalars(select(PlanRecord).where(PlanRecord.path == path, PlanRecord.status == "active")):
-            old.status = "superseded"
-        p = PlanRecord(base_id=base_id, build_id=build_id, path=path, sha256=sha256, adapter_ids=adapter_ids)
-        s.add(p)
-        s.flush()
-        reg.event(s, "plan", f"plan:{p.id}", path=path, build=build_id, adapters=len(adapter_ids))
-        return p.id
+        return self.reg.retrying(write)
 
-    return reg.retrying(write)
+    def record_plan(self, base_id: int, build_id: int | None, path: str, sha256: str, adapter_ids: list[int]) -> int:
+        """Remember a written plan; an older active plan at the same path is superseded."""
 
+        def write(s: Session) -> int:
+            for old in s.scalars(select(PlanRow).where(PlanRow.path == path, PlanRow.status == "active")):
+                old.status = "superseded"
+            p = PlanRow(base_id=base_id, build_id=build_id, path=path, sha256=sha256, adapter_ids=adapter_ids)
+            s.add(p)
+            s.flush()
+            self.reg.event(s, "plan", f"plan:{p.id}", path=path, build=build_id, adapters=len(adapter_ids))
+            return p.id
 
-def history(reg: Any, ref: str) -> list[dict[str, Any]]:
-    """Every audit event about an adapter, oldest first."""
-    rec = reg.adapter(ref)
-    subject = f"adapter:{rec['name']}@{rec['version']}"
-    with reg.session() as s:
-        rows = s.scalars(select(Event).where(Event.subject.in_([subject, f"adapter:{rec['id']}"]))
-                         .order_by(Event.id))
-        return [{"at": e.at.isoformat() + "Z", "actor": e.actor, "action": e.action, "subject": e.subject,
-                 "details": e.details} for e in rows]
+        return self.reg.retrying(write)
+
+    def history(self, ref: str) -> list[Event]:
+        """Every audit event about an adapter, oldest first."""
+        rec = self.reg.adapter(ref)
+        with self.reg.session() as s:
+            q = (
+                select(EventRow)
+                .where(EventRow.subject.in_([f"adapter:{rec.ref}", f"adapter:{rec.id}"]))
+                .order_by(EventRow.id)
+            )
+            return [rows.event(e) for e in s.scalars(q)]

@@ -1,4 +1,4 @@
-"""Keeping a registry healthy: ``gc`` (collect unreferenced store files), ``fsck`` (re-hash and
+"""Keeping a registry healthy (``reg.maintenance``): ``gc`` (collect unreferenced store files), ``fsck`` (re-hash and
 cross-check rows and files), and ``export-registry`` / ``import-registry`` (a JSON dump for backups
 and for moving between SQLite and PostgreSQL).
 
@@ -13,27 +13,63 @@ import datetime as dt
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from loramgr.errors import ConflictError, InvalidInputError
-from loramgr.registry.models import Adapter, Artifact, Base, Build, Graph
+from loramgr.records import JsonRecord
+from loramgr.registry.models import AdapterRow, ArtifactRow, BuildRow, GraphRow, Model
 from loramgr.store import sha256_file
+
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
 
 DEFAULT_GRACE_S = 3600.0
 EXPORT_FORMAT = "loramgr.registry-export"
 
 
-def referenced(reg: Any, include_retired: bool = True) -> dict[str, str]:
+@dataclass(frozen=True)
+class GcReport(JsonRecord):
+    """What ``gc`` deleted (or, with ``dry_run``, would delete)."""
+
+    dry_run: bool
+    deleted: list[dict[str, Any]]  # {"sha256", "size"}
+    bytes_freed: int
+    kept_young: int
+    referenced: int
+
+
+@dataclass(frozen=True)
+class FsckReport(JsonRecord):
+    """Every problem ``fsck`` found, by class, and what ``--repair`` did."""
+
+    checked: int
+    corrupt: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    orphaned: list[dict[str, Any]] = field(default_factory=list)
+    stale_tmp: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    PROBLEMS = ("corrupt", "missing", "orphaned", "stale_tmp", "artifacts")
+
+    def count(self) -> int:
+        return sum(len(getattr(self, k)) for k in self.PROBLEMS)
+
+
+def referenced(reg: Registry, include_retired: bool = True) -> dict[str, str]:
     """sha256 -> what references it (adapters, base graphs and their external data)."""
     refs: dict[str, str] = {}
     with reg.session() as s:
-        for a in s.scalars(select(Adapter)):
+        for a in s.scalars(select(AdapterRow)):
             if include_retired or a.status != "retired":
                 refs[a.sha256] = f"adapter {a.name}@{a.version}"
-        for g in s.scalars(select(Graph)):
+        for g in s.scalars(select(GraphRow)):
             refs[g.onnx_sha256] = f"graph {g.name} of base {g.base_id}"
             for e in g.external_data or []:
                 if e.get("sha256"):
@@ -46,7 +82,7 @@ def _age(p: Path) -> float:
     return time.time() - max(st.st_mtime, st.st_ctime)  # ctime: a hard link made now is young
 
 
-def gc(reg: Any, *, dry_run: bool = False, retired: bool = False, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+def gc(reg: Registry, *, dry_run: bool = False, retired: bool = False, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
     """Delete store objects no live row references (retired adapters' objects only with ``retired``)."""
     with reg.store.guard(shared=False):
         live = referenced(reg, include_retired=not retired)
@@ -63,21 +99,26 @@ def gc(reg: Any, *, dry_run: bool = False, retired: bool = False, grace_s: float
             deleted.append({"sha256": sha, "size": size})
             freed += size
         if not dry_run and deleted:
-            def note(s: Any) -> None:
+
+            def note(s: Session) -> None:
                 reg.event(s, "gc", "store", deleted=len(deleted), bytes=freed, retired=retired)
 
             reg.retrying(note)
-    return {"dry_run": dry_run, "deleted": deleted, "bytes_freed": freed, "kept_young": kept_young,
-            "referenced": len(live)}
+    return GcReport(dry_run, deleted, freed, kept_young, len(live))
 
 
-def fsck(reg: Any, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+def fsck(reg: Registry, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> FsckReport:
     """Re-hash every store object and check every row's file. ``repair`` quarantines corrupt objects,
     deletes orphaned ones and stale temporary files, and marks builds whose artifacts are gone as
     failed (so the next build redoes them); missing adapter/graph files cannot be repaired."""
     store = reg.store
-    problems: dict[str, list[dict[str, Any]]] = {"corrupt": [], "missing": [], "orphaned": [], "stale_tmp": [],
-                                                 "artifacts": []}
+    problems: dict[str, list[dict[str, Any]]] = {
+        "corrupt": [],
+        "missing": [],
+        "orphaned": [],
+        "stale_tmp": [],
+        "artifacts": [],
+    }
     repaired: list[str] = []
     with store.guard(shared=False):
         live = referenced(reg)
@@ -99,7 +140,7 @@ def fsck(reg: Any, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) ->
                     store.remove(sha)
                     repaired.append(f"deleted orphan {sha}")
         with reg.session() as s:
-            retired_collected = {a.sha256 for a in s.scalars(select(Adapter).where(Adapter.status == "retired"))}
+            retired_collected = {a.sha256 for a in s.scalars(select(AdapterRow).where(AdapterRow.status == "retired"))}
         for sha, who in sorted(live.items()):
             if sha not in seen and not (sha in retired_collected and who.startswith("adapter")):
                 problems["missing"].append({"sha256": sha, "used_by": who})
@@ -112,27 +153,32 @@ def fsck(reg: Any, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) ->
                     repaired.append(f"deleted {p.name}")
         bad_builds = _check_artifacts(reg, problems["artifacts"])
         if repair and bad_builds:
-            def mark(s: Any) -> None:
-                for b in s.scalars(select(Build).where(Build.id.in_(bad_builds))):
+
+            def mark(s: Session) -> None:
+                for b in s.scalars(select(BuildRow).where(BuildRow.id.in_(bad_builds))):
                     b.status = "failed"
                     b.log = (b.log or "") + "\nfsck: artifacts missing or corrupt; marked failed\n"
                     reg.event(s, "fsck_repair", f"build:{b.id}", reason="artifacts missing or corrupt")
 
             reg.retrying(mark)
             repaired += [f"marked build {b} failed" for b in sorted(bad_builds)]
-    unrepairable = problems["missing"] + ([] if repair else problems["corrupt"] + problems["orphaned"]
-                                          + problems["stale_tmp"] + problems["artifacts"])
-    return {"checked": checked, **problems, "repaired": repaired, "ok": not unrepairable}
+    unrepairable = problems["missing"] + (
+        [] if repair else problems["corrupt"] + problems["orphaned"] + problems["stale_tmp"] + problems["artifacts"]
+    )
+    return FsckReport(checked, **problems, repaired=repaired, ok=not unrepairable)
 
 
-def _check_artifacts(reg: Any, out: list[dict[str, Any]]) -> set[int]:
+def _check_artifacts(reg: Registry, out: list[dict[str, Any]]) -> set[int]:
     bad: set[int] = set()
     with reg.session() as s:
-        rows = s.execute(select(Artifact, Build.id).join(Build).where(Build.status == "done")).all()
+        rows = s.execute(select(ArtifactRow, BuildRow.id).join(BuildRow).where(BuildRow.status == "done")).all()
     for art, bid in rows:
         p = Path(art.path)
-        why = "missing" if not p.is_file() else ("corrupt" if p.stat().st_size != art.size or
-                                                 sha256_file(p) != art.sha256 else None)
+        why = (
+            "missing"
+            if not p.is_file()
+            else ("corrupt" if p.stat().st_size != art.size or sha256_file(p) != art.sha256 else None)
+        )
         if why:
             out.append({"build": bid, "path": art.path, "problem": why})
             bad.add(bid)
@@ -144,17 +190,22 @@ def _jsonable(v: Any) -> Any:
     return v.isoformat() if isinstance(v, dt.datetime) else v
 
 
-def export_registry(reg: Any) -> dict[str, Any]:
+def export_registry(reg: Registry) -> dict[str, Any]:
     """Every row of every table (parents first), plus the schema revision."""
     from loramgr.registry import db
 
     tables = {}
     with reg.session() as s:
-        for t in Base.metadata.sorted_tables:
+        for t in Model.metadata.sorted_tables:
             rows = s.execute(select(t).order_by(*t.primary_key.columns)).mappings().all()
             tables[t.name] = [{k: _jsonable(v) for k, v in r.items()} for r in rows]
-    return {"format": EXPORT_FORMAT, "version": 1, "schema": db.current_revision(reg.engine),
-            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(), "tables": tables}
+    return {
+        "format": EXPORT_FORMAT,
+        "version": 1,
+        "schema": db.current_revision(reg.engine),
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "tables": tables,
+    }
 
 
 def _is_datetime(col: Any) -> bool:
@@ -164,41 +215,100 @@ def _is_datetime(col: Any) -> bool:
         return False
 
 
-def import_registry(reg: Any, doc: Any, source: str = "dump") -> dict[str, int]:
+def import_registry(reg: Registry, doc: Any, source: str = "dump") -> dict[str, int]:
     """Load an export into an empty registry (ids preserved; PostgreSQL sequences advanced)."""
     from loramgr.registry import db
 
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("tables"), dict):
         raise InvalidInputError(source, f"not a {EXPORT_FORMAT} file")
     if doc.get("schema") != db.current_revision(reg.engine):
-        raise InvalidInputError(source, f"was exported at schema {doc.get('schema')}, this registry is at "
-                                f"{db.current_revision(reg.engine)}; upgrade the older side first")
+        raise InvalidInputError(
+            source,
+            f"was exported at schema {doc.get('schema')}, this registry is at "
+            f"{db.current_revision(reg.engine)}; upgrade the older side first",
+        )
     counts: dict[str, int] = {}
     with reg.session(write=True) as s:
-        for t in Base.metadata.sorted_tables:
+        for t in Model.metadata.sorted_tables:
             if s.scalar(select(func.count()).select_from(t)):
-                raise ConflictError(f"registry {db.redact(reg.settings.db_url)}", f"table {t.name} is not empty; "
-                                    "import-registry only fills an empty registry")
-        for t in Base.metadata.sorted_tables:
+                raise ConflictError(
+                    f"registry {db.redact(reg.settings.db_url)}",
+                    f"table {t.name} is not empty; import-registry only fills an empty registry",
+                )
+        for t in Model.metadata.sorted_tables:
             rows = doc["tables"].get(t.name, [])
             cols = {c.name: c for c in t.columns}
             clean = []
             for r in rows:
                 if not isinstance(r, dict) or set(r) - set(cols):
                     raise InvalidInputError(source, f"table {t.name}: unexpected row layout")
-                clean.append({k: (dt.datetime.fromisoformat(v) if isinstance(v, str) and _is_datetime(cols[k])
-                                  else v) for k, v in r.items()})
+                clean.append(
+                    {
+                        k: (dt.datetime.fromisoformat(v) if isinstance(v, str) and _is_datetime(cols[k]) else v)
+                        for k, v in r.items()
+                    }
+                )
             if clean:
                 s.execute(t.insert(), clean)
             counts[t.name] = len(clean)
         if reg.engine.dialect.name == "postgresql":
-            for t in Base.metadata.sorted_tables:
+            for t in Model.metadata.sorted_tables:
                 pk = list(t.primary_key.columns)
                 if len(pk) == 1 and counts.get(t.name):
-                    s.execute(text(f"SELECT setval(pg_get_serial_sequence('{t.name}', '{pk[0].name}'), "
-                                   f"(SELECT max({pk[0].name}) FROM {t.name}))"))
+                    s.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{t.name}', '{pk[0].name}'), "
+                            f"(SELECT max({pk[0].name}) FROM {t.name}))"
+                        )
+                    )
     return counts
 
 
 def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+@dataclass(frozen=True)
+class ExportWritten(JsonRecord):
+    """What ``export-registry --json`` prints."""
+
+    out: str
+    schema: str | None
+    rows: dict[str, int]
+
+
+class Maintenance:
+    """``reg.maintenance``: store hygiene and whole-registry dumps."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+
+    def gc(self, *, dry_run: bool = False, retired: bool = False, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
+        return gc(self.reg, dry_run=dry_run, retired=retired, grace_s=grace_s)
+
+    def fsck(self, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> FsckReport:
+        return fsck(self.reg, repair=repair, grace_s=grace_s)
+
+    def export(self) -> dict[str, Any]:
+        """The whole registry as one JSON document (``loramgr.registry-export``)."""
+        return export_registry(self.reg)
+
+    def import_(self, doc: Any, source: str = "dump") -> dict[str, int]:
+        """Fill an empty registry from an export; returns rows per table."""
+        return import_registry(self.reg, doc, source)
+
+    def export_to(self, out: str | Path) -> ExportWritten:
+        """Write the export to ``out`` atomically."""
+        from loramgr.store import atomic_write
+
+        doc = self.export()
+        atomic_write(out, dumps(doc).encode())
+        return ExportWritten(str(out), doc["schema"], {k: len(v) for k, v in doc["tables"].items()})
+
+    def import_from(self, path: str | Path) -> dict[str, int]:
+        """Read an export file (strict JSON) and import it."""
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise InvalidInputError(str(path), f"not valid JSON ({type(e).__name__})") from None
+        return self.import_(doc, str(path))

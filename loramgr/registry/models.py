@@ -4,10 +4,22 @@ identical on SQLite and PostgreSQL (MLflow's SQL store does the same)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
-from sqlalchemy import UniqueConstraint, Index
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
@@ -18,41 +30,40 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ADAPTER_STATUSES = ("registered", "validated", "built", "deployed", "retired")
-BASE_STATUSES = ("active", "retired")
-
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-class Base(DeclarativeBase):
+class Model(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class BaseModel(Base):
+class BaseRow(Model):
     __tablename__ = "base_model"
     __table_args__ = (UniqueConstraint("name", "version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[str] = mapped_column(String(64))
-    sdk_version: Mapped[Optional[str]] = mapped_column(String(64))
+    sdk_version: Mapped[str | None] = mapped_column(String(64))
     precision: Mapped[str] = mapped_column(String(16))
     max_rank: Mapped[int] = mapped_column(Integer)
-    alpha_tensor: Mapped[Optional[str]] = mapped_column(String(256))
+    alpha_tensor: Mapped[str | None] = mapped_column(String(256))
     quant_updatable_mode: Mapped[str] = mapped_column(String(32), default="none")
     status: Mapped[str] = mapped_column(String(16), default="active")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
-    graphs: Mapped[list["Graph"]] = relationship(back_populates="base", cascade="all, delete-orphan",
-                                                 order_by="Graph.position")
-    attachment_points: Mapped[list["AttachmentPoint"]] = relationship(
-        back_populates="base", cascade="all, delete-orphan", order_by="AttachmentPoint.module_path")
+    graphs: Mapped[list[GraphRow]] = relationship(
+        back_populates="base", cascade="all, delete-orphan", order_by="GraphRow.position"
+    )
+    attachment_points: Mapped[list[AttachmentPointRow]] = relationship(
+        back_populates="base", cascade="all, delete-orphan", order_by="AttachmentPointRow.module_path"
+    )
 
 
-class Graph(Base):
+class GraphRow(Model):
     __tablename__ = "graph"
     __table_args__ = (UniqueConstraint("base_id", "name"),)
 
@@ -67,12 +78,12 @@ class Graph(Base):
     file_name: Mapped[str] = mapped_column(String(256))
     external_data: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     io: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    context_binary_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    context_binary_sha256: Mapped[str | None] = mapped_column(String(64))
 
-    base: Mapped[BaseModel] = relationship(back_populates="graphs")
+    base: Mapped[BaseRow] = relationship(back_populates="graphs")
 
 
-class AttachmentPoint(Base):
+class AttachmentPointRow(Model):
     __tablename__ = "attachment_point"
     __table_args__ = (UniqueConstraint("base_id", "module_path"),)
 
@@ -87,10 +98,10 @@ class AttachmentPoint(Base):
     dtype: Mapped[str] = mapped_column(String(16))
     graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
 
-    base: Mapped[BaseModel] = relationship(back_populates="attachment_points")
+    base: Mapped[BaseRow] = relationship(back_populates="attachment_points")
 
 
-class Adapter(Base):
+class AdapterRow(Model):
     __tablename__ = "adapter"
     __table_args__ = (UniqueConstraint("name", "version"), UniqueConstraint("sha256", "config_sha256"))
 
@@ -102,20 +113,21 @@ class Adapter(Base):
     config_sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     source_uri: Mapped[str] = mapped_column(Text)
-    peft_config: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
-    rank: Mapped[Optional[int]] = mapped_column(Integer)
-    alpha: Mapped[Optional[float]] = mapped_column(Float)
+    peft_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    alpha: Mapped[float | None] = mapped_column(Float)
     dtype: Mapped[str] = mapped_column(String(16))
-    base_hint: Mapped[Optional[str]] = mapped_column(String(256))
+    base_hint: Mapped[str | None] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16), default="registered")
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
-    tensors: Mapped[list["AdapterTensor"]] = relationship(back_populates="adapter", cascade="all, delete-orphan",
-                                                          order_by="AdapterTensor.key")
+    tensors: Mapped[list[AdapterTensorRow]] = relationship(
+        back_populates="adapter", cascade="all, delete-orphan", order_by="AdapterTensorRow.key"
+    )
 
 
-class AdapterTensor(Base):
+class AdapterTensorRow(Model):
     __tablename__ = "adapter_tensor"
     __table_args__ = (UniqueConstraint("adapter_id", "key"),)
 
@@ -127,10 +139,10 @@ class AdapterTensor(Base):
     offset_begin: Mapped[int] = mapped_column(BigInteger)
     offset_end: Mapped[int] = mapped_column(BigInteger)
 
-    adapter: Mapped[Adapter] = relationship(back_populates="tensors")
+    adapter: Mapped[AdapterRow] = relationship(back_populates="tensors")
 
 
-class Validation(Base):
+class ValidationRow(Model):
     """The outcome of validating one adapter against one base (the newest row wins)."""
 
     __tablename__ = "validation"
@@ -144,44 +156,45 @@ class Validation(Base):
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Build(Base):
+class BuildRow(Model):
     __tablename__ = "build"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
     backend: Mapped[str] = mapped_column(String(16))
-    sdk_version: Mapped[Optional[str]] = mapped_column(String(64))
+    sdk_version: Mapped[str | None] = mapped_column(String(64))
     share_adapters: Mapped[bool] = mapped_column(Boolean, default=False)
     precision: Mapped[str] = mapped_column(String(16), default="fp32")
     inputs_hash: Mapped[str] = mapped_column(String(64))
     out_dir: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="running")
-    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    pid: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     log: Mapped[str] = mapped_column(Text, default="")
 
-    artifacts: Mapped[list["Artifact"]] = relationship(back_populates="build", cascade="all, delete-orphan",
-                                                       order_by="Artifact.id")
+    artifacts: Mapped[list[ArtifactRow]] = relationship(
+        back_populates="build", cascade="all, delete-orphan", order_by="ArtifactRow.id"
+    )
 
 
-class Artifact(Base):
+class ArtifactRow(Model):
     __tablename__ = "artifact"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     build_id: Mapped[int] = mapped_column(ForeignKey("build.id", ondelete="CASCADE"), index=True)
-    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapter.id", ondelete="SET NULL"), index=True)
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter.id", ondelete="SET NULL"), index=True)
     graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
     kind: Mapped[str] = mapped_column(String(32))
-    cache_key: Mapped[Optional[str]] = mapped_column(String(64), index=True)
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(Text)
 
-    build: Mapped[Build] = relationship(back_populates="artifacts")
+    build: Mapped[BuildRow] = relationship(back_populates="artifacts")
 
 
-class Event(Base):
+class EventRow(Model):
     """Audit trail: one row per state change, who/what/when/details."""
 
     __tablename__ = "event"
@@ -194,7 +207,7 @@ class Event(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-class Encoding(Base):
+class EncodingRow(Model):
     """Quantization encodings of one tensor for one adapter on one base (``owner`` 0 with no adapter:
     the base's own, i.e. the default adapter's). ``kind`` is activation (graph I/O) or param (LoRA
     weights); ``entries`` is AIMET's list (one per channel for per-channel params)."""
@@ -204,7 +217,7 @@ class Encoding(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
-    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"), index=True)
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"), index=True)
     owner: Mapped[int] = mapped_column(Integer, default=0)
     kind: Mapped[str] = mapped_column(String(16))
     tensor: Mapped[str] = mapped_column(String(512))
@@ -213,7 +226,7 @@ class Encoding(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class PlanRecord(Base):
+class PlanRow(Model):
     """A plan written for devices. An ``active`` plan keeps its adapters from being retired; writing
     a new plan to the same path supersedes the old one."""
 
@@ -221,7 +234,7 @@ class PlanRecord(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
-    build_id: Mapped[Optional[int]] = mapped_column(ForeignKey("build.id", ondelete="SET NULL"))
+    build_id: Mapped[int | None] = mapped_column(ForeignKey("build.id", ondelete="SET NULL"))
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     adapter_ids: Mapped[list[int]] = mapped_column(JSON, default=list)

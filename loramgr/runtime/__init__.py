@@ -14,31 +14,44 @@ Checksums are verified lazily, the first time a file is used, and a mismatch rai
 
 from __future__ import annotations
 
-import hashlib
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MAX_PLAN_BYTES = 256 * 1024 * 1024
 
-try:  # inside the full package, these are the CLI's own error classes (exit 8 / exit 4)
+try:  # inside the full package, these are the CLI's own error classes (exit 8 / exit 4 / exit 3)
     from loramgr.errors import IntegrityError as _IntegrityBase
     from loramgr.errors import InvalidInputError as _InvalidBase
+    from loramgr.errors import NotFoundError as _NotFoundBase
 except ImportError:  # pragma: no cover - runtime vendored alone
     _IntegrityBase = _InvalidBase = Exception  # type: ignore[assignment,misc]
 
+    class _NotFoundBase(Exception):  # type: ignore[no-redef]
+        pass
 
-class PlanIntegrityError(_IntegrityBase):  # type: ignore[misc,valid-type]
+
+class PlanIntegrityError(_IntegrityBase):
     """A file does not match the checksum or size the plan records for it."""
 
 
-class PlanFormatError(_InvalidBase):  # type: ignore[misc,valid-type]
+class PlanFormatError(_InvalidBase):
     """The plan is not a loramgr plan, or is malformed or hostile (paths escaping its directory)."""
+
+
+class PlanLookupError(_NotFoundBase, KeyError):
+    """A name the plan does not hold: an adapter, a graph, a section for a graph, a tensor's encoding.
+    A ``KeyError`` too, so mapping-style callers keep working; the CLI maps it to exit 3."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _sha256(path: Path) -> str:
@@ -83,7 +96,7 @@ class _Verifier:
 
 
 class AdapterEntry:
-    def __init__(self, plan: "Plan", doc: dict[str, Any], is_default: bool = False) -> None:
+    def __init__(self, plan: Plan, doc: dict[str, Any], is_default: bool = False) -> None:
         self._plan, self.doc = plan, doc
         self.name = doc.get("name", "default")
         self.ref = doc.get("ref", "default")
@@ -100,7 +113,7 @@ class AdapterEntry:
     def section_for(self, graph: str) -> Section:
         secs = self.sections(graph)
         if not secs:
-            raise KeyError(f"adapter {self.ref} has no section for graph {graph!r}")
+            raise PlanLookupError(f"adapter {self.ref}", f"has no section for graph {graph!r}")
         return secs[0]
 
     def io_encodings(self, tensor: str | None = None) -> dict[str, Any] | None:
@@ -109,7 +122,9 @@ class AdapterEntry:
         if tensor is None:
             return enc
         e = enc.get(tensor)
-        return e[0] if isinstance(e, list) and e else e
+        if isinstance(e, list):
+            return e[0] if e and isinstance(e[0], dict) else None
+        return e if isinstance(e, dict) else None
 
     def weight_encodings(self) -> dict[str, Any]:
         return self.doc.get("weight_encodings") or {}
@@ -151,11 +166,12 @@ class Plan:
             if counts[e.name] == 1:
                 self._by_key[e.name] = e
         self.adapters: tuple[str, ...] = tuple(e.name if counts[e.name] == 1 else e.ref for e in entries)
-        self.default_adapter = AdapterEntry(self, doc["default_adapter"] | {"name": "default", "ref": "default"},
-                                            is_default=True)
+        self.default_adapter = AdapterEntry(
+            self, doc["default_adapter"] | {"name": "default", "ref": "default"}, is_default=True
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Plan":
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
         p = Path(path).absolute()
         try:
             if p.stat().st_size > MAX_PLAN_BYTES:
@@ -186,8 +202,14 @@ class Plan:
 
     def _section(self, s: dict[str, Any]) -> Section:
         with _malformed(str(self.root)):
-            return Section(self.resolve(s["path"]), s["sha256"], int(s["size"]), s.get("name", ""),
-                           tuple(s["graphs"]), bool(s.get("shared")))
+            return Section(
+                self.resolve(s["path"]),
+                s["sha256"],
+                int(s["size"]),
+                s.get("name", ""),
+                tuple(s["graphs"]),
+                bool(s.get("shared")),
+            )
 
     def file(self, entry: dict[str, Any]) -> FileRef:
         with _malformed(str(self.root)):
@@ -210,7 +232,9 @@ class Plan:
         try:
             return self._by_key[name]
         except KeyError:
-            raise KeyError(f"adapter {name!r} is not in the plan (have {', '.join(self.adapters)})") from None
+            raise PlanLookupError(
+                f"adapter {name}", f"is not in the plan (have: {', '.join(self.adapters)}, default)"
+            ) from None
 
     def steps(self, name: str) -> list[dict[str, Any]]:
         return self.adapter(name).steps()
@@ -237,4 +261,4 @@ class Plan:
         return [self.verified(f) for f in self.files()]
 
 
-__all__ = ["Plan", "AdapterEntry", "Section", "FileRef", "PlanIntegrityError", "PlanFormatError"]
+__all__ = ["Plan", "AdapterEntry", "Section", "FileRef", "PlanIntegrityError", "PlanFormatError", "PlanLookupError"]

@@ -9,13 +9,19 @@ one part's ``hidden_states_out`` is the next part's ``hidden_states``. numpy onl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-       "tensor(int32)": np.int32, "tensor(double)": np.float64}
+_NP = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(double)": np.float64,
+}
 
 
 @dataclass
@@ -27,14 +33,17 @@ class Runner:
     fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.fn({k: v for k, v in feeds.items() if k in self.inputs})))
+        return dict(zip(self.outputs, self.fn({k: v for k, v in feeds.items() if k in self.inputs}), strict=True))
 
     @classmethod
-    def from_session(cls, session: Any,
-                     fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None) -> "Runner":
+    def from_session(
+        cls, session: Any, fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None
+    ) -> Runner:
         """From an ``ort.InferenceSession`` (``fn`` defaults to ``session.run(None, feeds)``)."""
-        ins = {a.name: (tuple(int(d) if isinstance(d, int) else -1 for d in a.shape), _NP.get(a.type, np.float32))
-               for a in session.get_inputs()}
+        ins = {
+            a.name: (tuple(int(d) if isinstance(d, int) else -1 for d in a.shape), _NP.get(a.type, np.float32))
+            for a in session.get_inputs()
+        }
         outs = [o.name for o in session.get_outputs()]
         return cls(ins, outs, fn or (lambda feeds: session.run(None, feeds)))
 
@@ -70,8 +79,11 @@ def greedy(prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[
     mask = np.zeros((1, seq), np.int64)
     mask[0, :n0] = 1
     presents: dict[str, np.ndarray] = {}
-    logits = _run_chain(prefill, {"input_ids": ids, "attention_mask": mask,
-                                  "position_ids": np.arange(seq, dtype=np.int64)[None]}, presents)
+    logits = _run_chain(
+        prefill,
+        {"input_ids": ids, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]},
+        presents,
+    )
     row = logits[0, n0 - 1]
     if decode is None:
         if len(prompt) > seq:
@@ -87,10 +99,13 @@ def greedy(prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[
                 return gen
             if len(toks) > seq:
                 raise ValueError(f"without a decode graph, prompt + steps must fit the prefill length {seq}")
-            ids[0, :len(toks)] = toks
-            mask[0, :len(toks)] = 1
-            row = _run_chain(prefill, {"input_ids": ids, "attention_mask": mask,
-                                       "position_ids": np.arange(seq, dtype=np.int64)[None]}, {})[0, len(toks) - 1]
+            ids[0, : len(toks)] = toks
+            mask[0, : len(toks)] = 1
+            row = _run_chain(
+                prefill,
+                {"input_ids": ids, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]},
+                {},
+            )[0, len(toks) - 1]
     cache = {}
     for r in decode:
         for name, (shape, dt) in r.inputs.items():
@@ -120,8 +135,12 @@ def greedy(prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[
         m[0, :pos] = 1
         m[0, past] = 1
         step: dict[str, np.ndarray] = {}
-        feeds = {"input_ids": np.array([[tok]], np.int64), "attention_mask": m,
-                 "position_ids": np.array([[pos]], np.int64), **cache}
+        feeds = {
+            "input_ids": np.array([[tok]], np.int64),
+            "attention_mask": m,
+            "position_ids": np.array([[pos]], np.int64),
+            **cache,
+        }
         row = _run_chain(decode, feeds, step)[0, 0]
         for name, buf in cache.items():
             buf[:, :, pos] = step[name.replace("past_key_values.", "present.")][:, :, 0]

@@ -10,30 +10,39 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from loramgr.runtime import AdapterEntry, Plan
+from loramgr.runtime import AdapterEntry, Plan, PlanLookupError
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 
 
 class LoraSession:
-    def __init__(self, plan: Plan | str, graph: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), session_options: Any = None) -> None:
+    def __init__(
+        self,
+        plan: Plan | str,
+        graph: str | None = None,
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        session_options: Any = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
         self.graph = graph or next(iter(self.plan.graphs))
         if self.graph not in self.plan.graphs:
-            raise KeyError(f"graph {self.graph!r} is not in the plan (have {', '.join(self.plan.graphs)})")
+            raise PlanLookupError(f"graph {self.graph}", f"is not in the plan (have {', '.join(self.plan.graphs)})")
         self._ort = ort
         if session_options is None:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
-        self.session = ort.InferenceSession(str(self.plan.graph_file(self.graph)), sess_options=session_options,
-                                            providers=list(providers))
+        self.session = ort.InferenceSession(
+            str(self.plan.graph_file(self.graph)), sess_options=session_options, providers=list(providers)
+        )
         # inputs with a default initializer (LoRA inputs, alpha) are listed as overridable initializers
         self._inputs = {i.name: i for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
         self.input_names = list(self._inputs)
@@ -90,8 +99,14 @@ class LoraSession:
         return len(self._cache)
 
     # -- execution ----------------------------------------------------------------------------
-    def run(self, feeds: dict[str, Any], output_names: Sequence[str] | None = None, *, adapter: str | None = None,
-            alpha: float | None = None) -> list[np.ndarray]:
+    def run(
+        self,
+        feeds: dict[str, Any],
+        output_names: Sequence[str] | None = None,
+        *,
+        adapter: str | None = None,
+        alpha: float | None = None,
+    ) -> list[np.ndarray]:
         with self._lock:
             entry = self.plan.adapter(adapter) if adapter is not None else self.active
             a = self.alpha if alpha is None else float(alpha)
@@ -103,7 +118,7 @@ class LoraSession:
         feeds = dict(feeds)
         if self._has_alpha and self.alpha_tensor not in feeds:
             feeds[self.alpha_tensor] = np.array([a], dtype=self._alpha_dtype())
-        out = self.session.run(list(output_names) if output_names else None, feeds, ro)
+        out: list[np.ndarray] = self.session.run(list(output_names) if output_names else None, feeds, ro)
         del adapter_obj
         return out
 
@@ -114,21 +129,25 @@ class LoraSession:
     def _encoding(self, tensor: str) -> dict[str, Any]:
         enc = self.active.io_encodings(tensor)
         if enc is None:
-            raise KeyError(f"adapter {self.active.ref} has no encoding for tensor {tensor!r}")
+            raise PlanLookupError(f"adapter {self.active.ref}", f"has no encoding for tensor {tensor!r}")
         return enc
 
     def quantize(self, tensor: str, x: np.ndarray) -> np.ndarray:
         """Real -> unsigned code with the active adapter's encoding (AIMET: x = scale * (q + offset))."""
-        e = self._encoding(tensor)
-        q = np.round(np.asarray(x, np.float64) / float(e["scale"])) - int(e["offset"])
-        return np.clip(q, 0, 2 ** int(e["bitwidth"]) - 1).astype(np.int64)
+        from loramgr.formats.quant import quantize
+
+        return quantize(x, self._encoding(tensor))
 
     def dequantize(self, tensor: str, q: np.ndarray) -> np.ndarray:
-        e = self._encoding(tensor)
-        return ((np.asarray(q, np.float64) + int(e["offset"])) * float(e["scale"])).astype(np.float32)
+        """Unsigned code -> real with the active adapter's encoding."""
+        from loramgr.formats.quant import dequantize
+
+        return dequantize(q, self._encoding(tensor))
 
 
-def lm_chains(plan: Plan | str, adapter: str = "default", alpha: float | None = None) -> tuple[list[Any], list[Any] | None]:
+def lm_chains(
+    plan: Plan | str, adapter: str = "default", alpha: float | None = None
+) -> tuple[list[Any], list[Any] | None]:
     """Prefill and decode chains of an exported LM plan (graphs by kind, parts in plan order) as
     :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` on one LoraSession each."""
     from loramgr.runtime.generate import Runner

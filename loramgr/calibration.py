@@ -1,0 +1,239 @@
+"""``loramgr calibrate``: per-adapter activation (and weight) encodings on the ORT reference runtime.
+
+For the base alone (the default adapter) and for each adapter, the base graphs run on the
+calibration set with the adapter's prepared LoRA tensors fed as inputs; the min/max of every float
+graph input and output (except the LoRA inputs themselves) become asymmetric activation encodings,
+and the prepared (scaled, zero-padded) weights get symmetric per-output-channel encodings. Inputs:
+
+- ``.npz``: arrays named after graph inputs, the first axis indexing samples; every graph whose
+  plain inputs are all present runs once per sample;
+- ``.jsonl``: one ``{"input_ids": [...]}`` (or a bare list) per line, for exported LM bases; each
+  sample runs prefill and then decode steps (so the decode graph's cache tensors are covered too).
+
+Deterministic: same data, same encodings.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loramgr import dtypes
+from loramgr.errors import InvalidInputError, UsageError
+from loramgr.formats.quant import asymmetric, symmetric_per_channel
+from loramgr.records import EncodingSet, JsonRecord
+
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
+
+MAX_SAMPLES = 100_000
+
+
+def load_data(path: str | Path) -> tuple[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(str(p), "no such calibration file")
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (ValueError, OSError) as e:
+            raise InvalidInputError(str(p), f"not a readable .npz without pickles ({type(e).__name__})") from None
+        if (
+            not arrays
+            or len({a.shape[0] if a.ndim else -1 for a in arrays.values()}) != 1
+            or any(a.ndim == 0 for a in arrays.values())
+        ):
+            raise InvalidInputError(str(p), "arrays must share a first (sample) axis")
+        return "npz", arrays
+    samples = []
+    for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise InvalidInputError(f"{p}:{i}", "not a JSON line") from None
+        ids = obj.get("input_ids") if isinstance(obj, dict) else obj
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)
+        ):
+            raise InvalidInputError(f"{p}:{i}", 'expected {"input_ids": [non-negative ints]}')
+        samples.append(ids)
+        if len(samples) > MAX_SAMPLES:
+            raise InvalidInputError(str(p), f"more than {MAX_SAMPLES} samples")
+    if not samples:
+        raise InvalidInputError(str(p), "no samples")
+    return "ids", samples
+
+
+class _Recorder:
+    """min/max per float tensor name, over every run."""
+
+    def __init__(self, skip: set[str]) -> None:
+        self.skip = skip
+        self.ranges: dict[str, tuple[float, float]] = {}
+
+    def see(self, named: dict[str, np.ndarray]) -> None:
+        for k, v in named.items():
+            if k in self.skip or not np.issubdtype(np.asarray(v).dtype, np.floating):
+                continue
+            lo, hi = float(np.min(v)), float(np.max(v))
+            if k in self.ranges:
+                a, b = self.ranges[k]
+                self.ranges[k] = (min(a, lo), max(b, hi))
+            else:
+                self.ranges[k] = (lo, hi)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run_owner(
+    sessions: dict[str, Any],
+    kinds: dict[str, str],
+    data: tuple[str, Any],
+    lora: dict[str, np.ndarray],
+    rec: _Recorder,
+    progress: Any,
+    label: str,
+) -> None:
+    from loramgr.runtime.generate import Runner, greedy
+
+    def call(s: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = {i.name for i in [*s.get_inputs(), *s.get_overridable_initializers()]}
+        outs: list[np.ndarray] = s.run(None, feeds | {k: v for k, v in lora.items() if k in names})
+        rec.see(feeds)
+        rec.see(dict(zip([o.name for o in s.get_outputs()], outs, strict=True)))
+        return outs
+
+    kind, payload = data
+    if kind == "npz":
+        n = next(iter(payload.values())).shape[0]
+        ran = False
+        for s in sessions.values():
+            need = [i.name for i in s.get_inputs() if i.name not in lora]
+            if not all(x in payload for x in need):
+                continue
+            ran = True
+            for i in range(n):
+                call(s, {x: payload[x][i] for x in need})
+        if not ran:
+            raise InvalidInputError(
+                "calibration data",
+                f"arrays {sorted(payload)} do not cover the inputs of any graph "
+                f"({'; '.join(g + ': ' + ','.join(i.name for i in s.get_inputs()) for g, s in sessions.items())})",
+            )
+        progress.advance(label)
+        return
+    pre = [g for g in sessions if kinds[g] != "decode"]
+    dec = [g for g in sessions if kinds[g] == "decode"]
+    if not any("input_ids" in {i.name for i in sessions[g].get_inputs()} for g in pre):
+        raise UsageError("calibrate --data *.jsonl", "needs an exported LM base (graphs with input_ids)")
+
+    def runner(s: Any) -> Runner:
+        return Runner.from_session(s, lambda feeds: call(s, feeds))
+
+    runners = {g: runner(s) for g, s in sessions.items()}
+    for ids in payload:
+        greedy([runners[g] for g in pre], [runners[g] for g in dec] or None, ids, 2 if dec else 1)
+    progress.advance(label)
+
+
+@dataclass(frozen=True)
+class OwnerCalibration(JsonRecord):
+    adapter: str  # ref, or "default" for the base's own
+    activation_tensors: int
+    param_tensors: int
+
+
+@dataclass(frozen=True)
+class Calibration(JsonRecord):
+    """What ``loramgr calibrate --json`` prints."""
+
+    base: str
+    data: str
+    act_bits: int
+    weight_bits: int
+    adapters: list[OwnerCalibration]
+
+
+def calibrate(
+    reg: Registry,
+    base_ref: str,
+    refs: list[str] | None = None,
+    *,
+    all_: bool = False,
+    data: str | Path,
+    act_bits: int = 8,
+    weight_bits: int = 8,
+    per_tensor: bool = False,
+    quiet: bool = False,
+) -> Calibration:
+    """Compute and store encodings for the base (default adapter) and each selected adapter."""
+    from loramgr.lora.inputs import prepared_inputs, section_inputs
+    from loramgr.progress import Progress
+    from loramgr.sections.layout import materialize_graphs, select_adapters
+
+    if act_bits not in (8, 16) or weight_bits not in (8, 16):
+        raise UsageError("--act-bits/--weight-bits", "must be 8 or 16")
+    base = reg.base(base_ref)
+    wbits = dtypes.int_bits(base.precision) or weight_bits  # an integer base fixes the weight bit width
+    adapters = list(reg.adapter_many(select_adapters(reg, base, list(refs or []), all_)).values())
+    payload = load_data(data)
+    params = base.lora_inputs
+    skip = params | {n + "_scale" for n in params} | ({base.alpha_tensor} if base.alpha_tensor else set())
+    done: list[OwnerCalibration] = []
+    with tempfile.TemporaryDirectory(prefix="loramgr-calib-") as tmp:
+        files = materialize_graphs(reg, base, Path(tmp))
+        paths = {f.graphs[0]: Path(tmp) / f.rel_path for f in files if f.kind == "graph"}
+        points = list(base.quantization_points)
+        if points:  # expose the declared intermediate tensors as extra outputs of a copy of each graph
+            from loramgr.formats.onnx_graph import with_extra_outputs
+
+            for g, p in list(paths.items()):
+                q = p.with_name(f"{p.stem}.calib{p.suffix}")
+                if with_extra_outputs(p, q, points):
+                    paths[g] = q
+        sessions = {g.name: _session(paths[g.name]) for g in base.graphs}
+        kinds = {g.name: g.kind for g in base.graphs}
+        with Progress(len(adapters) + 1, "calibrating", quiet) as progress:
+            for ad in [None, *adapters]:
+                prepared = {} if ad is None else prepared_inputs(ad, base)
+                params_enc = {
+                    n: symmetric_per_channel(v, wbits, axis=1, per_tensor=per_tensor)
+                    for n, v in sorted(prepared.items())
+                    if n in params
+                }
+                # what the runtime will hold: quantized weights for integer bases, else the prepared ones
+                lora = section_inputs(ad, base, EncodingSet({}, params_enc), prepared or None)
+                if base.alpha_tensor:
+                    lora[base.alpha_tensor] = np.ones((1,), np.float32)
+                rec = _Recorder(skip)
+                _run_owner(
+                    sessions,
+                    kinds,
+                    payload,
+                    lora,
+                    rec,
+                    progress,
+                    "calibrated " + ("the base (default adapter)" if ad is None else ad.ref),
+                )
+                enc = EncodingSet(
+                    {t: [asymmetric(lo, hi, act_bits)] for t, (lo, hi) in sorted(rec.ranges.items())}, params_enc
+                )
+                reg.encodings.store(base.id, ad.id if ad else None, enc, "calibrate", replace_all=True)
+                done.append(OwnerCalibration(ad.ref if ad else "default", len(enc.activation), len(enc.param)))
+    return Calibration(base.ref, str(data), act_bits, wbits, done)

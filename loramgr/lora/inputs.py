@@ -1,0 +1,105 @@
+"""A registered adapter -> a base's canonical LoRA inputs (what a section holds).
+
+Wires :mod:`loramgr.lora.prepare` (pure tensor functions) to records: which attachment points, which
+tensors of the stored file, which scaling from the stored PEFT config, and for integer precisions the
+adapter's weight encodings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from loramgr import dtypes
+from loramgr.errors import IncompatibleError
+from loramgr.lora.loader import AdapterFile
+from loramgr.lora.prepare import default_adapter, prepare
+from loramgr.records import Adapter, AttachmentPoint, Base, EncodingSet
+
+
+def targets_of(base: Base, graph: str | None = None) -> list[AttachmentPoint]:
+    """The base's attachment points (optionally only those of one graph), in registry order."""
+    return base.points_of(graph)
+
+
+def prepared_inputs(adapter: Adapter, base: Base) -> dict[str, np.ndarray]:
+    """Canonical LoRA inputs of ``adapter`` for every attachment point of ``base``.
+
+    Re-checks compatibility (cheap, header-level) so that no caller can prepare an adapter that
+    validation would refuse.
+    """
+    from loramgr.validation import check_adapter
+
+    f = AdapterFile(adapter)
+    c = check_adapter(adapter, base, f.load)
+    if not c.ok:
+        raise IncompatibleError(
+            adapter.ref,
+            f"incompatible with base {base.ref} ({', '.join(sorted({p.code for p in c.problems}))})",
+            details=[p.to_json() for p in c.problems],
+        )
+    assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
+    return prepare(
+        targets_of(base),
+        c.pairs,
+        f.load,
+        lora_alpha=float(adapter.lora_alpha),
+        precision=base.precision,
+        config_r=adapter.config("r"),
+        use_rslora=adapter.use_rslora,
+        rank_pattern=adapter.config("rank_pattern"),
+        alpha_pattern=adapter.config("alpha_pattern"),
+    ).tensors
+
+
+def default_inputs(base: Base) -> dict[str, np.ndarray]:
+    return default_adapter(targets_of(base), base.precision)
+
+
+def weight_encodings(
+    adapter: Adapter, base: Base, bits: int, prepared: dict[str, np.ndarray] | None = None
+) -> EncodingSet:
+    """Symmetric per-output-channel encodings of an adapter's prepared weights (what ``build
+    --precision int8|int16`` uses when calibration has not stored any)."""
+    from loramgr.formats.quant import symmetric_per_channel
+
+    x = prepared if prepared is not None else prepared_inputs(adapter, base)
+    return EncodingSet({}, {n: symmetric_per_channel(x[n], bits, axis=1) for n in sorted(base.lora_inputs)})
+
+
+def section_inputs(
+    adapter: Adapter | None,
+    base: Base,
+    encodings: EncodingSet | None = None,
+    prepared: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """What a section holds. Float precisions: the prepared tensors. int8/int16: each LoRA weight
+    quantized with the adapter's param encodings; for graphs whose LoRA inputs are integer (``base
+    export --quantized-lora``) the integer codes plus ``<input>_scale``, else (float graphs) the
+    dequantized values, which reproduces the quantization error exactly."""
+    from loramgr.formats.quant import quantize_symmetric
+
+    x = (
+        prepared
+        if prepared is not None
+        else (default_inputs(base) if adapter is None else prepared_inputs(adapter, base))
+    )
+    bits = dtypes.int_bits(base.precision)
+    if bits is None:
+        return x
+    params = encodings.param if encodings is not None else {}
+    out: dict[str, np.ndarray] = {}
+    for ap in base.attachment_points:
+        for n in ap.tensors:
+            w = x[n].astype(np.float32)
+            encs: Any = params.get(n) or [{"bitwidth": bits, "scale": 1.0}] * w.shape[1]
+            q, scales = quantize_symmetric(w, encs, axis=1)
+            scales = np.broadcast_to(scales, (w.shape[1],)).astype(np.float32)
+            input_bits = dtypes.int_bits(ap.dtype)
+            if input_bits is not None:  # integer graph inputs: codes + per-channel scales
+                out[n] = q.astype(np.int8 if input_bits == 8 else np.int16)
+                out[n + "_scale"] = scales
+            else:  # float graph inputs: the dequantized values, in the input's own dtype
+                out[n] = (q.astype(np.float32) * scales[None, :]).astype(np.dtype(ap.dtype))
+    return out

@@ -1,0 +1,386 @@
+"""The domain records: frozen dataclasses that the registry returns and the library passes around.
+
+Why frozen: a record is a snapshot of registry rows. Code that needs a variant (a build at another
+precision) makes one with :func:`dataclasses.replace`, so no function ever sees a record change
+shape under it. Why ``to_json``: the CLI's ``--json`` output is a contract (names and layout); each
+record renders that contract in one place instead of every command building dicts.
+
+Records hold no database session and import nothing heavy; only :mod:`loramgr.registry` builds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loramgr.formats.safetensors import TensorInfo
+
+__all__ = [
+    "ADAPTER_STATUSES",
+    "Adapter",
+    "Artifact",
+    "AttachmentPoint",
+    "Base",
+    "Build",
+    "EncodingSet",
+    "Event",
+    "ExternalData",
+    "Graph",
+    "JsonRecord",
+    "TensorInfo",
+    "ref_of",
+]
+
+#: an adapter's stages, in order (registered -> validated -> built -> deployed -> retired)
+ADAPTER_STATUSES = ("registered", "validated", "built", "deployed", "retired")
+
+#: AIMET's encoding entry (bitwidth, dtype, is_symmetric, min, max, scale, offset): file data, kept as parsed.
+EncodingEntry = Mapping[str, Any]
+
+
+def ref_of(name: str, version: str) -> str:
+    """``NAME@VERSION``, the one spelling of a registry reference."""
+    return f"{name}@{version}"
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-ready copy: records -> dicts, tuples -> lists, paths -> strings, mappings copied."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        if isinstance(v, JsonRecord):
+            return v.to_json()
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+class JsonRecord:
+    """Mixin: ``to_json()`` renders every field; records whose JSON contract differs override it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+# -- encodings ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodingSet(JsonRecord):
+    """One owner's quantization encodings (an adapter's, or the base's own = the default adapter's).
+
+    ``activation``: graph I/O tensors (set on the device after a section is applied);
+    ``param``: LoRA weight inputs (one entry per output channel when per-channel).
+    """
+
+    activation: Mapping[str, Sequence[EncodingEntry]] = field(default_factory=dict)
+    param: Mapping[str, Sequence[EncodingEntry]] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+    version: str = "0.6.1"
+
+    def __bool__(self) -> bool:
+        return bool(self.activation or self.param)
+
+    def to_aimet(self) -> dict[str, Any]:
+        """AIMET's JSON layout (what ``encodings show --json`` prints and the QAIRT tools read)."""
+        return {
+            "version": self.version,
+            "activation_encodings": _plain(self.activation),
+            "param_encodings": _plain(self.param),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return self.to_aimet()
+
+    def only(self, tensor: str) -> EncodingSet:
+        """The entries of one tensor (either kind)."""
+        return EncodingSet(
+            {k: v for k, v in self.activation.items() if k == tensor},
+            {k: v for k, v in self.param.items() if k == tensor},
+            self.sources,
+            self.version,
+        )
+
+    @classmethod
+    def from_aimet(cls, doc: Mapping[str, Any], sources: Sequence[str] = ()) -> EncodingSet:
+        """From a parsed AIMET document (:func:`loramgr.formats.encodings.parse` checked it)."""
+        return cls(
+            dict(doc.get("activation_encodings") or {}),
+            dict(doc.get("param_encodings") or {}),
+            tuple(sources),
+            str(doc.get("version") or "0.6.1"),
+        )
+
+
+# -- adapters ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Adapter(JsonRecord):
+    """A registered adapter. ``tensors`` is filled by full lookups (``Registry.adapter``), ``None`` in
+    listings, which carry only ``tensor_count``."""
+
+    id: int
+    name: str
+    version: str
+    sha256: str
+    config_sha256: str
+    size: int
+    rank: int | None
+    lora_alpha: float | None
+    dtype: str  # safetensors vocabulary (F32, F16, BF16, ...) or "mixed:..."
+    status: str
+    tensor_count: int
+    target_modules: tuple[str, ...] | str
+    base_hint: str | None
+    tags: Mapping[str, str]
+    source_uri: str
+    created_at: str
+    store_path: Path
+    peft_config: Mapping[str, Any] | None = None
+    tensors: tuple[TensorInfo, ...] | None = None
+
+    @property
+    def ref(self) -> str:
+        return ref_of(self.name, self.version)
+
+    def config(self, key: str, default: Any = None) -> Any:
+        """One field of the stored ``adapter_config.json`` (``None``/default without a config)."""
+        return (self.peft_config or {}).get(key, default)
+
+    @property
+    def use_rslora(self) -> bool:
+        return bool(self.config("use_rslora"))
+
+    @property
+    def use_dora(self) -> bool:
+        return bool(self.config("use_dora"))
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return bool(self.config("fan_in_fan_out"))
+
+    def tensor_list(self) -> tuple[TensorInfo, ...]:
+        if self.tensors is None:
+            raise ValueError(f"adapter {self.ref}: record was fetched without its tensor list")
+        return self.tensors
+
+    def to_json(self, *, full: bool | None = None) -> dict[str, Any]:
+        """The contract of ``register --json`` / ``list --json`` / ``show --json``."""
+        rec: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "sha256": self.sha256,
+            "config_sha256": self.config_sha256,
+            "size": self.size,
+            "rank": self.rank,
+            "lora_alpha": self.lora_alpha,
+            "dtype": self.dtype,
+            "status": self.status,
+            "tensors": self.tensor_count,
+            "target_modules": _plain(self.target_modules),
+            "use_rslora": self.use_rslora,
+            "use_dora": self.use_dora,
+            "fan_in_fan_out": self.fan_in_fan_out,
+            "base_hint": self.base_hint,
+            "tags": dict(self.tags),
+            "source_uri": self.source_uri,
+            "created_at": self.created_at,
+            "store_path": str(self.store_path),
+        }
+        if full if full is not None else self.tensors is not None:
+            rec["peft_config"] = _plain(self.peft_config)
+            rec["tensor_list"] = [
+                {"key": t.key, "dtype": t.dtype, "shape": list(t.shape), "offsets": [t.begin, t.end]}
+                for t in self.tensor_list()
+            ]
+        return rec
+
+
+# -- bases -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExternalData(JsonRecord):
+    """An ONNX external-data file of a graph (weights kept beside the graph)."""
+
+    location: str
+    sha256: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Graph(JsonRecord):
+    name: str
+    kind: str  # prefill | decode | part | single
+    sha256: str
+    size: int
+    file_name: str
+    path: str  # where it was registered from (the store holds the bytes)
+    io: Mapping[str, Any]  # {"inputs": {name: {dtype, shape}}, "outputs": {...}, "defaults": [...]}
+    external_data: tuple[ExternalData, ...] = ()
+
+    @property
+    def inputs(self) -> Mapping[str, Any]:
+        return self.io.get("inputs", {})  # type: ignore[no-any-return]
+
+    @property
+    def outputs(self) -> Mapping[str, Any]:
+        return self.io.get("outputs", {})  # type: ignore[no-any-return]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "size": self.size,
+            "file_name": self.file_name,
+            "io": _plain(self.io),
+            "path": self.path,
+            "external_data": [e.to_json() for e in self.external_data],
+        }
+
+
+@dataclass(frozen=True)
+class AttachmentPoint(JsonRecord):
+    """Where a LoRA branch attaches: PEFT module path, its graph inputs (A ``[in, R]``, B ``[R, out]``)."""
+
+    module_path: str
+    tensor_a: str
+    tensor_b: str
+    in_features: int
+    out_features: int
+    rank: int
+    dtype: str  # ONNX vocabulary of the LoRA inputs (float32, float16, int8, int16)
+    graphs: tuple[str, ...] = ()
+
+    @property
+    def tensors(self) -> tuple[str, str]:
+        return self.tensor_a, self.tensor_b
+
+
+@dataclass(frozen=True)
+class Base(JsonRecord):
+    """A registered base: its graphs (one context) and attachment points."""
+
+    id: int
+    name: str
+    version: str
+    sdk_version: str | None
+    precision: str  # fp32 | fp16 | int8 | int16
+    max_rank: int
+    alpha_tensor: str | None
+    quant_updatable_mode: str
+    status: str
+    created_at: str
+    graphs: tuple[Graph, ...]
+    attachment_points: tuple[AttachmentPoint, ...]
+    fingerprint: str | None = None
+    export: Mapping[str, Any] | None = None  # the `base export` manifest, when exported
+    quantization_points: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return ref_of(self.name, self.version)
+
+    @property
+    def graph_names(self) -> list[str]:
+        return [g.name for g in self.graphs]
+
+    def graph(self, name: str) -> Graph:
+        for g in self.graphs:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def points_of(self, graph: str | None = None) -> list[AttachmentPoint]:
+        """Attachment points (of one graph, or all), in registry order."""
+        return [ap for ap in self.attachment_points if graph is None or graph in ap.graphs]
+
+    @property
+    def lora_inputs(self) -> set[str]:
+        """Every LoRA weight input name (A and B of every attachment point)."""
+        return {n for ap in self.attachment_points for n in ap.tensors}
+
+    def to_json(self, *, full: bool = False) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "graphs": self.graph_names,
+            "attachment_points": len(self.attachment_points),
+            "max_rank": self.max_rank,
+            "precision": self.precision,
+            "sdk_version": self.sdk_version,
+            "alpha_tensor": self.alpha_tensor,
+            "quant_updatable_mode": self.quant_updatable_mode,
+            "status": self.status,
+            "created_at": self.created_at,
+        }
+        if full:
+            rec["fingerprint"] = self.fingerprint
+            rec["export"] = _plain(self.export)
+            rec["quantization_points"] = list(self.quantization_points)
+            rec["graph_list"] = [g.to_json() for g in self.graphs]
+            rec["attachment_point_list"] = [ap.to_json() for ap in self.attachment_points]
+        return rec
+
+
+# -- builds ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Artifact(JsonRecord):
+    """A file a build produced (section, super section, default section, graph copy, weight list, ...)."""
+
+    kind: str
+    graphs: tuple[str, ...]
+    path: str
+    sha256: str
+    size: int
+    adapter_id: int | None = None
+    adapter: str | None = None  # adapter name
+    adapter_version: str | None = None
+    cache_key: str | None = None
+
+    @property
+    def adapter_ref(self) -> str | None:
+        return None if self.adapter is None else ref_of(self.adapter, self.adapter_version or "")
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``build --json`` artifact entry."""
+        return {
+            "adapter": self.adapter,
+            "graphs": list(self.graphs),
+            "kind": self.kind,
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class Build(JsonRecord):
+    id: int
+    base_id: int
+    status: str  # running | done | failed
+    backend: str
+    sdk_version: str | None
+    share_adapters: bool
+    precision: str
+    out_dir: str
+    inputs_hash: str
+    artifacts: tuple[Artifact, ...]
+    log: str
+
+
+@dataclass(frozen=True)
+class Event(JsonRecord):
+    """One audit-trail entry: who did what to which subject, when."""
+
+    at: str
+    actor: str
+    action: str
+    subject: str
+    details: Mapping[str, Any]

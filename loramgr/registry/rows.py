@@ -1,0 +1,183 @@
+"""ORM rows -> frozen records (:mod:`loramgr.records`). The only place that knows both shapes, so a
+column rename touches one function and no caller ever holds a live ORM object outside a session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from loramgr.formats.safetensors import TensorInfo
+from loramgr.records import Adapter, Artifact, AttachmentPoint, Base, EncodingSet, Event, ExternalData, Graph
+from loramgr.registry.models import AdapterRow, AdapterTensorRow, ArtifactRow, BaseRow, EncodingRow, EventRow
+
+
+def iso(at: Any) -> str:
+    """Timestamps are stored naive UTC; records carry ISO-8601 with ``Z``."""
+    return str(at.isoformat()) + "Z"
+
+
+def tensor_lists(s: Session, adapter_ids: Sequence[int]) -> dict[int, tuple[TensorInfo, ...]]:
+    """adapter id -> its tensors (key order), for any number of adapters in one query."""
+    out: dict[int, list[TensorInfo]] = {i: [] for i in adapter_ids}
+    q = (
+        select(
+            AdapterTensorRow.adapter_id,
+            AdapterTensorRow.key,
+            AdapterTensorRow.dtype,
+            AdapterTensorRow.shape,
+            AdapterTensorRow.offset_begin,
+            AdapterTensorRow.offset_end,
+        )
+        .where(AdapterTensorRow.adapter_id.in_(list(out)))
+        .order_by(AdapterTensorRow.adapter_id, AdapterTensorRow.key)
+    )
+    for aid, key, dtype, shape, b, e in s.execute(q):
+        out[aid].append(TensorInfo(key, dtype, tuple(shape), b, e))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def tensor_counts(s: Session) -> dict[int, int]:
+    rows = s.execute(select(AdapterTensorRow.adapter_id, func.count()).group_by(AdapterTensorRow.adapter_id))
+    return {int(aid): int(n) for aid, n in rows}
+
+
+def _leaf_targets(keys: Sequence[str]) -> tuple[str, ...]:
+    from loramgr.lora.mapping import group_pairs, module_leaf_names
+
+    return tuple(module_leaf_names(group_pairs(list(keys))))
+
+
+def adapter(
+    a: AdapterRow,
+    store_path: Path,
+    *,
+    tensors: tuple[TensorInfo, ...] | None = None,
+    tensor_count: int | None = None,
+    s: Session | None = None,
+) -> Adapter:
+    """An adapter record; ``tensors`` makes it a full record. Without a config listing
+    ``target_modules``, the targets are the tensors' module leaves (one query when not given)."""
+    cfg = a.peft_config or {}
+    tm = cfg.get("target_modules")
+    targets: tuple[str, ...] | str
+    if isinstance(tm, list):
+        targets = tuple(sorted(tm))
+    elif tm:
+        targets = str(tm)
+    else:
+        if tensors is not None:
+            keys: Sequence[str] = [t.key for t in tensors]
+        else:
+            assert s is not None
+            keys = s.scalars(select(AdapterTensorRow.key).where(AdapterTensorRow.adapter_id == a.id)).all()
+        targets = _leaf_targets(keys)
+    if tensor_count is None:
+        if tensors is not None:
+            tensor_count = len(tensors)
+        else:
+            assert s is not None
+            tensor_count = int(
+                s.scalar(select(func.count()).select_from(AdapterTensorRow).where(AdapterTensorRow.adapter_id == a.id))
+                or 0
+            )
+    return Adapter(
+        id=a.id,
+        name=a.name,
+        version=a.version,
+        sha256=a.sha256,
+        config_sha256=a.config_sha256,
+        size=a.size,
+        rank=a.rank,
+        lora_alpha=a.alpha,
+        dtype=a.dtype,
+        status=a.status,
+        tensor_count=tensor_count,
+        target_modules=targets,
+        base_hint=a.base_hint,
+        tags=dict(a.tags or {}),
+        source_uri=a.source_uri,
+        created_at=iso(a.created_at),
+        store_path=store_path,
+        peft_config=a.peft_config,
+        tensors=tensors,
+    )
+
+
+def base(b: BaseRow) -> Base:
+    details = b.details or {}
+    graphs = tuple(
+        Graph(
+            name=g.name,
+            kind=g.kind,
+            sha256=g.onnx_sha256,
+            size=g.size,
+            file_name=g.file_name,
+            path=g.path,
+            io=g.io or {},
+            external_data=tuple(
+                ExternalData(str(e.get("location")), str(e.get("sha256") or ""), int(e.get("size") or 0))
+                for e in g.external_data or []
+            ),
+        )
+        for g in b.graphs
+    )
+    aps = tuple(
+        AttachmentPoint(
+            ap.module_path,
+            ap.tensor_a,
+            ap.tensor_b,
+            ap.in_features,
+            ap.out_features,
+            ap.rank,
+            ap.dtype,
+            tuple(ap.graphs or ()),
+        )
+        for ap in b.attachment_points
+    )
+    return Base(
+        id=b.id,
+        name=b.name,
+        version=b.version,
+        sdk_version=b.sdk_version,
+        precision=b.precision,
+        max_rank=b.max_rank,
+        alpha_tensor=b.alpha_tensor,
+        quant_updatable_mode=b.quant_updatable_mode,
+        status=b.status,
+        created_at=iso(b.created_at),
+        graphs=graphs,
+        attachment_points=aps,
+        fingerprint=details.get("fingerprint"),
+        export=details.get("export"),
+        quantization_points=tuple(details.get("quantization_points") or ()),
+    )
+
+
+def artifact(a: ArtifactRow, adapter_name: str | None = None, adapter_version: str | None = None) -> Artifact:
+    return Artifact(
+        kind=a.kind,
+        graphs=tuple(a.graphs or ()),
+        path=a.path,
+        sha256=a.sha256,
+        size=a.size,
+        adapter_id=a.adapter_id,
+        adapter=adapter_name,
+        adapter_version=adapter_version,
+        cache_key=a.cache_key,
+    )
+
+
+def encoding_set(rows: Sequence[EncodingRow]) -> EncodingSet:
+    act: dict[str, Any] = {}
+    par: dict[str, Any] = {}
+    for r in rows:
+        (act if r.kind == "activation" else par)[r.tensor] = r.entries
+    return EncodingSet(act, par, tuple(sorted({r.source for r in rows})))
+
+
+def event(e: EventRow) -> Event:
+    return Event(iso(e.at), e.actor, e.action, e.subject, dict(e.details or {}))

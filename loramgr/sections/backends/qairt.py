@@ -1,0 +1,377 @@
+"""QAIRT backend: drives the SDK's own tools by subprocess (DESIGN.md section 4, "QAIRT contract").
+
+Per graph: the base DLC (given with ``--dlc GRAPH=PATH``, else converted here with
+``qairt-converter --lora_weight_list``), each adapter's prepared weights as ``<use_case>.safetensors``
+keyed by the graph's tensor names, ``lora_importer_config.yaml``, then ``qairt-lora-importer``.
+Per context (the graphs that share attachment points, e.g. prefill + decode): the importers'
+``lora_output_files.yaml`` merged into one adapter weight config (with
+``share_adapters_between_graphs: Yes`` for super adapters), then ``qnn-context-binary-generator
+--adapter_weight_config``, whose ``{graph}_{use_case}.bin`` sections, ``default_adapter`` section and
+context binary are collected. Everything lives under ``qairt/`` in the output directory with relative
+paths, so each step can be re-run by hand from the build log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
+from loramgr.records import Adapter, Base
+from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
+from loramgr.sections.backends.sdk import Sdk
+from loramgr.sections.layout import section_groups
+from loramgr.store import sha256_file
+
+IMPORTER = "qairt-lora-importer"
+GENERATOR = "qnn-context-binary-generator"
+CONVERTER = "qairt-converter"
+QUANTIZED = ("int8", "int16")
+
+
+def use_case_names(adapters: Iterable[Adapter]) -> dict[int, str]:
+    """adapter id -> a use-case name safe for YAML keys and file names (``name_v3``), unique."""
+    out: dict[int, str] = {}
+    taken: set[str] = {"default_adapter"}
+    for a in adapters:
+        uc = re.sub(r"[^A-Za-z0-9_]", "_", f"{a.name}_v{a.version}")
+        if uc in taken:
+            uc = f"{uc}_{a.id}"
+        taken.add(uc)
+        out[a.id] = uc
+    return out
+
+
+def contexts_of(base: Base) -> dict[str, list[str]]:
+    """Context name -> graphs: graphs with the same attachment points share a context."""
+    return {name.replace("+", "_"): graphs for name, graphs in section_groups(base, True).items()}
+
+
+def render_weight_config(use_cases: list[dict[str, Any]], share: bool) -> str:
+    """The ``--adapter_weight_config`` YAML. ``Yes`` is written as in the QNN documentation (YAML 1.1
+    reads it as true)."""
+    body = yaml.safe_dump({"use_case": use_cases}, sort_keys=False, default_flow_style=False)
+    return ("share_adapters_between_graphs: Yes\n" if share else "") + body
+
+
+class QairtBackend:
+    """Sections by the QAIRT SDK's own tools (LoRA v2 flow)."""
+
+    name = "qairt"
+    #: the generator writes the default adapter section only alongside adapters
+    needs_adapter_for_default = True
+
+    def __init__(
+        self,
+        sdk_root: str | Path | None = None,
+        dlcs: dict[str, str] | None = None,
+        tool_timeout: float | None = None,
+        htp_config: str | None = None,
+    ) -> None:
+        self.sdk = Sdk.locate(sdk_root, timeout=tool_timeout)
+        self.sdk_version: str | None = self.sdk.version
+        self.log: list[str] = self.sdk.log
+        self.dlcs = {g: Path(p).absolute() for g, p in (dlcs or {}).items()}
+        for g, p in self.dlcs.items():
+            if not p.is_file():
+                raise UsageError(f"--dlc {g}={p}", "no such file")
+        self.htp_config = Path(htp_config).absolute() if htp_config else None
+        if self.htp_config and not self.htp_config.is_file():
+            raise UsageError(f"--htp-config {htp_config}", "no such file")
+        self._dlc_digest = {g: sha256_file(p) for g, p in sorted(self.dlcs.items())}
+
+    def version(self) -> str:
+        """Part of every cache key: the SDK version, given DLCs and the HTP config."""
+        extra = json.dumps(
+            {"dlc": self._dlc_digest, "htp": sha256_file(self.htp_config) if self.htp_config else None}, sort_keys=True
+        )
+        import hashlib
+
+        return f"qairt-{self.sdk.version}-{hashlib.sha256(extra.encode()).hexdigest()[:12]}"
+
+    def check(self, base: Base) -> None:
+        self.sdk.check_base(base)
+        unknown = sorted(set(self.dlcs) - set(base.graph_names))
+        if unknown:
+            raise UsageError(
+                f"--dlc {unknown[0]}",
+                f"base {base.ref} has no graph of that name (graphs: {', '.join(base.graph_names)})",
+            )
+
+    # -- the build ----------------------------------------------------------------------------------
+    def build(
+        self, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
+    ) -> list[OutFile]:
+        from loramgr.lora.inputs import prepared_inputs
+
+        base = ctx.base
+        self.check(base)
+        adapter_jobs = [j for j in jobs if j.adapter is not None]
+        default_job = next((j for j in jobs if j.adapter is None), None)
+        share = any(j.share for j in jobs)
+        ucs = use_case_names(_adapter(j) for j in adapter_jobs)
+        root = work / "qairt"
+        root.mkdir(parents=True, exist_ok=True)
+        files: list[OutFile] = []
+        prepared = {_adapter(j).id: prepared_inputs(_adapter(j), base) for j in adapter_jobs}
+        pool = ThreadPoolExecutor(max_workers=max(1, n_jobs))
+        try:
+            per_graph = list(
+                pool.map(lambda g: self._import_graph(ctx, g, root, adapter_jobs, ucs, prepared), base.graph_names)
+            )
+            imported = {g: r[0] for g, r in zip(base.graph_names, per_graph, strict=True)}
+            for _, graph_files in per_graph:
+                files += graph_files
+            for ctx_files in pool.map(
+                lambda c: self._generate(c[0], c[1], root, imported, adapter_jobs, default_job, ucs, share),
+                contexts_of(base).items(),
+            ):
+                files += ctx_files
+        finally:
+            pool.shutdown(wait=True)
+        for f in files:
+            p = work / f.rel_path
+            f.sha256, f.size = sha256_file(p), p.stat().st_size
+        for j in jobs:
+            progress(j)
+        return files
+
+    def _dlc(self, ctx: BuildContext, g: str, gdir: Path) -> tuple[Path, list[OutFile]]:
+        """The graph's DLC: the one given, or converted from the ONNX graph with its weight list."""
+        from loramgr.weightlist import render, weight_lists
+
+        dlc = gdir / f"{g}.dlc"
+        if g in self.dlcs:
+            shutil.copyfile(self.dlcs[g], dlc)
+            return dlc, []
+        wl = gdir / "lora_weights.txt"
+        wl.write_text(render(weight_lists(ctx.base)[g]))
+        self.sdk.run(
+            CONVERTER,
+            [
+                "--input_network",
+                ctx.graph_paths[g],
+                "--lora_weight_list",
+                wl.name,
+                "--quant_updatable_mode",
+                ctx.base.quant_updatable_mode or "none",
+                "--output_path",
+                dlc.name,
+            ],
+            cwd=gdir,
+        )
+        if not dlc.is_file():
+            raise ExternalToolError(CONVERTER, f"exited 0 but did not write {dlc}")
+        return dlc, [OutFile(f"qairt/{g}/{wl.name}", "weight_list", [g]), OutFile(f"qairt/{g}/{dlc.name}", "dlc", [g])]
+
+    def _import_graph(
+        self,
+        ctx: BuildContext,
+        g: str,
+        root: Path,
+        adapter_jobs: list[SectionJob],
+        ucs: dict[int, str],
+        prepared: dict[int, dict[str, Any]],
+    ) -> tuple[list[dict[str, Any]], list[OutFile]]:
+        """Write the importer inputs for graph ``g`` and run ``qairt-lora-importer`` on them."""
+        from safetensors.numpy import save_file
+
+        from loramgr.weightlist import weight_lists
+
+        gdir = root / g
+        gdir.mkdir(parents=True, exist_ok=True)
+        base = ctx.base
+        dlc, files = self._dlc(ctx, g, gdir)
+        names = weight_lists(base)[g]
+        quantized = base.precision in QUANTIZED
+        cases = []
+        for j in adapter_jobs:
+            a = _adapter(j)
+            uc = ucs[a.id]
+            save_file(
+                {n: prepared[a.id][n] for n in names},
+                str(gdir / f"{uc}.safetensors"),
+                metadata={"loramgr.adapter": a.ref, "loramgr.sha256": a.sha256},
+            )
+            case = {"name": uc, "model_name": str(ctx.graph_paths[g]), "lora_weights": f"{uc}.safetensors"}
+            files.append(OutFile(f"qairt/{g}/{uc}.safetensors", "prepared_weights", [g], a.id, a.name))
+            if j.encodings:
+                (gdir / f"{uc}.encodings").write_text(json.dumps(j.encodings.to_aimet(), indent=1, sort_keys=True))
+                case["quant_overrides"] = f"{uc}.encodings"
+                files.append(OutFile(f"qairt/{g}/{uc}.encodings", "encodings", [g], a.id, a.name))
+            elif quantized:
+                raise IncompatibleError(
+                    a.ref,
+                    f"base {base.ref} is {base.precision} but the adapter has no encodings for it",
+                    hint="run `loramgr calibrate` or `loramgr encodings import`",
+                )
+            cases.append(case)
+        cfg = gdir / "lora_importer_config.yaml"
+        cfg.write_text(yaml.safe_dump({"use_case": cases}, sort_keys=False))
+        files.append(OutFile(f"qairt/{g}/{cfg.name}", "importer_config", [g]))
+        out = gdir / "imported"
+        args: list[Any] = [
+            "--input_network",
+            ctx.graph_paths[g],
+            "--input_dlc",
+            dlc.name,
+            "--lora_config",
+            cfg.name,
+            "--output_dir",
+            out.name,
+        ]
+        if quantized:
+            args.append("--enable_float_fallback")
+        self.sdk.run(IMPORTER, args, cwd=gdir)
+        listing = out / "lora_output_files.yaml"
+        entries = self._read_output_files(listing, g, ucs.values())
+        files.append(OutFile(f"qairt/{g}/imported/{listing.name}", "importer_output", [g]))
+        by_uc = {v: k for k, v in ucs.items()}
+        for e in entries:
+            for key in ("weights", "encodings"):
+                if e.get(key):
+                    rel = Path(e[key]).relative_to(root.resolve()).as_posix()
+                    aid = by_uc[e["name"]]
+                    files.append(
+                        OutFile(
+                            f"qairt/{rel}",
+                            "imported_" + key,
+                            [g],
+                            aid,
+                            next(_adapter(j).name for j in adapter_jobs if _adapter(j).id == aid),
+                        )
+                    )
+                    e[key] = rel
+        return entries, files
+
+    def _read_output_files(self, listing: Path, g: str, ucs: Iterable[str]) -> list[dict[str, Any]]:
+        """``lora_output_files.yaml``: one entry per use case with weights (and encodings) that exist.
+        Paths are made absolute (the tool writes them relative to its output directory or cwd)."""
+        if not listing.is_file():
+            raise ExternalToolError(IMPORTER, f"exited 0 but did not write {listing}")
+        try:
+            doc = yaml.safe_load(listing.read_text(errors="replace"))
+        except yaml.YAMLError as e:
+            raise ExternalToolError(IMPORTER, f"wrote unreadable YAML {listing} ({type(e).__name__})") from None
+        cases = doc.get("use_case") if isinstance(doc, dict) else None
+        if not isinstance(cases, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) for c in cases
+        ):
+            raise ExternalToolError(IMPORTER, f"{listing}: expected `use_case: [{{name, weights, ...}}]`")
+        got = {c["name"]: dict(c) for c in cases}
+        missing = sorted(set(ucs) - set(got))
+        if missing:
+            raise ExternalToolError(IMPORTER, f"{listing} lacks use case(s) {', '.join(missing)}")
+        out = []
+        for uc in ucs:
+            c = got[uc]
+            c.setdefault("graph", g)
+            for key in ("weights", "encodings"):
+                if not c.get(key):
+                    continue
+                p = Path(str(c[key]))
+                cands = [p] if p.is_absolute() else [listing.parent / p, listing.parent.parent / p]
+                found = next((x for x in cands if x.is_file()), None)
+                if found is None or listing.parent.parent not in found.resolve().parents:
+                    raise ExternalToolError(
+                        IMPORTER,
+                        f"{listing} names {key} {c[key]} for {uc}, which is missing "
+                        "or outside the importer's directory",
+                    )
+                c[key] = str(found.resolve())
+            if not c.get("weights"):
+                raise ExternalToolError(IMPORTER, f"{listing}: use case {uc} has no weights")
+            out.append(c)
+        return out
+
+    def _generate(
+        self,
+        ctx: str,
+        graphs: list[str],
+        root: Path,
+        imported: dict[str, list[dict[str, Any]]],
+        adapter_jobs: list[SectionJob],
+        default_job: SectionJob | None,
+        ucs: dict[int, str],
+        share: bool,
+    ) -> list[OutFile]:
+        """Merge the graphs' use cases into one adapter weight config and run the generator once."""
+        cases = [c for g in graphs for c in imported[g]]
+        cfg = root / f"{ctx}.adapter_weight_config.yaml"
+        cfg.write_text(render_weight_config(cases, share and len(graphs) > 1))
+        gen = root / "contexts" / ctx
+        gen.mkdir(parents=True, exist_ok=True)
+        args: list[Any] = [
+            "--backend",
+            self.sdk.lib("libQnnHtp.so"),
+            "--model",
+            self.sdk.lib("libQnnModelDlc.so"),
+            "--dlc_path",
+            ",".join(f"{g}/{g}.dlc" for g in graphs),
+            "--binary_file",
+            ctx,
+            "--output_dir",
+            gen.relative_to(root),
+            "--adapter_weight_config",
+            cfg.name,
+        ]
+        if self.htp_config:
+            args += ["--config_file", self.htp_config]
+        self.sdk.run(GENERATOR, args, cwd=root)
+        files = [OutFile(f"qairt/{cfg.name}", "adapter_weight_config", graphs)]
+        shared = share and len(graphs) > 1
+        kind = "super_section" if shared else "section"
+        for j in adapter_jobs:
+            a = _adapter(j)
+            for src, gs in self._sections(gen, ctx, graphs, ucs[a.id], shared):
+                files.append(self._take(src, f"sections/{a.ref}/{src.name}", kind, gs, j, root))
+        if default_job is not None:
+            for src, gs in self._sections(gen, ctx, graphs, "default_adapter", shared):
+                files.append(self._take(src, f"sections/default/{src.name}", "default_section", gs, default_job, root))
+            ctx_bin = gen / f"{ctx}.bin"
+            if not ctx_bin.is_file():
+                raise ExternalToolError(GENERATOR, f"exited 0 but did not write the context binary {ctx_bin}")
+            files.append(self._take(ctx_bin, f"contexts/{ctx}.bin", "context_binary", graphs, default_job, root))
+        return files
+
+    @staticmethod
+    def _sections(gen: Path, ctx: str, graphs: list[str], uc: str, shared: bool) -> list[tuple[Path, list[str]]]:
+        """The generator's ``{graph}_{use_case}.bin`` files: one per graph, or with super adapters one
+        for the whole context (named after any of its graphs or after the context)."""
+        if not shared:
+            out = [(gen / f"{g}_{uc}.bin", [g]) for g in graphs]
+            for p, _ in out:
+                if not p.is_file():
+                    raise ExternalToolError(GENERATOR, f"exited 0 but did not write section {p}")
+            return out
+        cands = [gen / f"{n}_{uc}.bin" for n in (*graphs, ctx)]
+        found = [p for p in dict.fromkeys(cands) if p.is_file()]
+        if not found:
+            raise ExternalToolError(
+                GENERATOR,
+                f"exited 0 but did not write a shared section for {uc} in {gen} "
+                f"(looked for {', '.join(p.name for p in cands)})",
+            )
+        return [(found[0], list(graphs))]
+
+    @staticmethod
+    def _take(src: Path, rel: str, kind: str, graphs: list[str], job: SectionJob, root: Path) -> OutFile:
+        dest = root.parent / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), dest)
+        a = job.adapter
+        return OutFile(rel, kind, list(graphs), a.id if a else None, a.name if a else None, job.cache_key)
+
+
+def _adapter(job: SectionJob) -> Adapter:
+    """The adapter of an adapter job (the default job has none)."""
+    if job.adapter is None:
+        raise ValueError("the default adapter's job has no adapter record")
+    return job.adapter

@@ -1,0 +1,85 @@
+"""What a build's output looks like, shared by build, calibrate and verify: which graphs a section
+serves, which adapters a base builds, and the base's graphs placed beside the sections."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loramgr.errors import IntegrityError, NotFoundError
+from loramgr.records import Base
+from loramgr.sections.backends import OutFile
+
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
+
+
+def section_groups(base: Base, share: bool) -> dict[str, list[str]]:
+    """Section name -> graphs. Unshared: one per graph. Shared (super adapters): graphs with the same
+    attachment-point names form one group (the prefill/decode pair); parts stay separate."""
+    if not share:
+        return {g: [g] for g in base.graph_names}
+    by_set: dict[tuple[str, ...], list[str]] = {}
+    for g in base.graph_names:
+        key = tuple(sorted(ap.module_path for ap in base.points_of(g)))
+        by_set.setdefault(key, []).append(g)
+    return {"+".join(gs): gs for gs in by_set.values()}
+
+
+def select_adapters(reg: Registry, base: Base, refs: list[str], all_: bool) -> list[str]:
+    """The adapters a build (or calibration) covers: the named ones, or with ``all_`` / none named
+    every validated, non-retired adapter of the base."""
+    if refs and not all_:
+        return list(dict.fromkeys(refs))
+    validated = reg.validated_adapter_ids(base.id)
+    chosen = [a.ref for a in reg.adapters() if a.id in validated and a.status != "retired"]
+    if all_:
+        chosen = list(dict.fromkeys(list(refs) + chosen))
+    if not chosen:
+        raise NotFoundError(
+            f"base {base.ref}",
+            "has no validated adapters to build",
+            hint=f"run `loramgr validate ADAPTER --base {base.ref}` first",
+        )
+    return chosen
+
+
+def place(src: Path, dest: Path, *, link: bool) -> None:
+    """Put a copy (or, with ``link``, a hard link when possible) of ``src`` at ``dest`` atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    linked = False
+    if link:
+        try:
+            os.link(src, tmp)
+            linked = True
+        except OSError:  # another filesystem, or links not allowed: copy instead
+            pass
+    if not linked:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def materialize_graphs(reg: Registry, base: Base, out: Path) -> list[OutFile]:
+    """Base graphs (and their external data) next to the sections, so that a plan and a bundle are
+    self-contained. Copies, not hard links: the ``onnx`` package (and so the QAIRT converter and
+    importer) refuses external data files with several hard links ("potential hardlink attack")."""
+    files = []
+    for g in base.graphs:
+        items = [(g.file_name, g.sha256, g.size)] + [(e.location, e.sha256, e.size) for e in g.external_data]
+        for name, sha, size in items:
+            rel = f"base/{g.name}/{name}"
+            dest = out / rel
+            if not (dest.is_file() and dest.stat().st_size == size):  # content: fsck re-hashes artifacts
+                src = reg.store.path_for(sha)
+                if not src.is_file():
+                    raise IntegrityError(
+                        str(src), f"store object of graph {g.name} is missing", hint="run `loramgr fsck`"
+                    )
+                place(src, dest, link=False)
+            kind = "graph" if name == g.file_name else "graph_data"
+            files.append(OutFile(rel, kind, [g.name], sha256=sha, size=size))
+    return files

@@ -1,0 +1,318 @@
+"""``loramgr build``: select adapters, validate them as a group, build what changed, record it.
+
+Incremental: every section job has a content-hash cache key (adapter bytes + config, base
+fingerprint, backend and its version, sharing, precision); a job whose key was built before and whose
+file still verifies is reused, not rebuilt. Crash-safe: new files are written under
+``OUT/.loramgr-tmp-<build>/`` and moved into place one by one with ``os.replace``; artifacts are
+recorded (and the build marked done) only after every file is in place, so a killed build leaves a
+``running`` row that the next build marks failed, and never a recorded artifact that is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loramgr import dtypes
+from loramgr.errors import ConflictError, IncompatibleError, LoramgrError
+from loramgr.records import Adapter, Artifact, Base, EncodingSet, JsonRecord
+from loramgr.sections.backends import BuildContext, OutFile, SectionJob, get_backend
+from loramgr.sections.layout import materialize_graphs, place, section_groups, select_adapters
+from loramgr.store import sha256_file
+
+if TYPE_CHECKING:
+    from loramgr.registry.api import Registry
+
+#: bump when prepare/section layout changes, to invalidate every cache key.
+LAYOUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildResult(JsonRecord):
+    """What ``loramgr build --json`` prints."""
+
+    build_id: int
+    status: str
+    backend: str
+    share_adapters: bool
+    base: str
+    out_dir: str
+    rebuilt: list[str]
+    reused: list[str]
+    artifacts: list[Artifact]
+
+
+def cache_key(
+    base: Base,
+    adapter: Adapter | None,
+    encodings: EncodingSet,
+    backend_id: str,
+    share: bool,
+    groups: dict[str, list[str]],
+) -> str:
+    blob = {
+        "layout": LAYOUT_VERSION,
+        "base": base.fingerprint,
+        "precision": base.precision,
+        "backend": backend_id,
+        "share": share,
+        "groups": groups,
+        "adapter": None
+        if adapter is None
+        else [
+            adapter.sha256,
+            adapter.config_sha256,
+            adapter.lora_alpha,
+            adapter.name,
+            adapter.version,
+            encodings.to_aimet() if encodings else None,
+        ],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def base_lock(reg: Registry, base: Base) -> Iterator[None]:
+    """One build of a base at a time: a file lock on this machine, plus a PostgreSQL advisory lock
+    (held on its own connection) when the registry is shared by several machines."""
+    d = reg.settings.home / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"build-{base.ref}.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            with advisory_lock(reg, f"loramgr-build:{base.ref}"):
+                yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def advisory_lock(reg: Registry, key: str) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock named by ``key`` (nothing on other databases)."""
+    if reg.engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    lock_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+    with reg.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_id})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+            conn.commit()
+
+
+class _Progress:
+    """Build progress: one step per section job."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        from loramgr.progress import Progress
+
+        self.p = Progress(total, "building sections", quiet)
+
+    def __call__(self, job: SectionJob) -> None:
+        self.p.advance(f"built {job.label}")
+
+    def close(self) -> None:
+        self.p.close()
+
+
+def build(
+    reg: Registry,
+    base_ref: str,
+    refs: list[str] | None = None,
+    *,
+    all_: bool = False,
+    backend: str = "ort",
+    share_adapters: bool = False,
+    jobs: int = 1,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    precision: str | None = None,
+    **backend_opts: Any,
+) -> BuildResult:
+    """Build sections for the selected adapters of a base (and its default adapter)."""
+    from loramgr.validation import validate
+    from loramgr.weightlist import write_weight_lists
+
+    base = reg.base(base_ref)
+    chosen = select_adapters(reg, base, list(refs or []), all_)
+    records = reg.adapter_many(chosen)  # fetched once; validation and jobs share them
+    for rec in records.values():
+        if rec.status == "retired":
+            raise ConflictError(f"adapter {rec.ref}", "is retired and is not built any more")
+    # a build checks the group in memory; `loramgr validate` is what records validations
+    report = validate(reg, chosen, base.ref, record=False, records=records)
+    if not report.compatible:
+        raise IncompatibleError(
+            ", ".join(report.incompatible) or base.ref,
+            f"cannot build for {base.ref}: "
+            + "; ".join(f"{p.code} ({p.subject})" for a in report.adapters for p in a.problems)[:500],
+            details=report.to_json(),
+        )
+    be = get_backend(backend, **backend_opts)
+    be.check(base)  # e.g. the SDK version must equal the base's, before any build row exists
+    out = Path(out_dir or reg.settings.home / "builds" / base.ref).absolute()
+    if precision and precision != base.precision:
+        if dtypes.int_bits(base.precision) or any(dtypes.int_bits(ap.dtype) for ap in base.attachment_points):
+            raise IncompatibleError(f"--precision {precision}", f"base {base.ref} is {base.precision}")
+        base = dataclasses.replace(base, precision=precision)
+    adapters = [records[r] for r in chosen]
+    encs = _encodings(reg, base, adapters)
+    groups = section_groups(base, share_adapters)
+    kind = "super_section" if share_adapters else "section"
+    backend_id = be.version()
+    all_jobs = [
+        SectionJob(
+            a,
+            cache_key(base, a, encs[a.id], backend_id, share_adapters, groups),
+            groups,
+            kind,
+            share_adapters,
+            encs[a.id],
+        )
+        for a in adapters
+    ]
+    all_jobs.append(
+        SectionJob(
+            None,
+            cache_key(base, None, EncodingSet(), backend_id, share_adapters, groups),
+            groups,
+            "default_section",
+            share_adapters,
+        )
+    )
+    inputs_hash = hashlib.sha256("".join(sorted(j.cache_key for j in all_jobs)).encode()).hexdigest()
+    with base_lock(reg, base):
+        for dead_id, dead_out in reg.builds.recover_stale(base.id):
+            shutil.rmtree(Path(dead_out) / f".loramgr-tmp-{dead_id}", ignore_errors=True)
+        build_id = reg.builds.start(
+            base.id,
+            backend=backend,
+            sdk_version=be.sdk_version,
+            share_adapters=share_adapters,
+            precision=base.precision,
+            inputs_hash=inputs_hash,
+            out_dir=str(out),
+        )
+        work = out / f".loramgr-tmp-{build_id}"
+        log: list[str] = [f"build {build_id}: base {base.ref}, backend {backend_id}, share={share_adapters}"]
+        try:
+            reused, todo = _reuse(reg, all_jobs, out, force)
+            if be.needs_adapter_for_default and todo and all(j.adapter is None for j in todo):
+                first = next(j for j in all_jobs if j.adapter is not None)
+                reused = [f for f in reused if f.cache_key != first.cache_key]
+                todo.insert(0, first)
+            graph_files = materialize_graphs(reg, base, out)
+            ctx = BuildContext(base, {g: out / f.rel_path for f in graph_files if f.kind == "graph" for g in f.graphs})
+            log.append(f"reused {len(reused)} file(s); building {len(todo)} job(s)")
+            work.mkdir(parents=True, exist_ok=True)
+            progress = _Progress(len(todo), quiet)
+            try:
+                new = be.build(ctx, todo, work, n_jobs=max(1, jobs), progress=progress) if todo else []
+            finally:
+                progress.close()
+            log += be.log
+            for f in new:
+                dest = out / f.rel_path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work / f.rel_path, dest)
+            files = reused + new + graph_files
+            wl = write_weight_lists(base, out / "weight_list.txt")
+            for p in sorted(set(wl.files.values())):
+                files.append(
+                    OutFile(
+                        Path(p).relative_to(out).as_posix(),
+                        "weight_list",
+                        base.graph_names,
+                        sha256=sha256_file(p),
+                        size=Path(p).stat().st_size,
+                    )
+                )
+            for f in files:
+                f.path = str(out / f.rel_path)
+            reg.builds.finish(build_id, files, "\n".join(log) + "\n")
+        except BaseException as e:
+            msg = e.message if isinstance(e, LoramgrError) else f"{type(e).__name__}: {e}"
+            reg.builds.fail(build_id, "\n".join(log + be.log + [f"failed: {msg}"]) + "\n")
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    done = reg.builds.get(build_id)
+    return BuildResult(
+        build_id,
+        done.status,
+        backend,
+        share_adapters,
+        base.ref,
+        str(out),
+        [j.adapter.ref if j.adapter else "default" for j in todo],
+        sorted({f.adapter or "default" for f in reused}),
+        list(done.artifacts),
+    )
+
+
+def _encodings(reg: Registry, base: Base, adapters: list[Adapter]) -> dict[int, EncodingSet]:
+    """Each adapter's encodings (build inputs: quant_overrides, quantized sections). An integer build
+    computes and stores weight encodings when calibration has not."""
+    from loramgr.lora.inputs import weight_encodings
+
+    encs = reg.encodings.get_many(base.id, [a.id for a in adapters])
+    bits = dtypes.int_bits(base.precision)
+    for a in adapters:
+        if bits and not encs[a.id].param:
+            reg.encodings.store(base.id, a.id, weight_encodings(a, base, bits), "build")
+            encs[a.id] = reg.encodings.get(base.id, a.id)
+    return {k: dataclasses.replace(v, sources=()) for k, v in encs.items()}
+
+
+def _reuse(reg: Registry, jobs: list[SectionJob], out: Path, force: bool) -> tuple[list[OutFile], list[SectionJob]]:
+    """Split jobs into reusable files (same cache key, file still there at its size) and jobs to build."""
+    if force:
+        return [], jobs
+    cached = reg.builds.reusable([j.cache_key for j in jobs])
+    reused: list[OutFile] = []
+    todo: list[SectionJob] = []
+    for j in jobs:
+        arts = cached.get(j.cache_key) or []
+        files: list[OutFile] = []
+        for a, rel in arts:
+            src = Path(a.path)
+            dest = out / rel
+            # existence and size: a killed build's partial file never matches; content is fsck's job
+            # (re-hashing every section on every build would make incremental builds O(all bytes))
+            if not (src.is_file() and src.stat().st_size == a.size):
+                files = []
+                break
+            if src != dest:
+                place(src, dest, link=False)
+            files.append(
+                OutFile(
+                    rel,
+                    a.kind,
+                    list(a.graphs),
+                    a.adapter_id,
+                    j.adapter.name if j.adapter else None,
+                    j.cache_key,
+                    a.sha256,
+                    a.size,
+                )
+            )
+        if files and len(files) == len(arts):
+            reused += files
+        else:
+            todo.append(j)
+    return reused, todo

@@ -1,0 +1,144 @@
+"""The README's demo: the main job end to end on the embedded SQLite default.
+
+It makes a tiny Hugging Face Llama and PEFT adapters for it, exports the model to LoRA-ready ONNX
+graphs with ``loramgr base export``, then drives the real CLI the way a user would, printing every
+command before running it. State lives in ``./demo-output`` (recreated on every run) so the demo
+never touches ``~/.loramgr``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def sh(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = [str(a) for a in args]
+    print(f"\n$ loramgr {' '.join(argv)}", flush=True)
+    p = subprocess.run([sys.executable, "-m", "loramgr", *argv], text=True)
+    if check and p.returncode != 0:
+        raise SystemExit(f"demo step failed with exit {p.returncode}: loramgr {' '.join(argv)}")
+    return p
+
+
+def main() -> None:
+    out = Path(os.environ.get("LORAMGR_DEMO_DIR", "demo-output")).absolute()
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "inputs").mkdir(parents=True)
+    os.environ["LORAMGR_HOME"] = str(out / "home")
+    os.environ.pop("LORAMGR_DB_URL", None)
+    print(f"loramgr demo: state in {out}")
+
+    inputs = out / "inputs"
+    print("\n## 0. a tiny Hugging Face Llama (hidden 64, 2 layers) and PEFT adapters for it, made locally")
+    from loramgr.testing.synth_hf import peft_adapter, tiny_llama
+
+    tiny_llama().save_pretrained(inputs / "hf")
+    adapters = {"chat-r8": (8, 16, 1), "summarize-r4": (4, 8, 2), "code-r16": (16, 16, 3)}
+    for name, (r, alpha, seed) in adapters.items():
+        peft_adapter(tiny_llama(), inputs / name, seed=seed, r=r, lora_alpha=alpha, target_modules=["q_proj", "v_proj"])
+    # an adapter this base cannot serve: rank 32 > max rank 16, and it targets k_proj
+    peft_adapter(tiny_llama(), inputs / "too-big-r32", seed=4, r=32, lora_alpha=32, target_modules=["q_proj", "k_proj"])
+
+    print("\n## 1. export the HF model to LoRA-ready prefill + decode ONNX graphs (registered as base `tiny`)")
+    sh(
+        "base",
+        "export",
+        inputs / "hf",
+        "--name",
+        "tiny",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--max-rank",
+        "16",
+        "--graphs",
+        "prefill=16,decode=1",
+        "--context-len",
+        "64",
+        "-o",
+        inputs / "onnx",
+    )
+    for name in [*adapters, "too-big-r32"]:
+        sh("register", inputs / name, "--base", "tiny")
+    sh("register", inputs / "chat-r8")  # same bytes again: idempotent
+    sh("list", "adapters")
+
+    print("\n## 2. validate: compatible adapters, and one incompatible (every problem at once, exit 5)")
+    sh("validate", "chat-r8", "--base", "tiny")
+    sh("validate", "too-big-r32", "--base", "tiny", check=False)
+    for name in ("summarize-r4", "code-r16"):
+        sh("validate", name, "--base", "tiny")
+    sh("weight-list", "--base", "tiny", "-o", out / "lora_weights.txt")
+    print((out / "lora_weights.txt").read_text().rstrip())
+
+    print("\n## 3. calibrate per-adapter I/O encodings on the bundled calibration set")
+    calib = Path(__file__).parent / "data" / "demo_calib.jsonl"
+    sh("calibrate", "--base", "tiny", "--all", "--data", calib)
+    sh("encodings", "show", "chat-r8", "--tensor", "logits")
+
+    print("\n## 4. build on the ONNX Runtime reference backend, with and without super adapters")
+    build_dir = out / "build"
+    sh("build", "--base", "tiny", "--backend", "ort", "-o", out / "build-per-graph")
+    sh("build", "--base", "tiny", "--backend", "ort", "--share-adapters", "-o", build_dir)
+    per_graph = sum(
+        p.stat().st_size
+        for p in (out / "build-per-graph" / "sections").rglob("*.onnx_adapter")
+        if not p.parent.name == "default"
+    )
+    shared = sum(
+        p.stat().st_size for p in (build_dir / "sections").rglob("*.onnx_adapter") if not p.parent.name == "default"
+    )
+    print(
+        f"super adapters: {shared} bytes vs {per_graph} bytes per-graph sections "
+        f"({100 * (1 - shared / per_graph):.0f}% saved)"
+    )
+
+    print("\n## 5. the runtime plan, a device bundle, then adapters run through the plan")
+    plan = build_dir / "plan.json"
+    sh("plan", "--base", "tiny")
+    sh("plan-show", plan, "--adapter", "chat-r8")
+    sh("bundle", "--plan", plan, "-o", out / "tiny-bundle.tar")
+    sh("bundle", "check", out / "tiny-bundle.tar")
+    for name in ("chat-r8", "code-r16", "default"):
+        sh("run", "--plan", plan, "--adapter", name, "--input-ids", "5,17,99,3", "--steps", "8")
+    sh("verify", "--plan", plan)
+    run_plan(plan)
+    print("\ndemo finished")
+
+
+def run_plan(plan_path: Path) -> None:
+    """The Python runtime API: one live session per graph, adapters switched without reloading."""
+    import numpy as np
+
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession
+
+    plan = Plan.load(plan_path)
+    session = LoraSession(plan, graph="prefill")
+    ids = np.array([[5, 17, 99, 3] + [0] * 12], np.int64)
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": (ids > 0).astype(np.int64) | (np.arange(16) < 4),
+        "position_ids": np.arange(16, dtype=np.int64)[None],
+    }
+    print("\n$ python: LoraSession(plan, graph='prefill') -- one ORT session, adapters switched per run")
+    for name in ("chat-r8", "code-r16", "default"):
+        session.apply(name)
+        logits = session.run(feeds, ["logits"])[0]
+        print(f"  {name:9s} next-token logits[:4] = {np.array2string(logits[0, 3, :4], precision=4)}")
+        enc = plan.adapter(name).io_encodings("logits")
+        print(
+            f"  {'':9s} I/O encoding of logits: "
+            + (
+                f"min {enc['min']:.4f} max {enc['max']:.4f} scale {enc['scale']:.6f} offset {enc['offset']}"
+                if enc
+                else "none"
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
