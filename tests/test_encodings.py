@@ -359,3 +359,29 @@ def test_declared_intermediate_quantization_points_are_calibrated(tmp_path):
         json.dumps({"activation_encodings": {"xab0": PER_TENSOR["activation_encodings"]["out0"]}})
     )
     assert invoke("encodings", "import", "qa", tmp_path / "imp.json").exit_code == 0  # a declared point is a known name
+
+
+def test_session_quantize_dequantize_use_the_active_adapters_encoding(calibrated):
+    """LoraSession.quantize/dequantize follow AIMET's x = scale * (q + offset) with the encoding of the
+    adapter that is applied (reference written out here, not taken from loramgr)."""
+    from loramgr.runtime import Plan, PlanLookupError
+    from loramgr.runtime.ort import LoraSession
+
+    tmp = calibrated[0]
+    assert invoke("build", "--base", "tiny", "--all", "-o", tmp / "out").exit_code == 0
+    assert invoke("plan", "--base", "tiny").exit_code == 0
+    plan = Plan.load(tmp / "out" / "plan.json")
+    s = LoraSession(plan)
+    x = np.linspace(-3, 3, 101).astype(np.float32)
+    for name in ("small", "large"):
+        s.apply(name)
+        e = invoke("encodings", "show", name, "--json").json["activation_encodings"]["out0"][0]
+        scale, offset, top = e["scale"], e["offset"], 2 ** e["bitwidth"] - 1
+        want_q = [min(max(round(float(v) / scale) - offset, 0), top) for v in x]
+        q = s.quantize("out0", x)
+        assert q.tolist() == want_q
+        assert np.allclose(s.dequantize("out0", q), [(c + offset) * scale for c in want_q], atol=1e-6)
+        inside = (x >= e["min"]) & (x <= e["max"])
+        assert np.abs(s.dequantize("out0", q)[inside] - x[inside]).max() <= scale / 2 + 1e-6
+    with pytest.raises(PlanLookupError):
+        s.quantize("no_such_tensor", x)
