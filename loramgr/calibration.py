@@ -234,6 +234,6 @@ def calibrate(
                 enc = EncodingSet(
                     {t: [asymmetric(lo, hi, act_bits)] for t, (lo, hi) in sorted(rec.ranges.items())}, params_enc
                 )
-                reg.encodings.store(base.id, ad.id if ad else None, enc, "calibrate", replace_all=True)
+                reg.encodings.save(base.id, ad.id if ad else None, enc, "calibrate", replace_all=True)
                 done.append(OwnerCalibration(ad.ref if ad else "default", len(enc.activation), len(enc.param)))
     return Calibration(base.ref, str(data), act_bits, wbits, done)

@@ -38,6 +38,12 @@ def test_no_package_folder_named_build_and_one_top_level_package():
     assert (ROOT / "loramgr" / "registry" / "migrations" / "versions").is_dir()
 
 
+def test_demo_calibration_set_is_where_the_demo_reads_it():
+    from loramgr.testing.demo import CALIBRATION_SET
+
+    assert CALIBRATION_SET.is_file() and CALIBRATION_SET.read_text().strip()
+
+
 def test_demo_and_synthetic_helpers_are_off_the_core_import_path():
     offenders = [
         str(p.relative_to(ROOT))
@@ -67,6 +73,7 @@ def test_wheel_has_only_loramgr_with_migrations_and_schema_and_init_works(tmp_pa
     assert any(n.startswith("loramgr/registry/migrations/versions/0001_") for n in names)
     assert "loramgr/registry/migrations/env.py" in names
     assert "loramgr/schemas/plan.schema.json" in names and "loramgr/py.typed" in names
+    assert "loramgr/testing/data/demo_calib.jsonl" in names  # the demo's calibration set
     # a fresh venv with the wheel installed (dependencies come from the test's own environment through a
     # path entry, not from this checkout: the checkout's editable finder is not activated there)
     venv = tmp_path / "venv"

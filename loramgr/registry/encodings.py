@@ -128,7 +128,7 @@ class Encodings:
         )
         return n
 
-    def store(
+    def save(
         self, base_id: int, adapter_id: int | None, enc: EncodingSet, source: str, *, replace_all: bool = False
     ) -> int:
         """Upsert the tensors of ``enc`` for one owner; ``replace_all`` first drops the owner's rows."""
@@ -199,5 +199,5 @@ class Encodings:
         """Attach an AIMET file to an adapter; its tensors replace what calibration computed."""
         ad = self.reg.adapter(ref)
         base = self.base_for(ad, base_ref)
-        n = self.store(base.id, ad.id, self.read_file(path, base), "import")
+        n = self.save(base.id, ad.id, self.read_file(path, base), "import")
         return EncodingsImported(ad.ref, base.ref, n, str(path))

@@ -62,150 +62,13 @@ class FsckReport(JsonRecord):
         return sum(len(getattr(self, k)) for k in self.PROBLEMS)
 
 
-def referenced(reg: Registry, include_retired: bool = True) -> dict[str, str]:
-    """sha256 -> what references it (adapters, base graphs and their external data)."""
-    refs: dict[str, str] = {}
-    with reg.session() as s:
-        for a in s.scalars(select(AdapterRow)):
-            if include_retired or a.status != "retired":
-                refs[a.sha256] = f"adapter {a.name}@{a.version}"
-        for g in s.scalars(select(GraphRow)):
-            refs[g.onnx_sha256] = f"graph {g.name} of base {g.base_id}"
-            for e in g.external_data or []:
-                if e.get("sha256"):
-                    refs[e["sha256"]] = f"external data {e.get('location')} of graph {g.name}"
-    return refs
-
-
 def _age(p: Path) -> float:
     st = p.stat()
     return time.time() - max(st.st_mtime, st.st_ctime)  # ctime: a hard link made now is young
 
 
-def gc(reg: Registry, *, dry_run: bool = False, retired: bool = False, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
-    """Delete store objects no live row references (retired adapters' objects only with ``retired``)."""
-    with reg.store.guard(shared=False):
-        live = referenced(reg, include_retired=not retired)
-        deleted, kept_young, freed = [], 0, 0
-        for sha, path in list(reg.store.iter_objects()):
-            if sha in live:
-                continue
-            if _age(path) < grace_s:
-                kept_young += 1
-                continue
-            size = path.stat().st_size
-            if not dry_run:
-                reg.store.remove(sha)
-            deleted.append({"sha256": sha, "size": size})
-            freed += size
-        if not dry_run and deleted:
-
-            def note(s: Session) -> None:
-                reg.event(s, "gc", "store", deleted=len(deleted), bytes=freed, retired=retired)
-
-            reg.retrying(note)
-    return GcReport(dry_run, deleted, freed, kept_young, len(live))
-
-
-def fsck(reg: Registry, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> FsckReport:
-    """Re-hash every store object and check every row's file. ``repair`` quarantines corrupt objects,
-    deletes orphaned ones and stale temporary files, and marks builds whose artifacts are gone as
-    failed (so the next build redoes them); missing adapter/graph files cannot be repaired."""
-    store = reg.store
-    problems: dict[str, list[dict[str, Any]]] = {
-        "corrupt": [],
-        "missing": [],
-        "orphaned": [],
-        "stale_tmp": [],
-        "artifacts": [],
-    }
-    repaired: list[str] = []
-    with store.guard(shared=False):
-        live = referenced(reg)
-        seen = set()
-        checked = 0
-        for sha, path in list(store.iter_objects()):
-            checked += 1
-            seen.add(sha)
-            if sha256_file(path) != sha:
-                problems["corrupt"].append({"sha256": sha, "path": str(path), "used_by": live.get(sha)})
-                if repair:
-                    q = store.root / "quarantine" / sha
-                    q.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(str(path), q)
-                    repaired.append(f"quarantined {sha}")
-            elif sha not in live and _age(path) >= grace_s:
-                problems["orphaned"].append({"sha256": sha, "path": str(path), "size": path.stat().st_size})
-                if repair:
-                    store.remove(sha)
-                    repaired.append(f"deleted orphan {sha}")
-        with reg.session() as s:
-            retired_collected = {a.sha256 for a in s.scalars(select(AdapterRow).where(AdapterRow.status == "retired"))}
-        for sha, who in sorted(live.items()):
-            if sha not in seen and not (sha in retired_collected and who.startswith("adapter")):
-                problems["missing"].append({"sha256": sha, "used_by": who})
-        tmp = store.root / "tmp"
-        for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
-            if p.is_file() and _age(p) >= grace_s:
-                problems["stale_tmp"].append({"path": str(p)})
-                if repair:
-                    p.unlink(missing_ok=True)
-                    repaired.append(f"deleted {p.name}")
-        bad_builds = _check_artifacts(reg, problems["artifacts"])
-        if repair and bad_builds:
-
-            def mark(s: Session) -> None:
-                for b in s.scalars(select(BuildRow).where(BuildRow.id.in_(bad_builds))):
-                    b.status = "failed"
-                    b.log = (b.log or "") + "\nfsck: artifacts missing or corrupt; marked failed\n"
-                    reg.event(s, "fsck_repair", f"build:{b.id}", reason="artifacts missing or corrupt")
-
-            reg.retrying(mark)
-            repaired += [f"marked build {b} failed" for b in sorted(bad_builds)]
-    unrepairable = problems["missing"] + (
-        [] if repair else problems["corrupt"] + problems["orphaned"] + problems["stale_tmp"] + problems["artifacts"]
-    )
-    return FsckReport(checked, **problems, repaired=repaired, ok=not unrepairable)
-
-
-def _check_artifacts(reg: Registry, out: list[dict[str, Any]]) -> set[int]:
-    bad: set[int] = set()
-    with reg.session() as s:
-        rows = s.execute(select(ArtifactRow, BuildRow.id).join(BuildRow).where(BuildRow.status == "done")).all()
-    for art, bid in rows:
-        p = Path(art.path)
-        why = (
-            "missing"
-            if not p.is_file()
-            else ("corrupt" if p.stat().st_size != art.size or sha256_file(p) != art.sha256 else None)
-        )
-        if why:
-            out.append({"build": bid, "path": art.path, "problem": why})
-            bad.add(bid)
-    return bad
-
-
-# -- export / import -----------------------------------------------------------------------------
 def _jsonable(v: Any) -> Any:
     return v.isoformat() if isinstance(v, dt.datetime) else v
-
-
-def export_registry(reg: Registry) -> dict[str, Any]:
-    """Every row of every table (parents first), plus the schema revision."""
-    from loramgr.registry import db
-
-    tables = {}
-    with reg.session() as s:
-        for t in Model.metadata.sorted_tables:
-            rows = s.execute(select(t).order_by(*t.primary_key.columns)).mappings().all()
-            tables[t.name] = [{k: _jsonable(v) for k, v in r.items()} for r in rows]
-    return {
-        "format": EXPORT_FORMAT,
-        "version": 1,
-        "schema": db.current_revision(reg.engine),
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "tables": tables,
-    }
 
 
 def _is_datetime(col: Any) -> bool:
@@ -213,55 +76,6 @@ def _is_datetime(col: Any) -> bool:
         return col.type.python_type is dt.datetime
     except NotImplementedError:
         return False
-
-
-def import_registry(reg: Registry, doc: Any, source: str = "dump") -> dict[str, int]:
-    """Load an export into an empty registry (ids preserved; PostgreSQL sequences advanced)."""
-    from loramgr.registry import db
-
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("tables"), dict):
-        raise InvalidInputError(source, f"not a {EXPORT_FORMAT} file")
-    if doc.get("schema") != db.current_revision(reg.engine):
-        raise InvalidInputError(
-            source,
-            f"was exported at schema {doc.get('schema')}, this registry is at "
-            f"{db.current_revision(reg.engine)}; upgrade the older side first",
-        )
-    counts: dict[str, int] = {}
-    with reg.session(write=True) as s:
-        for t in Model.metadata.sorted_tables:
-            if s.scalar(select(func.count()).select_from(t)):
-                raise ConflictError(
-                    f"registry {db.redact(reg.settings.db_url)}",
-                    f"table {t.name} is not empty; import-registry only fills an empty registry",
-                )
-        for t in Model.metadata.sorted_tables:
-            rows = doc["tables"].get(t.name, [])
-            cols = {c.name: c for c in t.columns}
-            clean = []
-            for r in rows:
-                if not isinstance(r, dict) or set(r) - set(cols):
-                    raise InvalidInputError(source, f"table {t.name}: unexpected row layout")
-                clean.append(
-                    {
-                        k: (dt.datetime.fromisoformat(v) if isinstance(v, str) and _is_datetime(cols[k]) else v)
-                        for k, v in r.items()
-                    }
-                )
-            if clean:
-                s.execute(t.insert(), clean)
-            counts[t.name] = len(clean)
-        if reg.engine.dialect.name == "postgresql":
-            for t in Model.metadata.sorted_tables:
-                pk = list(t.primary_key.columns)
-                if len(pk) == 1 and counts.get(t.name):
-                    s.execute(
-                        text(
-                            f"SELECT setval(pg_get_serial_sequence('{t.name}', '{pk[0].name}'), "
-                            f"(SELECT max({pk[0].name}) FROM {t.name}))"
-                        )
-                    )
-    return counts
 
 
 def dumps(doc: dict[str, Any]) -> str:
@@ -283,19 +97,188 @@ class Maintenance:
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
 
+    def referenced(self, include_retired: bool = True) -> dict[str, str]:
+        """sha256 -> what references it (adapters, base graphs and their external data)."""
+        refs: dict[str, str] = {}
+        with self.reg.session() as s:
+            for a in s.scalars(select(AdapterRow)):
+                if include_retired or a.status != "retired":
+                    refs[a.sha256] = f"adapter {a.name}@{a.version}"
+            for g in s.scalars(select(GraphRow)):
+                refs[g.onnx_sha256] = f"graph {g.name} of base {g.base_id}"
+                for e in g.external_data or []:
+                    if e.get("sha256"):
+                        refs[e["sha256"]] = f"external data {e.get('location')} of graph {g.name}"
+        return refs
+
     def gc(self, *, dry_run: bool = False, retired: bool = False, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
-        return gc(self.reg, dry_run=dry_run, retired=retired, grace_s=grace_s)
+        """Delete store objects no live row references (retired adapters' objects only with ``retired``)."""
+        with self.reg.store.guard(shared=False):
+            live = self.referenced(include_retired=not retired)
+            deleted, kept_young, freed = [], 0, 0
+            for sha, path in list(self.reg.store.iter_objects()):
+                if sha in live:
+                    continue
+                if _age(path) < grace_s:
+                    kept_young += 1
+                    continue
+                size = path.stat().st_size
+                if not dry_run:
+                    self.reg.store.remove(sha)
+                deleted.append({"sha256": sha, "size": size})
+                freed += size
+            if not dry_run and deleted:
+
+                def note(s: Session) -> None:
+                    self.reg.event(s, "gc", "store", deleted=len(deleted), bytes=freed, retired=retired)
+
+                self.reg.retrying(note)
+        return GcReport(dry_run, deleted, freed, kept_young, len(live))
 
     def fsck(self, *, repair: bool = False, grace_s: float = DEFAULT_GRACE_S) -> FsckReport:
-        return fsck(self.reg, repair=repair, grace_s=grace_s)
+        """Re-hash every store object and check every row's file. ``repair`` quarantines corrupt objects,
+        deletes orphaned ones and stale temporary files, and marks builds whose artifacts are gone as
+        failed (so the next build redoes them); missing adapter/graph files cannot be repaired."""
+        store = self.reg.store
+        problems: dict[str, list[dict[str, Any]]] = {
+            "corrupt": [],
+            "missing": [],
+            "orphaned": [],
+            "stale_tmp": [],
+            "artifacts": [],
+        }
+        repaired: list[str] = []
+        with store.guard(shared=False):
+            live = self.referenced()
+            seen = set()
+            checked = 0
+            for sha, path in list(store.iter_objects()):
+                checked += 1
+                seen.add(sha)
+                if sha256_file(path) != sha:
+                    problems["corrupt"].append({"sha256": sha, "path": str(path), "used_by": live.get(sha)})
+                    if repair:
+                        q = store.root / "quarantine" / sha
+                        q.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.move(str(path), q)
+                        repaired.append(f"quarantined {sha}")
+                elif sha not in live and _age(path) >= grace_s:
+                    problems["orphaned"].append({"sha256": sha, "path": str(path), "size": path.stat().st_size})
+                    if repair:
+                        store.remove(sha)
+                        repaired.append(f"deleted orphan {sha}")
+            with self.reg.session() as s:
+                retired_collected = {
+                    a.sha256 for a in s.scalars(select(AdapterRow).where(AdapterRow.status == "retired"))
+                }
+            for sha, who in sorted(live.items()):
+                if sha not in seen and not (sha in retired_collected and who.startswith("adapter")):
+                    problems["missing"].append({"sha256": sha, "used_by": who})
+            tmp = store.root / "tmp"
+            for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+                if p.is_file() and _age(p) >= grace_s:
+                    problems["stale_tmp"].append({"path": str(p)})
+                    if repair:
+                        p.unlink(missing_ok=True)
+                        repaired.append(f"deleted {p.name}")
+            bad_builds = self._check_artifacts(problems["artifacts"])
+            if repair and bad_builds:
+
+                def mark(s: Session) -> None:
+                    for b in s.scalars(select(BuildRow).where(BuildRow.id.in_(bad_builds))):
+                        b.status = "failed"
+                        b.log = (b.log or "") + "\nfsck: artifacts missing or corrupt; marked failed\n"
+                        self.reg.event(s, "fsck_repair", f"build:{b.id}", reason="artifacts missing or corrupt")
+
+                self.reg.retrying(mark)
+                repaired += [f"marked build {b} failed" for b in sorted(bad_builds)]
+        unrepairable = problems["missing"] + (
+            [] if repair else problems["corrupt"] + problems["orphaned"] + problems["stale_tmp"] + problems["artifacts"]
+        )
+        return FsckReport(checked, **problems, repaired=repaired, ok=not unrepairable)
+
+    def _check_artifacts(self, out: list[dict[str, Any]]) -> set[int]:
+        bad: set[int] = set()
+        with self.reg.session() as s:
+            rows = s.execute(select(ArtifactRow, BuildRow.id).join(BuildRow).where(BuildRow.status == "done")).all()
+        for art, bid in rows:
+            p = Path(art.path)
+            why = (
+                "missing"
+                if not p.is_file()
+                else ("corrupt" if p.stat().st_size != art.size or sha256_file(p) != art.sha256 else None)
+            )
+            if why:
+                out.append({"build": bid, "path": art.path, "problem": why})
+                bad.add(bid)
+        return bad
+
+    # -- export / import -----------------------------------------------------------------------------
 
     def export(self) -> dict[str, Any]:
-        """The whole registry as one JSON document (``loramgr.registry-export``)."""
-        return export_registry(self.reg)
+        """Every row of every table (parents first), plus the schema revision."""
+        from loramgr.registry import db
+
+        tables = {}
+        with self.reg.session() as s:
+            for t in Model.metadata.sorted_tables:
+                rows = s.execute(select(t).order_by(*t.primary_key.columns)).mappings().all()
+                tables[t.name] = [{k: _jsonable(v) for k, v in r.items()} for r in rows]
+        return {
+            "format": EXPORT_FORMAT,
+            "version": 1,
+            "schema": db.current_revision(self.reg.engine),
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "tables": tables,
+        }
 
     def import_(self, doc: Any, source: str = "dump") -> dict[str, int]:
-        """Fill an empty registry from an export; returns rows per table."""
-        return import_registry(self.reg, doc, source)
+        """Load an export into an empty registry (ids preserved; PostgreSQL sequences advanced)."""
+        from loramgr.registry import db
+
+        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("tables"), dict):
+            raise InvalidInputError(source, f"not a {EXPORT_FORMAT} file")
+        if doc.get("schema") != db.current_revision(self.reg.engine):
+            raise InvalidInputError(
+                source,
+                f"was exported at schema {doc.get('schema')}, this registry is at "
+                f"{db.current_revision(self.reg.engine)}; upgrade the older side first",
+            )
+        counts: dict[str, int] = {}
+        with self.reg.session(write=True) as s:
+            for t in Model.metadata.sorted_tables:
+                if s.scalar(select(func.count()).select_from(t)):
+                    raise ConflictError(
+                        f"registry {db.redact(self.reg.settings.db_url)}",
+                        f"table {t.name} is not empty; import-registry only fills an empty registry",
+                    )
+            for t in Model.metadata.sorted_tables:
+                rows = doc["tables"].get(t.name, [])
+                cols = {c.name: c for c in t.columns}
+                clean = []
+                for r in rows:
+                    if not isinstance(r, dict) or set(r) - set(cols):
+                        raise InvalidInputError(source, f"table {t.name}: unexpected row layout")
+                    clean.append(
+                        {
+                            k: (dt.datetime.fromisoformat(v) if isinstance(v, str) and _is_datetime(cols[k]) else v)
+                            for k, v in r.items()
+                        }
+                    )
+                if clean:
+                    s.execute(t.insert(), clean)
+                counts[t.name] = len(clean)
+            if self.reg.engine.dialect.name == "postgresql":
+                for t in Model.metadata.sorted_tables:
+                    pk = list(t.primary_key.columns)
+                    if len(pk) == 1 and counts.get(t.name):
+                        s.execute(
+                            text(
+                                f"SELECT setval(pg_get_serial_sequence('{t.name}', '{pk[0].name}'), "
+                                f"(SELECT max({pk[0].name}) FROM {t.name}))"
+                            )
+                        )
+        return counts
 
     def export_to(self, out: str | Path) -> ExportWritten:
         """Write the export to ``out`` atomically."""

@@ -274,7 +274,7 @@ def _encodings(reg: Registry, base: Base, adapters: list[Adapter]) -> dict[int, 
     bits = dtypes.int_bits(base.precision)
     for a in adapters:
         if bits and not encs[a.id].param:
-            reg.encodings.store(base.id, a.id, weight_encodings(a, base, bits), "build")
+            reg.encodings.save(base.id, a.id, weight_encodings(a, base, bits), "build")
             encs[a.id] = reg.encodings.get(base.id, a.id)
     return {k: dataclasses.replace(v, sources=()) for k, v in encs.items()}
 

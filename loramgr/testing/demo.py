@@ -14,6 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+#: the calibration set the demo ships (package data, so it is there in an installed wheel too)
+CALIBRATION_SET = Path(__file__).parent / "data" / "demo_calib.jsonl"
+
 
 def sh(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
     argv = [str(a) for a in args]
@@ -75,8 +78,7 @@ def main() -> None:
     print((out / "lora_weights.txt").read_text().rstrip())
 
     print("\n## 3. calibrate per-adapter I/O encodings on the bundled calibration set")
-    calib = Path(__file__).parent / "data" / "demo_calib.jsonl"
-    sh("calibrate", "--base", "tiny", "--all", "--data", calib)
+    sh("calibrate", "--base", "tiny", "--all", "--data", CALIBRATION_SET)
     sh("encodings", "show", "chat-r8", "--tensor", "logits")
 
     print("\n## 4. build on the ONNX Runtime reference backend, with and without super adapters")

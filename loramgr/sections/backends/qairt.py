@@ -153,7 +153,7 @@ class QairtBackend:
             return dlc, []
         wl = gdir / "lora_weights.txt"
         wl.write_text(render(weight_lists(ctx.base)[g]))
-        self.sdk.run(
+        self.sdk.invoke(
             CONVERTER,
             [
                 "--input_network",
@@ -229,7 +229,7 @@ class QairtBackend:
         ]
         if quantized:
             args.append("--enable_float_fallback")
-        self.sdk.run(IMPORTER, args, cwd=gdir)
+        self.sdk.invoke(IMPORTER, args, cwd=gdir)
         listing = out / "lora_output_files.yaml"
         entries = self._read_output_files(listing, g, ucs.values())
         files.append(OutFile(f"qairt/{g}/imported/{listing.name}", "importer_output", [g]))
@@ -324,7 +324,7 @@ class QairtBackend:
         ]
         if self.htp_config:
             args += ["--config_file", self.htp_config]
-        self.sdk.run(GENERATOR, args, cwd=root)
+        self.sdk.invoke(GENERATOR, args, cwd=root)
         files = [OutFile(f"qairt/{cfg.name}", "adapter_weight_config", graphs)]
         shared = share and len(graphs) > 1
         kind = "super_section" if shared else "section"

@@ -121,7 +121,7 @@ class Sdk:
         env["QAIRT_SDK_ROOT"] = env["QNN_SDK_ROOT"] = str(self.root)
         return env
 
-    def run(self, name: str, args: list[str | Path], *, cwd: Path) -> subprocess.CompletedProcess[str]:
+    def invoke(self, name: str, args: list[str | Path], *, cwd: Path) -> subprocess.CompletedProcess[str]:
         argv = [str(self.tool(name))] + [str(a) for a in args]
         try:
             proc = subprocess.run(
