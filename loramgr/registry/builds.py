@@ -18,7 +18,6 @@ from loramgr.registry.models import AdapterRow, ArtifactRow, BaseRow, BuildRow, 
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
-    from loramgr.sections.backends import OutFile
 
 
 def _alive(pid: int | None) -> bool:
@@ -93,7 +92,7 @@ class Builds:
 
         return self.reg.retrying(write)
 
-    def finish(self, build_id: int, files: Iterable[OutFile], log: str) -> None:
+    def finish(self, build_id: int, files: Iterable[Artifact], log: str) -> None:
         """Record every artifact and mark the build done in one transaction."""
         files = list(files)
 

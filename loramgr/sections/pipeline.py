@@ -244,7 +244,7 @@ def build(
                 )
             for f in files:
                 f.path = str(out / f.rel_path)
-            reg.builds.finish(build_id, files, "\n".join(log) + "\n")
+            reg.builds.finish(build_id, [f.artifact() for f in files], "\n".join(log) + "\n")
         except BaseException as e:
             msg = e.message if isinstance(e, LoramgrError) else f"{type(e).__name__}: {e}"
             reg.builds.fail(build_id, "\n".join(log + be.log + [f"failed: {msg}"]) + "\n")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from loramgr.records import Adapter, Base, EncodingSet
+from loramgr.records import Adapter, Artifact, Base, EncodingSet
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,20 @@ class OutFile:
     size: int = 0
     path: str = ""  # absolute, set once the file is in its final place
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def artifact(self) -> Artifact:
+        """The record the registry keeps of this file (once it is final)."""
+        return Artifact(
+            self.kind,
+            tuple(self.graphs),
+            self.path,
+            self.sha256,
+            self.size,
+            self.adapter_id,
+            self.adapter,
+            None,
+            self.cache_key,
+        )
 
 
 Progress = Callable[[SectionJob], None]
