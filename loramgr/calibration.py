@@ -35,8 +35,10 @@ MAX_SAMPLES = 100_000
 
 
 def load_data(path: str | Path) -> tuple[str, Any]:
+    from loramgr.files import regular_file
+
     p = Path(path)
-    if not p.is_file():
+    if regular_file(p, "calibration file", missing_ok=True) is None:
         raise InvalidInputError(str(p), "no such calibration file")
     if p.suffix == ".npz":
         try:

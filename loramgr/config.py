@@ -9,21 +9,34 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+#: how long a write waits for another process's registry write lock before giving up (seconds)
+DEFAULT_LOCK_TIMEOUT = 60.0
+
 
 @dataclass(frozen=True)
 class Settings:
     home: Path
     db_url: str
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
     @property
     def store_dir(self) -> Path:
         return self.home / "store"
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike[str] | None = None, db_url: str | None = None) -> Settings:
+    def resolve(
+        cls, home: str | os.PathLike[str] | None = None, db_url: str | None = None, lock_timeout: float | None = None
+    ) -> Settings:
         h = Path(home or os.environ.get("LORAMGR_HOME") or Path.home() / ".loramgr").expanduser().absolute()
         url = db_url or os.environ.get("LORAMGR_DB_URL") or f"sqlite:///{h / 'registry.db'}"
-        return cls(home=h, db_url=url)
+        if lock_timeout is None:
+            try:
+                lock_timeout = float(os.environ.get("LORAMGR_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+            except ValueError:
+                lock_timeout = DEFAULT_LOCK_TIMEOUT
+        if not 0 < lock_timeout < 1e7:  # NaN included
+            lock_timeout = DEFAULT_LOCK_TIMEOUT
+        return cls(home=h, db_url=url, lock_timeout=lock_timeout)
 
 
 def actor() -> str:

@@ -93,6 +93,25 @@ class StorageError(LoramgrError):
     kind = "storage"
 
 
+class RegistryDamagedError(LoramgrError):
+    """The registry database is not a loramgr registry any more: not a database, truncated, from a
+    newer loramgr, a table missing, a corrupt JSON column."""
+
+    exit_code = 10
+    kind = "registry_damaged"
+
+    def __init__(self, what: str, why: str | None = None, *, hint: str | None = None, details: Any = None) -> None:
+        super().__init__(
+            what, why, hint=hint or "run `loramgr fsck`; restore from an `export-registry` dump", details=details
+        )
+
+
+class LockTimeoutError(ConflictError):
+    """Another process held the registry's write lock for longer than the lock timeout."""
+
+    kind = "lock_timeout"
+
+
 class Interrupted(LoramgrError):
     """The user stopped the command (Ctrl-C)."""
 
@@ -114,9 +133,36 @@ def translate(e: BaseException) -> LoramgrError | None:
             e.strerror or "no space left on device",
             hint="free space (`loramgr gc`) and re-run; nothing partial was recorded",
         )
+    if isinstance(e, PermissionError):  # input readers report their own files (exit 4); this is an output
+        return StorageError(str(e.filename or "file"), "permission denied", hint="check the permissions of the path")
     sa_exc = sys.modules.get("sqlalchemy.exc")
     if sa_exc is not None and isinstance(e, sa_exc.OperationalError):
         text = str(e.orig or e).lower()
         if "readonly database" in text or "read-only" in text:
             return StorageError("registry database", "is read-only", hint="check its permissions / LORAMGR_DB_URL")
+        if "disk is full" in text or "disk full" in text or "no space" in text:
+            return StorageError("registry database", "the disk is full", hint="free space and re-run")
+        if "unable to open" in text or "could not connect" in text or "connection" in text:
+            return StorageError(
+                "registry database",
+                f"cannot be opened ({text.splitlines()[0][:160]})",
+                hint="check LORAMGR_HOME / LORAMGR_DB_URL and the server",
+            )
+    if sa_exc is not None and isinstance(e, sa_exc.DatabaseError):
+        text = str(e.orig or e).lower()
+        if any(s in text for s in DAMAGE_SIGNS):
+            return RegistryDamagedError("registry database", text.splitlines()[0][:200])
     return None
+
+
+#: what SQLite and PostgreSQL say about a database that is not (or no longer) a loramgr registry
+DAMAGE_SIGNS = (
+    "not a database",
+    "malformed",
+    "no such table",
+    "no such column",
+    "does not exist",
+    "file is encrypted",
+    "undefinedtable",
+    "undefinedcolumn",
+)

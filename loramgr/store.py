@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,8 +43,12 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
-def _hash_copy(src: BinaryIO, dst: BinaryIO | None, buffers: int = 4) -> tuple[str, int]:
-    """Hash ``src`` (and copy it to ``dst``) in one pass, hashing on a second thread.
+def _hash_copy(
+    src: BinaryIO, dst: BinaryIO | None, buffers: int = 4, inspect: Callable[[memoryview], None] | None = None
+) -> tuple[str, int]:
+    """Hash ``src`` (and copy it to ``dst``) in one pass, hashing on a second thread. ``inspect`` sees
+    every chunk in order on that thread too (register checks tensor values there), and an exception it
+    raises stops the copy.
 
     A fixed ring of preallocated buffers (``readinto``) bounds memory at ``buffers x CHUNK`` whatever
     the file size or how far the hasher lags, and avoids allocator churn of large ``bytes``."""
@@ -61,6 +65,8 @@ def _hash_copy(src: BinaryIO, dst: BinaryIO | None, buffers: int = 4) -> tuple[s
             while (item := full.get()) is not None:
                 i, n = item
                 h.update(ring[i][:n])  # releases the GIL: hashing overlaps reading and writing
+                if inspect is not None:
+                    inspect(ring[i][:n])
                 free.put(i)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(e)
@@ -123,8 +129,11 @@ class Store:
         _fsync_dir(dest.parent)
         return StoredObject(sha, size, dest, created=True)
 
-    def ingest(self, src: str | os.PathLike[str], *, link: bool = False) -> StoredObject:
-        """Copy (or hard-link) ``src`` into the store under its sha256.
+    def ingest(
+        self, src: str | os.PathLike[str], *, link: bool = False, inspect: Callable[[memoryview], None] | None = None
+    ) -> StoredObject:
+        """Copy (or hard-link) ``src`` into the store under its sha256, showing every chunk to
+        ``inspect`` in the same single read; nothing is left in the store when it raises.
 
         With ``link`` the store shares the source's inode: no bytes are copied, but editing the
         source later corrupts the store copy (``loramgr fsck`` detects it).
@@ -144,10 +153,10 @@ class Store:
                         ) from None
                     raise
                 with open(tmp, "rb", buffering=0) as f:
-                    sha, size = _hash_copy(f, None)
+                    sha, size = _hash_copy(f, None, inspect=inspect)
             else:
                 with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
-                    sha, size = _hash_copy(fin, fout)
+                    sha, size = _hash_copy(fin, fout, inspect=inspect)
                     os.fsync(fout.fileno())
             return self._publish(tmp, sha, size)
         except BaseException:

@@ -29,9 +29,19 @@ if TYPE_CHECKING:
 FP32_TOL, FP16_TOL = 1e-4, 2e-2
 
 
+def _diff(got: np.ndarray, want: np.ndarray) -> float:
+    """Max abs difference; infinite when either side holds NaN or Inf (``max`` would drop a NaN)."""
+    g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if not (np.isfinite(g).all() and np.isfinite(w).all()):
+        return float("inf")
+    return float(np.abs(g - w).max()) if g.size else 0.0
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if not (np.isfinite(na) and np.isfinite(nb)):
+        return 0.0
     return 1.0 if na == nb == 0 else float(a @ b / max(na * nb, 1e-300))
 
 
@@ -162,7 +172,7 @@ def _sections_check(plan: Plan, name: str, ad: Adapter, base: Base, alpha: float
 
             _, _, params = read_section(plan.verified(sec))
             for k, v in params.items():
-                worst = max(worst, float(np.abs(v.astype(np.float64) - want[k]).max()))
+                worst = max(worst, _diff(v, want[k]))
         s = LoraSession(plan, graph=graph)
         feeds = _feeds(s.session, rng)
         a = entry.recommended_alpha if alpha is None else alpha
@@ -173,7 +183,7 @@ def _sections_check(plan: Plan, name: str, ad: Adapter, base: Base, alpha: float
             direct[s.alpha_tensor] = np.array([a], dtype=s._alpha_dtype())
         ref = s.session.run(None, direct)
         for g, r in zip(got, ref, strict=True):
-            worst = max(worst, float(np.abs(g.astype(np.float64) - r).max()))
+            worst = max(worst, _diff(g, r))
             cos = min(cos, _cos(g, r))
     return worst, cos
 
@@ -215,7 +225,7 @@ def verify(
             got = _prefill_logits(plan, name, ids, alpha)
             assert hf is not None
             want = _peft_logits(hf, ad, ad.store_path, ids, base.precision)
-            diff = float(np.abs(got[:, :n] - want).max())
+            diff = _diff(got[:, :n], want)
             cos = _cos(got[:, :n], want)
         else:
             diff, cos = _sections_check(plan, name, ad, base, alpha)

@@ -7,7 +7,7 @@ with ``--json``). Library errors are translated here, in :func:`main`, and nowhe
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 
 import click
@@ -23,7 +23,7 @@ from loramgr.cli import (  # noqa: F401
     runtime_cmds,
     validate_cmds,
 )
-from loramgr.cli.common import cli
+from loramgr.cli.common import cli, emit_json
 from loramgr.errors import InternalError, Interrupted, LoramgrError, UsageError, translate
 
 
@@ -31,9 +31,25 @@ def _fail(err: LoramgrError, want_json: bool) -> None:
     """The one way a command fails: a JSON object on stdout with ``--json``, one line on stderr, the
     error class's exit code."""
     if want_json:
-        click.echo(json.dumps(err.to_json(), indent=2, default=str))
+        emit_json(err.to_json())
     click.echo(f"loramgr: error: {err.message}", err=True)
     sys.exit(err.exit_code)
+
+
+class _StderrNotices(logging.Handler):
+    """Library notices (the ``loramgr`` logger: e.g. waiting for a lock) as ``loramgr: ...`` lines on
+    whatever ``sys.stderr`` is when they are emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"loramgr: {record.getMessage()}", err=True)
+
+
+def _log_to_stderr() -> None:
+    log = logging.getLogger("loramgr")
+    if not any(isinstance(h, _StderrNotices) for h in log.handlers):
+        log.addHandler(_StderrNotices())
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     want_json = "--json" in args
+    _log_to_stderr()
     try:
         cli.main(args=args, prog_name="loramgr", standalone_mode=False)
     except LoramgrError as e:

@@ -29,12 +29,12 @@ from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, jso
     "-o",
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False),
+    type=click.Path(readable=False, file_okay=False),
     help="Output directory (default: $LORAMGR_HOME/builds/BASE@VERSION).",
 )
 @click.option(
     "--sdk-root",
-    type=click.Path(file_okay=False),
+    type=click.Path(readable=False, file_okay=False),
     envvar="QAIRT_SDK_ROOT",
     help="QAIRT SDK root for --backend qairt (default: $QAIRT_SDK_ROOT).",
 )
@@ -45,7 +45,9 @@ from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, jso
     metavar="GRAPH=PATH",
     help="qairt: the base graph's DLC (converted with --lora_weight_list); default: convert it here.",
 )
-@click.option("--htp-config", type=click.Path(dir_okay=False), help="qairt: --config_file for the generator.")
+@click.option(
+    "--htp-config", type=click.Path(readable=False, dir_okay=False), help="qairt: --config_file for the generator."
+)
 @click.option(
     "--tool-timeout",
     type=click.FloatRange(min=0.1),

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 class Ctx:
     """Per-invocation state; the registry is opened lazily so ``--help`` never touches a database."""
 
-    def __init__(self, home: str | None, debug: bool) -> None:
-        self.settings = Settings.resolve(home)
+    def __init__(self, home: str | None, debug: bool, lock_timeout: float | None = None) -> None:
+        self.settings = Settings.resolve(home, lock_timeout=lock_timeout)
         self.debug = debug
         self._registry: Registry | None = None
 
@@ -40,19 +40,25 @@ class Ctx:
 @click.version_option(__version__, prog_name="loramgr")
 @click.option(
     "--home",
-    type=click.Path(file_okay=False),
+    type=click.Path(readable=False, file_okay=False),
     envvar="LORAMGR_HOME",
     help="State directory (registry.db and store/); default ~/.loramgr or $LORAMGR_HOME.",
 )
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.1, max=86400),
+    envvar="LORAMGR_LOCK_TIMEOUT",
+    help="Seconds a write waits for another process's registry write lock (default 60), then exit 6.",
+)
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, home: str | None, debug: bool, lock_timeout: float | None) -> None:
     """loramgr — manage LoRA adapters for on-device LLMs (QAIRT/QNN HTP, ONNX Runtime).
 
     Register adapters and LoRA-ready base graphs, validate compatibility, build binary sections
     (per-adapter, super adapters, default adapter), and emit the runtime plan.
     """
-    ctx.obj = Ctx(home, debug)
+    ctx.obj = Ctx(home, debug, lock_timeout)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -115,10 +121,13 @@ def human_size(n: int | None) -> str:
 
 
 def parse_kv(values: Sequence[str], what: str) -> dict[str, str]:
+    """Repeated ``K=V`` options; a key given twice is a usage error (not a silent overwrite)."""
     out: dict[str, str] = {}
     for v in values:
         if "=" not in v:
             raise click.BadParameter(f"{v!r} is not K=V", param_hint=what)
         k, val = v.split("=", 1)
+        if k.strip() in out:
+            raise click.BadParameter(f"{k.strip()!r} is given twice", param_hint=what)
         out[k.strip()] = val
     return out

@@ -14,7 +14,7 @@ from loramgr.cli.common import Ctx, base_option, cli, emit_json, json_option, pa
 @click.option(
     "--data",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(readable=False, dir_okay=False),
     help="Calibration set: .npz (arrays named after graph inputs, first axis = samples) or .jsonl of input_ids.",
 )
 @click.option(
@@ -113,7 +113,7 @@ def encodings_show(ctx: Ctx, ref: str, base_ref: str | None, tensor: str | None,
 
 @encodings_group.command("import")
 @click.argument("ref")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(readable=False, dir_okay=False))
 @base_option(required=False, help="Base model (default: the only one the adapter is validated for).")
 @json_option
 @pass_ctx

@@ -11,7 +11,7 @@ from loramgr.cli.registry_cmds import base_group
 
 
 @base_group.command("export")
-@click.argument("hf_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("hf_dir", type=click.Path(readable=False, exists=True, file_okay=False))
 @click.option("--name", required=True, help="Base model name to register.")
 @click.option(
     "--target-modules",
@@ -19,7 +19,9 @@ from loramgr.cli.registry_cmds import base_group
     help="Comma-separated projections, e.g. q_proj,v_proj (Llama/Mistral/Qwen2) or c_attn,c_proj,c_fc (GPT-2).",
 )
 @click.option("--max-rank", type=click.IntRange(min=1), required=True, help="Rank of the LoRA inputs.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option(
+    "-o", "--out", "out_dir", type=click.Path(readable=False, file_okay=False), required=True, help="Output directory."
+)
 @click.option(
     "--graphs",
     default="prefill=128,decode=1",

@@ -106,7 +106,13 @@ def fsck(ctx: Ctx, repair: bool, grace: float, as_json: bool) -> None:
         rows = []
         for k in res.PROBLEMS:
             found = getattr(res, k)
-            rows.append((k, len(found), "; ".join(str(x.get("sha256", x.get("path")))[:40] for x in found[:3])))
+            rows.append(
+                (
+                    k,
+                    len(found),
+                    "; ".join(str(x.get("sha256") or x.get("path") or x.get("problem"))[:60] for x in found[:3]),
+                )
+            )
         table(f"fsck: {res.checked} store objects checked", ["problem", "count", "examples"], rows)
         for r in res.repaired:
             click.echo(f"repaired: {r}")
@@ -120,7 +126,7 @@ def fsck(ctx: Ctx, repair: bool, grace: float, as_json: bool) -> None:
 
 
 @cli.command("export-registry")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
+@click.option("-o", "--out", type=click.Path(readable=False, dir_okay=False), required=True, help="JSON file to write.")
 @json_option
 @pass_ctx
 def export_registry(ctx: Ctx, out: str, as_json: bool) -> None:
@@ -133,7 +139,7 @@ def export_registry(ctx: Ctx, out: str, as_json: bool) -> None:
 
 
 @cli.command("import-registry")
-@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.argument("path", type=click.Path(readable=False, dir_okay=False, exists=True))
 @json_option
 @pass_ctx
 def import_registry(ctx: Ctx, path: str, as_json: bool) -> None:

@@ -10,11 +10,13 @@ from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, jso
 @cli.command()
 @base_option(required=False, help="Base model (NAME[@VERSION]); required unless --schema.")
 @click.option("--build", "build_id", type=int, help="Build id (default: the base's newest finished build).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Plan file (default: BUILD_OUT/plan.json).")
+@click.option(
+    "-o", "--out", type=click.Path(readable=False, dir_okay=False), help="Plan file (default: BUILD_OUT/plan.json)."
+)
 @click.option("--schema", "show_schema", is_flag=True, help="Print the plan's JSON Schema and exit.")
 @click.option(
     "--genie-config",
-    type=click.Path(dir_okay=False),
+    type=click.Path(readable=False, dir_okay=False),
     help="Also write the Genie `lora` config block "
     "(one bin-section per context binary, in context order) to this file.",
 )
@@ -52,8 +54,8 @@ def plan(
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="plan.json to bundle.")
-@click.option("-o", "--out", type=click.Path(), help="Bundle file (tar) or, with --dir, directory.")
+@click.option("--plan", "plan_path", type=click.Path(readable=False, dir_okay=False), help="plan.json to bundle.")
+@click.option("-o", "--out", type=click.Path(readable=False), help="Bundle file (tar) or, with --dir, directory.")
 @click.option("--dir", "as_dir", is_flag=True, help="Write a directory instead of a tar.")
 @json_option
 @click.pass_context
@@ -77,7 +79,7 @@ def bundle(cctx: click.Context, plan_path: str | None, out: str | None, as_dir: 
 
 
 @bundle.command("check")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=click.Path(readable=False, exists=True))
 @json_option
 def bundle_check(path: str, as_json: bool) -> None:
     """Verify a bundle (tar or directory): safe paths, regular files, every checksum (exit 8 on mismatch)."""
@@ -91,7 +93,7 @@ def bundle_check(path: str, as_json: bool) -> None:
 
 
 @cli.command("plan-show")
-@click.argument("plan_path", type=click.Path(dir_okay=False))
+@click.argument("plan_path", type=click.Path(readable=False, dir_okay=False))
 @click.option("--adapter", help="Show one adapter's sections, encodings and steps.")
 @json_option
 def plan_show(plan_path: str, adapter: str | None, as_json: bool) -> None:

@@ -68,7 +68,7 @@ def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(exists=False))
+@click.argument("path", type=click.Path(readable=False, exists=False))
 @click.option("--name", help="Adapter name (default: the file's or directory's stem).")
 @click.option("--version", "version", help="Version label (default: the next integer for this name).")
 @click.option("--lora-alpha", type=float, help="lora_alpha when the adapter has no adapter_config.json.")
@@ -78,7 +78,7 @@ def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
 @click.option(
     "--encodings",
     "encodings_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(readable=False, dir_okay=False),
     help="AIMET encodings for this adapter (needs --base; checked against its tensor names).",
 )
 @json_option
@@ -131,7 +131,7 @@ def base_group() -> None:
 
 
 @base_group.command("register")
-@click.argument("onnx_path", required=False, type=click.Path())
+@click.argument("onnx_path", required=False, type=click.Path(readable=False))
 @click.option("--name", required=True, help="Base model name.")
 @click.option(
     "--graph",

@@ -18,7 +18,7 @@ def _ids(text: str) -> list[int]:
 
 
 @cli.command("run")
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json.")
+@click.option("--plan", "plan_path", required=True, type=click.Path(readable=False, dir_okay=False), help="plan.json.")
 @click.option("--adapter", default="default", show_default=True, help="Adapter name (or `default`: the base).")
 @click.option("--alpha", type=float, help="LoRA strength (default: the adapter's recommended alpha).")
 @click.option("--input-ids", "input_ids", required=True, help="Prompt token ids, comma-separated.")
@@ -27,21 +27,16 @@ def _ids(text: str) -> list[int]:
 def run_cmd(plan_path: str, adapter: str, alpha: float | None, input_ids: str, steps: int, as_json: bool) -> None:
     """Greedy tokens through the plan on the ONNX Runtime reference runtime (prefill, then decode
     with the KV cache when the plan has a decode graph)."""
-    from loramgr.runtime import Plan
-    from loramgr.runtime.generate import greedy
-    from loramgr.runtime.ort import lm_chains
+    from loramgr.runtime.ort import generate
 
-    plan = Plan.load(plan_path)
-    plan.adapter(adapter)  # not in the plan: exit 3 before any session is created
     prompt = _ids(input_ids)
-    pre, dec = lm_chains(plan, adapter, alpha)
-    gen = greedy(pre, dec, prompt, steps)
+    gen = generate(plan_path, prompt, steps, adapter, alpha)
     res = {
         "adapter": adapter,
         "alpha": alpha,
         "input_ids": prompt,
         "tokens": gen.tokens,
-        "graphs": {"prefill": len(pre), "decode": len(dec or [])},
+        "graphs": gen.graphs,
     }
     if as_json:
         emit_json(res)
@@ -53,11 +48,11 @@ def run_cmd(plan_path: str, adapter: str, alpha: float | None, input_ids: str, s
 
 
 @cli.command("verify")
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json.")
+@click.option("--plan", "plan_path", required=True, type=click.Path(readable=False, dir_okay=False), help="plan.json.")
 @click.option("--adapter", "adapters", multiple=True, help="Adapter(s) to check (default: all in the plan).")
 @click.option(
     "--hf-dir",
-    type=click.Path(file_okay=False),
+    type=click.Path(readable=False, file_okay=False),
     help="The base's Hugging Face directory (default: from its `base export` manifest).",
 )
 @click.option(

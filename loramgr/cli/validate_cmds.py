@@ -60,7 +60,9 @@ def validate(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, as_json
 
 @cli.command("weight-list")
 @base_option()
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+@click.option(
+    "-o", "--output", type=click.Path(readable=False, dir_okay=False), help="File to write (default: stdout)."
+)
 @click.option(
     "--format",
     "fmt",

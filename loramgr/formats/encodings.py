@@ -115,14 +115,14 @@ def parse(doc: Any, source: str) -> dict[str, Any]:
 
 
 def load(path: str | Path) -> dict[str, Any]:
+    from loramgr.files import read_text
+
     p = Path(path)
+    if not p.exists():
+        raise InvalidInputError(str(p), "no such file")
     try:
-        if p.stat().st_size > MAX_BYTES:
-            raise InvalidInputError(str(p), f"encodings file larger than {MAX_BYTES} bytes")
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(str(p), "no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        doc = json.loads(read_text(p, MAX_BYTES, "encodings file"))
+    except (ValueError, RecursionError) as e:
         raise InvalidInputError(str(p), f"not valid JSON ({type(e).__name__})") from None
     return parse(doc, str(p))
 

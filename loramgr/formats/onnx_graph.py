@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loramgr.errors import InvalidInputError
+from loramgr.formats.peft import MAX_RANK
 
 SUFFIX_A = ".lora_A.weight"
 SUFFIX_B = ".lora_B.weight"
@@ -32,6 +33,7 @@ ELEM_TYPES = {
     13: "uint64",
     16: "bfloat16",
 }
+LORA_INPUT_DTYPES = ("float32", "float16", "int8", "int16")
 PRECISION_OF = {"float32": "fp32", "float16": "fp16", "int8": "int8", "int16": "int16"}
 
 
@@ -81,8 +83,10 @@ def inspect_graph(path: str | os.PathLike[str]) -> GraphInfo:
     """Read a graph's signature and attachment points; tensors stored externally are not loaded."""
     import onnx
 
+    from loramgr.files import regular_file
+
     p = Path(path)
-    if not p.is_file():
+    if regular_file(p, "ONNX file", missing_ok=True) is None:
         raise InvalidInputError(str(p), "no such ONNX file")
     try:
         model = onnx.load(str(p), load_external_data=False)
@@ -117,6 +121,16 @@ def inspect_graph(path: str | os.PathLike[str]) -> GraphInfo:
             raise InvalidInputError(str(p), f"{mp}: lora_A rank {r_a} != lora_B rank {r_b}")
         if a["dtype"] != b["dtype"]:
             raise InvalidInputError(str(p), f"{mp}: lora_A is {a['dtype']} but lora_B is {b['dtype']}")
+        if a["dtype"] not in LORA_INPUT_DTYPES:
+            raise InvalidInputError(
+                str(p),
+                f"LoRA input {a_names[mp]} is {a['dtype']}; LoRA inputs must be float32 or "
+                "float16 (or int8/int16 with per-channel `_scale` inputs)",
+            )
+        if a["dtype"] in ("int8", "int16") and not {a_names[mp] + "_scale", b_names[mp] + "_scale"} <= set(inputs):
+            raise InvalidInputError(str(p), f"integer LoRA input {a_names[mp]} has no `{a_names[mp]}_scale` input")
+        if r_a > MAX_RANK:
+            raise InvalidInputError(str(p), f"LoRA input {a_names[mp]} has rank {r_a}; at most {MAX_RANK} is supported")
         info.attachment_points[mp] = AttachmentPointInfo(mp, a_names[mp], b_names[mp], in_f, out_f, r_a, a["dtype"])
     return info
 

@@ -7,6 +7,8 @@ user wrote is lost from the registry.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ from typing import Any
 from loramgr.errors import InvalidInputError
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: the largest LoRA rank loramgr accepts anywhere (configs, tensors, base graphs); real adapters use <= 1024
+MAX_RANK = 65536
+#: the largest |lora_alpha| (or alpha_pattern value) accepted; real adapters use <= a few thousand
+MAX_ALPHA = 1e6
 
 
 @dataclass
@@ -46,6 +52,24 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def finite_alpha(v: Any) -> bool:
+    """A number that is finite and within +-MAX_ALPHA (huge integers included: no OverflowError)."""
+    if not _num(v):
+        return False
+    try:
+        return math.isfinite(float(v)) and abs(float(v)) <= MAX_ALPHA
+    except OverflowError:
+        return False
+
+
+def check_pattern(key: str, source: str, field_name: str) -> None:
+    """PEFT matches pattern keys as regexes (``(.*\\.)?(key)$``): compile them now, not mid-build."""
+    try:
+        re.compile(rf"(.*\.)?({key})$")
+    except (re.error, RecursionError, OverflowError) as e:
+        raise InvalidInputError(source, f"field {field_name!r}: key {key[:80]!r} is not a valid regex ({e})") from None
+
+
 def parse_config(obj: Any, source: str) -> LoraConfig:
     """Validate a decoded ``adapter_config.json``; every type error names the field."""
 
@@ -59,16 +83,21 @@ def parse_config(obj: Any, source: str) -> LoraConfig:
         raise bad(f"peft_type is {pt!r}; only LORA adapters are supported")
     c = LoraConfig()
     r = obj.get("r")
-    if r is not None and (not isinstance(r, int) or isinstance(r, bool) or r <= 0):
-        raise bad(f"field 'r' must be a positive integer, got {r!r}")
+    if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 0 < r <= MAX_RANK):
+        raise bad(f"field 'r' must be an integer from 1 to {MAX_RANK}, got {str(r)[:40]}")
     c.r = r
     a = obj.get("lora_alpha")
-    if a is not None and (not _num(a) or a != a):
-        raise bad(f"field 'lora_alpha' must be a number, got {a!r}")
+    if a is not None and not finite_alpha(a):
+        raise bad(f"field 'lora_alpha' must be a finite number within +-{MAX_ALPHA:g}, got {str(a)[:40]}")
     c.lora_alpha = float(a) if a is not None else None
     tm = obj.get("target_modules")
     if tm is not None and not (isinstance(tm, str) or (isinstance(tm, list) and all(isinstance(x, str) for x in tm))):
         raise bad(f"field 'target_modules' must be a list of strings or a regex string, got {type(tm).__name__}")
+    if isinstance(tm, str):
+        try:
+            re.compile(tm)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise bad(f"field 'target_modules' is not a valid regex ({e})") from None
     c.target_modules = sorted(tm) if isinstance(tm, list) else tm
     for name in ("use_rslora", "use_dora", "fan_in_fan_out"):
         v = obj.get(name, False)
@@ -79,10 +108,12 @@ def parse_config(obj: Any, source: str) -> LoraConfig:
         setattr(c, name, v)
     for name, typ in (("rank_pattern", int), ("alpha_pattern", float)):
         v = obj.get(name) or {}
-        if not isinstance(v, dict) or not all(isinstance(k, str) and _num(x) and x > 0 for k, x in v.items()):
-            raise bad(f"field {name!r} must map module patterns to positive numbers")
-        if typ is int and not all(isinstance(x, int) for x in v.values()):
-            raise bad(f"field {name!r} must map module patterns to integer ranks")
+        if not isinstance(v, dict) or not all(isinstance(k, str) and finite_alpha(x) and x > 0 for k, x in v.items()):
+            raise bad(f"field {name!r} must map module patterns to positive finite numbers (at most {MAX_ALPHA:g})")
+        if typ is int and not all(isinstance(x, int) and x <= MAX_RANK for x in v.values()):
+            raise bad(f"field {name!r} must map module patterns to integer ranks up to {MAX_RANK}")
+        for k in v:
+            check_pattern(k, source, name)
         setattr(c, name, {k: typ(x) for k, x in v.items()})
     mts = obj.get("modules_to_save")
     if mts is not None and not (isinstance(mts, list) and all(isinstance(x, str) for x in mts)):
@@ -109,15 +140,10 @@ def parse_config(obj: Any, source: str) -> LoraConfig:
 
 
 def load_config(path: str | Path) -> LoraConfig:
+    from loramgr.files import read_text
+
     p = Path(path)
-    try:
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise InvalidInputError(str(p), f"larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInputError(str(p), "is not UTF-8 text") from None
-    except OSError as e:
-        raise InvalidInputError(str(p), f"cannot read: {e.strerror or e}") from None
+    text = read_text(p, MAX_CONFIG_BYTES, "adapter config")
     try:
         obj = json.loads(text)
     except RecursionError:

@@ -107,7 +107,10 @@ def _int_list(v: Any) -> bool:
 
 def read_header(path: str | os.PathLike[str]) -> Header:
     """Parse and fully check the header of a safetensors file without touching tensor bytes."""
+    from loramgr.files import regular_file
+
     p = Path(path)
+    regular_file(p, "safetensors file")
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
@@ -225,3 +228,52 @@ def read_tensor(path: str | os.PathLike[str], info: TensorInfo) -> Any:
     if len(buf) != info.nbytes:
         raise _bad(str(path), f"tensor {info.key!r}: file shorter than its header says")
     return np.frombuffer(buf, dtype=numpy_dtype(info.dtype).newbyteorder("<")).reshape(info.shape).copy()
+
+
+class FiniteScan:
+    """Checks, chunk by chunk as the file streams past (the store's one read while hashing), that every
+    float tensor holds only finite values; the first NaN or Inf raises naming the tensor and element.
+
+    Chunks must arrive in file order. Tensors are contiguous byte ranges sorted by offset (the header
+    check guarantees it); an element cut by a chunk boundary is carried over to the next chunk."""
+
+    def __init__(self, header: Header) -> None:
+        self.path = header.path
+        self.ranges = sorted(
+            ((t.begin, t.end, t) for t in header.tensors.values() if t.dtype in FLOAT_DTYPES and t.end > t.begin),
+            key=lambda r: r[0],
+        )
+        self.pos = 0
+        self.idx = 0
+        self.carry = b""
+
+    def __call__(self, chunk: memoryview) -> None:
+        import numpy as np
+
+        start, end = self.pos, self.pos + len(chunk)
+        self.pos = end
+        while self.idx < len(self.ranges):
+            b, e, t = self.ranges[self.idx]
+            if b >= end:
+                return
+            lo, hi = max(b, start), min(e, end)
+            if hi > lo:
+                dt = numpy_dtype(t.dtype).newbyteorder("<")
+                buf = (
+                    self.carry + bytes(chunk[lo - start : hi - start]) if self.carry else chunk[lo - start : hi - start]
+                )
+                usable = len(buf) - len(buf) % dt.itemsize
+                values = np.frombuffer(buf[:usable], dtype=dt)
+                ok = np.isfinite(values)
+                if not ok.all():
+                    first = (lo - b - len(self.carry)) // dt.itemsize + int(np.argmin(ok))
+                    raise _bad(
+                        self.path,
+                        f"tensor {t.key!r} holds a non-finite value (NaN or Inf) at element {first}",
+                        hint="an adapter with NaN/Inf weights computes garbage; re-export it",
+                    )
+                self.carry = bytes(buf[usable:])
+            if e > end:
+                return
+            self.idx += 1
+            self.carry = b""

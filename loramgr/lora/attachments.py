@@ -20,6 +20,18 @@ from loramgr.formats.onnx_graph import PRECISION_OF, AttachmentPointInfo, inspec
 from loramgr.names import check_name
 
 PRECISIONS = ("fp32", "fp16", "int8", "int16")
+_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "int16": 2}
+#: default bound on one adapter's LoRA inputs for a base (every section is this size): checked before
+#: anything is allocated, so a base with absurd LoRA shapes is refused instead of exhausting memory
+DEFAULT_MAX_LORA_BYTES = 8 << 30
+
+
+def max_lora_bytes() -> int:
+    """``LORAMGR_MAX_LORA_BYTES`` or the default (8 GiB)."""
+    import os
+
+    v = os.environ.get("LORAMGR_MAX_LORA_BYTES", "")
+    return int(v) if v.isdigit() else DEFAULT_MAX_LORA_BYTES
 
 
 @dataclass
@@ -102,6 +114,14 @@ def inspect_base(
                 info.io(),
                 [{"location": loc} for loc in info.external_files],
             )
+        )
+    need = sum((ap.in_features + ap.out_features) * ap.rank * _ITEMSIZE.get(ap.dtype, 4) for ap in aps.values())
+    if need > max_lora_bytes():
+        raise InvalidInputError(
+            str(graphs[0][1]),
+            f"the LoRA inputs of these graphs would need {need} bytes per adapter, more than the limit of "
+            f"{max_lora_bytes()} bytes",
+            hint="check the LoRA input shapes; raise the limit with LORAMGR_MAX_LORA_BYTES if they are right",
         )
     ranks = sorted({ap.rank for ap in aps.values()})
     if len(ranks) > 1:

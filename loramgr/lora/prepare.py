@@ -133,6 +133,8 @@ def default_adapter(targets: Sequence[AttachmentPoint], precision: str = "fp32")
 
 
 def fp16_overflow(x: np.ndarray) -> float:
-    """Largest magnitude in ``x`` that fp16 cannot hold (0.0 when it all fits)."""
+    """Largest magnitude in ``x`` that fp16 cannot hold (0.0 when it all fits; inf for NaN or Inf)."""
+    if x.size and not np.isfinite(x).all():
+        return float("inf")
     m = float(np.max(np.abs(x.astype(np.float32)))) if x.size else 0.0
     return m if m > float(np.finfo(np.float16).max) else 0.0

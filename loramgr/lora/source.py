@@ -72,11 +72,19 @@ def _inside(child: Path, parent: Path, what: Path) -> Path:
 
 def open_source(path: str | os.PathLike[str]) -> AdapterSource:
     """Resolve PATH into the weights file, its optional PEFT config and the checked header."""
+    from loramgr.files import readable_dir, regular_file
+
     p = Path(path)
-    if not p.exists():
+    try:
+        is_dir = p.is_dir()
+        exists = is_dir or p.exists()
+    except OSError as e:
+        raise InvalidInputError(str(p), f"cannot read it: {e.strerror or e}") from None
+    if not exists:
         raise NotFoundError(str(p), "no such file or directory")
     config_path: Path | None = None
-    if p.is_dir():
+    if is_dir:
+        readable_dir(p, "adapter directory")
         weights = p / WEIGHTS
         if not weights.exists():
             for alt in ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin"):
@@ -98,8 +106,9 @@ def open_source(path: str | os.PathLike[str]) -> AdapterSource:
             default_name = p.parent.name
         else:
             default_name = p.stem
-    if not weights.is_file():
-        raise InvalidInputError(str(weights), "is not a regular file")
+    regular_file(weights, "adapter weights file")
+    if config_path is not None:
+        regular_file(config_path, "adapter config")
     header = read_header(weights)
     config = load_config(config_path) if config_path else None
     return AdapterSource(

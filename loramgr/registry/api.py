@@ -14,6 +14,8 @@ they become domain errors (MLflow's store does the same).
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +28,16 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from loramgr.config import Settings, actor
-from loramgr.errors import ConflictError, InvalidInputError, NotFoundError, UsageError
+from loramgr.errors import (
+    ConflictError,
+    InvalidInputError,
+    LockTimeoutError,
+    NotFoundError,
+    RegistryDamagedError,
+    UsageError,
+)
+from loramgr.formats.peft import MAX_ALPHA, finite_alpha
+from loramgr.formats.safetensors import FiniteScan
 from loramgr.names import check_name, check_version
 from loramgr.records import ADAPTER_STATUSES, Adapter, Base, EncodingSet
 from loramgr.registry import db, rows
@@ -46,6 +57,9 @@ from loramgr.registry.models import (
 from loramgr.store import Store, StoredObject
 
 T = TypeVar("T")
+log = logging.getLogger("loramgr")
+#: SQLite's own busy wait per attempt; `retrying` loops until the lock timeout
+LOCK_POLL_S = 5.0
 _HEXREF = re.compile(r"^[0-9a-f]{8,64}$")
 RETRIES = 12
 
@@ -89,10 +103,19 @@ class Registry:
     # -- plumbing ---------------------------------------------------------------------------------
     @property
     def engine(self) -> Engine:
+        """Opened on first use, upgraded to the newest schema, refused when damaged (exit 10)."""
         if self._engine is None:
-            self._engine = db.make_engine(self.settings.db_url)
+            # waits inside SQLite are short; `retrying` bounds the total wait and says what it waits for
+            engine = db.make_engine(
+                self.settings.db_url, busy_ms=int(min(LOCK_POLL_S, self.settings.lock_timeout) * 1000)
+            )
             if self._migrate:
-                db.ensure_schema(self._engine)
+                try:
+                    db.ensure_schema(engine)
+                except BaseException:
+                    engine.dispose()
+                    raise
+            self._engine = engine
         return self._engine
 
     def close(self) -> None:
@@ -103,16 +126,26 @@ class Registry:
 
     @contextlib.contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
-        """A session in one transaction; ``write`` takes SQLite's write lock up front."""
+        """A session in one transaction; ``write`` takes SQLite's write lock up front. A row whose JSON
+        column no longer parses is registry damage (exit 10), not a crash."""
         eng = self.engine.execution_options(loramgr_write=True) if write else self.engine
-        with Session(eng, expire_on_commit=False) as s:
-            with s.begin():
-                yield s
+        try:
+            with Session(eng, expire_on_commit=False) as s:
+                with s.begin():
+                    yield s
+        except json.JSONDecodeError as e:
+            raise RegistryDamagedError("registry database", f"a JSON column does not parse ({e.msg})") from None
 
     def retrying(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn`` in a write transaction, retrying unique-constraint races and lock timeouts only."""
+        """Run ``fn`` in a write transaction, retrying unique-constraint races and lock waits only.
+
+        A lock held by another process is waited for up to ``settings.lock_timeout`` seconds in all
+        (saying once, on the ``loramgr`` logger, what it waits for), then :class:`LockTimeoutError`."""
         delay = 0.02
-        for attempt in range(RETRIES):
+        races = 0
+        start = time.monotonic()
+        said = False
+        while True:
             try:
                 with self.session(write=True) as s:
                     return fn(s)
@@ -124,16 +157,27 @@ class Registry:
                         f"constraint violated: {first}",
                         hint="a row it refers to was removed concurrently; re-run",
                     ) from None
-                if attempt == RETRIES - 1:
+                races += 1
+                if races >= RETRIES:
                     raise ConflictError("registry", "gave up after repeated concurrent conflicts") from None
             except OperationalError as e:
                 if not _locked(e):
                     raise
-                if attempt == RETRIES - 1:
-                    raise ConflictError("registry", "database stayed locked; retry later") from None
+                waited = time.monotonic() - start
+                if waited >= self.settings.lock_timeout:
+                    raise LockTimeoutError(
+                        f"registry {db.redact(self.settings.db_url)}",
+                        f"another process held its write lock for {waited:.0f} s",
+                        hint="retry later, or raise --lock-timeout / LORAMGR_LOCK_TIMEOUT",
+                    ) from None
+                if not said:
+                    log.warning(
+                        "waiting up to %.0f s for the registry's write lock (another process is writing)",
+                        self.settings.lock_timeout,
+                    )
+                    said = True
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
 
     def event(self, s: Session, action: str, subject: str, **details: Any) -> None:
         s.add(EventRow(actor=actor(), action=action, subject=subject, details=details))
@@ -178,10 +222,15 @@ class Registry:
             enc = (b, self.encodings.read_file(encodings, b))
         if not src.header.tensors:
             raise InvalidInputError(str(src.weights), "holds no tensors", hint="is this a LoRA adapter?")
+        zero = [t.key for t in src.header.tensors.values() if len(t.shape) == 2 and 0 in t.shape]
+        if zero:
+            raise InvalidInputError(str(src.weights), f"tensor {zero[0]!r} is empty (rank 0)")
+        if lora_alpha is not None and not finite_alpha(lora_alpha):
+            raise UsageError(f"--lora-alpha {lora_alpha}", f"must be a finite number within +-{MAX_ALPHA:g}")
         alpha = lora_alpha if lora_alpha is not None else (src.config.lora_alpha if src.config else None)
         config_sha = src.config_digest(lora_alpha)
         with self.store.guard():
-            obj = self.store.ingest(src.weights, link=link)
+            obj = self.store.ingest(src.weights, link=link, inspect=FiniteScan(src.header))
             try:
                 if obj.size != src.header.file_size:
                     raise InvalidInputError(str(src.weights), "changed while it was being registered; try again")

@@ -10,6 +10,7 @@ read-to-write lock upgrade.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,20 +40,53 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def make_engine(url: str) -> Engine:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL (None for other databases and ``:memory:``)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+def read_only_sqlite(url: str) -> bool:
+    """A SQLite registry whose file (or directory) cannot be written: opened read-only and immutable,
+    so read commands work on a read-only home (SQLite would otherwise need to create -wal/-shm files)."""
+    path = sqlite_path(url)
+    if path is None:
+        return False
+    if path.exists():
+        return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+    return path.parent.exists() and not os.access(path.parent, os.W_OK)
+
+
+def make_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
+    """An engine for the registry URL; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+    path = sqlite_path(url)
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
+        read_only = read_only_sqlite(url)
+        if path is not None and read_only:
+            from loramgr.errors import StorageError
+
+            if not path.exists():
+                raise StorageError(str(path.parent), "is read-only and holds no registry", hint="check LORAMGR_HOME")
+            url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
+        elif path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                from loramgr.errors import StorageError
+
+                raise StorageError(str(path.parent), f"cannot create the registry directory ({e.strerror})") from None
+        engine = create_engine(url, connect_args={"timeout": busy_ms / 1000})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (pysqlite recipe)
             cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+            if not read_only:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -122,9 +156,64 @@ def upgrade(engine: Engine, revision: str = "head") -> list[str]:
         return list(reversed(applied))
 
 
+def known_revisions() -> set[str]:
+    """Every revision this loramgr's migrations know."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine as _ce
+
+    script = ScriptDirectory.from_config(alembic_config(_ce("sqlite://")))
+    return {r.revision for r in script.walk_revisions()}
+
+
+def expected_tables() -> set[str]:
+    from loramgr.registry.models import Model
+
+    return set(Model.metadata.tables)
+
+
+def check_database(engine: Engine) -> list[str]:
+    """What is wrong with the database as a loramgr registry at the current head (empty: nothing).
+    Used at open (cheap) and by ``fsck`` (which adds SQLite's own integrity check)."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        rev = current_revision(engine)
+        tables = set(inspect(engine).get_table_names())
+    except DatabaseError as e:
+        return [f"not a readable database ({str(e.orig or e).splitlines()[0][:160]})"]
+    problems = []
+    if rev is not None and rev != SCHEMA_HEAD and rev not in known_revisions():
+        problems.append(
+            f"is at schema revision {rev}, which this loramgr does not know (newest: {SCHEMA_HEAD}); "
+            "it was written by a newer loramgr"
+        )
+    if rev == SCHEMA_HEAD:
+        missing = sorted(expected_tables() - tables)
+        if missing:
+            problems.append(f"lacks table(s) {', '.join(missing)}")
+    return problems
+
+
 def ensure_schema(engine: Engine) -> None:
-    if current_revision(engine) != SCHEMA_HEAD:
+    """Upgrade a registry to the newest schema on first use; refuse a damaged one (exit 10) and one
+    that needs an upgrade but cannot be written (exit 9)."""
+    from sqlalchemy.exc import DatabaseError
+
+    from loramgr.errors import RegistryDamagedError, StorageError
+
+    where = redact(engine.url.render_as_string(hide_password=False))
+    problems = check_database(engine)
+    if problems:
+        raise RegistryDamagedError(f"registry {where}", problems[0])
+    if current_revision(engine) == SCHEMA_HEAD:
+        return
+    if engine.dialect.name == "sqlite" and "mode=ro" in str(engine.url):
+        raise StorageError(f"registry {where}", "needs a schema upgrade but is read-only")
+    try:
         upgrade(engine)
+    except DatabaseError as e:
+        raise RegistryDamagedError(f"registry {where}", str(e.orig or e).splitlines()[0][:200]) from None
 
 
 def migration_status(engine: Engine) -> list[dict[str, object]]:

@@ -55,8 +55,9 @@ class FsckReport(JsonRecord):
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     ok: bool = True
+    database: list[dict[str, Any]] = field(default_factory=list)  # {"problem": ...}: the registry database itself
 
-    PROBLEMS = ("corrupt", "missing", "orphaned", "stale_tmp", "artifacts")
+    PROBLEMS = ("database", "corrupt", "missing", "orphaned", "stale_tmp", "artifacts")
 
     def count(self) -> int:
         return sum(len(getattr(self, k)) for k in self.PROBLEMS)
@@ -139,6 +140,9 @@ class Maintenance:
         """Re-hash every store object and check every row's file. ``repair`` quarantines corrupt objects,
         deletes orphaned ones and stale temporary files, and marks builds whose artifacts are gone as
         failed (so the next build redoes them); missing adapter/graph files cannot be repaired."""
+        damaged = self.database_problems()
+        if damaged:  # rows cannot be trusted: report the database and stop there
+            return FsckReport(0, database=[{"problem": p} for p in damaged], ok=False)
         store = self.reg.store
         problems: dict[str, list[dict[str, Any]]] = {
             "corrupt": [],
@@ -196,6 +200,29 @@ class Maintenance:
             [] if repair else problems["corrupt"] + problems["orphaned"] + problems["stale_tmp"] + problems["artifacts"]
         )
         return FsckReport(checked, **problems, repaired=repaired, ok=not unrepairable)
+
+    def database_problems(self) -> list[str]:
+        """The database itself: a readable loramgr registry at a known revision with every table, and
+        (SQLite) ``PRAGMA integrity_check``. Opens its own engine, so a damaged registry is reported,
+        not raised."""
+        from sqlalchemy.exc import DatabaseError
+
+        from loramgr.registry import db
+
+        engine = db.make_engine(self.reg.settings.db_url)
+        try:
+            problems = db.check_database(engine)
+            if not problems and engine.dialect.name == "sqlite":
+                try:
+                    with engine.connect() as conn:
+                        res = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+                except DatabaseError as e:
+                    res = [str(e.orig or e).splitlines()[0]]
+                if res != ["ok"]:
+                    problems += [f"integrity_check: {r}" for r in res[:20]]
+            return problems
+        finally:
+            engine.dispose()
 
     def _check_artifacts(self, out: list[dict[str, Any]]) -> set[int]:
         bad: set[int] = set()

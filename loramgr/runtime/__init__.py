@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,10 +87,18 @@ class _Verifier:
         if f.path in self._ok:
             return f.path
         try:
-            size = f.path.stat().st_size
+            st = f.path.stat()
         except FileNotFoundError:
             raise PlanIntegrityError(str(f.path), "file listed in the plan is missing") from None
-        if size != f.size or _sha256(f.path) != f.sha256:
+        except OSError as e:
+            raise PlanFormatError(str(f.path), f"cannot read a file the plan lists: {e.strerror or e}") from None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the hash forever
+            raise PlanFormatError(str(f.path), "a file the plan lists is not a regular file")
+        try:
+            digest = _sha256(f.path) if st.st_size == f.size else ""
+        except OSError as e:
+            raise PlanFormatError(str(f.path), f"cannot read a file the plan lists: {e.strerror or e}") from None
+        if st.st_size != f.size or digest != f.sha256:
             raise PlanIntegrityError(str(f.path), "does not match the sha256/size recorded in the plan")
         with self._lock:
             self._ok.add(f.path)
@@ -147,6 +157,49 @@ def _malformed(where: str) -> Iterator[None]:
         raise PlanFormatError(where, f"malformed plan ({type(e).__name__}: {e})") from None
 
 
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,255}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_structure(doc: dict[str, Any], where: str) -> None:
+    """What the JSON Schema says about names and cross-references, checked without jsonschema (the
+    runtime is stdlib only): a hand-edited plan fails here, naming the entry, instead of deep inside."""
+
+    def bad(why: str) -> PlanFormatError:
+        return PlanFormatError(where, why)
+
+    graphs = doc["base"]["graphs"]
+    if not isinstance(graphs, list) or not graphs:
+        raise bad("the plan lists no graphs")
+    names = [g["name"] for g in graphs]
+    for n in names:
+        if not isinstance(n, str) or not _SAFE_NAME.match(n) or ".." in n:
+            raise bad(f"graph name {str(n)[:80]!r} is not a safe name")
+    if len(set(names)) != len(names):
+        raise bad("the plan lists a graph name twice")
+    if not isinstance(doc["adapters"], list) or not isinstance(doc["default_adapter"], dict):
+        raise bad("adapters must be a list and default_adapter an object")
+    refs: set[str] = set()
+    for a in [*doc["adapters"], doc["default_adapter"]]:
+        name, ref = a.get("name", "default"), a.get("ref", "default")
+        for v in (name, ref):
+            if not isinstance(v, str) or not _SAFE_NAME.match(v) or ".." in v:
+                raise bad(f"adapter name {str(v)[:80]!r} is not a safe name")
+        if ref in refs or ref in ("default", "default_adapter") and a is not doc["default_adapter"]:
+            raise bad(f"adapter {ref!r} is listed twice (or shadows the default adapter)")
+        refs.add(ref)
+        if not isinstance(a["sections"], list):
+            raise bad(f"adapter {ref!r}: sections must be a list")
+        for s in a["sections"]:
+            unknown = [g for g in s["graphs"] if g not in names]
+            if unknown or not s["graphs"]:
+                raise bad(f"adapter {ref!r}: a section names unknown graph(s) {unknown or '(none)'}")
+            if not isinstance(s["sha256"], str) or not _HEX64.match(s["sha256"]):
+                raise bad(f"adapter {ref!r}: a section's sha256 is not a hex digest")
+            if isinstance(s["size"], bool) or not isinstance(s["size"], int) or s["size"] < 0:
+                raise bad(f"adapter {ref!r}: a section's size is not a byte count")
+
+
 class Plan:
     """A loaded plan; immutable, thread-safe."""
 
@@ -157,6 +210,7 @@ class Plan:
         self.base = doc["base"]
         self.alpha = doc["alpha"]
         self.rules = doc["rules"]
+        _check_structure(doc, str(root))
         self.graphs = {g["name"]: g for g in self.base["graphs"]}
         entries = [AdapterEntry(self, a) for a in doc["adapters"]]
         counts = collections.Counter(e.name for e in entries)  # a bare name works when it is unique
@@ -172,13 +226,13 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Plan:
+        from loramgr.files import read_bytes
+
         p = Path(path).absolute()
+        if not p.exists():
+            raise PlanFormatError(str(p), "no such plan file")
         try:
-            if p.stat().st_size > MAX_PLAN_BYTES:
-                raise PlanFormatError(str(p), "plan file is implausibly large")
-            doc = json.loads(p.read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise PlanFormatError(str(p), "no such plan file") from None
+            doc = json.loads(read_bytes(p, MAX_PLAN_BYTES, "plan file").decode("utf-8"))
         except RecursionError:
             raise PlanFormatError(str(p), "plan JSON is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as e:

@@ -52,6 +52,7 @@ class Runner:
 class Generation:
     tokens: list[int]
     logits: list[np.ndarray] = field(default_factory=list)  # one [vocab] row per generated token
+    graphs: dict[str, int] = field(default_factory=dict)  # chain lengths: {"prefill": n, "decode": m}
 
 
 def _run_chain(parts: list[Runner], feeds: dict[str, np.ndarray], presents: dict[str, np.ndarray]) -> np.ndarray:
@@ -67,11 +68,42 @@ def _run_chain(parts: list[Runner], feeds: dict[str, np.ndarray], presents: dict
     return out["logits"]
 
 
-def greedy(prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[int], steps: int) -> Generation:
-    """Generate ``steps`` tokens after ``prompt``; prompts longer than the prefill length continue
-    through the decode graph (teacher-forced)."""
+def capacity(prefill: list[Runner], decode: list[Runner] | None) -> int:
+    """How many tokens (prompt + generated, less the last one, which is never fed back) the graphs can
+    hold: the KV cache length with a decode graph, else the prefill length."""
+    if decode:
+        past = [shape[2] for r in decode for n, (shape, _) in r.inputs.items() if n.startswith("past_key_values.")]
+        if past:
+            return int(past[0])
+    return int(prefill[0].inputs["input_ids"][0][1])
+
+
+def check_request(prompt: Sequence[int], steps: int, *, vocab: int | None, room: int) -> None:
+    """Refuse, before any session runs, token ids outside the vocabulary and more tokens than the
+    graphs hold (exit 2 naming the limits)."""
+    from loramgr.errors import UsageError
+
     if not prompt:
-        raise ValueError("the prompt is empty")
+        raise UsageError("--input-ids", "the prompt is empty")
+    if steps < 1:
+        raise UsageError(f"--steps {steps}", "must be at least 1")
+    bad = [t for t in prompt if t < 0 or (vocab is not None and t >= vocab)]
+    if bad:
+        raise UsageError(f"--input-ids {bad[0]}", f"is outside the vocabulary (0 to {(vocab or 1) - 1})")
+    if len(prompt) + steps - 1 > room:
+        raise UsageError(
+            f"--input-ids/--steps ({len(prompt)} + {steps})",
+            f"need {len(prompt) + steps - 1} positions; the graphs hold {room} (prompt + steps - 1 <= {room})",
+        )
+
+
+def greedy(
+    prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[int], steps: int, *, vocab: int | None = None
+) -> Generation:
+    """Generate ``steps`` tokens after ``prompt``; prompts longer than the prefill length continue
+    through the decode graph (teacher-forced). The request is checked against ``vocab`` and the
+    graphs' capacity first."""
+    check_request(prompt, steps, vocab=vocab, room=capacity(prefill, decode))
     seq = prefill[0].inputs["input_ids"][0][1]
     n0 = min(len(prompt), seq)
     ids = np.zeros((1, seq), np.int64)

@@ -8,16 +8,31 @@ state for one call, which makes concurrent runs with different adapters safe.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loramgr.runtime import AdapterEntry, Plan, PlanLookupError
+from loramgr.runtime import AdapterEntry, Plan, PlanFormatError, PlanLookupError
+
+if TYPE_CHECKING:
+    from loramgr.runtime.generate import Generation
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _ort_errors(path: Any, doing: str) -> Iterator[None]:
+    """ONNX Runtime's own errors (pybind11 exception types) as a plan format error naming the file:
+    a hand-edited plan can point a graph at a section file, a section at garbage bytes."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises pybind11 types not exported for matching
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PlanFormatError(str(path), f"ONNX Runtime cannot {doing}: {first}") from None
 
 
 class LoraSession:
@@ -40,9 +55,11 @@ class LoraSession:
         if session_options is None:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
-        self.session = ort.InferenceSession(
-            str(self.plan.graph_file(self.graph)), sess_options=session_options, providers=list(providers)
-        )
+        self.graph_file = self.plan.graph_file(self.graph)
+        with _ort_errors(self.graph_file, "load this graph"):
+            self.session = ort.InferenceSession(
+                str(self.graph_file), sess_options=session_options, providers=list(providers)
+            )
         # inputs with a default initializer (LoRA inputs, alpha) are listed as overridable initializers
         self._inputs = {i.name: i for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
         self.input_names = list(self._inputs)
@@ -66,7 +83,8 @@ class LoraSession:
                 return hit[0]
         path = self.plan.verified(sec)
         ad = self._ort.LoraAdapter()
-        ad.Load(str(path))
+        with _ort_errors(path, "load this section"):
+            ad.Load(str(path))
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:  # another thread loaded it meanwhile: share one object
@@ -118,7 +136,8 @@ class LoraSession:
         feeds = dict(feeds)
         if self._has_alpha and self.alpha_tensor not in feeds:
             feeds[self.alpha_tensor] = np.array([a], dtype=self._alpha_dtype())
-        out: list[np.ndarray] = self.session.run(list(output_names) if output_names else None, feeds, ro)
+        with _ort_errors(self.graph_file, f"run this graph with {entry.ref}"):
+            out: list[np.ndarray] = self.session.run(list(output_names) if output_names else None, feeds, ro)
         del adapter_obj
         return out
 
@@ -145,22 +164,79 @@ class LoraSession:
         return dequantize(q, self._encoding(tensor))
 
 
+def _lm_graphs(plan: Plan) -> tuple[list[str], list[str]]:
+    """(prefill chain, decode chain) graph names of an exported LM plan, parts in plan order."""
+    kinds = {n: g.get("kind") for n, g in plan.graphs.items()}
+    pre = [n for n, k in kinds.items() if k == "prefill"] or [n for n in plan.graphs if kinds[n] != "decode"]
+    return pre, [n for n, k in kinds.items() if k == "decode"]
+
+
+def lm_limits(plan: Plan) -> tuple[int | None, int]:
+    """(vocabulary size or None, tokens the graphs hold) of an exported LM plan, read from the plan's
+    recorded graph signatures (no session is created)."""
+    from loramgr.errors import UsageError
+
+    pre, dec = _lm_graphs(plan)
+    with _plan_shapes(plan):
+        first = plan.graphs[pre[0]]["inputs"]
+        if "input_ids" not in first:
+            raise UsageError(f"plan {plan.root}", "is not an exported LM plan (its first graph has no input_ids)")
+        vocab = None
+        for g in plan.graphs.values():
+            shape = (g.get("outputs") or {}).get("logits", {}).get("shape") or []
+            if shape and isinstance(shape[-1], int) and shape[-1] > 0:
+                vocab = int(shape[-1])
+        room = int(first["input_ids"]["shape"][1])
+        for name in dec:
+            for n, spec in plan.graphs[name]["inputs"].items():
+                if n.startswith("past_key_values.") and isinstance(spec["shape"][2], int):
+                    room = int(spec["shape"][2])
+                    break
+    return vocab, room
+
+
+@contextlib.contextmanager
+def _plan_shapes(plan: Plan) -> Iterator[None]:
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise PlanFormatError(
+            str(plan.root), f"graph signatures in the plan are malformed ({type(e).__name__})"
+        ) from None
+
+
 def lm_chains(
     plan: Plan | str, adapter: str = "default", alpha: float | None = None
 ) -> tuple[list[Any], list[Any] | None]:
     """Prefill and decode chains of an exported LM plan (graphs by kind, parts in plan order) as
     :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` on one LoraSession each."""
+    from loramgr.errors import UsageError
     from loramgr.runtime.generate import Runner
 
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
-    kinds = {n: g.get("kind") for n, g in plan.graphs.items()}
-    pre = [n for n, k in kinds.items() if k == "prefill"] or [n for n in plan.graphs if kinds[n] != "decode"]
-    dec = [n for n, k in kinds.items() if k == "decode"]
+    pre, dec = _lm_graphs(plan)
 
     def runner(graph: str) -> Runner:
         s = LoraSession(plan, graph=graph)
         if "input_ids" not in s.input_names and "hidden_states" not in s.input_names:
-            raise ValueError(f"graph {graph!r} is not an exported LM graph (no input_ids / hidden_states input)")
+            raise UsageError(f"graph {graph}", "is not an exported LM graph (no input_ids / hidden_states input)")
         return Runner.from_session(s.session, lambda feeds: s.run(feeds, adapter=adapter, alpha=alpha))
 
     return [runner(g) for g in pre], ([runner(g) for g in dec] or None)
+
+
+def generate(
+    plan: Plan | str, prompt: list[int], steps: int, adapter: str = "default", alpha: float | None = None
+) -> Generation:
+    """``loramgr run``: greedy tokens through the plan. The adapter, the token ids and the length are
+    checked against the plan before any session is created."""
+    from loramgr.runtime.generate import check_request, greedy
+
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.adapter(adapter)
+    vocab, room = lm_limits(plan)
+    check_request(prompt, steps, vocab=vocab, room=room)
+    pre, dec = lm_chains(plan, adapter, alpha)
+    gen = greedy(pre, dec, prompt, steps, vocab=vocab)
+    gen.graphs = {"prefill": len(pre), "decode": len(dec or [])}
+    return gen

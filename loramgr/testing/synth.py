@@ -120,12 +120,13 @@ def reference(
 
 
 def write_large_adapter(path: str | Path, size: int, seed: int = 0) -> Path:
-    """A single-tensor safetensors adapter of ``size`` bytes (a multiple of 16 MiB) of random data,
-    written in 16 MiB blocks without holding it in memory: the register benchmarks and bounds tests."""
+    """A single-tensor safetensors adapter of ``size`` bytes (a multiple of 16 MiB) of random finite
+    float32 values, written in 16 MiB blocks without holding it in memory: the register benchmarks and
+    bounds tests."""
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     header = json.dumps({key: {"dtype": "F32", "shape": [size // 4 // 256, 256], "data_offsets": [0, size]}}).encode()
     header += b" " * (-len(header) % 8)
-    block = np.random.default_rng(seed).bytes(1 << 24)
+    block = np.random.default_rng(seed).standard_normal(1 << 22, dtype=np.float32).tobytes()
     p = Path(path)
     with open(p, "wb") as fh:
         fh.write(len(header).to_bytes(8, "little") + header)
