@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from loramgr.errors import IntegrityError, InvalidInputError
+from loramgr.errors import IntegrityError, InvalidInputError, UsageError
 from loramgr.records import JsonRecord
 from loramgr.runtime import Plan
 
 SUMS = "SHA256SUMS"
+MAX_META_BYTES = 256 * 1024 * 1024  # SHA256SUMS and plan.json are read into memory
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,32 @@ def _sums(items: list[tuple[str, Path]]) -> bytes:
     return "".join(f"{sha256_file(p)}  {name}\n" for name, p in items).encode()
 
 
+def _check_out(out: Path, items: list[tuple[str, Path]], root: Path, as_dir: bool) -> None:
+    """Refuse outputs that would destroy an input or land nowhere: one of the bundle's own files (the
+    plan included), a missing parent directory, an existing directory for a tar, a non-empty directory
+    or one inside the plan's tree for a directory bundle."""
+    real = Path(os.path.realpath(out))
+    if any(Path(os.path.realpath(p)) == real for _, p in items):
+        raise UsageError(f"-o {out}", "is one of the files the bundle is made of; choose another path")
+    if not real.parent.is_dir():
+        raise UsageError(f"-o {out}", f"its directory {out.parent} does not exist")
+    if as_dir:
+        if real.exists() and (not real.is_dir() or any(real.iterdir())):
+            raise UsageError(f"-o {out}", "exists and is not an empty directory")
+        real_root = Path(os.path.realpath(root))
+        if real.is_relative_to(real_root) or real_root.is_relative_to(real):
+            raise UsageError(f"-o {out}", f"overlaps the plan's own directory {root}; choose a path outside it")
+    elif real.is_dir():
+        raise UsageError(f"-o {out}", "is a directory; give a file name for the tar (or use --dir)")
+
+
 def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False) -> BundleWritten:
     plan_path = Path(plan_path).absolute()
     plan = Plan.load(plan_path)
     items = _members(plan, plan_path)
+    out = Path(out).absolute()
+    _check_out(out, items, plan.root, as_dir)
     sums = _sums(items)
-    out = Path(out)
     if as_dir:
         for name, p in items:
             dest = out / name
@@ -92,48 +114,81 @@ def _safe_name(name: str, where: str) -> str:
     return name
 
 
-def _read_members(tar: tarfile.TarFile, path: Path, digests: dict[str, str]) -> str | None:
-    sums = None
+def _read_members(tar: tarfile.TarFile, path: Path, digests: dict[str, str], keep: dict[str, bytes]) -> None:
+    """Hash every member; keep the bytes of SHA256SUMS and plan.json (bounded)."""
     for m in tar.getmembers():
         _safe_name(m.name, str(path))
         if not m.isfile():
             raise InvalidInputError(str(path), f"member {m.name!r} is not a regular file; refusing the bundle")
+        if m.name in (SUMS, "plan.json") and m.size > MAX_META_BYTES:
+            raise InvalidInputError(str(path), f"member {m.name} is implausibly large")
         f = tar.extractfile(m)
         h = hashlib.sha256()
         data = b""
         while f is not None and (chunk := f.read(1 << 20)):
             h.update(chunk)
-            if m.name == SUMS:
+            if m.name in (SUMS, "plan.json"):
                 data += chunk
         digests[m.name] = h.hexdigest()
-        if m.name == SUMS:
-            sums = data.decode("utf-8", "replace")
-    return sums
+        if m.name in (SUMS, "plan.json"):
+            keep[m.name] = data
+
+
+def _check_plan_paths(data: bytes | None, listed: set[str], where: str) -> None:
+    """The bundle's plan obeys the plan loader's rules (no absolute, ``..`` or escaping path, valid
+    structure) and every file it names is in the bundle."""
+    import json
+
+    from loramgr.runtime import PlanFormatError
+
+    if data is None:
+        raise IntegrityError(where, "bundle has no plan.json")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        plan = Plan.from_doc(doc, Path("/loramgr-bundle-root"), where=f"{where}: plan.json")
+        files = plan.files()
+    except (ValueError, RecursionError) as e:
+        raise PlanFormatError(f"{where}: plan.json", f"not a JSON plan ({type(e).__name__})") from None
+    for f in files:
+        rel = f.path.relative_to(plan.root).as_posix()
+        if rel not in listed:
+            raise IntegrityError(f"{where}: {rel}", "is named by plan.json but is not in the bundle")
 
 
 def check_bundle(path: str | Path) -> BundleChecked:
     """Verify a bundle tar or directory: safe member names, regular files only, every checksum."""
+    from loramgr.files import read_bytes, readable_dir, regular_file
+    from loramgr.store import sha256_file
+
     path = Path(path)
     digests: dict[str, str] = {}
+    keep: dict[str, bytes] = {}
     if path.is_dir():
+        readable_dir(path, "bundle directory")
         for p in sorted(path.rglob("*")):
             if p.is_symlink():
                 raise InvalidInputError(str(p), "bundle contains a symlink; refusing it")
-            if p.is_file():
-                digests[p.relative_to(path).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
-        sums = (path / SUMS).read_text() if (path / SUMS).is_file() else None
+            if p.is_dir():
+                continue
+            regular_file(p, "bundle member")  # a FIFO or device in the tree is refused, not read
+            digests[p.relative_to(path).as_posix()] = sha256_file(p)
+        for name in (SUMS, "plan.json"):
+            if (path / name).is_file():
+                keep[name] = read_bytes(path / name, MAX_META_BYTES, name)
     else:
+        regular_file(path, "bundle")
         try:
             tar = tarfile.open(path, "r:*")
         except (tarfile.TarError, OSError) as e:
             raise InvalidInputError(str(path), f"not a readable tar bundle ({e})") from None
         with tar:
             try:
-                sums = _read_members(tar, path, digests)
+                _read_members(tar, path, digests, keep)
             except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
                 raise InvalidInputError(str(path), f"damaged tar bundle ({type(e).__name__}: {e})") from None
-    if sums is None:
+    if SUMS not in keep:
         raise IntegrityError(str(path), f"bundle has no {SUMS}")
+    sums = keep[SUMS].decode("utf-8", "replace")
     listed = {}
     for line in sums.splitlines():
         digest, _, name = line.partition("  ")
@@ -148,4 +203,5 @@ def check_bundle(path: str | Path) -> BundleChecked:
         raise IntegrityError(f"{path}: {extra[0]}", "is in the bundle but not in SHA256SUMS")
     if "plan.json" not in listed:
         raise IntegrityError(str(path), "bundle has no plan.json")
+    _check_plan_paths(keep.get("plan.json"), set(listed), str(path))
     return BundleChecked(str(path), len(listed))

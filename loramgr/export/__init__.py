@@ -79,6 +79,45 @@ def plan_parts(unit_bytes: list[int], limit: int) -> list[tuple[int, int]]:
     return parts
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def check_hf_dir(hf: Path) -> None:
+    """A local Hugging Face model directory loramgr may load: a readable ``config.json`` object that
+    needs no remote code."""
+    from loramgr.files import read_text, readable_dir
+
+    readable_dir(hf, "Hugging Face model directory")
+    if not (hf / "config.json").exists():
+        raise InvalidInputError(str(hf), "is not a Hugging Face model directory (no config.json)")
+    try:
+        cfg = json.loads(read_text(hf / "config.json", 16 << 20, "model config"))
+    except (ValueError, RecursionError) as e:
+        raise InvalidInputError(str(hf / "config.json"), f"is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise InvalidInputError(str(hf / "config.json"), "is not a JSON object")
+    if cfg.get("auto_map"):
+        raise UsageError(str(hf), "needs custom model code (auto_map / trust_remote_code); remote code never runs")
+
+
+def check_weights(hf: Path) -> None:
+    """Safetensors weights are there (a pickle-only checkpoint is refused with the conversion hint)."""
+    if not list(hf.glob("*.safetensors")):
+        pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in hf.glob(pat))
+        if pickles:
+            raise InvalidInputError(
+                str(hf / pickles[0]),
+                "is a pickle checkpoint; loramgr never unpickles model files",
+                hint="convert it once where you trust it: AutoModelForCausalLM.from_pretrained(DIR)"
+                ".save_pretrained(NEW_DIR, safe_serialization=True)",
+            )
+        raise InvalidInputError(str(hf), "has no weights (*.safetensors)")
+
+
 def _bytes(mod: Any, dtype_size: int) -> int:
     return int(sum(p.numel() for p in mod.parameters())) * dtype_size
 
@@ -107,25 +146,38 @@ def export_base(
     from loramgr.export.model import GraphSpec, check_targets, family_of, find_targets, kv_shape, num_layers
 
     hf = Path(hf_dir)
-    if not (hf / "config.json").is_file():
-        raise InvalidInputError(str(hf), "is not a Hugging Face model directory (no config.json)")
+    check_hf_dir(hf)
     if max_rank < 1:
         raise UsageError(f"--max-rank {max_rank}", "must be positive")
     say = progress or (lambda s: None)
     quiet_transformers()
-    cfg = AutoConfig.from_pretrained(hf, local_files_only=True)
+    try:
+        cfg = AutoConfig.from_pretrained(hf, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidInputError(str(hf / "config.json"), f"transformers cannot read it ({_first_line(e)})") from None
     family = family_of(cfg)
     check_targets(family, targets)
+    check_weights(hf)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
     if dtype is None:
         raise UsageError(f"--precision {precision}", "export writes fp32 or fp16 graphs")
-    model = (
-        AutoModelForCausalLM.from_pretrained(
-            hf, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
+    model: Any
+    info: dict[str, Any]
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(  # type: ignore[misc]
+            hf,
+            local_files_only=True,
+            dtype=torch.float32,
+            attn_implementation="eager",
+            use_safetensors=True,  # never unpickle a checkpoint
+            output_loading_info=True,
         )
-        .eval()
-        .to(dtype)
-    )
+    except Exception as e:  # noqa: BLE001 - safetensors/torch/transformers raise assorted types on bad weights
+        raise InvalidInputError(str(hf), f"the weights cannot be loaded ({_first_line(e)})") from None
+    missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
+    if missing:  # transformers would fill them with random values: a wrong model, silently
+        raise InvalidInputError(str(hf), f"the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}")
+    model = model.eval().to(dtype)
     n = num_layers(model, family)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
     gspecs = parse_graphs(graphs)

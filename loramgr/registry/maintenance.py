@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from loramgr.errors import ConflictError, InvalidInputError
 from loramgr.records import JsonRecord
+from loramgr.registry.importcheck import check_rows
 from loramgr.registry.models import AdapterRow, ArtifactRow, BuildRow, GraphRow, Model
 from loramgr.store import sha256_file
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from loramgr.registry.api import Registry
 
 DEFAULT_GRACE_S = 3600.0
+MAX_DUMP_BYTES = 4 << 30
 EXPORT_FORMAT = "loramgr.registry-export"
 
 
@@ -283,17 +286,28 @@ class Maintenance:
                 rows = doc["tables"].get(t.name, [])
                 cols = {c.name: c for c in t.columns}
                 clean = []
+                if not isinstance(rows, list):
+                    raise InvalidInputError(source, f"table {t.name}: expected a list of rows")
                 for r in rows:
                     if not isinstance(r, dict) or set(r) - set(cols):
                         raise InvalidInputError(source, f"table {t.name}: unexpected row layout")
-                    clean.append(
-                        {
-                            k: (dt.datetime.fromisoformat(v) if isinstance(v, str) and _is_datetime(cols[k]) else v)
-                            for k, v in r.items()
-                        }
-                    )
+                    try:
+                        clean.append(
+                            {
+                                k: (dt.datetime.fromisoformat(v) if isinstance(v, str) and _is_datetime(cols[k]) else v)
+                                for k, v in r.items()
+                            }
+                        )
+                    except ValueError:
+                        raise InvalidInputError(source, f"table {t.name}: a timestamp does not parse") from None
+                check_rows(t, clean, source)
                 if clean:
-                    s.execute(t.insert(), clean)
+                    try:
+                        with s.begin_nested():
+                            s.execute(t.insert(), clean)
+                    except SAIntegrityError as e:
+                        first = str(e.orig).strip().splitlines()[0] if e.orig else "constraint violated"
+                        raise InvalidInputError(source, f"table {t.name}: {first[:160]}") from None
                 counts[t.name] = len(clean)
             if self.reg.engine.dialect.name == "postgresql":
                 for t in Model.metadata.sorted_tables:
@@ -317,8 +331,10 @@ class Maintenance:
 
     def import_from(self, path: str | Path) -> dict[str, int]:
         """Read an export file (strict JSON) and import it."""
+        from loramgr.files import read_text
+
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            doc = json.loads(read_text(path, MAX_DUMP_BYTES, "registry dump"))
+        except (ValueError, RecursionError) as e:
             raise InvalidInputError(str(path), f"not valid JSON ({type(e).__name__})") from None
         return self.import_(doc, str(path))

@@ -237,12 +237,18 @@ class Plan:
             raise PlanFormatError(str(p), "plan JSON is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise PlanFormatError(str(p), f"not a JSON plan ({e})") from None
+        return cls.from_doc(doc, p.parent, where=str(p))
+
+    @classmethod
+    def from_doc(cls, doc: Any, root: Path, *, where: str) -> Plan:
+        """A plan from its parsed JSON, its paths relative to ``root`` (``bundle check`` applies the
+        loader's rules to a plan inside a tar this way)."""
         if not isinstance(doc, dict) or doc.get("schema") != "loramgr.plan":
-            raise PlanFormatError(str(p), "not a loramgr plan (schema field missing)")
+            raise PlanFormatError(where, "not a loramgr plan (schema field missing)")
         if doc.get("schema_version") != 1:
-            raise PlanFormatError(str(p), f"plan schema version {doc.get('schema_version')!r} is not supported (1)")
-        with _malformed(str(p)):
-            return cls(doc, p.parent)
+            raise PlanFormatError(where, f"plan schema version {doc.get('schema_version')!r} is not supported (1)")
+        with _malformed(where):
+            return cls(doc, root)
 
     def resolve(self, rel: str) -> Path:
         """A plan path as an absolute path; paths leaving the plan's directory are refused."""
