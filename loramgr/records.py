@@ -141,6 +141,7 @@ class Adapter(JsonRecord):
     store_path: Path
     peft_config: Mapping[str, Any] | None = None
     tensors: tuple[TensorInfo, ...] | None = None
+    config_json: str | None = None  # adapter_config.json exactly as registered (None: registered without one)
 
     @property
     def ref(self) -> str:

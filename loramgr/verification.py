@@ -12,6 +12,9 @@ Two references, the strongest available is used:
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,30 +90,29 @@ def _peft_logits(hf_dir: str, adapter: Adapter, store_path: Path, ids: np.ndarra
     from loramgr.export import quiet_transformers
 
     quiet_transformers()
-
-    cfg = adapter.peft_config or {}
-    keep = (
-        "r",
-        "lora_alpha",
-        "target_modules",
-        "use_rslora",
-        "fan_in_fan_out",
-        "rank_pattern",
-        "alpha_pattern",
-        "bias",
-        "layers_to_transform",
-    )
-    kw = {k: cfg[k] for k in keep if cfg.get(k) is not None}
-    kw.setdefault("r", adapter.rank)
-    kw.setdefault("lora_alpha", adapter.lora_alpha)
-    tm = adapter.target_modules
-    kw.setdefault("target_modules", list(tm) if isinstance(tm, tuple) else tm)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
-        hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
+        hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation="eager", use_safetensors=True
     ).eval()
     with tempfile.TemporaryDirectory() as d:
-        LoraConfig(**kw).save_pretrained(d)
+        if adapter.config_json is not None:
+            # the user's own adapter_config.json, read by PEFT itself. Only a --lora-alpha given at
+            # register time (the registered alpha differs from the file's) replaces the file's value:
+            # that is what the adapter then means
+            text = adapter.config_json
+            if adapter.lora_alpha != adapter.config("lora_alpha"):
+                doc = json.loads(text)
+                doc["lora_alpha"] = adapter.lora_alpha
+                text = json.dumps(doc)
+            (Path(d) / "adapter_config.json").write_text(text)
+        else:  # registered from a bare .safetensors with --lora-alpha: the minimal config that means
+            tm = adapter.target_modules
+            kw: dict[str, Any] = {
+                "r": adapter.rank,
+                "lora_alpha": adapter.lora_alpha,
+                "target_modules": list(tm) if isinstance(tm, tuple) else tm,
+            }
+            LoraConfig(**kw).save_pretrained(d)
         (Path(d) / "adapter_model.safetensors").symlink_to(store_path)
         pm = PeftModel.from_pretrained(model, d).eval().to(dtype)
         with torch.no_grad():
@@ -156,33 +158,99 @@ def _feeds(session: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return out
 
 
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<m>.+)\.lora_(?:embedding_)?(?P<r>[AB])(?:\.[^.]+)?(?:\.weight)?$")
+
+
+def _pattern(patterns: dict[str, Any], module: str) -> Any:
+    """PEFT's rank_pattern / alpha_pattern lookup: an exact key, else the first regex key matching the
+    module path's tail."""
+    if module in patterns:
+        return patterns[module]
+    return next((v for k, v in patterns.items() if re.match(rf"(.*\.)?({k})$", module)), None)
+
+
+def peft_factors(weights: Path, config_json: str | None, lora_alpha: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """module path -> ``(A.T, (scale * B).T)``: the delta the adapter adds is their product
+    ``[in, out]``. Computed from the raw PEFT file and its config in these few lines on purpose: the
+    reference ``verify --mode sections`` compares loramgr's sections with must not reuse loramgr's
+    own preparation."""
+    from safetensors.numpy import load_file
+
+    cfg = json.loads(config_json) if config_json else {}
+    pairs: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in load_file(str(weights)).items():
+        m = _PEFT_KEY.match(key)
+        if m:
+            pairs.setdefault(m.group("m"), {})[m.group("r")] = value.astype(np.float64)
+    out = {}
+    for module, ab in pairs.items():
+        a, b = ab["A"], ab["B"]
+        r = _pattern(cfg.get("rank_pattern") or {}, module) or cfg.get("r") or a.shape[0]
+        alpha = _pattern(cfg.get("alpha_pattern") or {}, module) or lora_alpha
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        out[module] = (a.T, (scale * b).T)
+    return out
+
+
+def _section_delta(params: dict[str, np.ndarray], a_name: str, b_name: str) -> np.ndarray:
+    """``A @ B`` of a section's tensors (integer codes times their per-channel ``_scale``)."""
+
+    def real(n: str) -> np.ndarray:
+        v = params[n].astype(np.float64)
+        return v * params[n + "_scale"].astype(np.float64)[None, :] if n + "_scale" in params else v
+
+    product: np.ndarray = real(a_name) @ real(b_name)
+    return product
+
+
+def _reference_for(
+    factors: dict[str, tuple[np.ndarray, np.ndarray]], module: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The reference factors of a base attachment point (module paths may differ by a wrapper prefix)."""
+    if module in factors:
+        return factors[module]
+    return next((d for m, d in factors.items() if m.endswith("." + module) or module.endswith("." + m)), None)
+
+
 def _sections_check(plan: Plan, name: str, ad: Adapter, base: Base, alpha: float | None) -> tuple[float, float]:
-    """(max abs diff, min cosine) of sections vs prepare(), and plan runs vs direct feeds."""
-    from loramgr.lora.inputs import prepared_inputs
+    """(max abs diff, min cosine): each section's effective ``A @ B`` against :func:`peft_deltas`, and
+    each graph run through the plan against the same graph fed A/B built from the raw PEFT tensors."""
     from loramgr.runtime.ort import LoraSession
 
-    want = prepared_inputs(ad, base)
+    assert ad.lora_alpha is not None  # a built adapter has passed validation
+    factors = peft_factors(ad.store_path, ad.config_json, ad.lora_alpha)
     entry = plan.adapter(name)
     worst, cos = 0.0, 1.0
     rng = np.random.default_rng(0)
     for graph in plan.graphs:
+        points = base.points_of(graph)
         sec = entry.section_for(graph)
         if plan.doc["backend"] == "ort":
             from loramgr.sections.backends.ort import read_section
 
             _, _, params = read_section(plan.verified(sec))
-            for k, v in params.items():
-                worst = max(worst, _diff(v, want[k]))
+            for ap in points:
+                ref = _reference_for(factors, ap.module_path)
+                got = _section_delta(params, ap.tensor_a, ap.tensor_b)
+                worst = max(worst, _diff(got, np.zeros_like(got) if ref is None else ref[0] @ ref[1]))
         s = LoraSession(plan, graph=graph)
+        if any(ap.dtype in ("int8", "int16") for ap in points):
+            continue  # integer LoRA inputs cannot take float reference tensors; the sections were compared above
         feeds = _feeds(s.session, rng)
         a = entry.recommended_alpha if alpha is None else alpha
-        got = s.run(feeds, adapter=name, alpha=a)
+        got_out = s.run(feeds, adapter=name, alpha=a)
         direct = dict(feeds)
-        direct.update({k: v for k, v in want.items() if k in s.input_names})
+        for ap in points:
+            ref = _reference_for(factors, ap.module_path)
+            ra, rb = np.zeros((ap.in_features, ap.rank)), np.zeros((ap.rank, ap.out_features))
+            if ref is not None:  # the raw factors, zero-padded to the graph's rank
+                ra[:, : ref[0].shape[1]], rb[: ref[1].shape[0], :] = ref
+            dt = np.float16 if ap.dtype == "float16" else np.float32
+            direct[ap.tensor_a], direct[ap.tensor_b] = ra.astype(dt), rb.astype(dt)
         if s.alpha_tensor in s.input_names:
             direct[s.alpha_tensor] = np.array([a], dtype=s._alpha_dtype())
-        ref = s.session.run(None, direct)
-        for g, r in zip(got, ref, strict=True):
+        ref_out = s.session.run(None, direct)
+        for g, r in zip(got_out, ref_out, strict=True):
             worst = max(worst, _diff(g, r))
             cos = min(cos, _cos(g, r))
     return worst, cos

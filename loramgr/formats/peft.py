@@ -140,6 +140,12 @@ def parse_config(obj: Any, source: str) -> LoraConfig:
 
 
 def load_config(path: str | Path) -> LoraConfig:
+    return load_config_text(path)[0]
+
+
+def load_config_text(path: str | Path) -> tuple[LoraConfig, str]:
+    """The parsed config and the file's text as it is (kept by the registry: ``verify`` gives PEFT
+    the user's own file, not loramgr's reading of it)."""
     from loramgr.files import read_text
 
     p = Path(path)
@@ -152,4 +158,4 @@ def load_config(path: str | Path) -> LoraConfig:
         raise InvalidInputError(str(p), f"invalid JSON ({e.msg} at line {e.lineno})") from None
     except ValueError as e:  # e.g. an integer literal too long to convert
         raise InvalidInputError(str(p), f"invalid JSON ({e})") from None
-    return parse_config(obj, str(p))
+    return parse_config(obj, str(p)), text

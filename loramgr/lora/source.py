@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loramgr.errors import InvalidInputError, NotFoundError
-from loramgr.formats.peft import LoraConfig, load_config
+from loramgr.formats.peft import LoraConfig, load_config_text
 from loramgr.formats.safetensors import FLOAT_DTYPES, Header, read_header, sniff_foreign
 from loramgr.lora.mapping import summarize_targets
 from loramgr.names import sanitize_stem
@@ -28,6 +28,7 @@ class AdapterSource:
     config: LoraConfig | None
     header: Header
     default_name: str
+    config_text: str | None = None  # adapter_config.json as the user wrote it
 
     @property
     def rank(self) -> int | None:
@@ -110,7 +111,12 @@ def open_source(path: str | os.PathLike[str]) -> AdapterSource:
     if config_path is not None:
         regular_file(config_path, "adapter config")
     header = read_header(weights)
-    config = load_config(config_path) if config_path else None
+    config, config_text = load_config_text(config_path) if config_path else (None, None)
     return AdapterSource(
-        weights=weights, config_path=config_path, config=config, header=header, default_name=sanitize_stem(default_name)
+        weights=weights,
+        config_path=config_path,
+        config=config,
+        header=header,
+        default_name=sanitize_stem(default_name),
+        config_text=config_text,
     )

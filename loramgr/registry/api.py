@@ -294,6 +294,7 @@ class Registry:
             size=obj.size,
             source_uri=str(Path(src.weights).absolute()),
             peft_config=cfg.to_json() if cfg else None,
+            config_json=src.config_text,
             rank=src.rank,
             alpha=alpha,
             dtype=src.dtype,

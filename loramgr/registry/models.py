@@ -114,6 +114,7 @@ class AdapterRow(Model):
     size: Mapped[int] = mapped_column(BigInteger)
     source_uri: Mapped[str] = mapped_column(Text)
     peft_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    config_json: Mapped[str | None] = mapped_column(Text)  # adapter_config.json as registered
     rank: Mapped[int | None] = mapped_column(Integer)
     alpha: Mapped[float | None] = mapped_column(Float)
     dtype: Mapped[str] = mapped_column(String(16))

@@ -104,6 +104,7 @@ def adapter(
         store_path=store_path,
         peft_config=a.peft_config,
         tensors=tensors,
+        config_json=a.config_json,
     )
 
 

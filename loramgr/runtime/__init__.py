@@ -212,6 +212,10 @@ class Plan:
         self.rules = doc["rules"]
         _check_structure(doc, str(root))
         self.graphs = {g["name"]: g for g in self.base["graphs"]}
+        for g in self.graphs.values():  # every path is checked at load, not when first used
+            self.file(g)
+            for e in g.get("external_data", []):
+                self.file(e)
         entries = [AdapterEntry(self, a) for a in doc["adapters"]]
         counts = collections.Counter(e.name for e in entries)  # a bare name works when it is unique
         self._by_key: dict[str, AdapterEntry] = {}
