@@ -59,7 +59,7 @@ def load_data(path: str | Path) -> tuple[str, Any]:
             continue
         try:
             obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, and integers too long to convert
             raise InvalidInputError(f"{p}:{i}", "not a JSON line") from None
         ids = obj.get("input_ids") if isinstance(obj, dict) else obj
         if (

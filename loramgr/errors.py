@@ -135,6 +135,8 @@ def translate(e: BaseException) -> LoramgrError | None:
         )
     if isinstance(e, PermissionError):  # input readers report their own files (exit 4); this is an output
         return StorageError(str(e.filename or "file"), "permission denied", hint="check the permissions of the path")
+    if isinstance(e, OSError) and e.filename:  # an output path that cannot be written (not a directory, ...)
+        return StorageError(str(e.filename), f"cannot be written ({e.strerror or type(e).__name__})")
     sa_exc = sys.modules.get("sqlalchemy.exc")
     if sa_exc is not None and isinstance(e, sa_exc.OperationalError):
         text = str(e.orig or e).lower()

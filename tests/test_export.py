@@ -320,3 +320,109 @@ def test_plan_run_and_verify_end_to_end(llama, tmp_path):
     assert strict.exit_code == 5 and "beyond the tolerance" in strict.stderr
     assert invoke("run", "--plan", plan, "--adapter", "nope", "--input-ids", "1").exit_code == 3
     assert invoke("run", "--plan", plan, "--input-ids", "1,x").exit_code == 2
+
+
+def test_runtime_input_is_checked_against_the_plan_before_any_session(llama, tmp_path, monkeypatch):
+    """Token ids beyond the vocabulary and more tokens than the KV cache holds are usage errors
+    naming the limits, refused before ONNX Runtime is asked to create a session."""
+    tmp, man = llama
+    peft_adapter(tiny_llama(), tmp_path / "ad", seed=7, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
+    assert invoke("build", "--base", "exp", "-o", tmp_path / "out").exit_code == 0
+    assert invoke("plan", "--base", "exp").exit_code == 0
+    plan = tmp_path / "out" / "plan.json"
+
+    def no_session(*a, **k):
+        raise AssertionError("a session was created for a request that should have been refused")
+
+    room = CTX - 1  # the decode graph's cache holds CTX - 1 past entries
+    with monkeypatch.context() as m:
+        m.setattr(ort, "InferenceSession", no_session)
+        r = invoke("run", "--plan", plan, "--adapter", "ad", "--input-ids", "128")
+        assert r.exit_code == 2 and "vocabulary (0 to 127)" in r.stderr, r.stderr
+        r = invoke("run", "--plan", plan, "--input-ids", "1,2,3", "--steps", str(room - 1))
+        assert r.exit_code == 2 and f"hold {room}" in r.stderr, r.stderr
+    ok = invoke("run", "--plan", plan, "--input-ids", "1,2,3", "--steps", str(room - 2), "--json")
+    assert ok.exit_code == 0 and len(ok.json["tokens"]) == room - 2  # exactly at the limit
+
+
+def test_verify_sections_catches_wrong_sections(llama, tmp_path, monkeypatch):
+    """The sections reference is computed from the raw PEFT file: a scaling bug in loramgr's own
+    preparation (doubled here while building) is caught, which a reference reusing it could not do."""
+    from loramgr.lora import prepare
+
+    tmp, man = llama
+    peft_adapter(tiny_llama(), tmp_path / "ad", seed=9, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
+    real = prepare.scaling
+    with monkeypatch.context() as m:
+        m.setattr(prepare, "scaling", lambda *a, **k: 2 * real(*a, **k))
+        assert invoke("build", "--base", "exp", "-o", tmp_path / "out").exit_code == 0
+    assert invoke("plan", "--base", "exp").exit_code == 0
+    r = invoke("verify", "--plan", tmp_path / "out" / "plan.json", "--mode", "sections")
+    assert r.exit_code == 5 and "beyond the tolerance" in r.stderr, r.stdout + r.stderr
+    r = invoke("verify", "--plan", tmp_path / "out" / "plan.json", "--hf-dir", tmp / "hf")
+    assert r.exit_code == 5, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no weights",
+        "bad config",
+        "remote code",
+        "pickle only",
+        "garbage weights",
+        "mis-shaped weights",
+        "missing tensors",
+    ],
+)
+def test_base_export_refuses_unusable_model_dirs(tmp_path, case):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "hf"
+    tiny_llama().save_pretrained(d)
+    weights = next(d.glob("*.safetensors"))
+    want = 4
+    if case == "no weights":
+        weights.unlink()
+    elif case == "bad config":
+        (d / "config.json").write_text("{not json")
+    elif case == "remote code":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_x.X"}
+        (d / "config.json").write_text(json.dumps(cfg))
+        want = 2
+    elif case == "pickle only":
+        torch.save(load_file(str(weights)), d / "pytorch_model.bin")
+        weights.unlink()
+    elif case == "garbage weights":
+        weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}" + b"\x00" * 64)
+    else:
+        t = load_file(str(weights))
+        k = next(k for k in t if "q_proj" in k)
+        if case == "mis-shaped weights":
+            t[k] = torch.zeros(3, 3)
+        else:
+            del t[k]
+        save_file(t, str(weights), metadata={"format": "pt"})
+    r = invoke(
+        "base",
+        "export",
+        d,
+        "--name",
+        "x",
+        "--target-modules",
+        "q_proj",
+        "--max-rank",
+        "4",
+        "--graphs",
+        "prefill=4",
+        "-o",
+        tmp_path / "out",
+    )
+    assert r.exit_code == want, (case, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    if case == "pickle only":
+        assert "pytorch_model.bin" in r.stderr and "safe_serialization=True" in r.stderr
+    assert invoke("list", "bases", "--json").json == []

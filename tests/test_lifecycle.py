@@ -217,3 +217,39 @@ def test_concurrent_builds_of_one_base_build_each_section_once(tmp_path, home):
     res = [json.loads(o[0]) for o in outs]
     assert sorted(len(r["rebuilt"]) for r in res) == [0, 3]  # 2 adapters + default, built exactly once
     assert invoke("fsck").exit_code == 0
+
+
+@pytest.mark.postgres
+def test_postgres_advisory_lock_serializes_builds_across_homes(tmp_path, home, registry_db, monkeypatch):
+    """Two homes (two machines: separate file locks) share one PostgreSQL registry and one store:
+    only the advisory lock stands between their builds. With it, one builds and the other reuses
+    (without it both build: checked once by hand with the lock disabled)."""
+    import json
+    import subprocess
+    import sys
+
+    if registry_db != "postgresql":
+        pytest.skip("the advisory lock is PostgreSQL's")
+    url = os.environ["LORAMGR_DB_URL"]
+    _setup(tmp_path)
+    for n in ("a1", "a2"):
+        invoke("validate", n, "--base", "tiny")
+    other = tmp_path / "home2"
+    other.mkdir()
+    (other / "store").symlink_to(home / "store")  # the shared store; locks/ stays per machine
+    slow = [sys.executable, str(Path(__file__).with_name("slowbuild.py")), "0.4"]
+    cmd = [*slow, "build", "--base", "tiny", "-o", str(tmp_path / "out"), "--json"]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env=dict(os.environ, LORAMGR_HOME=str(h), LORAMGR_DB_URL=url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for h in (home, other)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    assert sorted(len(json.loads(o[0])["rebuilt"]) for o in outs) == [0, 3]
+    assert (home / "locks").is_dir() and (other / "locks").is_dir()  # two different file locks were taken

@@ -271,12 +271,33 @@ def test_parse_key_classifies_peft_layouts():
 
 
 def test_embedding_lora_prepares_like_peft():
-    """lora_embedding_A [r, vocab] / lora_embedding_B [dim, r]: the graph gathers rows of A.T."""
-    from loramgr.lora.prepare import canonical_pair
+    """lora_embedding_A [r, vocab] / lora_embedding_B [dim, r]: the graph gathers rows of A.T. The
+    reference is real PEFT: an nn.Embedding wrapped by ``get_peft_model``, its output with the adapter
+    minus its output without."""
+    import torch
+    from peft import LoraConfig, get_peft_model
 
-    rng = np.random.default_rng(0)
-    A, B = rng.standard_normal((4, 10)).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
-    ids = np.array([1, 7, 3])
-    ca, cb = canonical_pair(A, B, 2.0, 8, np.float32)
-    peft = 2.0 * (A.T[ids] @ B.T)  # PEFT: F.embedding(x, lora_embedding_A.T) @ lora_embedding_B.T * scaling
-    assert np.allclose(ca[ids] @ cb, peft, atol=1e-5)
+    from loramgr.lora.prepare import canonical_pair, scaling
+
+    class Emb(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.embed(x)
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        Emb(), LoraConfig(r=4, lora_alpha=8, target_modules=["embed"], init_lora_weights=False)
+    ).eval()
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    A = next(v for k, v in sd.items() if "lora_embedding_A" in k)
+    B = next(v for k, v in sd.items() if "lora_embedding_B" in k)
+    ids = torch.tensor([1, 7, 3])
+    with torch.no_grad():
+        with_lora = model(ids).numpy()
+        with model.disable_adapter():
+            base = model(ids).numpy()
+    ca, cb = canonical_pair(A, B, scaling("embed", 4, 8.0), 8, np.float32)
+    assert np.abs(ca[ids.numpy()] @ cb - (with_lora - base)).max() < 1e-5

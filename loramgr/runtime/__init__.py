@@ -168,6 +168,9 @@ def _check_structure(doc: dict[str, Any], where: str) -> None:
     def bad(why: str) -> PlanFormatError:
         return PlanFormatError(where, why)
 
+    for key in ("alpha", "rules", "reset_steps"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise bad(f"{key} must be an object")
     graphs = doc["base"]["graphs"]
     if not isinstance(graphs, list) or not graphs:
         raise bad("the plan lists no graphs")
@@ -190,6 +193,15 @@ def _check_structure(doc: dict[str, Any], where: str) -> None:
         refs.add(ref)
         if not isinstance(a["sections"], list):
             raise bad(f"adapter {ref!r}: sections must be a list")
+        steps = a.get("steps", [])
+        if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("op"), str) for s in steps):
+            raise bad(f"adapter {ref!r}: steps must be a list of {{op: ...}} objects")
+        for key in ("io_encodings", "weight_encodings"):
+            if not isinstance(a.get(key) or {}, dict):
+                raise bad(f"adapter {ref!r}: {key} must be an object")
+        ra = a.get("recommended_alpha", 1.0)
+        if isinstance(ra, bool) or not isinstance(ra, (int, float)) or ra != ra or abs(ra) == float("inf"):
+            raise bad(f"adapter {ref!r}: recommended_alpha must be a finite number")
         for s in a["sections"]:
             unknown = [g for g in s["graphs"] if g not in names]
             if unknown or not s["graphs"]:
