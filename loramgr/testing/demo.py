@@ -108,7 +108,30 @@ def main() -> None:
         sh("run", "--plan", plan, "--adapter", name, "--input-ids", "5,17,99,3", "--steps", "8")
     sh("verify", "--plan", plan)
     run_plan(plan)
+    c_runtime(plan, out)
     print("\ndemo finished")
+
+
+def c_runtime(plan: Path, out: Path) -> None:
+    """The same plan through the C library's command-line tool (runtime-c/), as device code reads it."""
+    import shutil
+
+    print("\n## 6. the plan on the device: runtime-c's `loramgr-plan` (C99 + cJSON) reads the same plan")
+    src = Path(__file__).resolve().parents[2] / "runtime-c"
+    if not src.is_dir() or shutil.which("cmake") is None or not Path("/usr/include/cjson/cJSON.h").exists():
+        print("  skipped: needs the source tree's runtime-c/, cmake and libcjson-dev (`bash .ci/run` installs them)")
+        return
+    build = out / "runtime-c-build"
+    for cmd in (
+        ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "-j", "2", "--target", "loramgr-plan"],
+    ):
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    tool = str(build / "loramgr-plan")
+    for args in (["adapters", plan], ["encoding", plan, "chat-r8", "logits"], ["sections", plan, "chat-r8", "decode"]):
+        print("$ loramgr-plan " + " ".join(str(a) for a in args))
+        p = subprocess.run([tool, *map(str, args)], capture_output=True, text=True)
+        print(p.stdout.rstrip() or p.stderr.rstrip())
 
 
 def run_plan(plan_path: Path) -> None:

@@ -1,0 +1,154 @@
+/*
+ * loramgr_plan.h -- read a loramgr plan.json on the device: sections, encodings, steps, checksums,
+ * and a switch driver that calls the device code's own QNN / Genie functions through callbacks.
+ *
+ * C99 and stdio only (no threads, no POSIX): the same sources build with the Android NDK and MSVC.
+ * A plan is parsed once by lmp_open(); every query after that only reads the handle, so several
+ * threads may query one handle at once. Strings and arrays returned by queries live as long as the
+ * handle. Every call that can fail returns an lmp_status and, when `err` is not NULL, fills it with
+ * the status and a one-line message naming the file or entry concerned.
+ */
+#ifndef LORAMGR_PLAN_H
+#define LORAMGR_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LMP_VERSION "0.1.0"
+
+/* Status codes: the same numbers as the loramgr CLI's exit codes. */
+typedef enum {
+    LMP_OK = 0,
+    LMP_ERR_INTERNAL = 1,  /* a bug in this library */
+    LMP_ERR_USAGE = 2,     /* a NULL or otherwise invalid argument */
+    LMP_ERR_NOT_FOUND = 3, /* no adapter / use case / graph / tensor of that name */
+    LMP_ERR_FORMAT = 4,    /* the plan is malformed or hostile (a path leaving its directory) */
+    LMP_ERR_INTEGRITY = 8, /* a file does not match the sha256/size the plan records */
+    LMP_ERR_IO = 9,        /* a file cannot be read, or memory ran out */
+    LMP_ERR_CALLBACK = 11  /* a switch callback returned non-zero */
+} lmp_status;
+
+typedef struct {
+    lmp_status status;
+    char message[512];
+} lmp_error;
+
+typedef struct lmp_plan lmp_plan; /* opaque */
+
+typedef struct {
+    const char *name;           /* e.g. "prefill+decode" */
+    const char *path;           /* resolved against the plan's directory */
+    const char *rel_path;       /* as written in the plan */
+    const char *sha256;         /* 64 lowercase hex digits */
+    uint64_t size;              /* bytes */
+    int shared;                 /* 1: one section serves several graphs (super adapter) */
+    const char *const *graphs;  /* the graphs it is applied to */
+    size_t n_graphs;
+} lmp_section;
+
+typedef struct {
+    int bitwidth;
+    int symmetric; /* 1 when AIMET's is_symmetric is true */
+    double scale, offset, min, max;
+} lmp_channel;
+
+typedef struct {
+    const char *tensor;
+    const lmp_channel *channels; /* one for per-tensor encodings, one per channel otherwise */
+    size_t n_channels;
+} lmp_encoding;
+
+/* -- open / close ------------------------------------------------------------------------------ */
+lmp_status lmp_open(const char *path, lmp_plan **out, lmp_error *err);
+/* A plan already in memory (e.g. an Android asset); its paths resolve against `dir`. */
+lmp_status lmp_open_memory(const char *json, size_t size, const char *dir, lmp_plan **out, lmp_error *err);
+void lmp_close(lmp_plan *plan);
+int lmp_schema_version(const lmp_plan *plan);
+const char *lmp_plan_dir(const lmp_plan *plan);
+const char *lmp_backend(const lmp_plan *plan);
+
+/* -- listings (index 0 .. count-1; out of range: NULL) ------------------------------------------ */
+size_t lmp_adapter_count(const lmp_plan *plan);
+const char *lmp_adapter_name(const lmp_plan *plan, size_t i); /* the name a lookup accepts */
+size_t lmp_use_case_count(const lmp_plan *plan);               /* schema 2 */
+const char *lmp_use_case_name(const lmp_plan *plan, size_t i);
+size_t lmp_graph_count(const lmp_plan *plan);
+const char *lmp_graph_name(const lmp_plan *plan, size_t i);
+size_t lmp_context_count(const lmp_plan *plan);
+const char *lmp_context_name(const lmp_plan *plan, size_t i);
+
+/*
+ * Lookups by NAME: an adapter's name (or NAME@VERSION), a use case's name, or "default" for the
+ * all-zero default adapter.
+ */
+lmp_status lmp_sections(const lmp_plan *plan, const char *name, const lmp_section **out, size_t *count,
+                        lmp_error *err);
+/* The section to apply to one graph. */
+lmp_status lmp_section_for(const lmp_plan *plan, const char *name, const char *graph, const lmp_section **out,
+                           lmp_error *err);
+/* The I/O tensor encoding to set after applying NAME (activation encodings). */
+lmp_status lmp_io_encoding(const lmp_plan *plan, const char *name, const char *tensor, const lmp_encoding **out,
+                           lmp_error *err);
+size_t lmp_io_encoding_count(const lmp_plan *plan, const char *name);
+const lmp_encoding *lmp_io_encoding_at(const lmp_plan *plan, const char *name, size_t i);
+/* A LoRA weight's encoding (param encodings; per channel). */
+lmp_status lmp_weight_encoding(const lmp_plan *plan, const char *name, const char *tensor,
+                               const lmp_encoding **out, lmp_error *err);
+/* The alpha input's name (NULL when the base has none) and its default value. */
+const char *lmp_alpha_tensor(const lmp_plan *plan);
+double lmp_alpha_default(const lmp_plan *plan);
+/* Slots of NAME: adapter names and their default alphas (one slot for a plain adapter). */
+lmp_status lmp_slots(const lmp_plan *plan, const char *name, const char *const **adapters, const double **alphas,
+                     size_t *count, lmp_error *err);
+
+/* -- integrity ----------------------------------------------------------------------------------- */
+/* Read the file and compare its size and sha256 with the plan: LMP_ERR_INTEGRITY on a mismatch. */
+lmp_status lmp_verify_section(const lmp_plan *plan, const lmp_section *section, lmp_error *err);
+/* Every file the plan names (graphs, external data, sections); `checked` counts them. */
+lmp_status lmp_verify_all(const lmp_plan *plan, size_t *checked, lmp_error *err);
+/* SHA-256 of a buffer, as 64 hex digits plus NUL. */
+void lmp_sha256_hex(const void *data, size_t size, char out[65]);
+
+/* -- quantization (AIMET: x = scale * (q + offset)) --------------------------------------------- */
+int64_t lmp_quantize(const lmp_channel *enc, double x);   /* rounded, clipped to 0 .. 2^bitwidth - 1 */
+double lmp_dequantize(const lmp_channel *enc, int64_t q);
+void lmp_quantize_array(const lmp_channel *enc, const float *x, int32_t *q, size_t n);
+void lmp_dequantize_array(const lmp_channel *enc, const int32_t *q, float *x, size_t n);
+
+/* -- the switch driver ----------------------------------------------------------------------------- */
+/*
+ * lmp_switch walks the plan's steps for NAME and calls these; a NULL callback skips its step. Each
+ * returns 0 on success; anything else stops the walk with LMP_ERR_CALLBACK.
+ *   create_context  the "create_context" step (only with LMP_SWITCH_CREATE_CONTEXT: once per context)
+ *   apply_section   section bytes (read and verified against the plan's sha256) for its graphs; the
+ *                   buffer is freed after the call returns: copy it when the runtime keeps it
+ *   set_io_encoding every I/O encoding of NAME, after its sections are applied
+ *   set_alpha       the alpha input and its values (one per slot)
+ *   execute         the "execute" step (only with LMP_SWITCH_EXECUTE)
+ *   reset           lmp_reset's walk back to the default adapter calls the same table
+ */
+typedef struct {
+    void *user;
+    int (*create_context)(void *user, const char *const *graphs, size_t n_graphs);
+    int (*apply_section)(void *user, const lmp_section *section, const unsigned char *bytes, size_t size);
+    int (*set_io_encoding)(void *user, const lmp_encoding *encoding);
+    int (*set_alpha)(void *user, const char *tensor, const float *values, size_t n);
+    int (*execute)(void *user);
+} lmp_callbacks;
+
+#define LMP_SWITCH_CREATE_CONTEXT 1u
+#define LMP_SWITCH_EXECUTE 2u
+
+lmp_status lmp_switch(const lmp_plan *plan, const char *name, const lmp_callbacks *cb, unsigned flags,
+                      lmp_error *err);
+/* Back to the base model: "default_adapter" (apply the default adapter's sections) or "alpha_zero". */
+lmp_status lmp_reset(const lmp_plan *plan, const char *method, const lmp_callbacks *cb, lmp_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORAMGR_PLAN_H */

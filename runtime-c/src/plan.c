@@ -1,0 +1,600 @@
+/*
+ * plan.c -- parse and check a plan.json once, then answer queries from the parsed form.
+ *
+ * Every value is type- and range-checked at open (the same rules as the Python runtime's loader):
+ * names are safe, paths stay inside the plan's directory, digests are hex, sizes are integers, sections
+ * name known graphs. A query never parses or allocates, so reads are thread-safe.
+ */
+#include "plan_internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PLAN_BYTES (256L * 1024L * 1024L)
+#define MAX_SAFE_INT 9007199254740992.0 /* 2^53: sizes beyond it are not exact in JSON doubles */
+
+lmp_status lmp_fail(lmp_error *err, lmp_status status, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+        err->status = status;
+    }
+    return status;
+}
+
+void *lmp_alloc(lmp_plan *p, size_t n) {
+    void *mem;
+    void **grown;
+    if (p->n_allocs == p->cap_allocs) {
+        size_t cap = p->cap_allocs ? 2 * p->cap_allocs : 64;
+        grown = (void **)realloc(p->allocs, cap * sizeof *grown);
+        if (!grown) return NULL;
+        p->allocs = grown;
+        p->cap_allocs = cap;
+    }
+    mem = calloc(1, n ? n : 1);
+    if (mem) p->allocs[p->n_allocs++] = mem;
+    return mem;
+}
+
+static char *dup_str(lmp_plan *p, const char *s) {
+    size_t n = strlen(s);
+    char *out = (char *)lmp_alloc(p, n + 1);
+    if (out) memcpy(out, s, n + 1);
+    return out;
+}
+
+/* -- checks -------------------------------------------------------------------------------------------- */
+static int safe_name(const char *s) {
+    size_t i, n;
+    if (!s) return 0;
+    n = strlen(s);
+    if (n == 0 || n > 256 || strstr(s, "..")) return 0;
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 (i > 0 && (c == '_' || c == '.' || c == '+' || c == '@' || c == '-'));
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+static int safe_rel_path(const char *s) {
+    const char *seg;
+    if (!s || !*s || s[0] == '/' || strchr(s, '\\') || strlen(s) > 4096) return 0;
+    if (strchr(s, ':')) return 0; /* a Windows drive letter or stream name */
+    for (seg = s; seg;) {
+        const char *end = strchr(seg, '/');
+        size_t len = end ? (size_t)(end - seg) : strlen(seg);
+        if (len == 2 && seg[0] == '.' && seg[1] == '.') return 0;
+        seg = end ? end + 1 : NULL;
+    }
+    return 1;
+}
+
+static int hex64(const char *s) {
+    int i;
+    if (!s || strlen(s) != 64) return 0;
+    for (i = 0; i < 64; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
+static const char *str_of(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int size_of(const cJSON *obj, const char *key, uint64_t *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    double d;
+    if (!cJSON_IsNumber(v)) return 0;
+    d = v->valuedouble;
+    if (!(d >= 0 && d <= MAX_SAFE_INT) || floor(d) != d) return 0;
+    *out = (uint64_t)d;
+    return 1;
+}
+
+static int finite_number(const cJSON *v, double *out) {
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) return 0;
+    *out = v->valuedouble;
+    return 1;
+}
+
+static char *join_path(lmp_plan *p, const char *rel) {
+    size_t a = strlen(p->dir), b = strlen(rel);
+    char *out = (char *)lmp_alloc(p, a + b + 2);
+    if (!out) return NULL;
+    memcpy(out, p->dir, a);
+    out[a] = '/';
+    memcpy(out + a + 1, rel, b + 1);
+    return out;
+}
+
+/* A file entry {path, sha256, size} of the plan. */
+static lmp_status parse_file(lmp_plan *p, const cJSON *obj, const char *what, lmp_section *f, lmp_error *err) {
+    const char *rel = str_of(obj, "path"), *sha = str_of(obj, "sha256");
+    if (!cJSON_IsObject(obj)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s is not an object", p->path, what);
+    if (!safe_rel_path(rel))
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s path %.80s escapes the plan directory", p->path, what,
+                        rel ? rel : "(missing)");
+    if (!hex64(sha)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s sha256 is not a hex digest", p->path, what);
+    if (!size_of(obj, "size", &f->size)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s size is not a byte count", p->path, what);
+    f->rel_path = rel;
+    f->sha256 = sha;
+    f->path = join_path(p, rel);
+    f->name = str_of(obj, "name") ? str_of(obj, "name") : rel;
+    return f->path ? LMP_OK : lmp_fail(err, LMP_ERR_IO, "%s: out of memory", p->path);
+}
+
+static long graph_index(const lmp_plan *p, const char *name) {
+    size_t i;
+    for (i = 0; i < p->n_graphs; i++)
+        if (strcmp(p->graphs[i].name, name) == 0) return (long)i;
+    return -1;
+}
+
+static lmp_status parse_sections(lmp_plan *p, const cJSON *arr, const char *who, lmp_entry *e, lmp_error *err) {
+    size_t i = 0, n;
+    const cJSON *s;
+    if (!cJSON_IsArray(arr)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: sections must be a list", p->path, who);
+    n = (size_t)cJSON_GetArraySize(arr);
+    e->sections = (lmp_section *)lmp_alloc(p, n * sizeof *e->sections);
+    if (!e->sections) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    cJSON_ArrayForEach(s, arr) {
+        lmp_section *sec = &e->sections[i++];
+        const cJSON *gs = cJSON_GetObjectItemCaseSensitive(s, "graphs"), *g;
+        size_t k = 0, ng;
+        lmp_status st = parse_file(p, s, "a section", sec, err);
+        if (st) return st;
+        if (!cJSON_IsArray(gs) || (ng = (size_t)cJSON_GetArraySize(gs)) == 0)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a section names no graphs", p->path, who);
+        sec->graphs = (const char *const *)lmp_alloc(p, ng * sizeof(char *));
+        if (!sec->graphs) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+        cJSON_ArrayForEach(g, gs) {
+            if (!cJSON_IsString(g) || graph_index(p, g->valuestring) < 0)
+                return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a section names an unknown graph", p->path, who);
+            ((const char **)sec->graphs)[k++] = g->valuestring;
+        }
+        sec->n_graphs = ng;
+        sec->shared = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "shared")) ? 1 : 0;
+    }
+    e->n_sections = n;
+    return LMP_OK;
+}
+
+static lmp_status parse_encodings(lmp_plan *p, const cJSON *obj, const char *who, lmp_encoding **out, size_t *count,
+                                  lmp_error *err) {
+    size_t i = 0, n;
+    const cJSON *t;
+    *out = NULL;
+    *count = 0;
+    if (obj == NULL || cJSON_IsNull(obj)) return LMP_OK;
+    if (!cJSON_IsObject(obj)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: encodings must be an object", p->path, who);
+    n = (size_t)cJSON_GetArraySize(obj);
+    *out = (lmp_encoding *)lmp_alloc(p, n * sizeof **out);
+    if (!*out) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    cJSON_ArrayForEach(t, obj) {
+        lmp_encoding *enc = &(*out)[i++];
+        const cJSON *entry;
+        size_t k = 0, nc;
+        enc->tensor = t->string;
+        if (!cJSON_IsArray(t) || (nc = (size_t)cJSON_GetArraySize(t)) == 0)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: encoding of %.80s is not a non-empty list", p->path, who,
+                            t->string);
+        enc->channels = (const lmp_channel *)lmp_alloc(p, nc * sizeof(lmp_channel));
+        if (!enc->channels) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+        cJSON_ArrayForEach(entry, t) {
+            lmp_channel *c = (lmp_channel *)&enc->channels[k++];
+            const cJSON *bw = cJSON_GetObjectItemCaseSensitive(entry, "bitwidth");
+            const cJSON *sym = cJSON_GetObjectItemCaseSensitive(entry, "is_symmetric");
+            if (!cJSON_IsNumber(bw) || bw->valuedouble < 1 || bw->valuedouble > 32 ||
+                floor(bw->valuedouble) != bw->valuedouble ||
+                !finite_number(cJSON_GetObjectItemCaseSensitive(entry, "scale"), &c->scale) ||
+                !finite_number(cJSON_GetObjectItemCaseSensitive(entry, "offset"), &c->offset))
+                return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: encoding of %.80s: bitwidth/scale/offset malformed",
+                                p->path, who, t->string);
+            c->bitwidth = (int)bw->valuedouble;
+            c->symmetric = cJSON_IsTrue(sym) || (cJSON_IsString(sym) && strcmp(sym->valuestring, "True") == 0);
+            if (!finite_number(cJSON_GetObjectItemCaseSensitive(entry, "min"), &c->min)) c->min = c->offset * c->scale;
+            if (!finite_number(cJSON_GetObjectItemCaseSensitive(entry, "max"), &c->max))
+                c->max = (c->offset + (pow(2.0, c->bitwidth) - 1)) * c->scale;
+        }
+        enc->n_channels = nc;
+    }
+    *count = n;
+    return LMP_OK;
+}
+
+/* An adapter, the default adapter or a use case. */
+static lmp_status parse_entry(lmp_plan *p, const cJSON *obj, lmp_entry *e, int kind, lmp_error *err) {
+    const char *who;
+    const cJSON *steps, *st, *ra;
+    lmp_status s;
+    if (!cJSON_IsObject(obj)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: an adapter entry is not an object", p->path);
+    e->kind = kind;
+    e->name = kind == LMP_DEFAULT ? "default" : str_of(obj, "name");
+    e->ref = kind == LMP_DEFAULT ? "default" : (str_of(obj, "ref") ? str_of(obj, "ref") : e->name);
+    if (!safe_name(e->name) || !safe_name(e->ref))
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: adapter name %.80s is not a safe name", p->path,
+                        e->name ? e->name : "(missing)");
+    who = e->ref;
+    if ((s = parse_sections(p, cJSON_GetObjectItemCaseSensitive(obj, "sections"), who, e, err))) return s;
+    if ((s = parse_encodings(p, cJSON_GetObjectItemCaseSensitive(obj, "io_encodings"), who, &e->io, &e->n_io, err)))
+        return s;
+    if ((s = parse_encodings(p, cJSON_GetObjectItemCaseSensitive(obj, "weight_encodings"), who, &e->weights,
+                             &e->n_weights, err)))
+        return s;
+    steps = cJSON_GetObjectItemCaseSensitive(obj, "steps");
+    if (steps && !cJSON_IsArray(steps)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: steps must be a list", p->path, who);
+    cJSON_ArrayForEach(st, steps) {
+        if (!cJSON_IsObject(st) || !str_of(st, "op"))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: steps must be {op: ...} objects", p->path, who);
+    }
+    e->steps = steps;
+    e->alpha = 1.0;
+    ra = cJSON_GetObjectItemCaseSensitive(obj, "recommended_alpha");
+    if (ra && !finite_number(ra, &e->alpha))
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: recommended_alpha is not a finite number", p->path, who);
+    /* slots: a use case lists its adapters and alphas; an adapter alone is a use case of one */
+    if (kind == LMP_USE_CASE) {
+        const cJSON *ads = cJSON_GetObjectItemCaseSensitive(obj, "adapters"), *a;
+        const cJSON *als = cJSON_GetObjectItemCaseSensitive(obj, "alphas");
+        size_t k = 0, n = cJSON_IsArray(ads) ? (size_t)cJSON_GetArraySize(ads) : 0;
+        if (n == 0) return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s lists no adapters", p->path, who);
+        e->slot_names = (const char **)lmp_alloc(p, n * sizeof(char *));
+        e->slot_alphas = (double *)lmp_alloc(p, n * sizeof(double));
+        if (!e->slot_names || !e->slot_alphas) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+        cJSON_ArrayForEach(a, ads) {
+            const char *an = cJSON_IsString(a) ? a->valuestring : str_of(a, "name");
+            const cJSON *al = cJSON_IsArray(als) ? cJSON_GetArrayItem(als, (int)k) : NULL;
+            if (!safe_name(an)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s: a slot names no adapter", p->path, who);
+            e->slot_names[k] = an;
+            e->slot_alphas[k] = 1.0;
+            if (al && !finite_number(al, &e->slot_alphas[k]))
+                return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s: alphas must be finite numbers", p->path, who);
+            k++;
+        }
+        e->n_slots = n;
+    } else {
+        e->slot_names = (const char **)lmp_alloc(p, sizeof(char *));
+        e->slot_alphas = (double *)lmp_alloc(p, sizeof(double));
+        if (!e->slot_names || !e->slot_alphas) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+        e->slot_names[0] = e->name;
+        e->slot_alphas[0] = e->alpha;
+        e->n_slots = 1;
+    }
+    return LMP_OK;
+}
+
+static lmp_status parse_graphs(lmp_plan *p, const cJSON *base, lmp_error *err) {
+    const cJSON *gs = cJSON_GetObjectItemCaseSensitive(base, "graphs"), *g, *ext, *x;
+    size_t i = 0, n, nfiles = 0, k;
+    if (!cJSON_IsArray(gs) || (n = (size_t)cJSON_GetArraySize(gs)) == 0)
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: the plan lists no graphs", p->path);
+    p->graphs = (lmp_graph *)lmp_alloc(p, n * sizeof *p->graphs);
+    p->graph_names = (const char **)lmp_alloc(p, n * sizeof(char *));
+    if (!p->graphs || !p->graph_names) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    cJSON_ArrayForEach(g, gs) {
+        const char *name = str_of(g, "name");
+        lmp_status s;
+        if (!safe_name(name)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: a graph name is not a safe name", p->path);
+        for (k = 0; k < i; k++)
+            if (strcmp(p->graphs[k].name, name) == 0)
+                return lmp_fail(err, LMP_ERR_FORMAT, "%s: graph %s is listed twice", p->path, name);
+        p->graphs[i].name = name;
+        p->graph_names[i] = name;
+        if ((s = parse_file(p, g, "a graph", &p->graphs[i].file, err))) return s;
+        p->graphs[i].file.name = name;
+        ext = cJSON_GetObjectItemCaseSensitive(g, "external_data");
+        if (ext && !cJSON_IsArray(ext)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: external_data must be a list", p->path);
+        nfiles += 1 + (ext ? (size_t)cJSON_GetArraySize(ext) : 0);
+        i++;
+    }
+    p->n_graphs = n;
+    p->graph_files = (lmp_section *)lmp_alloc(p, nfiles * sizeof *p->graph_files);
+    if (!p->graph_files) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    k = 0;
+    i = 0;
+    cJSON_ArrayForEach(g, gs) {
+        p->graph_files[k++] = p->graphs[i++].file;
+        ext = cJSON_GetObjectItemCaseSensitive(g, "external_data");
+        cJSON_ArrayForEach(x, ext) {
+            lmp_status s = parse_file(p, x, "external data", &p->graph_files[k++], err);
+            if (s) return s;
+        }
+    }
+    p->n_graph_files = k;
+    return LMP_OK;
+}
+
+static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
+    const cJSON *doc = p->doc, *v, *base, *a, *ctx, *c;
+    const char *schema = str_of(doc, "schema");
+    size_t i, n, k;
+    lmp_status s;
+    if (!cJSON_IsObject(doc) || !schema || strcmp(schema, "loramgr.plan") != 0)
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: not a loramgr plan (schema field missing)", p->path);
+    v = cJSON_GetObjectItemCaseSensitive(doc, "schema_version");
+    if (!cJSON_IsNumber(v) || (v->valuedouble != 1 && v->valuedouble != 2))
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: plan schema version is not supported (1, 2)", p->path);
+    p->schema = (int)v->valuedouble;
+    p->backend = str_of(doc, "backend") ? str_of(doc, "backend") : "";
+    base = cJSON_GetObjectItemCaseSensitive(doc, "base");
+    if (!cJSON_IsObject(base)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: base is not an object", p->path);
+    if ((s = parse_graphs(p, base, err))) return s;
+    ctx = cJSON_GetObjectItemCaseSensitive(base, "contexts");
+    n = cJSON_IsArray(ctx) ? (size_t)cJSON_GetArraySize(ctx) : 0;
+    p->contexts = (const char **)lmp_alloc(p, (n ? n : 1) * sizeof(char *));
+    if (!p->contexts) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    i = 0;
+    cJSON_ArrayForEach(c, ctx) {
+        if (!safe_name(str_of(c, "name")) && !safe_rel_path(str_of(c, "name")))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: a context name is not a safe name", p->path);
+        p->contexts[i++] = str_of(c, "name");
+    }
+    p->n_contexts = i;
+    v = cJSON_GetObjectItemCaseSensitive(doc, "alpha");
+    if (v && !cJSON_IsObject(v)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: alpha must be an object", p->path);
+    p->alpha_tensor = str_of(v, "tensor");
+    p->alpha_default = 1.0;
+    if (cJSON_GetObjectItemCaseSensitive(v, "default") &&
+        !finite_number(cJSON_GetObjectItemCaseSensitive(v, "default"), &p->alpha_default))
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: alpha.default is not a finite number", p->path);
+    p->reset_steps = cJSON_GetObjectItemCaseSensitive(doc, "reset_steps");
+    if (p->reset_steps && !cJSON_IsObject(p->reset_steps))
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: reset_steps must be an object", p->path);
+    /* adapters */
+    v = cJSON_GetObjectItemCaseSensitive(doc, "adapters");
+    if (!cJSON_IsArray(v)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: adapters must be a list", p->path);
+    n = (size_t)cJSON_GetArraySize(v);
+    p->adapters = (lmp_entry *)lmp_alloc(p, (n ? n : 1) * sizeof *p->adapters);
+    p->adapter_names = (const char **)lmp_alloc(p, (n ? n : 1) * sizeof(char *));
+    if (!p->adapters || !p->adapter_names) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    i = 0;
+    cJSON_ArrayForEach(a, v) {
+        if ((s = parse_entry(p, a, &p->adapters[i], LMP_ADAPTER, err))) return s;
+        if (strcmp(p->adapters[i].ref, "default") == 0 || strcmp(p->adapters[i].ref, "default_adapter") == 0)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: an adapter shadows the default adapter", p->path);
+        for (k = 0; k < i; k++)
+            if (strcmp(p->adapters[k].ref, p->adapters[i].ref) == 0)
+                return lmp_fail(err, LMP_ERR_FORMAT, "%s: adapter %s is listed twice", p->path, p->adapters[i].ref);
+        i++;
+    }
+    p->n_adapters = n;
+    for (i = 0; i < n; i++) { /* a bare name works when it is unique, as in the Python runtime */
+        size_t same = 0;
+        for (k = 0; k < n; k++) same += strcmp(p->adapters[k].name, p->adapters[i].name) == 0;
+        p->adapters[i].name_unique = same == 1;
+        p->adapter_names[i] = same == 1 ? p->adapters[i].name : p->adapters[i].ref;
+    }
+    /* use cases (schema 2) */
+    v = cJSON_GetObjectItemCaseSensitive(doc, "use_cases");
+    if (v && !cJSON_IsArray(v)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: use_cases must be a list", p->path);
+    n = v ? (size_t)cJSON_GetArraySize(v) : 0;
+    p->use_cases = (lmp_entry *)lmp_alloc(p, (n ? n : 1) * sizeof *p->use_cases);
+    p->use_case_names = (const char **)lmp_alloc(p, (n ? n : 1) * sizeof(char *));
+    if (!p->use_cases || !p->use_case_names) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    i = 0;
+    cJSON_ArrayForEach(a, v) {
+        if ((s = parse_entry(p, a, &p->use_cases[i], LMP_USE_CASE, err))) return s;
+        p->use_case_names[i] = p->use_cases[i].name;
+        i++;
+    }
+    p->n_use_cases = n;
+    return parse_entry(p, cJSON_GetObjectItemCaseSensitive(doc, "default_adapter"), &p->dflt, LMP_DEFAULT, err);
+}
+
+static char *read_all(const char *path, long *size, lmp_error *err, lmp_status *st) {
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+    if (!f) {
+        *st = lmp_fail(err, LMP_ERR_FORMAT, "%s: cannot open the plan file", path);
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        *st = lmp_fail(err, LMP_ERR_FORMAT, "%s: not a regular, seekable plan file", path);
+        return NULL;
+    }
+    if (n > MAX_PLAN_BYTES) {
+        fclose(f);
+        *st = lmp_fail(err, LMP_ERR_FORMAT, "%s: plan file is implausibly large", path);
+        return NULL;
+    }
+    buf = (char *)malloc((size_t)n + 1);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        *st = lmp_fail(err, LMP_ERR_IO, "%s: cannot read the plan file", path);
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *size = n;
+    return buf;
+}
+
+static lmp_status open_text(const char *label, const char *dir, size_t dir_len, const char *text, size_t size,
+                            lmp_plan **out, lmp_error *err) {
+    lmp_plan *p = (lmp_plan *)calloc(1, sizeof *p);
+    lmp_status st;
+    if (!p) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    p->path = dup_str(p, label);
+    p->dir = (char *)lmp_alloc(p, dir_len + 1);
+    if (!p->path || !p->dir) {
+        lmp_close(p);
+        return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    }
+    memcpy(p->dir, dir, dir_len);
+    p->dir[dir_len] = '\0';
+    p->doc = cJSON_ParseWithLength(text, size);
+    if (!p->doc) {
+        lmp_close(p);
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: not a JSON plan", label);
+    }
+    st = parse_doc(p, err);
+    if (st) {
+        lmp_close(p);
+        return st;
+    }
+    *out = p;
+    return LMP_OK;
+}
+
+static void clear(lmp_error *err) {
+    if (err) {
+        err->status = LMP_OK;
+        err->message[0] = '\0';
+    }
+}
+
+lmp_status lmp_open(const char *path, lmp_plan **out, lmp_error *err) {
+    char *text;
+    const char *slash;
+    long size = 0;
+    lmp_status st = LMP_OK;
+    clear(err);
+    if (!path || !out) return lmp_fail(err, LMP_ERR_USAGE, "lmp_open: path and out are required");
+    *out = NULL;
+    text = read_all(path, &size, err, &st);
+    if (!text) return st;
+    slash = strrchr(path, '/');
+    if (slash)
+        st = open_text(path, path, slash == path ? 1 : (size_t)(slash - path), text, (size_t)size, out, err);
+    else
+        st = open_text(path, ".", 1, text, (size_t)size, out, err);
+    free(text);
+    return st;
+}
+
+lmp_status lmp_open_memory(const char *json, size_t size, const char *dir, lmp_plan **out, lmp_error *err) {
+    clear(err);
+    if (!json || !dir || !out) return lmp_fail(err, LMP_ERR_USAGE, "lmp_open_memory: json, dir and out are required");
+    *out = NULL;
+    if (size > (size_t)MAX_PLAN_BYTES) return lmp_fail(err, LMP_ERR_FORMAT, "plan in memory is implausibly large");
+    return open_text("(plan in memory)", dir, strlen(dir), json, size, out, err);
+}
+
+void lmp_close(lmp_plan *p) {
+    size_t i;
+    if (!p) return;
+    if (p->doc) cJSON_Delete(p->doc);
+    for (i = 0; i < p->n_allocs; i++) free(p->allocs[i]);
+    free(p->allocs);
+    free(p);
+}
+
+/* -- queries ------------------------------------------------------------------------------------------ */
+int lmp_schema_version(const lmp_plan *p) { return p ? p->schema : 0; }
+const char *lmp_plan_dir(const lmp_plan *p) { return p ? p->dir : NULL; }
+const char *lmp_backend(const lmp_plan *p) { return p ? p->backend : NULL; }
+size_t lmp_adapter_count(const lmp_plan *p) { return p ? p->n_adapters : 0; }
+const char *lmp_adapter_name(const lmp_plan *p, size_t i) { return p && i < p->n_adapters ? p->adapter_names[i] : NULL; }
+size_t lmp_use_case_count(const lmp_plan *p) { return p ? p->n_use_cases : 0; }
+const char *lmp_use_case_name(const lmp_plan *p, size_t i) { return p && i < p->n_use_cases ? p->use_case_names[i] : NULL; }
+size_t lmp_graph_count(const lmp_plan *p) { return p ? p->n_graphs : 0; }
+const char *lmp_graph_name(const lmp_plan *p, size_t i) { return p && i < p->n_graphs ? p->graph_names[i] : NULL; }
+size_t lmp_context_count(const lmp_plan *p) { return p ? p->n_contexts : 0; }
+const char *lmp_context_name(const lmp_plan *p, size_t i) { return p && i < p->n_contexts ? p->contexts[i] : NULL; }
+const char *lmp_alpha_tensor(const lmp_plan *p) { return p ? p->alpha_tensor : NULL; }
+double lmp_alpha_default(const lmp_plan *p) { return p ? p->alpha_default : 1.0; }
+
+const lmp_entry *lmp_find(const lmp_plan *p, const char *name) {
+    size_t i;
+    if (!p || !name) return NULL;
+    if (strcmp(name, "default") == 0 || strcmp(name, "default_adapter") == 0) return &p->dflt;
+    for (i = 0; i < p->n_adapters; i++)
+        if (strcmp(p->adapters[i].ref, name) == 0 || (p->adapters[i].name_unique && strcmp(p->adapters[i].name, name) == 0))
+            return &p->adapters[i];
+    for (i = 0; i < p->n_use_cases; i++)
+        if (strcmp(p->use_cases[i].name, name) == 0) return &p->use_cases[i];
+    return NULL;
+}
+
+lmp_status lmp_entry_or_fail(const lmp_plan *p, const char *name, const lmp_entry **e, lmp_error *err) {
+    if (!p || !name) return lmp_fail(err, LMP_ERR_USAGE, "plan and name are required");
+    *e = lmp_find(p, name);
+    if (!*e) return lmp_fail(err, LMP_ERR_NOT_FOUND, "adapter %.200s: is not in the plan", name);
+    return LMP_OK;
+}
+
+lmp_status lmp_sections(const lmp_plan *p, const char *name, const lmp_section **out, size_t *count, lmp_error *err) {
+    const lmp_entry *e;
+    lmp_status s = lmp_entry_or_fail(p, name, &e, err);
+    if (s) return s;
+    if (!out || !count) return lmp_fail(err, LMP_ERR_USAGE, "out and count are required");
+    *out = e->sections;
+    *count = e->n_sections;
+    return LMP_OK;
+}
+
+lmp_status lmp_section_for(const lmp_plan *p, const char *name, const char *graph, const lmp_section **out,
+                           lmp_error *err) {
+    const lmp_entry *e;
+    size_t i, k;
+    lmp_status s = lmp_entry_or_fail(p, name, &e, err);
+    if (s) return s;
+    if (!graph || !out) return lmp_fail(err, LMP_ERR_USAGE, "graph and out are required");
+    for (i = 0; i < e->n_sections; i++)
+        for (k = 0; k < e->sections[i].n_graphs; k++)
+            if (strcmp(e->sections[i].graphs[k], graph) == 0) {
+                *out = &e->sections[i];
+                return LMP_OK;
+            }
+    return lmp_fail(err, LMP_ERR_NOT_FOUND, "adapter %s: has no section for graph %.200s", e->ref, graph);
+}
+
+static lmp_status find_encoding(const lmp_encoding *encs, size_t n, const char *who, const char *tensor,
+                                const lmp_encoding **out, lmp_error *err) {
+    size_t i;
+    if (!tensor || !out) return lmp_fail(err, LMP_ERR_USAGE, "tensor and out are required");
+    for (i = 0; i < n; i++)
+        if (strcmp(encs[i].tensor, tensor) == 0) {
+            *out = &encs[i];
+            return LMP_OK;
+        }
+    return lmp_fail(err, LMP_ERR_NOT_FOUND, "adapter %s: has no encoding for tensor %.200s", who, tensor);
+}
+
+lmp_status lmp_io_encoding(const lmp_plan *p, const char *name, const char *tensor, const lmp_encoding **out,
+                           lmp_error *err) {
+    const lmp_entry *e;
+    lmp_status s = lmp_entry_or_fail(p, name, &e, err);
+    return s ? s : find_encoding(e->io, e->n_io, e->ref, tensor, out, err);
+}
+
+size_t lmp_io_encoding_count(const lmp_plan *p, const char *name) {
+    const lmp_entry *e = lmp_find(p, name);
+    return e ? e->n_io : 0;
+}
+
+const lmp_encoding *lmp_io_encoding_at(const lmp_plan *p, const char *name, size_t i) {
+    const lmp_entry *e = lmp_find(p, name);
+    return e && i < e->n_io ? &e->io[i] : NULL;
+}
+
+lmp_status lmp_weight_encoding(const lmp_plan *p, const char *name, const char *tensor, const lmp_encoding **out,
+                               lmp_error *err) {
+    const lmp_entry *e;
+    lmp_status s = lmp_entry_or_fail(p, name, &e, err);
+    return s ? s : find_encoding(e->weights, e->n_weights, e->ref, tensor, out, err);
+}
+
+lmp_status lmp_slots(const lmp_plan *p, const char *name, const char *const **adapters, const double **alphas,
+                     size_t *count, lmp_error *err) {
+    const lmp_entry *e;
+    lmp_status s = lmp_entry_or_fail(p, name, &e, err);
+    if (s) return s;
+    if (!adapters || !alphas || !count) return lmp_fail(err, LMP_ERR_USAGE, "adapters, alphas and count are required");
+    *adapters = e->slot_names;
+    *alphas = e->slot_alphas;
+    *count = e->n_slots;
+    return LMP_OK;
+}

@@ -1,0 +1,156 @@
+/*
+ * loramgr-plan -- the plan reader from a shell: the same answers (and JSON field names) as the Python
+ * runtime's, and the same exit codes as the loramgr CLI (3 not found, 4 invalid plan, 8 integrity).
+ *
+ *   loramgr-plan adapters PLAN
+ *   loramgr-plan sections PLAN NAME [GRAPH]
+ *   loramgr-plan encoding PLAN NAME TENSOR
+ *   loramgr-plan steps PLAN NAME
+ *   loramgr-plan verify PLAN
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loramgr_plan.h"
+#include "plan_internal.h" /* the steps' raw JSON: this tool prints them as the plan holds them */
+
+static int usage(void) {
+    fputs("usage: loramgr-plan adapters PLAN | sections PLAN NAME [GRAPH] | encoding PLAN NAME TENSOR |\n"
+          "                    steps PLAN NAME | verify PLAN\n",
+          stderr);
+    return LMP_ERR_USAGE;
+}
+
+static int fail(const lmp_error *err) {
+    fprintf(stderr, "loramgr-plan: error: %s\n", err->message);
+    return (int)err->status;
+}
+
+static int emit(cJSON *obj) {
+    char *text = cJSON_Print(obj);
+    int rc = text ? 0 : LMP_ERR_IO;
+    if (text) {
+        puts(text);
+        free(text);
+    }
+    cJSON_Delete(obj);
+    return rc;
+}
+
+static cJSON *names(const char *(*get)(const lmp_plan *, size_t), size_t n, const lmp_plan *p) {
+    cJSON *arr = cJSON_CreateArray();
+    size_t i;
+    for (i = 0; i < n; i++) cJSON_AddItemToArray(arr, cJSON_CreateString(get(p, i)));
+    return arr;
+}
+
+/* A number printed so that it reads back as the same double (cJSON's printer may round to 15 digits). */
+static cJSON *number(double v) {
+    char buf[40];
+    if (v != v || v - v != 0) return cJSON_CreateNull(); /* NaN or infinite: JSON has no such number */
+    snprintf(buf, sizeof buf, "%.17g", v);
+    return cJSON_CreateRaw(buf);
+}
+
+static cJSON *channel_json(const lmp_channel *c) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "bitwidth", c->bitwidth);
+    cJSON_AddStringToObject(o, "is_symmetric", c->symmetric ? "True" : "False");
+    cJSON_AddItemToObject(o, "min", number(c->min));
+    cJSON_AddItemToObject(o, "max", number(c->max));
+    cJSON_AddItemToObject(o, "scale", number(c->scale));
+    cJSON_AddItemToObject(o, "offset", number(c->offset));
+    return o;
+}
+
+static cJSON *section_json(const lmp_section *s) {
+    cJSON *o = cJSON_CreateObject(), *gs = cJSON_CreateArray();
+    size_t k;
+    cJSON_AddStringToObject(o, "name", s->name);
+    for (k = 0; k < s->n_graphs; k++) cJSON_AddItemToArray(gs, cJSON_CreateString(s->graphs[k]));
+    cJSON_AddItemToObject(o, "graphs", gs);
+    cJSON_AddStringToObject(o, "path", s->path);
+    cJSON_AddStringToObject(o, "sha256", s->sha256);
+    cJSON_AddItemToObject(o, "size", number((double)s->size));
+    cJSON_AddBoolToObject(o, "shared", s->shared);
+    return o;
+}
+
+int main(int argc, char **argv) {
+    lmp_plan *p = NULL;
+    lmp_error err;
+    const char *cmd;
+    int rc;
+    if (argc < 3) return usage();
+    cmd = argv[1];
+    if (lmp_open(argv[2], &p, &err)) return fail(&err);
+    if (strcmp(cmd, "adapters") == 0 && argc == 3) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "adapters", names(lmp_adapter_name, lmp_adapter_count(p), p));
+        cJSON_AddItemToObject(o, "use_cases", names(lmp_use_case_name, lmp_use_case_count(p), p));
+        cJSON_AddItemToObject(o, "graphs", names(lmp_graph_name, lmp_graph_count(p), p));
+        cJSON_AddItemToObject(o, "contexts", names(lmp_context_name, lmp_context_count(p), p));
+        rc = emit(o);
+    } else if (strcmp(cmd, "sections") == 0 && (argc == 4 || argc == 5)) {
+        const lmp_section *secs = NULL;
+        size_t n = 0, i;
+        const lmp_entry *e = NULL;
+        rc = (int)lmp_entry_or_fail(p, argv[3], &e, &err);
+        if (!rc && argc == 5) {
+            rc = (int)lmp_section_for(p, argv[3], argv[4], &secs, &err);
+            n = 1;
+        } else if (!rc) {
+            rc = (int)lmp_sections(p, argv[3], &secs, &n, &err);
+        }
+        if (rc) {
+            rc = fail(&err);
+        } else {
+            cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+            cJSON_AddStringToObject(o, "adapter", e->ref);
+            for (i = 0; i < n; i++) cJSON_AddItemToArray(arr, section_json(&secs[i]));
+            cJSON_AddItemToObject(o, "sections", arr);
+            rc = emit(o);
+        }
+    } else if (strcmp(cmd, "encoding") == 0 && argc == 5) {
+        const lmp_encoding *enc = NULL;
+        rc = (int)lmp_io_encoding(p, argv[3], argv[4], &enc, &err);
+        if (!rc) {
+            rc = emit(channel_json(&enc->channels[0])); /* an I/O tensor: its entry, as the Python runtime */
+        } else if (rc == LMP_ERR_NOT_FOUND && lmp_weight_encoding(p, argv[3], argv[4], &enc, NULL) == LMP_OK) {
+            cJSON *arr = cJSON_CreateArray(); /* a LoRA weight: one entry per channel */
+            size_t i;
+            for (i = 0; i < enc->n_channels; i++) cJSON_AddItemToArray(arr, channel_json(&enc->channels[i]));
+            rc = emit(arr);
+        } else {
+            rc = fail(&err);
+        }
+    } else if (strcmp(cmd, "steps") == 0 && argc == 4) {
+        const lmp_entry *e = NULL;
+        rc = (int)lmp_entry_or_fail(p, argv[3], &e, &err);
+        if (rc) {
+            rc = fail(&err);
+        } else {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "adapter", e->ref);
+            cJSON_AddItemToObject(o, "steps", e->steps ? cJSON_Duplicate(e->steps, 1) : cJSON_CreateArray());
+            rc = emit(o);
+        }
+    } else if (strcmp(cmd, "verify") == 0 && argc == 3) {
+        size_t n = 0;
+        rc = (int)lmp_verify_all(p, &n, &err);
+        if (rc) {
+            rc = fail(&err);
+        } else {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "plan", argv[2]);
+            cJSON_AddNumberToObject(o, "files", (double)n);
+            cJSON_AddBoolToObject(o, "ok", 1);
+            rc = emit(o);
+        }
+    } else {
+        rc = usage();
+    }
+    lmp_close(p);
+    return rc;
+}
