@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from loramgr.store import atomic_write, sha256_file
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,24 @@ def _rel(path: str, root: Path) -> str:
     return Path(rel).as_posix()
 
 
+def _alpha_step(base: Base, alpha_tensor: str, alphas: list[float]) -> dict[str, Any]:
+    """``set_alpha`` with one value (a scalar alpha), or with alpha slots the whole vector: ``alphas``
+    for the first slots, 0 for the rest (their columns are padding)."""
+    if not base.max_adapters:
+        return {"op": "set_alpha", "tensor": alpha_tensor, "value": alphas[0]}
+    values = list(alphas) + [0.0] * (base.max_adapters - len(alphas))
+    return {"op": "set_alpha", "tensor": alpha_tensor, "values": values}
+
+
 def _steps(
-    base: Base, sections: list[dict[str, Any]], alpha_tensor: str | None, alpha: float, encodings: bool
+    base: Base, sections: list[dict[str, Any]], alpha_tensor: str | None, alphas: list[float], encodings: bool
 ) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = [{"op": "create_context", "graphs": base.graph_names, "once": True}]
     for s in sections:
         steps.append({"op": "apply_section", "section": s["name"], "path": s["path"], "graphs": s["graphs"]})
     steps.append({"op": "update_io_encodings", "required": encodings})
     if alpha_tensor:
-        steps.append({"op": "set_alpha", "tensor": alpha_tensor, "value": alpha})
+        steps.append(_alpha_step(base, alpha_tensor, alphas))
     steps.append({"op": "execute"})
     return steps
 
@@ -167,9 +177,10 @@ def make_plan(
                 "sections": secs,
                 "io_encodings": enc.to_aimet()["activation_encodings"],
                 "weight_encodings": enc.to_aimet()["param_encodings"],
-                "steps": _steps(base, secs, alpha_tensor, 1.0, bool(enc)),
+                "steps": _steps(base, secs, alpha_tensor, [1.0], bool(enc)),
             }
         )
+    use_cases = _use_cases(reg, base, rec.artifacts, sections_of, alpha_tensor)
     dsecs = sections_of([a for a in rec.artifacts if a.kind == "default_section"])
     denc = reg.encodings.get(base.id, None)
     shared = bool(rec.share_adapters)
@@ -189,7 +200,7 @@ def make_plan(
             "graphs": graphs,
             "contexts": _contexts(rec.artifacts, dsecs, root),
         },
-        "alpha": {"tensor": alpha_tensor, "default": 1.0, "reset_value": 0.0},
+        "alpha": {"tensor": alpha_tensor, "default": 1.0, "reset_value": 0.0, "slots": base.max_adapters},
         "rules": {
             "one_adapter_at_a_time": True,
             "apply_before_first_execute": shared,
@@ -200,20 +211,53 @@ def make_plan(
             "reset_by_default_adapter": True,
         },
         "adapters": adapters,
+        "use_cases": use_cases,
         "default_adapter": {
             "sections": dsecs,
             "io_encodings": denc.to_aimet()["activation_encodings"],
-            "steps": _steps(base, dsecs, alpha_tensor, 1.0, bool(denc)),
+            "steps": _steps(base, dsecs, alpha_tensor, [1.0] * (base.max_adapters or 1), bool(denc)),
         },
         "reset_steps": {
-            "alpha_zero": (
-                [{"op": "set_alpha", "tensor": alpha_tensor, "value": 0.0}, {"op": "execute"}] if alpha_tensor else []
-            ),
-            "default_adapter": _steps(base, dsecs, alpha_tensor, 1.0, False)[1:],
+            "alpha_zero": ([_alpha_step(base, alpha_tensor, [0.0]), {"op": "execute"}] if alpha_tensor else []),
+            "default_adapter": _steps(base, dsecs, alpha_tensor, [1.0] * (base.max_adapters or 1), False)[1:],
         },
     }
     validate_plan(doc)
     return doc, path
+
+
+def _use_cases(
+    reg: Registry,
+    base: Base,
+    artifacts: tuple[Artifact, ...],
+    sections_of: Callable[[list[Artifact]], list[dict[str, Any]]],
+    alpha_tensor: str | None,
+) -> list[dict[str, Any]]:
+    """The plan's use cases: those of the base whose sections this build holds."""
+    by_uc: dict[str, list[Artifact]] = {}
+    for a in artifacts:
+        if a.use_case and a.kind in ("use_case_section", "use_case_super_section"):
+            by_uc.setdefault(a.use_case, []).append(a)
+    out = []
+    for name, arts in sorted(by_uc.items()):
+        uc = reg.use_cases.get(name, base.ref)
+        enc = reg.encodings.get(base.id, None, use_case_id=uc.id)
+        secs = sections_of(arts)
+        out.append(
+            {
+                "name": uc.name,
+                "ref": uc.name,
+                "hot": uc.hot,
+                "adapters": [{"name": s.adapter, "slot": s.slot} for s in uc.slots],
+                "alphas": uc.alphas,
+                "recommended_alpha": 1.0,
+                "sections": secs,
+                "io_encodings": enc.to_aimet()["activation_encodings"],
+                "weight_encodings": enc.to_aimet()["param_encodings"],
+                "steps": _steps(base, secs, alpha_tensor, uc.alphas, bool(enc)),
+            }
+        )
+    return out
 
 
 def write_plan(
@@ -239,6 +283,7 @@ def write_plan(
 
         genie = str(write_genie_config(path, genie_config))
     base = reg.base(base_ref)
-    ids = {a.ref: a.id for a in reg.adapter_many([a["ref"] for a in doc["adapters"]]).values()}
-    reg.lifecycle.record_plan(base.id, doc["build_id"], str(path), sha, [ids[a["ref"]] for a in doc["adapters"]])
+    refs = [a["ref"] for a in doc["adapters"]] + [s["name"] for u in doc["use_cases"] for s in u["adapters"]]
+    ids = {a.ref: a.id for a in reg.adapter_many(refs).values()}  # use cases' adapters are protected too
+    reg.lifecycle.record_plan(base.id, doc["build_id"], str(path), sha, sorted({ids[r] for r in refs}))
     return PlanWritten(str(path), doc["build_id"], [a["ref"] for a in doc["adapters"]], sha, genie)

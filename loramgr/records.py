@@ -256,10 +256,17 @@ class AttachmentPoint(JsonRecord):
     rank: int
     dtype: str  # ONNX vocabulary of the LoRA inputs (float32, float16, int8, int16)
     graphs: tuple[str, ...] = ()
+    tensor_indices: str | None = None  # int64 [1, R]: rank column -> alpha slot (bases with alpha slots)
 
     @property
     def tensors(self) -> tuple[str, str]:
+        """The weight inputs (A, B)."""
         return self.tensor_a, self.tensor_b
+
+    @property
+    def updatable(self) -> tuple[str, ...]:
+        """Every input a section sets: A, B and, with alpha slots, the slot map."""
+        return self.tensors + ((self.tensor_indices,) if self.tensor_indices else ())
 
 
 @dataclass(frozen=True)
@@ -281,6 +288,7 @@ class Base(JsonRecord):
     fingerprint: str | None = None
     export: Mapping[str, Any] | None = None  # the `base export` manifest, when exported
     quantization_points: tuple[str, ...] = ()
+    max_adapters: int | None = None  # alpha slots N (use cases); None: one scalar alpha
 
     @property
     def ref(self) -> str:
@@ -320,6 +328,7 @@ class Base(JsonRecord):
             "quant_updatable_mode": self.quant_updatable_mode,
             "status": self.status,
             "created_at": self.created_at,
+            "max_adapters": self.max_adapters,
         }
         if full:
             rec["fingerprint"] = self.fingerprint
@@ -328,6 +337,38 @@ class Base(JsonRecord):
             rec["graph_list"] = [g.to_json() for g in self.graphs]
             rec["attachment_point_list"] = [ap.to_json() for ap in self.attachment_points]
         return rec
+
+
+# -- use cases -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UseCaseSlot(JsonRecord):
+    slot: int
+    adapter: str  # NAME@VERSION
+    adapter_id: int
+    default_alpha: float
+
+
+@dataclass(frozen=True)
+class UseCase(JsonRecord):
+    """Adapters active together on one base (QNN LoRA v3): slot i is the i-th adapter, its rank columns
+    concatenated after the previous ones' at every attachment point, scaled by alpha slot i."""
+
+    id: int
+    base: str  # NAME@VERSION of the base
+    base_id: int
+    name: str
+    hot: bool  # switched by alpha alone: one section holds every adapter
+    status: str
+    created_at: str
+    slots: tuple[UseCaseSlot, ...]
+
+    @property
+    def adapters(self) -> list[str]:
+        return [s.adapter for s in self.slots]
+
+    @property
+    def alphas(self) -> list[float]:
+        return [s.default_alpha for s in self.slots]
 
 
 # -- builds ------------------------------------------------------------------------------------------
@@ -344,14 +385,16 @@ class Artifact(JsonRecord):
     adapter: str | None = None  # adapter name
     adapter_version: str | None = None
     cache_key: str | None = None
+    use_case: str | None = None  # the use case's name, for a use case's section
+    use_case_id: int | None = None
 
     @property
     def adapter_ref(self) -> str | None:
         return None if self.adapter is None else ref_of(self.adapter, self.adapter_version or "")
 
     def to_json(self) -> dict[str, Any]:
-        """The ``build --json`` artifact entry."""
-        return {
+        """The ``build --json`` artifact entry (``use_case`` only on a use case's section)."""
+        out: dict[str, Any] = {
             "adapter": self.adapter,
             "graphs": list(self.graphs),
             "kind": self.kind,
@@ -359,6 +402,7 @@ class Artifact(JsonRecord):
             "sha256": self.sha256,
             "size": self.size,
         }
+        return out | ({"use_case": self.use_case} if self.use_case else {})
 
 
 @dataclass(frozen=True)

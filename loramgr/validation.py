@@ -42,6 +42,12 @@ CODES = {
     # group rules (several adapters of one base)
     "precision_class": "adapters of one base mix precision classes (float vs integer)",
     "attachment_set": "an adapter attaches outside the base's attachment points",
+    # use cases (several adapters active at once)
+    "no_alpha_slots": "the base has one scalar alpha (exported without --max-adapters): no use cases",
+    "too_many_adapters": "a use case holds more adapters than the base has alpha slots",
+    "summed_rank_exceeds": "at an attachment point the use case's ranks add up to more than the base's rank",
+    "duplicate_adapter": "a use case lists an adapter twice",
+    "bad_alpha": "a use case's default alphas are not one finite number per adapter",
     # warnings
     "rank_padded": "rank zero-padded up to the base's max rank",
     "zero_filled": "base attachment points the adapter does not target are zero-filled",
@@ -389,7 +395,7 @@ def validate(
         rec = known.get(ref) or registry.adapter(ref)
         found[rec.ref] = rec
         checks[rec.ref] = check_adapter(rec, base, AdapterFile(rec).load)
-    group = _group_rule(found, checks, base) if len(checks) > 1 else None
+    group = group_rule(found, checks, base) if len(checks) > 1 else None
     results = []
     for ref, c in checks.items():
         if record:
@@ -405,7 +411,7 @@ def _precision_class(dtype: str) -> str:
     return "float" if floats else dtype
 
 
-def _group_rule(records: Mapping[str, Adapter], checks: Mapping[str, Check], base: Base) -> GroupReport:
+def group_rule(records: Mapping[str, Adapter], checks: Mapping[str, Check], base: Base) -> GroupReport:
     """Every adapter of a base must share precision class and attachment set (after zero-fill)."""
     problems: list[Problem] = []
     classes = {ref: _precision_class(r.dtype) for ref, r in records.items()}

@@ -35,7 +35,7 @@ def weight_lists(base: Base, include_alpha: bool = False) -> dict[str, list[str]
     for g in base.graph_names:
         names: list[str] = []
         for ap in sorted(base.points_of(g), key=lambda a: natural_key(a.module_path)):
-            names += [ap.tensor_a, ap.tensor_b]
+            names += list(ap.updatable)  # A, B and, with alpha slots, the slot map
         if include_alpha and base.alpha_tensor:
             names.append(base.alpha_tensor)
         out[g] = names

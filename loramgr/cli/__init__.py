@@ -21,6 +21,7 @@ from loramgr.cli import (  # noqa: F401
     plan_cmds,
     registry_cmds,
     runtime_cmds,
+    usecase_cmds,
     validate_cmds,
 )
 from loramgr.cli.common import cli, emit_json

@@ -46,6 +46,12 @@ from loramgr.cli.registry_cmds import base_group
     help="Integer LoRA inputs (int8/int16) with "
     "per-channel `<input>_scale` inputs feeding DequantizeLinear: sections then carry quantized weights.",
 )
+@click.option(
+    "--max-adapters",
+    type=click.IntRange(min=1, max=1024),
+    help="Alpha slots for use cases (adapters active at once): lora_alpha [1, N] and <module>.lora_indices "
+    "[1, R] inputs. Without it: one scalar alpha, one adapter at a time.",
+)
 @click.option("--sdk-version", help="QAIRT SDK version recorded on the registered base.")
 @click.option("--no-register", is_flag=True, help="Only write the graphs.")
 @json_option
@@ -62,6 +68,7 @@ def base_export(
     precision: str,
     max_part_bytes: str,
     quantized_lora: str | None,
+    max_adapters: int | None,
     sdk_version: str | None,
     no_register: bool,
     as_json: bool,
@@ -87,6 +94,7 @@ def base_export(
         precision=precision,
         max_part_bytes=parse_bytes(max_part_bytes),
         quantized_lora=int(quantized_lora) if quantized_lora else None,
+        max_adapters=max_adapters,
         sdk_version=sdk_version,
         progress=say,
     )

@@ -17,23 +17,58 @@ def _ids(text: str) -> list[int]:
     return ids
 
 
+def _alpha(text: str | None) -> float | dict[str, float] | None:
+    """``0.5`` (every slot) or ``a=0.5,b=1`` (per adapter of a use case); finite numbers only."""
+    import math
+
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            value = float(text)
+            out: float | dict[str, float] = value
+            values = [value]
+        else:
+            pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+            out = {k.strip(): float(v) for k, v in pairs}
+            values = list(out.values())
+    except ValueError:
+        raise click.BadParameter(
+            "expected a number or NAME=NUMBER pairs, e.g. a=0.5,b=1", param_hint="--alpha"
+        ) from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise click.BadParameter("alphas must be finite numbers", param_hint="--alpha")
+    return out
+
+
 @cli.command("run")
 @click.option("--plan", "plan_path", required=True, type=click.Path(readable=False, dir_okay=False), help="plan.json.")
 @click.option("--adapter", default="default", show_default=True, help="Adapter name (or `default`: the base).")
-@click.option("--alpha", type=float, help="LoRA strength (default: the adapter's recommended alpha).")
+@click.option("--use-case", "use_case", help="A use case of the plan: its adapters active together.")
+@click.option(
+    "--alpha",
+    help="LoRA strength: one number for every adapter, or per adapter of a use case (a=0.5,b=1); "
+    "default: the plan's alphas.",
+)
 @click.option("--input-ids", "input_ids", required=True, help="Prompt token ids, comma-separated.")
 @click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True, help="Tokens to generate.")
 @json_option
-def run_cmd(plan_path: str, adapter: str, alpha: float | None, input_ids: str, steps: int, as_json: bool) -> None:
+def run_cmd(
+    plan_path: str, adapter: str, use_case: str | None, alpha: str | None, input_ids: str, steps: int, as_json: bool
+) -> None:
     """Greedy tokens through the plan on the ONNX Runtime reference runtime (prefill, then decode
     with the KV cache when the plan has a decode graph)."""
     from loramgr.runtime.ort import generate
 
+    if use_case and adapter != "default":
+        raise click.UsageError("give --adapter or --use-case, not both")
     prompt = _ids(input_ids)
-    gen = generate(plan_path, prompt, steps, adapter, alpha)
+    alphas = _alpha(alpha)
+    gen = generate(plan_path, prompt, steps, use_case or adapter, alphas)
     res = {
-        "adapter": adapter,
-        "alpha": alpha,
+        "adapter": use_case or adapter,
+        "use_case": use_case,
+        "alpha": alphas,
         "input_ids": prompt,
         "tokens": gen.tokens,
         "graphs": gen.graphs,
@@ -42,7 +77,7 @@ def run_cmd(plan_path: str, adapter: str, alpha: float | None, input_ids: str, s
         emit_json(res)
     else:
         click.echo(
-            f"{adapter} (alpha {alpha if alpha is not None else 'default'}): "
+            f"{use_case or adapter} (alpha {alpha if alpha is not None else 'default'}): "
             f"{' '.join(map(str, prompt))} -> {' '.join(map(str, gen.tokens))}"
         )
 

@@ -133,9 +133,12 @@ def export_base(
     precision: str = "fp32",
     max_part_bytes: int = 2 * 10**9,
     quantized_lora: int | None = None,
+    max_adapters: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Export; returns the manifest (also written as ``OUT/export.json``)."""
+    """Export; returns the manifest (also written as ``OUT/export.json``). ``max_adapters`` N adds
+    alpha slots (use cases: several adapters at once): ``lora_alpha`` becomes ``[1, N]`` and every
+    attachment point takes an int64 ``<module>.lora_indices [1, R]`` mapping its rank columns to slots."""
     try:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -205,11 +208,14 @@ def export_base(
     kvh, hd = kv_shape(model, family)
     if quantized_lora not in (None, 8, 16):
         raise UsageError(f"--quantized-lora {quantized_lora}", "must be 8 or 16")
+    if max_adapters is not None and not 1 <= max_adapters <= 1024:
+        raise UsageError(f"--max-adapters {max_adapters}", "must be from 1 to 1024")
     manifest: dict[str, Any] = {
         "format": "loramgr.export",
         "version": 1,
         "family": family,
         "quantized_lora": quantized_lora,
+        "max_adapters": max_adapters,
         "source": str(hf.absolute()),
         "model_type": cfg.model_type,
         "precision": precision,
@@ -231,7 +237,9 @@ def export_base(
         for gname, q in gspecs:
             past = 0 if gname.startswith("prefill") else ctx - q
             name = gname if len(parts) == 1 else f"{gname}_part{pi + 1}"
-            spec = GraphSpec(name, q, past, layers, first, last, pi, find_targets(model, family, targets, layers))
+            spec = GraphSpec(
+                name, q, past, layers, first, last, pi, find_targets(model, family, targets, layers), max_adapters
+            )
             say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
             protos[f"{name}.onnx"] = _export_one(model, family, spec, max_rank, dtype, np_dtype, quantized_lora)
             manifest["graphs"].append(
@@ -307,7 +315,8 @@ def _export_one(
     if missing:
         raise RuntimeError(f"exporter dropped LoRA inputs {missing[:3]} of {spec.name}")
     shapes = {n: (tuple(a.shape), np_dtype) for n, a in zip(fwd.input_names, args, strict=True) if n in lora}
-    add_lora_defaults(proto, shapes, "lora_alpha" if spec.targets else None)
+    slots = {n: tuple(a.shape) for n, a in zip(fwd.input_names, args, strict=True) if n.endswith(".lora_indices")}
+    add_lora_defaults(proto, shapes, "lora_alpha" if spec.targets else None, spec.max_adapters, slots)
     strip_dropout(proto)
     if quantized_lora:
         from loramgr.export.onnx_io import quantize_lora_inputs
@@ -341,6 +350,7 @@ def export_and_register(
     precision: str = "fp32",
     max_part_bytes: int = 2 * 10**9,
     quantized_lora: int | None = None,
+    max_adapters: int | None = None,
     sdk_version: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
@@ -361,6 +371,7 @@ def export_and_register(
         precision=precision,
         max_part_bytes=max_part_bytes,
         quantized_lora=quantized_lora,
+        max_adapters=max_adapters,
         progress=progress,
     )
     base = None

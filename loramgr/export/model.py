@@ -61,6 +61,7 @@ class GraphSpec:
     last: bool
     part: int = 0
     targets: list[LoraTarget] = field(default_factory=list)
+    max_adapters: int | None = None  # alpha slots N: lora_alpha [1, N] and `<module>.lora_indices` [1, R]
 
 
 def _features(mod: nn.Module) -> tuple[int, int]:
@@ -133,6 +134,8 @@ class LoraForward(nn.Module):
         if s.past_len:
             names += [f"past_key_values.{i}.{kv}" for i in range(*s.layers) for kv in ("key", "value")]
         names += [f"{t.module_path}.lora_{x}.weight" for t in s.targets for x in "AB"]
+        if s.max_adapters:
+            names += [f"{t.module_path}.lora_indices" for t in s.targets]
         return names + (["lora_alpha"] if s.targets else [])
 
     def example_inputs(self, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -153,7 +156,9 @@ class LoraForward(nn.Module):
             elif n.startswith("past_key_values."):
                 out.append(torch.zeros(1, kvh, s.past_len, hd, dtype=dtype))
             elif n == "lora_alpha":
-                out.append(torch.ones(1, dtype=torch.float32))
+                out.append(torch.ones((1, s.max_adapters) if s.max_adapters else (1,), dtype=torch.float32))
+            elif n.endswith(".lora_indices"):
+                out.append(torch.zeros(1, rank, dtype=torch.int64))
             else:
                 out.append(torch.zeros(*lora_shapes[n], dtype=dtype))
         return tuple(out)
@@ -161,10 +166,12 @@ class LoraForward(nn.Module):
     # -- the forward ---------------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         d = dict(zip(self.input_names, args, strict=True))
-        lora = {t: (d[f"{t}.lora_A.weight"], d[f"{t}.lora_B.weight"]) for t in self.targets}
+        lora = {t: (d[f"{t}.lora_A.weight"], d[f"{t}.lora_B.weight"], d.get(f"{t}.lora_indices")) for t in self.targets}
         h0 = d["input_ids"] if self.spec.first else d["hidden_states"]
         dtype = next(self.model.parameters()).dtype
         alpha = d["lora_alpha"].to(dtype) if "lora_alpha" in d else None
+        if alpha is not None and self.spec.max_adapters:  # [1, N] -> [1, N + 1]: the last slot is 0 (padding)
+            alpha = torch.cat([alpha, torch.zeros(1, 1, dtype=dtype)], dim=1)
         bias = self._mask_bias(d["attention_mask"], dtype)
         run = self._llama if self.family == "llama" else self._gpt2
         return run(h0, d, lora, alpha, bias)
@@ -174,8 +181,11 @@ class LoraForward(nn.Module):
     ) -> torch.Tensor:
         y: torch.Tensor = mod(x)
         if path in lora:
-            a, b = lora[path]
-            branch = torch.matmul(torch.matmul(x, a), b)
+            a, b, idx = lora[path]
+            xa = torch.matmul(x, a)
+            if idx is not None and alpha is not None:  # alpha slots: ((x @ A) * alpha[indices]) @ B
+                return y + torch.matmul(xa * torch.index_select(alpha, 1, idx[0]), b)
+            branch = torch.matmul(xa, b)
             y = y + (branch if alpha is None else branch * alpha)
         return y
 

@@ -18,9 +18,16 @@ INLINE_BELOW = 1024
 ALIGN = 64
 
 
-def add_lora_defaults(model: Any, lora_shapes: dict[str, tuple[tuple[int, ...], Any]], alpha: str | None) -> None:
+def add_lora_defaults(
+    model: Any,
+    lora_shapes: dict[str, tuple[tuple[int, ...], Any]],
+    alpha: str | None,
+    max_adapters: int | None = None,
+    indices: dict[str, tuple[int, ...]] | None = None,
+) -> None:
     """Give every LoRA input a zero initializer and ``alpha`` a 1.0 one, so a run without an adapter
-    is the base model (ORT treats an initializer named like an input as that input's default)."""
+    is the base model (ORT treats an initializer named like an input as that input's default). With
+    alpha slots, ``alpha`` is ``[1, N]`` ones and every slot map points all columns at the zero slot N."""
     from onnx import numpy_helper
 
     inputs = {i.name for i in model.graph.input}
@@ -28,8 +35,12 @@ def add_lora_defaults(model: Any, lora_shapes: dict[str, tuple[tuple[int, ...], 
     for name, (shape, dtype) in lora_shapes.items():
         if name in inputs and name not in have:
             model.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, dtype), name))
+    for name, shape in (indices or {}).items():
+        if name in inputs and name not in have:
+            model.graph.initializer.append(numpy_helper.from_array(np.full(shape, max_adapters or 0, np.int64), name))
     if alpha and alpha in inputs and alpha not in have:
-        model.graph.initializer.append(numpy_helper.from_array(np.ones((1,), np.float32), alpha))
+        shape = (1, max_adapters) if max_adapters else (1,)
+        model.graph.initializer.append(numpy_helper.from_array(np.ones(shape, np.float32), alpha))
 
 
 def strip_dropout(model: Any) -> int:

@@ -17,6 +17,7 @@ from loramgr.formats.peft import MAX_RANK
 
 SUFFIX_A = ".lora_A.weight"
 SUFFIX_B = ".lora_B.weight"
+SUFFIX_INDICES = ".lora_indices"
 
 ELEM_TYPES = {
     1: "float32",
@@ -46,6 +47,7 @@ class AttachmentPointInfo:
     out_features: int
     rank: int
     dtype: str
+    tensor_indices: str | None = None  # int64 [1, R] rank column -> alpha slot (graphs with alpha slots)
 
 
 @dataclass
@@ -131,8 +133,25 @@ def inspect_graph(path: str | os.PathLike[str]) -> GraphInfo:
             raise InvalidInputError(str(p), f"integer LoRA input {a_names[mp]} has no `{a_names[mp]}_scale` input")
         if r_a > MAX_RANK:
             raise InvalidInputError(str(p), f"LoRA input {a_names[mp]} has rank {r_a}; at most {MAX_RANK} is supported")
-        info.attachment_points[mp] = AttachmentPointInfo(mp, a_names[mp], b_names[mp], in_f, out_f, r_a, a["dtype"])
+        idx_name = mp + SUFFIX_INDICES
+        idx = inputs.get(idx_name)
+        if idx is not None and (idx["dtype"] != "int64" or idx["shape"] != [1, r_a]):
+            raise InvalidInputError(str(p), f"{idx_name} must be int64 [1, {r_a}], is {idx['dtype']} {idx['shape']}")
+        info.attachment_points[mp] = AttachmentPointInfo(
+            mp, a_names[mp], b_names[mp], in_f, out_f, r_a, a["dtype"], idx_name if idx is not None else None
+        )
     return info
+
+
+def alpha_slots(info: GraphInfo, alpha_input: str) -> int | None:
+    """N of an alpha input shaped ``[1, N]`` (alpha slots for use cases); None for a scalar ``[1]``."""
+    spec = info.inputs.get(alpha_input)
+    if spec is None or spec["shape"] in ([1], []):
+        return None
+    shape = spec["shape"]
+    if len(shape) != 2 or shape[0] != 1 or not isinstance(shape[1], int) or not 0 < shape[1] <= 1024:
+        raise InvalidInputError(str(info.path), f"{alpha_input} must be [1] or [1, N] with N <= 1024, is {shape}")
+    return int(shape[1])
 
 
 def node_outputs(path: str | os.PathLike[str]) -> set[str]:

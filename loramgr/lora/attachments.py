@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loramgr.errors import InvalidInputError, UsageError
-from loramgr.formats.onnx_graph import PRECISION_OF, AttachmentPointInfo, inspect_graph
+from loramgr.formats.onnx_graph import PRECISION_OF, AttachmentPointInfo, alpha_slots, inspect_graph
 from loramgr.names import check_name
 
 PRECISIONS = ("fp32", "fp16", "int8", "int16")
@@ -54,6 +54,7 @@ class BaseSpec:
     precision: str
     alpha_input: str | None
     graph_order: list[str] = field(default_factory=list)
+    max_adapters: int | None = None  # alpha slots N
 
     def fingerprint(self) -> str:
         blob = json.dumps([(g.name, g.sha256, [e.get("sha256") for e in g.external]) for g in self.graphs])
@@ -84,6 +85,7 @@ def inspect_base(
     aps: dict[str, AttachmentPointInfo] = {}
     ap_graphs: dict[str, set[str]] = {}
     seen_alpha = False
+    slots: dict[str, int | None] = {}
     for gname, gpath in graphs:
         check_name(gname, "graph name")
         if any(s.name == gname for s in specs):
@@ -106,6 +108,7 @@ def inspect_base(
             ap_graphs.setdefault(mp, set()).add(gname)
         if alpha_input and alpha_input in info.inputs:
             seen_alpha = True
+            slots[gname] = alpha_slots(info, alpha_input)
         specs.append(
             GraphFile(
                 gname,
@@ -138,6 +141,15 @@ def inspect_base(
     inferred_prec = PRECISION_OF.get(dtypes[0], dtypes[0]) if dtypes else (precision or "fp32")
     if precision is not None and dtypes and precision != inferred_prec and precision not in ("int8", "int16"):
         raise UsageError(f"--precision {precision}", f"the graphs' LoRA inputs are {dtypes[0]}")
+    if len(set(slots.values())) > 1:
+        raise InvalidInputError(str(graphs[0][1]), f"graphs disagree on the alpha slots: {slots}")
+    with_idx = {ap.tensor_indices is not None for ap in aps.values()}
+    n_slots = next(iter(slots.values()), None)
+    if with_idx and with_idx != {n_slots is not None}:
+        raise InvalidInputError(
+            str(graphs[0][1]),
+            "alpha slots ([1, N] alpha) and `<module>.lora_indices` inputs come together, at every attachment point",
+        )
     return BaseSpec(
         specs,
         aps,
@@ -146,4 +158,5 @@ def inspect_base(
         precision or inferred_prec,
         alpha_input if seen_alpha else None,
         [s.name for s in specs],
+        n_slots,
     )

@@ -24,6 +24,11 @@ def targets_of(base: Base, graph: str | None = None) -> list[AttachmentPoint]:
 
 
 def prepared_inputs(adapter: Adapter, base: Base) -> dict[str, np.ndarray]:
+    """Canonical LoRA inputs of ``adapter`` for every attachment point of ``base``."""
+    return prepared_with_ranks(adapter, base)[0]
+
+
+def prepared_with_ranks(adapter: Adapter, base: Base) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Canonical LoRA inputs of ``adapter`` for every attachment point of ``base``.
 
     Re-checks compatibility (cheap, header-level) so that no caller can prepare an adapter that
@@ -40,7 +45,7 @@ def prepared_inputs(adapter: Adapter, base: Base) -> dict[str, np.ndarray]:
             details=[p.to_json() for p in c.problems],
         )
     assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
-    return prepare(
+    tensors = prepare(
         targets_of(base),
         c.pairs,
         f.load,
@@ -51,10 +56,19 @@ def prepared_inputs(adapter: Adapter, base: Base) -> dict[str, np.ndarray]:
         rank_pattern=adapter.config("rank_pattern"),
         alpha_pattern=adapter.config("alpha_pattern"),
     ).tensors
+    from loramgr.lora.usecase import module_ranks, single_indices
+
+    ranks = module_ranks(adapter, c)
+    if base.max_adapters:  # alone on a base with alpha slots: its columns -> slot 0, padding -> the zero slot
+        tensors |= single_indices(base, ranks)
+    return tensors, ranks
 
 
 def default_inputs(base: Base) -> dict[str, np.ndarray]:
-    return default_adapter(targets_of(base), base.precision)
+    """The all-zero default adapter (with alpha slots: every column on the zero slot)."""
+    from loramgr.lora.usecase import single_indices
+
+    return default_adapter(targets_of(base), base.precision) | single_indices(base, {})
 
 
 def weight_encodings(
@@ -102,4 +116,26 @@ def section_inputs(
                 out[n + "_scale"] = scales
             else:  # float graph inputs: the dequantized values, in the input's own dtype
                 out[n] = (q.astype(np.float32) * scales[None, :]).astype(np.dtype(ap.dtype))
+        if ap.tensor_indices:
+            out[ap.tensor_indices] = x[ap.tensor_indices]
     return out
+
+
+def use_case_inputs(members: list[Adapter], base: Base, encodings: EncodingSet | None = None) -> dict[str, np.ndarray]:
+    """A use case's section: its adapters' prepared inputs rank-concatenated in slot order, with the
+    slot maps; integer precisions quantize the concatenation (per output channel, with the use case's
+    calibrated weight encodings when there are any)."""
+    from loramgr.formats.quant import symmetric_per_channel
+    from loramgr.lora.usecase import concat_inputs
+
+    both = [prepared_with_ranks(a, base) for a in members]
+    x = concat_inputs(base, [p for p, _ in both], [r for _, r in both])
+    bits = dtypes.int_bits(base.precision)
+    if bits is None:
+        return x
+    enc = (
+        encodings
+        if encodings and encodings.param
+        else EncodingSet({}, {n: symmetric_per_channel(x[n], bits, axis=1) for n in sorted(base.lora_inputs)})
+    )
+    return section_inputs(None, base, enc, prepared=x)

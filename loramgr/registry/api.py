@@ -54,6 +54,7 @@ from loramgr.registry.models import (
     GraphRow,
     ValidationRow,
 )
+from loramgr.registry.usecases import UseCases
 from loramgr.store import Store, StoredObject
 
 T = TypeVar("T")
@@ -99,6 +100,7 @@ class Registry:
         self.encodings = Encodings(self)
         self.lifecycle = Lifecycle(self)
         self.maintenance = Maintenance(self)
+        self.use_cases = UseCases(self)
 
     # -- plumbing ---------------------------------------------------------------------------------
     @property
@@ -468,6 +470,7 @@ class Registry:
             max_rank=spec.max_rank,
             alpha_tensor=spec.alpha_input,
             quant_updatable_mode=qmode,
+            max_adapters=spec.max_adapters,
             status="active",
             details={"fingerprint": fingerprint, **details},
         )
@@ -496,6 +499,7 @@ class Registry:
                     rank=ap.rank,
                     dtype=ap.dtype,
                     graphs=sorted(spec.ap_graphs[ap.module_path], key=spec.graph_order.index),
+                    tensor_indices=ap.tensor_indices,
                 )
             )
         s.add(b)

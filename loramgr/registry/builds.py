@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from loramgr.errors import NotFoundError
 from loramgr.records import Artifact, Build
 from loramgr.registry import rows
-from loramgr.registry.models import AdapterRow, ArtifactRow, BaseRow, BuildRow, utcnow
+from loramgr.registry.models import AdapterRow, ArtifactRow, BaseRow, BuildRow, UseCaseRow, utcnow
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -105,6 +105,7 @@ class Builds:
                     ArtifactRow(
                         build_id=build_id,
                         adapter_id=f.adapter_id,
+                        use_case_id=f.use_case_id,
                         graphs=list(f.graphs),
                         kind=f.kind,
                         cache_key=f.cache_key,
@@ -180,7 +181,19 @@ class Builds:
             names: dict[int, tuple[str, str]] = {
                 a.id: (a.name, a.version) for a in s.scalars(select(AdapterRow).where(AdapterRow.id.in_(ids)))
             }
-            arts = tuple(rows.artifact(a, *names.get(a.adapter_id or 0, (None, None))) for a in b.artifacts)
+            uc_names = {
+                u.id: u.name
+                for u in s.scalars(select(UseCaseRow).where(UseCaseRow.id.in_({x.use_case_id for x in b.artifacts})))
+            }
+            arts = tuple(
+                rows.artifact(
+                    a,
+                    names[a.adapter_id][0] if a.adapter_id in names else None,
+                    names[a.adapter_id][1] if a.adapter_id in names else None,
+                    uc_names.get(a.use_case_id or 0),
+                )
+                for a in b.artifacts
+            )
             return Build(
                 id=b.id,
                 base_id=b.base_id,

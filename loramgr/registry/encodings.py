@@ -93,9 +93,11 @@ class Encodings:
         source: str,
         *,
         replace_all: bool = False,
+        use_case_id: int | None = None,
     ) -> int:
-        """Upsert inside the caller's transaction (so a registration and its encodings are one)."""
-        owner = adapter_id or 0
+        """Upsert inside the caller's transaction (so a registration and its encodings are one). The
+        owner is the adapter, the use case (``use_case_id``), or with neither the base itself."""
+        owner = -use_case_id if use_case_id else (adapter_id or 0)
         if replace_all:
             s.execute(delete(EncodingRow).where(EncodingRow.base_id == base_id, EncodingRow.owner == owner))
         n = 0
@@ -114,7 +116,8 @@ class Encodings:
                 s.add(
                     EncodingRow(
                         base_id=base_id,
-                        adapter_id=adapter_id,
+                        adapter_id=None if use_case_id else adapter_id,
+                        use_case_id=use_case_id,
                         owner=owner,
                         kind=kind,
                         tensor=name,
@@ -124,19 +127,34 @@ class Encodings:
                 )
                 n += 1
         self.reg.event(
-            s, "encodings", f"adapter:{adapter_id}" if adapter_id else f"base:{base_id}", source=source, tensors=n
+            s,
+            "encodings",
+            f"use_case:{use_case_id}" if use_case_id else f"adapter:{adapter_id}" if adapter_id else f"base:{base_id}",
+            source=source,
+            tensors=n,
         )
         return n
 
     def save(
-        self, base_id: int, adapter_id: int | None, enc: EncodingSet, source: str, *, replace_all: bool = False
+        self,
+        base_id: int,
+        adapter_id: int | None,
+        enc: EncodingSet,
+        source: str,
+        *,
+        replace_all: bool = False,
+        use_case_id: int | None = None,
     ) -> int:
         """Upsert the tensors of ``enc`` for one owner; ``replace_all`` first drops the owner's rows."""
-        return self.reg.retrying(lambda s: self.write(s, base_id, adapter_id, enc, source, replace_all=replace_all))
+        return self.reg.retrying(
+            lambda s: self.write(s, base_id, adapter_id, enc, source, replace_all=replace_all, use_case_id=use_case_id)
+        )
 
-    def get(self, base_id: int, adapter_id: int | None, tensor: str | None = None) -> EncodingSet:
+    def get(
+        self, base_id: int, adapter_id: int | None, tensor: str | None = None, *, use_case_id: int | None = None
+    ) -> EncodingSet:
         """One owner's encodings (empty when there are none)."""
-        owner = adapter_id or 0
+        owner = -use_case_id if use_case_id else (adapter_id or 0)
         with self.reg.session() as s:
             q = select(EncodingRow).where(EncodingRow.base_id == base_id, EncodingRow.owner == owner)
             if tensor is not None:

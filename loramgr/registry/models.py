@@ -51,6 +51,7 @@ class BaseRow(Model):
     max_rank: Mapped[int] = mapped_column(Integer)
     alpha_tensor: Mapped[str | None] = mapped_column(String(256))
     quant_updatable_mode: Mapped[str] = mapped_column(String(32), default="none")
+    max_adapters: Mapped[int | None] = mapped_column(Integer)  # alpha slots (use cases); None: scalar alpha
     status: Mapped[str] = mapped_column(String(16), default="active")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -96,6 +97,7 @@ class AttachmentPointRow(Model):
     out_features: Mapped[int] = mapped_column(Integer)
     rank: Mapped[int] = mapped_column(Integer)
     dtype: Mapped[str] = mapped_column(String(16))
+    tensor_indices: Mapped[str | None] = mapped_column(String(600))  # int64 [1, R] slot map (use cases)
     graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     base: Mapped[BaseRow] = relationship(back_populates="attachment_points")
@@ -185,6 +187,7 @@ class ArtifactRow(Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     build_id: Mapped[int] = mapped_column(ForeignKey("build.id", ondelete="CASCADE"), index=True)
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter.id", ondelete="SET NULL"), index=True)
+    use_case_id: Mapped[int | None] = mapped_column(ForeignKey("use_case.id", ondelete="SET NULL"), index=True)
     graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
     kind: Mapped[str] = mapped_column(String(32))
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -219,7 +222,8 @@ class EncodingRow(Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"), index=True)
-    owner: Mapped[int] = mapped_column(Integer, default=0)
+    use_case_id: Mapped[int | None] = mapped_column(ForeignKey("use_case.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[int] = mapped_column(Integer, default=0)  # adapter id, -use case id, or 0 for the base
     kind: Mapped[str] = mapped_column(String(16))
     tensor: Mapped[str] = mapped_column(String(512))
     entries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
@@ -241,3 +245,34 @@ class PlanRow(Model):
     adapter_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class UseCaseRow(Model):
+    """Adapters active together on one base (QNN LoRA v3 use case): slot i is the i-th adapter."""
+
+    __tablename__ = "use_case"
+    __table_args__ = (UniqueConstraint("base_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    hot: Mapped[bool] = mapped_column(Boolean, default=False)  # switched by alpha alone (hot switch)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    slots: Mapped[list[UseCaseAdapterRow]] = relationship(
+        back_populates="use_case", cascade="all, delete-orphan", order_by="UseCaseAdapterRow.slot"
+    )
+
+
+class UseCaseAdapterRow(Model):
+    __tablename__ = "use_case_adapter"
+    __table_args__ = (UniqueConstraint("use_case_id", "slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    use_case_id: Mapped[int] = mapped_column(ForeignKey("use_case.id", ondelete="CASCADE"), index=True)
+    slot: Mapped[int] = mapped_column(Integer)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"), index=True)
+    default_alpha: Mapped[float] = mapped_column(Float, default=1.0)
+
+    use_case: Mapped[UseCaseRow] = relationship(back_populates="slots")

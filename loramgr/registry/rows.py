@@ -11,8 +11,27 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from loramgr.formats.safetensors import TensorInfo
-from loramgr.records import Adapter, Artifact, AttachmentPoint, Base, EncodingSet, Event, ExternalData, Graph
-from loramgr.registry.models import AdapterRow, AdapterTensorRow, ArtifactRow, BaseRow, EncodingRow, EventRow
+from loramgr.records import (
+    Adapter,
+    Artifact,
+    AttachmentPoint,
+    Base,
+    EncodingSet,
+    Event,
+    ExternalData,
+    Graph,
+    UseCase,
+    UseCaseSlot,
+)
+from loramgr.registry.models import (
+    AdapterRow,
+    AdapterTensorRow,
+    ArtifactRow,
+    BaseRow,
+    EncodingRow,
+    EventRow,
+    UseCaseRow,
+)
 
 
 def iso(at: Any) -> str:
@@ -136,6 +155,7 @@ def base(b: BaseRow) -> Base:
             ap.rank,
             ap.dtype,
             tuple(ap.graphs or ()),
+            ap.tensor_indices,
         )
         for ap in b.attachment_points
     )
@@ -155,10 +175,13 @@ def base(b: BaseRow) -> Base:
         fingerprint=details.get("fingerprint"),
         export=details.get("export"),
         quantization_points=tuple(details.get("quantization_points") or ()),
+        max_adapters=b.max_adapters,
     )
 
 
-def artifact(a: ArtifactRow, adapter_name: str | None = None, adapter_version: str | None = None) -> Artifact:
+def artifact(
+    a: ArtifactRow, adapter_name: str | None = None, adapter_version: str | None = None, use_case: str | None = None
+) -> Artifact:
     return Artifact(
         kind=a.kind,
         graphs=tuple(a.graphs or ()),
@@ -169,6 +192,8 @@ def artifact(a: ArtifactRow, adapter_name: str | None = None, adapter_version: s
         adapter=adapter_name,
         adapter_version=adapter_version,
         cache_key=a.cache_key,
+        use_case=use_case,
+        use_case_id=a.use_case_id,
     )
 
 
@@ -182,3 +207,17 @@ def encoding_set(rows: Sequence[EncodingRow]) -> EncodingSet:
 
 def event(e: EventRow) -> Event:
     return Event(iso(e.at), e.actor, e.action, e.subject, dict(e.details or {}))
+
+
+def use_case(u: UseCaseRow, base_ref: str, refs: dict[int, str]) -> UseCase:
+    """A use case record; ``refs`` maps its adapters' ids to NAME@VERSION."""
+    return UseCase(
+        id=u.id,
+        base=base_ref,
+        base_id=u.base_id,
+        name=u.name,
+        hot=bool(u.hot),
+        status=u.status,
+        created_at=iso(u.created_at),
+        slots=tuple(UseCaseSlot(s.slot, refs[s.adapter_id], s.adapter_id, float(s.default_alpha)) for s in u.slots),
+    )

@@ -146,6 +146,56 @@ class AdapterEntry:
     def steps(self) -> list[dict[str, Any]]:
         return list(self.doc.get("steps", []))
 
+    @property
+    def adapters(self) -> dict[str, int]:
+        """Adapter -> alpha slot (an adapter alone is a use case of one: itself in slot 0)."""
+        return {self.ref: 0} if not self.is_default else {}
+
+    @property
+    def alphas(self) -> list[float]:
+        """Default alpha per slot."""
+        return [self.recommended_alpha] if not self.is_default else []
+
+    @property
+    def is_use_case(self) -> bool:
+        return False
+
+    def slot_of(self, adapter: str) -> int:
+        """The alpha slot of ``adapter`` (NAME@VERSION, or its bare name when unique) in this entry."""
+        slots = self.adapters
+        if adapter in slots:
+            return slots[adapter]
+        by_name = [s for ref, s in slots.items() if ref.rsplit("@", 1)[0] == adapter]
+        if len(by_name) == 1:
+            return by_name[0]
+        raise PlanLookupError(
+            f"adapter {adapter}", f"is not in {self.ref} (its adapters: {', '.join(slots) or 'none'})"
+        )
+
+
+class UseCaseEntry(AdapterEntry):
+    """Adapters active together: ``adapters`` maps each to its alpha slot, ``alphas`` their defaults."""
+
+    def __repr__(self) -> str:
+        return f"UseCaseEntry({self.ref!r})"
+
+    @property
+    def adapters(self) -> dict[str, int]:
+        return {a["name"]: int(a["slot"]) for a in self.doc["adapters"]}
+
+    @property
+    def alphas(self) -> list[float]:
+        return [float(a) for a in self.doc.get("alphas") or [1.0] * len(self.doc["adapters"])]
+
+    @property
+    def hot(self) -> bool:
+        """Switched by alpha alone: one section holds every adapter (``LoraSession.select``)."""
+        return bool(self.doc.get("hot"))
+
+    @property
+    def is_use_case(self) -> bool:
+        return True
+
 
 @contextlib.contextmanager
 def _malformed(where: str) -> Iterator[None]:
@@ -182,8 +232,37 @@ def _check_structure(doc: dict[str, Any], where: str) -> None:
         raise bad("the plan lists a graph name twice")
     if not isinstance(doc["adapters"], list) or not isinstance(doc["default_adapter"], dict):
         raise bad("adapters must be a list and default_adapter an object")
+    use_cases = doc.get("use_cases", [])
+    if not isinstance(use_cases, list):
+        raise bad("use_cases must be a list")
+    slots = doc.get("alpha", {}).get("slots")
+    if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or not 0 < slots <= 1024):
+        raise bad("alpha.slots must be a count of alpha slots")
+    for u in use_cases:
+        members = u["adapters"]
+        alphas = u.get("alphas", [1.0] * len(members))
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("slot"), int)
+                for m in members
+            )
+        ):
+            raise bad(f"use case {str(u.get('name'))[:80]!r}: adapters must be [{{name, slot}}, ...]")
+        if sorted(m["slot"] for m in members) != list(range(len(members))) or (slots and len(members) > slots):
+            raise bad(f"use case {str(u.get('name'))[:80]!r}: slots must be 0..n-1 within the alpha slots")
+        if (
+            not isinstance(alphas, list)
+            or len(alphas) != len(members)
+            or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+                for x in alphas
+            )
+        ):
+            raise bad(f"use case {str(u.get('name'))[:80]!r}: alphas must be one finite number per adapter")
     refs: set[str] = set()
-    for a in [*doc["adapters"], doc["default_adapter"]]:
+    for a in [*doc["adapters"], *use_cases, doc["default_adapter"]]:
         name, ref = a.get("name", "default"), a.get("ref", "default")
         for v in (name, ref):
             if not isinstance(v, str) or not _SAFE_NAME.match(v) or ".." in v:
@@ -239,6 +318,13 @@ class Plan:
         self.default_adapter = AdapterEntry(
             self, doc["default_adapter"] | {"name": "default", "ref": "default"}, is_default=True
         )
+        self._use_cases = {u["name"]: UseCaseEntry(self, u) for u in doc.get("use_cases", [])}
+        self.use_cases: tuple[str, ...] = tuple(self._use_cases)
+        clash = sorted(set(self._use_cases) & set(self._by_key))
+        if clash:
+            raise PlanFormatError(str(root), f"use case {clash[0]!r} has the name of an adapter")
+        #: alpha slots N (alpha input [1, N]); None: one scalar alpha
+        self.alpha_slots: int | None = self.alpha.get("slots")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Plan:
@@ -261,8 +347,8 @@ class Plan:
         loader's rules to a plan inside a tar this way)."""
         if not isinstance(doc, dict) or doc.get("schema") != "loramgr.plan":
             raise PlanFormatError(where, "not a loramgr plan (schema field missing)")
-        if doc.get("schema_version") != 1:
-            raise PlanFormatError(where, f"plan schema version {doc.get('schema_version')!r} is not supported (1)")
+        if doc.get("schema_version") not in (1, 2):
+            raise PlanFormatError(where, f"plan schema version {doc.get('schema_version')!r} is not supported (1, 2)")
         with _malformed(where):
             return cls(doc, root)
 
@@ -312,8 +398,27 @@ class Plan:
                 f"adapter {name}", f"is not in the plan (have: {', '.join(self.adapters)}, default)"
             ) from None
 
+    def use_case(self, name: str) -> UseCaseEntry:
+        """A use case: ``.adapters`` (name -> slot), ``.alphas``, ``.sections(graph)``, ``.io_encodings(t)``."""
+        try:
+            return self._use_cases[name]
+        except KeyError:
+            raise PlanLookupError(
+                f"use case {name}", f"is not in the plan (have: {', '.join(self.use_cases) or 'none'})"
+            ) from None
+
+    def entry(self, name: str) -> AdapterEntry:
+        """An adapter, a use case or the default adapter by name (what ``LoraSession.apply`` takes)."""
+        if name in self._use_cases:
+            return self._use_cases[name]
+        try:
+            return self.adapter(name)
+        except PlanLookupError:
+            have = ", ".join([*self.adapters, *self.use_cases, "default"])
+            raise PlanLookupError(f"adapter {name}", f"is not in the plan (have: {have})") from None
+
     def steps(self, name: str) -> list[dict[str, Any]]:
-        return self.adapter(name).steps()
+        return self.entry(name).steps()
 
     def reset_steps(self, method: str = "default_adapter") -> list[dict[str, Any]]:
         return list(self.doc["reset_steps"][method])
@@ -327,6 +432,8 @@ class Plan:
                 out += [self.file(e) for e in g.get("external_data", [])]
         for key in self.adapters:
             out += self.adapter(key).sections()
+        for uc in self._use_cases.values():
+            out += uc.sections()
         out += self.default_adapter.sections()
         seen: dict[Path, FileRef] = {}
         for f in out:
@@ -337,4 +444,13 @@ class Plan:
         return [self.verified(f) for f in self.files()]
 
 
-__all__ = ["Plan", "AdapterEntry", "Section", "FileRef", "PlanIntegrityError", "PlanFormatError", "PlanLookupError"]
+__all__ = [
+    "Plan",
+    "AdapterEntry",
+    "UseCaseEntry",
+    "Section",
+    "FileRef",
+    "PlanIntegrityError",
+    "PlanFormatError",
+    "PlanLookupError",
+]

@@ -71,6 +71,7 @@ class LoraSession:
         self._lock = threading.RLock()
         self.active: AdapterEntry = self.plan.default_adapter
         self.alpha = float(self.plan.alpha.get("default", 1.0))
+        self.alphas: list[float] = [self.alpha]  # per slot of the active entry
 
     # -- adapter state ------------------------------------------------------------------------
     def _loaded(self, entry: AdapterEntry) -> Any:
@@ -97,16 +98,34 @@ class LoraSession:
         return ad
 
     def apply(self, name: str) -> None:
-        """Make ``name`` the active adapter (loads and verifies its section on first use)."""
-        entry = self.plan.adapter(name)
+        """Make ``name`` the active adapter or use case (loads and verifies its section on first use);
+        alphas go back to its defaults."""
+        entry = self.plan.entry(name)
         self._loaded(entry)
         with self._lock:
             self.active = entry
             self.alpha = entry.recommended_alpha
+            self.alphas = entry.alphas or [self.alpha]
 
-    def set_alpha(self, alpha: float) -> None:
+    def set_alpha(self, alpha: float, adapter: str | None = None) -> None:
+        """Every slot of the active entry (``adapter`` None), or the slot of one adapter of the active
+        use case."""
         with self._lock:
-            self.alpha = float(alpha)
+            if adapter is None:
+                self.alpha = float(alpha)
+                self.alphas = [float(alpha)] * max(1, len(self.alphas))
+                return
+            self.alphas[self.active.slot_of(adapter)] = float(alpha)
+
+    def select(self, adapter: str) -> None:
+        """Hot switch inside the applied use case: a one-hot alpha vector (the adapter's slot at its
+        default alpha, every other slot 0). No section is applied: a dictionary write, not a load."""
+        with self._lock:
+            if not self.active.is_use_case:
+                raise PlanLookupError(f"adapter {adapter}", f"no use case is applied (the active is {self.active.ref})")
+            slot = self.active.slot_of(adapter)
+            defaults = self.active.alphas
+            self.alphas = [defaults[i] if i == slot else 0.0 for i in range(len(defaults))]
 
     def reset(self) -> None:
         """Back to the base model through the all-zero default adapter."""
@@ -126,8 +145,10 @@ class LoraSession:
         alpha: float | None = None,
     ) -> list[np.ndarray]:
         with self._lock:
-            entry = self.plan.adapter(adapter) if adapter is not None else self.active
-            a = self.alpha if alpha is None else float(alpha)
+            entry = self.plan.entry(adapter) if adapter is not None else self.active
+            alphas = list(entry.alphas or [entry.recommended_alpha]) if adapter is not None else list(self.alphas)
+            if alpha is not None:
+                alphas = [float(alpha)] * len(alphas)
         ro = self._ort.RunOptions()
         # keep a Python reference for the whole run: RunOptions holds only a raw pointer, and an LRU
         # eviction in another thread must not free the adapter mid-run
@@ -135,11 +156,21 @@ class LoraSession:
         ro.add_active_adapter(adapter_obj)
         feeds = dict(feeds)
         if self._has_alpha and self.alpha_tensor not in feeds:
-            feeds[self.alpha_tensor] = np.array([a], dtype=self._alpha_dtype())
+            feeds[self.alpha_tensor] = self.alpha_value(alphas)
         with _ort_errors(self.graph_file, f"run this graph with {entry.ref}"):
             out: list[np.ndarray] = self.session.run(list(output_names) if output_names else None, feeds, ro)
         del adapter_obj
         return out
+
+    def alpha_value(self, alphas: Sequence[float]) -> np.ndarray:
+        """The alpha input for per-slot values: ``[1]`` (one scalar alpha) or ``[1, N]`` (alpha slots,
+        unused ones 0)."""
+        shape = self._inputs[self.alpha_tensor].shape
+        if len(shape) == 2 and isinstance(shape[1], int):
+            v = np.zeros((1, shape[1]), dtype=self._alpha_dtype())
+            v[0, : len(alphas)] = alphas[: shape[1]]
+            return v
+        return np.array([alphas[0] if alphas else 1.0], dtype=self._alpha_dtype())
 
     def _alpha_dtype(self) -> Any:
         return np.float16 if "float16" in self._inputs[self.alpha_tensor].type else np.float32
@@ -205,11 +236,13 @@ def _plan_shapes(plan: Plan) -> Iterator[None]:
         ) from None
 
 
-def lm_chains(
-    plan: Plan | str, adapter: str = "default", alpha: float | None = None
-) -> tuple[list[Any], list[Any] | None]:
+Alpha = float | dict[str, float] | None  # one value for every slot, or per adapter of a use case
+
+
+def lm_chains(plan: Plan | str, adapter: str = "default", alpha: Alpha = None) -> tuple[list[Any], list[Any] | None]:
     """Prefill and decode chains of an exported LM plan (graphs by kind, parts in plan order) as
-    :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` on one LoraSession each."""
+    :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` (or a use case) on one
+    LoraSession each; ``alpha`` overrides every slot, or (a mapping) the named adapters' slots."""
     from loramgr.errors import UsageError
     from loramgr.runtime.generate import Runner
 
@@ -220,20 +253,28 @@ def lm_chains(
         s = LoraSession(plan, graph=graph)
         if "input_ids" not in s.input_names and "hidden_states" not in s.input_names:
             raise UsageError(f"graph {graph}", "is not an exported LM graph (no input_ids / hidden_states input)")
-        return Runner.from_session(s.session, lambda feeds: s.run(feeds, adapter=adapter, alpha=alpha))
+        s.apply(adapter)
+        if isinstance(alpha, dict):
+            for name, value in alpha.items():
+                s.set_alpha(value, adapter=name)
+        elif alpha is not None:
+            s.set_alpha(alpha)
+        return Runner.from_session(s.session, lambda feeds: s.run(feeds))
 
     return [runner(g) for g in pre], ([runner(g) for g in dec] or None)
 
 
 def generate(
-    plan: Plan | str, prompt: list[int], steps: int, adapter: str = "default", alpha: float | None = None
+    plan: Plan | str, prompt: list[int], steps: int, adapter: str = "default", alpha: Alpha = None
 ) -> Generation:
-    """``loramgr run``: greedy tokens through the plan. The adapter, the token ids and the length are
-    checked against the plan before any session is created."""
+    """``loramgr run``: greedy tokens through the plan. The adapter (or use case), the token ids and the
+    length are checked against the plan before any session is created."""
     from loramgr.runtime.generate import check_request, greedy
 
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
-    plan.adapter(adapter)
+    entry = plan.entry(adapter)
+    for name in alpha if isinstance(alpha, dict) else ():
+        entry.slot_of(name)  # every named adapter is in the entry (exit 3 otherwise)
     vocab, room = lm_limits(plan)
     check_request(prompt, steps, vocab=vocab, room=room)
     pre, dec = lm_chains(plan, adapter, alpha)

@@ -15,6 +15,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from loramgr.store import sha256_file
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
+
+log = logging.getLogger("loramgr")
 
 #: bump when prepare/section layout changes, to invalidate every cache key.
 LAYOUT_VERSION = 1
@@ -195,6 +198,7 @@ def build(
             share_adapters,
         )
     )
+    all_jobs += _use_case_jobs(reg, base, backend_id, share_adapters, groups)
     inputs_hash = hashlib.sha256("".join(sorted(j.cache_key for j in all_jobs)).encode()).hexdigest()
     with base_lock(reg, base):
         for dead_id, dead_out in reg.builds.recover_stale(base.id):
@@ -259,10 +263,48 @@ def build(
         share_adapters,
         base.ref,
         str(out),
-        [j.adapter.ref if j.adapter else "default" for j in todo],
-        sorted({f.adapter or "default" for f in reused}),
+        [_label(j.adapter.ref if j.adapter else None, j.use_case.name if j.use_case else None) for j in todo],
+        sorted({_label(f.adapter, f.use_case) for f in reused}),
         list(done.artifacts),
     )
+
+
+def _label(adapter: str | None, use_case: str | None) -> str:
+    """How ``build --json`` names a job: the adapter, ``usecase:NAME``, or ``default``."""
+    return f"usecase:{use_case}" if use_case else adapter or "default"
+
+
+def _use_case_jobs(
+    reg: Registry, base: Base, backend_id: str, share: bool, groups: dict[str, list[str]]
+) -> list[SectionJob]:
+    """One job per active use case of a base with alpha slots: its adapters' ranks concatenated in one
+    section per graph group. A use case whose adapters were retired is left out (and says so)."""
+    if not base.max_adapters:
+        return []
+    jobs = []
+    for uc in reg.use_cases.list(base.ref):
+        if uc.status != "active":
+            continue
+        members = tuple(reg.adapter_many(uc.adapters).values())
+        if any(m.status == "retired" for m in members):
+            log.warning("use case %s is not built: an adapter of it is retired", uc.name)
+            continue
+        enc = dataclasses.replace(reg.encodings.get(base.id, None, use_case_id=uc.id), sources=())
+        blob = {
+            "layout": LAYOUT_VERSION,
+            "base": base.fingerprint,
+            "precision": base.precision,
+            "backend": backend_id,
+            "share": share,
+            "groups": groups,
+            "use_case": [uc.name, uc.hot],
+            "members": [[m.sha256, m.config_sha256, m.lora_alpha, m.name, m.version] for m in members],
+            "encodings": enc.to_aimet() if enc else None,
+        }
+        key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+        kind = "use_case_super_section" if share else "use_case_section"
+        jobs.append(SectionJob(None, key, groups, kind, share, enc, uc, members))
+    return jobs
 
 
 def _encodings(reg: Registry, base: Base, adapters: list[Adapter]) -> dict[int, EncodingSet]:
@@ -309,6 +351,8 @@ def _reuse(reg: Registry, jobs: list[SectionJob], out: Path, force: bool) -> tup
                     j.cache_key,
                     a.sha256,
                     a.size,
+                    use_case_id=j.use_case.id if j.use_case else None,
+                    use_case=j.use_case.name if j.use_case else None,
                 )
             )
         if files and len(files) == len(arts):

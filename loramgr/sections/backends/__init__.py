@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from loramgr.records import Adapter, Artifact, Base, EncodingSet
+from loramgr.records import Adapter, Artifact, Base, EncodingSet, UseCase
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,13 @@ class SectionJob:
     kind: str  # "section" | "super_section" | "default_section"
     share: bool = False  # super adapters: one section per group of graphs
     encodings: EncodingSet = field(default_factory=EncodingSet)  # build inputs: quant_overrides, int sections
+    use_case: UseCase | None = None  # a use case's job: its adapters' ranks concatenated, slot order
+    members: tuple[Adapter, ...] = ()  # the use case's adapters, by slot
 
     @property
     def label(self) -> str:
+        if self.use_case is not None:
+            return f"use case {self.use_case.name}"
         return self.adapter.ref if self.adapter else "default adapter"
 
 
@@ -55,6 +59,8 @@ class OutFile:
     size: int = 0
     path: str = ""  # absolute, set once the file is in its final place
     extra: dict[str, Any] = field(default_factory=dict)
+    use_case_id: int | None = None
+    use_case: str | None = None
 
     def artifact(self) -> Artifact:
         """The record the registry keeps of this file (once it is final)."""
@@ -68,6 +74,8 @@ class OutFile:
             self.adapter,
             None,
             self.cache_key,
+            self.use_case,
+            self.use_case_id,
         )
 
 

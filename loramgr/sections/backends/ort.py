@@ -50,12 +50,16 @@ def read_section(path: str | Path) -> tuple[int, int, dict[str, Any]]:
 
 
 def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
-    from loramgr.lora.inputs import section_inputs
+    from loramgr.lora.inputs import section_inputs, use_case_inputs
     from loramgr.store import sha256_file
 
-    inputs = section_inputs(job.adapter, base, job.encodings)
-    by_graph = {g: {n for ap in base.points_of(g) for n in ap.tensors} for g in base.graph_names}
-    folder = "default" if job.adapter is None else job.adapter.ref
+    if job.use_case is not None:
+        inputs = use_case_inputs(list(job.members), base, job.encodings)
+        folder = f"usecases/{job.use_case.name}"
+    else:
+        inputs = section_inputs(job.adapter, base, job.encodings)
+        folder = "default" if job.adapter is None else job.adapter.ref
+    by_graph = {g: {n for ap in base.points_of(g) for n in ap.updatable} for g in base.graph_names}
     out = []
     for section, graphs in job.groups.items():
         names = set().union(*(by_graph[g] for g in graphs))
@@ -75,6 +79,8 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
                 job.cache_key,
                 sha256_file(p),
                 p.stat().st_size,
+                use_case_id=job.use_case.id if job.use_case else None,
+                use_case=job.use_case.name if job.use_case else None,
             )
         )
     return out

@@ -113,6 +113,12 @@ class QairtBackend:
 
         base = ctx.base
         self.check(base)
+        if any(j.use_case is not None for j in jobs):
+            raise UsageError(
+                f"base {base.ref}",
+                "has use cases; the qairt backend builds them with the QNN LoRA v3 flow, not "
+                "available yet (build use cases with --backend ort, or remove them for this build)",
+            )
         adapter_jobs = [j for j in jobs if j.adapter is not None]
         default_job = next((j for j in jobs if j.adapter is None), None)
         share = any(j.share for j in jobs)
