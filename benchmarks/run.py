@@ -342,6 +342,108 @@ def bench_switch_and_overhead(tmp: Path, hidden: int, layers: int, rank: int) ->
     ]
 
 
+def interleaved(a: Callable[[], Any], b: Callable[[], Any], rounds: int) -> tuple[float, float]:
+    """Median wall times of ``a`` and ``b`` run alternately (a, b, a, b, ...) after one warm-up each."""
+    a()
+    b()
+    ta, tb = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t)
+    return float(np.median(ta)), float(np.median(tb))
+
+
+def bench_use_cases(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) -> list[Row]:
+    """Hot switch (``select`` inside an applied use case) against applying another adapter's section,
+    both on one live decode session and each followed by one decode run; and the decode step of a
+    two-adapter use case against one adapter, on the same graph (alpha slots)."""
+    from transformers import AutoModelForCausalLM
+
+    from loramgr.export import export_base
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession
+    from loramgr.testing.synth_hf import peft_adapter
+
+    hf = llama(tmp, hidden, layers)
+    home = tmp / "home-uc"
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    man = export_base(
+        hf,
+        tmp / "onnx-uc",
+        targets=targets,
+        max_rank=3 * rank,
+        graphs="prefill=16,decode=1",
+        context_len=64,
+        max_adapters=3,
+    )
+    args = [a for g in man["graphs"] for a in ("--graph", f"{g['name']}={tmp / 'onnx-uc' / g['file']}")]
+    lm(home, "base", "register", "--name", "uc", *args)
+    names = []
+    for i in range(3):
+        m = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True)
+        peft_adapter(m, tmp / f"uc{i}", seed=10 + i, r=rank, lora_alpha=rank, target_modules=targets)
+        lm(home, "register", tmp / f"uc{i}", "--name", f"uc{i}")
+        lm(home, "validate", f"uc{i}", "--base", "uc")
+        names.append(f"uc{i}")
+    lm(home, "usecase", "create", "hot", "--base", "uc", "--hot", *names)
+    lm(home, "usecase", "create", "pair", "--base", "uc", names[0], names[1])
+    lm(home, "build", "--base", "uc", "--share-adapters", "-o", tmp / "out-uc")
+    lm(home, "plan", "--base", "uc")
+    plan = Plan.load(tmp / "out-uc" / "plan.json")
+    hot, apply_s, one = (
+        LoraSession(plan, graph="decode"),
+        LoraSession(plan, graph="decode"),
+        LoraSession(plan, graph="decode"),
+    )
+    feeds = decode_feeds(hot.session)
+    hot.apply("hot")
+    for n in names[:2]:
+        apply_s.apply(n)  # both sections loaded: the apply compared is the warm one
+    turn = [0]
+
+    def by_select() -> None:
+        turn[0] ^= 1
+        hot.select(names[turn[0]])
+        hot.run(feeds)
+
+    def by_apply() -> None:
+        apply_s.apply(names[turn[0]])
+        apply_s.run(feeds)
+
+    t_select, t_apply = interleaved(by_select, by_apply, rounds)
+    pair = LoraSession(plan, graph="decode")
+    pair.apply("pair")
+    one.apply(names[0])
+    t_pair, t_one = interleaved(lambda: pair.run(feeds), lambda: one.run(feeds), rounds)
+    shape = f"hidden {hidden}, {layers} layers, rank {rank} each, R {3 * rank}, 3 slots"
+    return [
+        Row(
+            f"hot switch: select + 1 decode run ({shape})",
+            "apply a loaded section + 1 decode run",
+            t_apply,
+            t_select,
+            "s",
+            "report",
+            float("inf"),
+            note="hot_switch_select; both on a live session",
+        ),
+        Row(
+            f"decode step, 2-adapter use case ({shape})",
+            "1 adapter on the same graph",
+            t_one,
+            t_pair,
+            "s",
+            "report",
+            float("inf"),
+            note="decode_use_case_2_vs_1",
+        ),
+    ]
+
+
 def bench_peft_switch(tmp: Path, hf: Path) -> float:
     import torch
     from peft import PeftModel
@@ -635,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             ("lookups", lambda: bench_lookups(tmp, 2000 if q else 10_000)),
             ("rebuild", lambda: bench_rebuild(tmp, 20 if q else 100, 256 if q else 1024, 2 if q else 8)),
             ("parity", lambda: bench_parity(tmp)),
+            ("use cases", lambda: bench_use_cases(tmp, 256 if q else 1024, 2 if q else 8, 8, 10 if q else 60)),
         ]
         for label, fn in steps:
             print(f"... {label}", file=sys.stderr, flush=True)

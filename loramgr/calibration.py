@@ -26,7 +26,7 @@ import numpy as np
 from loramgr import dtypes
 from loramgr.errors import InvalidInputError, UsageError
 from loramgr.formats.quant import asymmetric, symmetric_per_channel
-from loramgr.records import EncodingSet, JsonRecord
+from loramgr.records import Adapter, Base, EncodingSet, JsonRecord, UseCase
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -154,6 +154,15 @@ def _run_owner(
     progress.advance(label)
 
 
+def _alpha_input(base: Base, alphas: list[float]) -> np.ndarray:
+    """The alpha input: ``[1]`` ones, or with alpha slots the vector (unused slots 0)."""
+    if not base.max_adapters:
+        return np.ones((1,), np.float32)
+    v = np.zeros((1, base.max_adapters), np.float32)
+    v[0, : len(alphas)] = alphas
+    return v
+
+
 @dataclass(frozen=True)
 class OwnerCalibration(JsonRecord):
     adapter: str  # ref, or "default" for the base's own
@@ -185,7 +194,8 @@ def calibrate(
     quiet: bool = False,
 ) -> Calibration:
     """Compute and store encodings for the base (default adapter) and each selected adapter."""
-    from loramgr.lora.inputs import prepared_inputs, section_inputs
+    from loramgr.lora.inputs import prepared_inputs, prepared_with_ranks, section_inputs
+    from loramgr.lora.usecase import concat_inputs
     from loramgr.progress import Progress
     from loramgr.sections.layout import materialize_graphs, select_adapters
 
@@ -211,9 +221,17 @@ def calibrate(
                     paths[g] = q
         sessions = {g.name: _session(paths[g.name]) for g in base.graphs}
         kinds = {g.name: g.kind for g in base.graphs}
-        with Progress(len(adapters) + 1, "calibrating", quiet) as progress:
-            for ad in [None, *adapters]:
-                prepared = {} if ad is None else prepared_inputs(ad, base)
+        use_cases = reg.use_cases.list(base.ref) if base.max_adapters else []
+        owners: list[tuple[Adapter | None, UseCase | None]] = [(None, None), *((a, None) for a in adapters)]
+        owners += [(None, uc) for uc in use_cases]
+        with Progress(len(owners), "calibrating", quiet) as progress:
+            for ad, uc in owners:
+                if uc is not None:  # the use case's concatenated ranks, at its default alphas
+                    members = list(reg.adapter_many(uc.adapters).values())
+                    both = [prepared_with_ranks(m, base) for m in members]
+                    prepared = concat_inputs(base, [p for p, _ in both], [r for _, r in both])
+                else:
+                    prepared = {} if ad is None else prepared_inputs(ad, base)
                 params_enc = {
                     n: symmetric_per_channel(v, wbits, axis=1, per_tensor=per_tensor)
                     for n, v in sorted(prepared.items())
@@ -222,7 +240,7 @@ def calibrate(
                 # what the runtime will hold: quantized weights for integer bases, else the prepared ones
                 lora = section_inputs(ad, base, EncodingSet({}, params_enc), prepared or None)
                 if base.alpha_tensor:
-                    lora[base.alpha_tensor] = np.ones((1,), np.float32)
+                    lora[base.alpha_tensor] = _alpha_input(base, uc.alphas if uc else [1.0])
                 rec = _Recorder(skip)
                 _run_owner(
                     sessions,
@@ -231,11 +249,21 @@ def calibrate(
                     lora,
                     rec,
                     progress,
-                    "calibrated " + ("the base (default adapter)" if ad is None else ad.ref),
+                    f"calibrated use case {uc.name}"
+                    if uc
+                    else "calibrated " + ("the base (default adapter)" if ad is None else ad.ref),
                 )
                 enc = EncodingSet(
                     {t: [asymmetric(lo, hi, act_bits)] for t, (lo, hi) in sorted(rec.ranges.items())}, params_enc
                 )
-                reg.encodings.save(base.id, ad.id if ad else None, enc, "calibrate", replace_all=True)
-                done.append(OwnerCalibration(ad.ref if ad else "default", len(enc.activation), len(enc.param)))
+                reg.encodings.save(
+                    base.id,
+                    ad.id if ad else None,
+                    enc,
+                    "calibrate",
+                    replace_all=True,
+                    use_case_id=uc.id if uc else None,
+                )
+                label = f"usecase:{uc.name}" if uc else ad.ref if ad else "default"
+                done.append(OwnerCalibration(label, len(enc.activation), len(enc.param)))
     return Calibration(base.ref, str(data), act_bits, wbits, done)

@@ -370,6 +370,20 @@ class UseCase(JsonRecord):
     def alphas(self) -> list[float]:
         return [s.default_alpha for s in self.slots]
 
+    def to_json(self) -> dict[str, Any]:
+        """``usecase show/list --json``: the slots, and the adapters and alphas in slot order."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "base": self.base,
+            "hot": self.hot,
+            "status": self.status,
+            "created_at": self.created_at,
+            "adapters": self.adapters,
+            "alphas": self.alphas,
+            "slots": [s.to_json() for s in self.slots],
+        }
+
 
 # -- builds ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -82,9 +82,37 @@ class Verification(JsonRecord):
         return [r.adapter for r in self.adapters if not r.ok]
 
 
-def _peft_logits(hf_dir: str, adapter: Adapter, store_path: Path, ids: np.ndarray, precision: str) -> np.ndarray:
+def _peft_dir(adapter: Adapter, d: Path) -> None:
+    """A PEFT adapter directory for ``adapter`` made of its stored files."""
+    from peft import LoraConfig
+
+    d.mkdir(parents=True, exist_ok=True)
+    if adapter.config_json is not None:
+        # the user's own adapter_config.json, read by PEFT itself. Only a --lora-alpha given at
+        # register time (the registered alpha differs from the file's) replaces the file's value:
+        # that is what the adapter then means
+        text = adapter.config_json
+        if adapter.lora_alpha != adapter.config("lora_alpha"):
+            doc = json.loads(text)
+            doc["lora_alpha"] = adapter.lora_alpha
+            text = json.dumps(doc)
+        (d / "adapter_config.json").write_text(text)
+    else:  # registered from a bare .safetensors with --lora-alpha: the minimal config that means
+        tm = adapter.target_modules
+        kw: dict[str, Any] = {
+            "r": adapter.rank,
+            "lora_alpha": adapter.lora_alpha,
+            "target_modules": list(tm) if isinstance(tm, tuple) else tm,
+        }
+        LoraConfig(**kw).save_pretrained(str(d))
+    (d / "adapter_model.safetensors").symlink_to(adapter.store_path)
+
+
+def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndarray, precision: str) -> np.ndarray:
+    """PEFT's logits with every member adapter active at once (``set_adapter([...])``), each one's
+    scaling multiplied by its alpha: what a use case (or an adapter alone, at an alpha) means."""
     import torch
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from loramgr.export import quiet_transformers
@@ -94,27 +122,21 @@ def _peft_logits(hf_dir: str, adapter: Adapter, store_path: Path, ids: np.ndarra
     model = AutoModelForCausalLM.from_pretrained(
         hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation="eager", use_safetensors=True
     ).eval()
-    with tempfile.TemporaryDirectory() as d:
-        if adapter.config_json is not None:
-            # the user's own adapter_config.json, read by PEFT itself. Only a --lora-alpha given at
-            # register time (the registered alpha differs from the file's) replaces the file's value:
-            # that is what the adapter then means
-            text = adapter.config_json
-            if adapter.lora_alpha != adapter.config("lora_alpha"):
-                doc = json.loads(text)
-                doc["lora_alpha"] = adapter.lora_alpha
-                text = json.dumps(doc)
-            (Path(d) / "adapter_config.json").write_text(text)
-        else:  # registered from a bare .safetensors with --lora-alpha: the minimal config that means
-            tm = adapter.target_modules
-            kw: dict[str, Any] = {
-                "r": adapter.rank,
-                "lora_alpha": adapter.lora_alpha,
-                "target_modules": list(tm) if isinstance(tm, tuple) else tm,
-            }
-            LoraConfig(**kw).save_pretrained(d)
-        (Path(d) / "adapter_model.safetensors").symlink_to(store_path)
-        pm = PeftModel.from_pretrained(model, d).eval().to(dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        names = [f"slot{i}" for i in range(len(members))]
+        for i, (ad, _) in enumerate(members):
+            _peft_dir(ad, Path(tmp) / names[i])
+        pm = PeftModel.from_pretrained(model, str(Path(tmp) / names[0]), adapter_name=names[0])
+        for name in names[1:]:
+            pm.load_adapter(str(Path(tmp) / name), adapter_name=name)
+        pm.base_model.set_adapter(names)  # type: ignore[operator]
+        for mod in pm.modules():
+            scaling = getattr(mod, "scaling", None)
+            if isinstance(scaling, dict):
+                for name, (_, alpha) in zip(names, members, strict=True):
+                    if name in scaling:
+                        scaling[name] *= alpha
+        pm = pm.eval().to(dtype)
         with torch.no_grad():
             logits: np.ndarray = pm(input_ids=torch.from_numpy(ids)).logits.float().numpy()
             return logits
@@ -192,14 +214,18 @@ def peft_factors(weights: Path, config_json: str | None, lora_alpha: float) -> d
     return out
 
 
-def _section_delta(params: dict[str, np.ndarray], a_name: str, b_name: str) -> np.ndarray:
-    """``A @ B`` of a section's tensors (integer codes times their per-channel ``_scale``)."""
+def _section_delta(
+    params: dict[str, np.ndarray], a_name: str, b_name: str, col_alpha: np.ndarray | None = None
+) -> np.ndarray:
+    """``A @ diag(col_alpha) @ B`` of a section's tensors (integer codes times their per-channel
+    ``_scale``); ``col_alpha`` scales each rank column (alpha slots), None: 1."""
 
     def real(n: str) -> np.ndarray:
         v = params[n].astype(np.float64)
         return v * params[n + "_scale"].astype(np.float64)[None, :] if n + "_scale" in params else v
 
-    product: np.ndarray = real(a_name) @ real(b_name)
+    a = real(a_name) if col_alpha is None else real(a_name) * col_alpha[None, :]
+    product: np.ndarray = a @ real(b_name)
     return product
 
 
@@ -212,43 +238,65 @@ def _reference_for(
     return next((d for m, d in factors.items() if m.endswith("." + module) or module.endswith("." + m)), None)
 
 
-def _sections_check(plan: Plan, name: str, ad: Adapter, base: Base, alpha: float | None) -> tuple[float, float]:
-    """(max abs diff, min cosine): each section's effective ``A @ B`` against :func:`peft_deltas`, and
-    each graph run through the plan against the same graph fed A/B built from the raw PEFT tensors."""
+def _sections_check(plan: Plan, name: str, members: list[tuple[Adapter, float]], base: Base) -> tuple[float, float]:
+    """(max abs diff, min cosine) of an adapter or a use case (``members``: adapters by slot with their
+    alphas): each section's effective delta against the raw PEFT factors (:func:`peft_factors`), and
+    each graph run through the plan against the same graph fed A/B built from those raw factors."""
     from loramgr.runtime.ort import LoraSession
 
-    assert ad.lora_alpha is not None  # a built adapter has passed validation
-    factors = peft_factors(ad.store_path, ad.config_json, ad.lora_alpha)
-    entry = plan.adapter(name)
+    factors = [peft_factors(ad.store_path, ad.config_json, float(ad.lora_alpha or 0.0)) for ad, _ in members]
+    alphas = [a for _, a in members]
+    entry = plan.entry(name)
+    slots = base.max_adapters
     worst, cos = 0.0, 1.0
     rng = np.random.default_rng(0)
     for graph in plan.graphs:
         points = base.points_of(graph)
+        refs = {ap.module_path: [_reference_for(f, ap.module_path) for f in factors] for ap in points}
         sec = entry.section_for(graph)
         if plan.doc["backend"] == "ort":
             from loramgr.sections.backends.ort import read_section
 
             _, _, params = read_section(plan.verified(sec))
             for ap in points:
-                ref = _reference_for(factors, ap.module_path)
-                got = _section_delta(params, ap.tensor_a, ap.tensor_b)
-                worst = max(worst, _diff(got, np.zeros_like(got) if ref is None else ref[0] @ ref[1]))
+                # with alpha slots each column is scaled by its slot's alpha; without, alpha scales it all
+                col_alpha = None
+                if slots and ap.tensor_indices:
+                    vec = np.array(alphas + [0.0] * (slots + 1 - len(alphas)))
+                    col_alpha = vec[params[ap.tensor_indices][0]]
+                got = _section_delta(params, ap.tensor_a, ap.tensor_b, col_alpha)
+                want = sum(
+                    ((alphas[i] if slots else 1.0) * (r[0] @ r[1]) for i, r in enumerate(refs[ap.module_path]) if r),
+                    np.zeros_like(got),
+                )
+                worst = max(worst, _diff(got, want))
         s = LoraSession(plan, graph=graph)
         if any(ap.dtype in ("int8", "int16") for ap in points):
             continue  # integer LoRA inputs cannot take float reference tensors; the sections were compared above
         feeds = _feeds(s.session, rng)
-        a = entry.recommended_alpha if alpha is None else alpha
-        got_out = s.run(feeds, adapter=name, alpha=a)
+        s.apply(name)
+        for i, (ad, a) in enumerate(members):
+            if entry.is_use_case:
+                s.set_alpha(a, adapter=ad.ref)
+            elif i == 0:
+                s.set_alpha(a)
+        got_out = s.run(feeds)
         direct = dict(feeds)
-        for ap in points:
-            ref = _reference_for(factors, ap.module_path)
+        for ap in points:  # the raw factors side by side, zero-padded to the graph's rank, slot per column
             ra, rb = np.zeros((ap.in_features, ap.rank)), np.zeros((ap.rank, ap.out_features))
-            if ref is not None:  # the raw factors, zero-padded to the graph's rank
-                ra[:, : ref[0].shape[1]], rb[: ref[1].shape[0], :] = ref
+            idx = np.full((1, ap.rank), slots or 0, np.int64)
+            col = 0
+            for slot, r in enumerate(refs[ap.module_path]):
+                if r is not None:
+                    k = r[0].shape[1]
+                    ra[:, col : col + k], rb[col : col + k, :], idx[0, col : col + k] = r[0], r[1], slot
+                    col += k
             dt = np.float16 if ap.dtype == "float16" else np.float32
             direct[ap.tensor_a], direct[ap.tensor_b] = ra.astype(dt), rb.astype(dt)
+            if ap.tensor_indices:
+                direct[ap.tensor_indices] = idx
         if s.alpha_tensor in s.input_names:
-            direct[s.alpha_tensor] = np.array([a], dtype=s._alpha_dtype())
+            direct[s.alpha_tensor] = s.alpha_value(alphas)
         ref_out = s.session.run(None, direct)
         for g, r in zip(got_out, ref_out, strict=True):
             worst = max(worst, _diff(g, r))
@@ -279,11 +327,12 @@ def verify(
     if mode == "peft" and not (hf and _peft_available()):
         raise IncompatibleError("verify --mode peft", "needs the [export] extra and the base's HF directory (--hf-dir)")
     tol = tolerance if tolerance is not None else (FP16_TOL if base.precision == "fp16" else FP32_TOL)
-    names = adapters or list(plan.adapters)
+    names = adapters or [*plan.adapters, *plan.use_cases]
     rows = []
     for name in names:
-        entry = plan.adapter(name)
-        ad = reg.adapter(entry.ref)
+        entry = plan.entry(name)
+        refs = list(entry.adapters) if entry.is_use_case else [entry.ref]
+        members = [(reg.adapter(r), a if alpha is None else alpha) for r, a in zip(refs, entry.alphas, strict=True)]
         if mode == "peft":
             seq = next(g for g in plan.graphs.values() if g.get("kind") != "decode")["inputs"]["input_ids"]["shape"][1]
             ids = np.array([(input_ids or list(range(3, 3 + 7 * seq, 7)))[:seq]], np.int64) % int(
@@ -292,10 +341,10 @@ def verify(
             n = ids.shape[1]
             got = _prefill_logits(plan, name, ids, alpha)
             assert hf is not None
-            want = _peft_logits(hf, ad, ad.store_path, ids, base.precision)
+            want = _peft_logits(hf, members, ids, base.precision)
             diff = _diff(got[:, :n], want)
             cos = _cos(got[:, :n], want)
         else:
-            diff, cos = _sections_check(plan, name, ad, base, alpha)
+            diff, cos = _sections_check(plan, name, members, base)
         rows.append(VerifyRow(entry.ref, mode, diff, cos, tol, bool(diff <= tol)))
     return Verification(str(plan_path), mode, all(r.ok for r in rows), rows)

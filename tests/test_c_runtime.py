@@ -39,9 +39,22 @@ def build(tmp_path_factory) -> Path:
     return _build(tmp_path_factory.mktemp("c-build"))
 
 
-@pytest.fixture
-def plan(tmp_path: Path) -> Path:
-    synth.write_base(tmp_path / "g.onnx", synth.module_paths())
+@pytest.fixture(scope="module")
+def asan_build(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("c-asan"), "-DLMP_SANITIZE=ON", cc=_clang())
+
+
+@pytest.fixture(scope="module")
+def fuzz_build(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("c-fuzz"), "-DLMP_FUZZ=ON", cc=_clang())
+
+
+@pytest.fixture(params=["v2-scalar-alpha", "v2-use-cases"])
+def plan(tmp_path: Path, request) -> Path:
+    """A plan the Python CLI writes: a base with one scalar alpha, or one with alpha slots and a use
+    case of both adapters (schema 2 either way; version 1 plans are the former without use_cases)."""
+    slots = 2 if request.param == "v2-use-cases" else None
+    synth.write_base(tmp_path / "g.onnx", synth.module_paths(), max_adapters=slots)
     assert (
         invoke(
             "base",
@@ -82,6 +95,8 @@ def plan(tmp_path: Path) -> Path:
         (tmp_path / f"{name}.encodings").write_text(json.dumps(e))
         assert invoke("register", d, "--base", "tiny", "--encodings", tmp_path / f"{name}.encodings").exit_code == 0
         assert invoke("validate", name, "--base", "tiny").exit_code == 0
+    if slots:
+        assert invoke("usecase", "create", "both", "--base", "tiny", "a4", "a8", "--alphas", "1,0.5").exit_code == 0
     assert invoke("build", "--base", "tiny", "--share-adapters", "-o", tmp_path / "out").exit_code == 0
     assert invoke("plan", "--base", "tiny").exit_code == 0
     return tmp_path / "out" / "plan.json"
@@ -95,7 +110,7 @@ def _c(build: Path, *args: object, want: int = 0) -> subprocess.CompletedProcess
 
 def _expected_calls(py_plan, name: str) -> list[str]:
     """What the switch driver must call, derived from the Python runtime's plan.steps(name)."""
-    entry = py_plan.adapter(name)
+    entry = py_plan.entry(name)
     calls = []
     for s in py_plan.steps(name):
         if s["op"] == "create_context":
@@ -105,7 +120,8 @@ def _expected_calls(py_plan, name: str) -> list[str]:
         elif s["op"] == "update_io_encodings":
             calls += [f"set_io_encoding:{t}" for t in entry.io_encodings()]
         elif s["op"] == "set_alpha":
-            calls.append(f"set_alpha:{s['tensor']}={s['value']:g}")
+            values = s["values"] if "values" in s else [s["value"]]
+            calls.append(f"set_alpha:{s['tensor']}={values[0]:g}" + (",..." if len(values) > 1 else ""))
         elif s["op"] == "execute":
             calls.append("execute")
     return calls
@@ -115,7 +131,7 @@ def test_ctest_queries_and_switch_order_against_python(build, plan, tmp_path):
     from loramgr.runtime import Plan
 
     py = Plan.load(plan)
-    lines = ["\t".join([n, *_expected_calls(py, n)]) for n in [*py.adapters, "default"]]
+    lines = ["\t".join([n, *_expected_calls(py, n)]) for n in [*py.adapters, *py.use_cases, "default"]]
     (tmp_path / "expected.txt").write_text("\n".join(lines) + "\n")
     env = dict(os.environ, LMP_TEST_PLAN=str(plan), LMP_TEST_EXPECTED=str(tmp_path / "expected.txt"))
     p = subprocess.run(
@@ -130,8 +146,9 @@ def test_loramgr_plan_answers_equal_the_python_runtime(build, plan):
     py = Plan.load(plan)
     listing = json.loads(_c(build, "adapters", plan).stdout)
     assert listing["adapters"] == list(py.adapters) and listing["graphs"] == list(py.graphs)
-    for name in [*py.adapters, "default"]:
-        entry = py.adapter(name)
+    assert listing["use_cases"] == list(py.use_cases)
+    for name in [*py.adapters, *py.use_cases, "default"]:
+        entry = py.entry(name)
         got = json.loads(_c(build, "sections", plan, name).stdout)
         want = [
             {
@@ -212,8 +229,8 @@ def _clang() -> str:
     return cc
 
 
-def test_malformed_plans_under_asan_and_ubsan(tmp_path_factory, plan, tmp_path):
-    b = _build(tmp_path_factory.mktemp("c-asan"), "-DLMP_SANITIZE=ON", cc=_clang())
+def test_malformed_plans_under_asan_and_ubsan(asan_build, plan, tmp_path):
+    b = asan_build
     files = _corpus(plan, tmp_path / "seeds", int(os.environ.get("LORAMGR_C_CORPUS", "300")))
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1", UBSAN_OPTIONS="halt_on_error=1")
     p = subprocess.run(
@@ -224,13 +241,13 @@ def test_malformed_plans_under_asan_and_ubsan(tmp_path_factory, plan, tmp_path):
     assert 1 <= opened < len(files) + 1  # the real plan opens; most mutants are refused with a message
 
 
-def test_libfuzzer_runs_clean_for_a_bounded_time(tmp_path_factory, plan, tmp_path):
-    b = _build(tmp_path_factory.mktemp("c-fuzz"), "-DLMP_FUZZ=ON", cc=_clang())
+def test_libfuzzer_runs_clean_for_a_bounded_time(fuzz_build, plan, tmp_path):
+    b = fuzz_build
     corpus = tmp_path / "corpus"
     _corpus(plan, corpus, 20)
     for i, f in enumerate(sorted(plan.parent.glob("mut-*.json"))[:20]):
         shutil.copy(f, corpus / f"m{i}.json")
-    seconds = os.environ.get("LORAMGR_C_FUZZ_SECONDS", "20")
+    seconds = os.environ.get("LORAMGR_C_FUZZ_SECONDS", "15")
     p = subprocess.run(
         [str(b / "lmp_fuzz"), f"-max_total_time={seconds}", "-rss_limit_mb=1024", str(corpus)],
         capture_output=True,

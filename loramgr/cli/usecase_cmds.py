@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from loramgr.cli.common import Ctx, base_option, cli, emit_json, json_option, pass_ctx, table
@@ -17,6 +19,8 @@ def _alphas(text: str | None, n: int) -> list[float] | None:
         raise click.BadParameter("expected comma-separated numbers, e.g. 1,0.5", param_hint="--alphas") from None
     if len(values) != n:
         raise click.BadParameter(f"{len(values)} alphas for {n} adapters", param_hint="--alphas")
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter("alphas must be finite numbers", param_hint="--alphas")
     return values
 
 

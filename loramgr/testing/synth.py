@@ -20,9 +20,17 @@ def module_paths(mods: Sequence[str] = ("q_proj", "v_proj"), layers: int = 2) ->
 
 
 def write_base(
-    path: str | Path, mps: Sequence[str], d: int = 64, max_rank: int = 16, seed: int = 7, dtype: Any = np.float32
+    path: str | Path,
+    mps: Sequence[str],
+    d: int = 64,
+    max_rank: int = 16,
+    seed: int = 7,
+    dtype: Any = np.float32,
+    max_adapters: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Write the synthetic base graph; returns its frozen weights per module path."""
+    """Write the synthetic base graph; returns its frozen weights per module path. ``max_adapters`` N
+    gives it alpha slots: ``lora_alpha [1, N]`` and per module ``<mp>.lora_indices [1, R]``, the branch
+    ``((x @ A) * alpha[indices]) @ B`` (the structure ``base export --max-adapters`` writes)."""
     import onnx
     from onnx import helper as h
     from onnx import numpy_helper as nh
@@ -30,9 +38,14 @@ def write_base(
     et = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     rng = np.random.default_rng(seed)
     W = {mp: (rng.standard_normal((d, d)) * 0.1).astype(dtype) for mp in mps}
-    inputs = [h.make_tensor_value_info("x", et, ["batch", d]), h.make_tensor_value_info("lora_alpha", et, [1])]
-    inits = [nh.from_array(np.ones(1, dtype), "lora_alpha")]
+    n = max_adapters
+    alpha_shape = [1, n] if n else [1]
+    inputs = [h.make_tensor_value_info("x", et, ["batch", d]), h.make_tensor_value_info("lora_alpha", et, alpha_shape)]
+    inits = [nh.from_array(np.ones(alpha_shape, dtype), "lora_alpha")]
     nodes, outputs = [], []
+    if n:
+        inits.append(nh.from_array(np.zeros((1, 1), dtype), "zero_slot"))
+        nodes.append(h.make_node("Concat", ["lora_alpha", "zero_slot"], ["alpha_padded"], axis=1))
     for i, mp in enumerate(mps):
         a, b = f"{mp}.lora_A.weight", f"{mp}.lora_B.weight"
         inputs += [h.make_tensor_value_info(a, et, [d, max_rank]), h.make_tensor_value_info(b, et, [max_rank, d])]
@@ -41,14 +54,30 @@ def write_base(
             nh.from_array(np.zeros((d, max_rank), dtype), a),
             nh.from_array(np.zeros((max_rank, d), dtype), b),
         ]
-        nodes += [
-            h.make_node("MatMul", ["x", f"W{i}"], [f"xw{i}"]),
-            h.make_node("MatMul", ["x", a], [f"xa{i}"]),
-            h.make_node("MatMul", [f"xa{i}", b], [f"xab{i}"]),
-            h.make_node("Mul", [f"xab{i}", "lora_alpha"], [f"s{i}"]),
-            h.make_node("Add", [f"xw{i}", f"s{i}"], [f"out{i}"]),
-        ]
+        if n:
+            idx = f"{mp}.lora_indices"
+            inputs.append(h.make_tensor_value_info(idx, onnx.TensorProto.INT64, [1, max_rank]))
+            inits.append(nh.from_array(np.full((1, max_rank), n, np.int64), idx))
+            nodes += [
+                h.make_node("MatMul", ["x", f"W{i}"], [f"xw{i}"]),
+                h.make_node("MatMul", ["x", a], [f"xa{i}"]),
+                h.make_node("Gather", ["alpha_padded", idx], [f"g{i}"], axis=1),  # [1, 1, R]
+                h.make_node("Squeeze", [f"g{i}", "axis0"], [f"cols{i}"]),  # [1, R]
+                h.make_node("Mul", [f"xa{i}", f"cols{i}"], [f"xas{i}"]),
+                h.make_node("MatMul", [f"xas{i}", b], [f"s{i}"]),
+                h.make_node("Add", [f"xw{i}", f"s{i}"], [f"out{i}"]),
+            ]
+        else:
+            nodes += [
+                h.make_node("MatMul", ["x", f"W{i}"], [f"xw{i}"]),
+                h.make_node("MatMul", ["x", a], [f"xa{i}"]),
+                h.make_node("MatMul", [f"xa{i}", b], [f"xab{i}"]),
+                h.make_node("Mul", [f"xab{i}", "lora_alpha"], [f"s{i}"]),
+                h.make_node("Add", [f"xw{i}", f"s{i}"], [f"out{i}"]),
+            ]
         outputs.append(h.make_tensor_value_info(f"out{i}", et, ["batch", d]))
+    if n:
+        inits.append(nh.from_array(np.array([0], np.int64), "axis0"))
     g = h.make_graph(nodes, "loramgr_synthetic_base", inputs, outputs, inits)
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], producer_name="loramgr.testing.synth")
     m.ir_version = 8
