@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,16 @@ class PlanWritten(JsonRecord):
     adapters: list[str]
     sha256: str
     genie_config: str | None = None
+    use_cases: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out = {"plan": self.plan, "build_id": self.build_id, "adapters": self.adapters, "sha256": self.sha256}
+        out = {
+            "plan": self.plan,
+            "build_id": self.build_id,
+            "adapters": self.adapters,
+            "use_cases": self.use_cases,
+            "sha256": self.sha256,
+        }
         return out | ({"genie_config": self.genie_config} if self.genie_config else {})
 
 
@@ -286,4 +293,11 @@ def write_plan(
     refs = [a["ref"] for a in doc["adapters"]] + [s["name"] for u in doc["use_cases"] for s in u["adapters"]]
     ids = {a.ref: a.id for a in reg.adapter_many(refs).values()}  # use cases' adapters are protected too
     reg.lifecycle.record_plan(base.id, doc["build_id"], str(path), sha, sorted({ids[r] for r in refs}))
-    return PlanWritten(str(path), doc["build_id"], [a["ref"] for a in doc["adapters"]], sha, genie)
+    return PlanWritten(
+        str(path),
+        doc["build_id"],
+        [a["ref"] for a in doc["adapters"]],
+        sha,
+        genie,
+        [u["name"] for u in doc["use_cases"]],
+    )

@@ -129,6 +129,23 @@ def test_use_case_sections_alphas_switching_against_numpy(slots):
     assert {row["adapter"] for row in r.json["adapters"]} >= {"both", "A@1"}
 
 
+def test_plan_and_plan_show_name_use_cases(slots):
+    tmp, _, _ = slots
+    assert invoke("usecase", "create", "both", "--base", "slots", "A", "C", "--alphas", "1,0.5").exit_code == 0
+    assert invoke("build", "--base", "slots", "-o", tmp / "out").exit_code == 0
+    r = invoke("plan", "--base", "slots", "--json")
+    assert r.json["use_cases"] == ["both"] and "use cases both" in invoke("plan", "--base", "slots").stdout
+    plan = tmp / "out" / "plan.json"
+    shown = invoke("plan-show", plan, "--use-case", "both", "--json").json
+    assert shown["slots"] == {"A@1": 0, "C@1": 1} and shown["alphas"] == [1.0, 0.5]
+    assert [s["op"] for s in shown["steps"]][-2:] == ["set_alpha", "execute"]
+    assert shown["steps"][-2]["values"] == [1.0, 0.5]
+    assert invoke("plan-show", plan, "--json").json["use_cases"] == ["both"]
+    assert "slot 1 C@1 (alpha 0.5)" in invoke("plan-show", plan, "--use-case", "both").stdout
+    assert invoke("plan-show", plan, "--use-case", "A").exit_code == 3  # an adapter is not a use case
+    assert invoke("plan-show", plan, "--use-case", "both", "--adapter", "A").exit_code == 2
+
+
 def test_hot_switch_selects_without_loading_a_section(slots, monkeypatch):
     import onnxruntime as ort
 

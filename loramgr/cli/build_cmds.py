@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from loramgr.records import Artifact
 
 from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
 
@@ -115,9 +120,14 @@ def build(
     table(
         f"build {res.build_id} ({res.backend}, share_adapters={res.share_adapters}) -> {res.out_dir}",
         ["adapter", "kind", "graphs", "size", "sha256"],
-        [(a.adapter or "(default)", a.kind, "+".join(a.graphs), human_size(a.size), a.sha256[:12]) for a in sections],
+        [(_owner(a), a.kind, "+".join(a.graphs), human_size(a.size), a.sha256[:12]) for a in sections],
     )
     click.echo(
         f"rebuilt {len(res.rebuilt)}, reused {len(res.reused)}; "
-        f"{sum(a.size for a in sections if a.adapter)} bytes of adapter sections"
+        f"{sum(a.size for a in sections if a.adapter or a.use_case)} bytes of adapter and use-case sections"
     )
+
+
+def _owner(a: Artifact) -> str:
+    """Who a section belongs to, as the build table shows it."""
+    return a.adapter or (f"usecase:{a.use_case}" if a.use_case else "(default)")

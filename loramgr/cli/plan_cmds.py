@@ -48,7 +48,9 @@ def plan(
         emit_json(res)
     else:
         click.echo(
-            f"wrote {res.plan} (build {res.build_id}; adapters {', '.join(res.adapters)})"
+            f"wrote {res.plan} (build {res.build_id}; adapters {', '.join(res.adapters)}"
+            + (f"; use cases {', '.join(res.use_cases)}" if res.use_cases else "")
+            + ")"
             + (f"; Genie config {res.genie_config}" if res.genie_config else "")
         )
 
@@ -95,15 +97,19 @@ def bundle_check(path: str, as_json: bool) -> None:
 @cli.command("plan-show")
 @click.argument("plan_path", type=click.Path(readable=False, dir_okay=False))
 @click.option("--adapter", help="Show one adapter's sections, encodings and steps.")
+@click.option("--use-case", "use_case", help="Show one use case: its slots, alphas, sections and steps.")
 @json_option
-def plan_show(plan_path: str, adapter: str | None, as_json: bool) -> None:
+def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json: bool) -> None:
     """Query a plan through the runtime API (what device code sees)."""
     from loramgr.runtime import Plan
 
+    if adapter and use_case:
+        raise click.UsageError("give --adapter or --use-case, not both")
     p = Plan.load(plan_path)
-    if adapter:
-        e = p.adapter(adapter)
-        res = {
+    name = adapter or use_case
+    if name:
+        e = p.use_case(name) if use_case else p.adapter(name)
+        res: dict[str, object] = {
             "adapter": e.ref,
             "sections": [
                 {"name": s.name, "graphs": list(s.graphs), "path": str(s.path), "size": s.size} for s in e.sections()
@@ -111,21 +117,31 @@ def plan_show(plan_path: str, adapter: str | None, as_json: bool) -> None:
             "io_encodings": e.io_encodings(),
             "steps": e.steps(),
         }
+        if use_case:
+            res |= {"use_case": name, "slots": e.adapters, "alphas": e.alphas}
     else:
-        res = {"adapters": list(p.adapters), "graphs": list(p.graphs), "rules": p.rules}
+        res = {"adapters": list(p.adapters), "use_cases": list(p.use_cases), "graphs": list(p.graphs), "rules": p.rules}
     if as_json:
         emit_json(res)
-    elif adapter:
+    elif name:
+        if use_case:
+            click.echo(
+                f"use case {name}: "
+                + ", ".join(f"slot {slot} {a} (alpha {e.alphas[slot]:g})" for a, slot in e.adapters.items())
+            )
         table(
-            f"sections of {res['adapter']}",
+            f"sections of {e.ref}",
             ["section", "graphs", "size", "path"],
-            [(s["name"], "+".join(s["graphs"]), human_size(s["size"]), s["path"]) for s in res["sections"]],
+            [(s.name, "+".join(s.graphs), human_size(s.size), str(s.path)) for s in e.sections()],
         )
         table(
             "steps",
             ["#", "op", "details"],
-            [(i, s["op"], {k: v for k, v in s.items() if k != "op"}) for i, s in enumerate(res["steps"], 1)],
+            [(i, s["op"], {k: v for k, v in s.items() if k != "op"}) for i, s in enumerate(e.steps(), 1)],
         )
     else:
-        click.echo(f"adapters: {', '.join(res['adapters'])}\ngraphs: {', '.join(res['graphs'])}")
-        table("rules", ["rule", "value"], sorted(res["rules"].items()))
+        click.echo(
+            f"adapters: {', '.join(p.adapters)}\n"
+            f"use cases: {', '.join(p.use_cases) or 'none'}\ngraphs: {', '.join(p.graphs)}"
+        )
+        table("rules", ["rule", "value"], sorted(p.rules.items()))

@@ -46,7 +46,10 @@ def main() -> None:
     # an adapter this base cannot serve: rank 32 > max rank 16, and it targets k_proj
     peft_adapter(tiny_llama(), inputs / "too-big-r32", seed=4, r=32, lora_alpha=32, target_modules=["q_proj", "k_proj"])
 
-    print("\n## 1. export the HF model to LoRA-ready prefill + decode ONNX graphs (registered as base `tiny`)")
+    print(
+        "\n## 1. export the HF model to LoRA-ready prefill + decode ONNX graphs (registered as base `tiny`),"
+        "\n##    with two alpha slots so two adapters can be active at once"
+    )
     sh(
         "base",
         "export",
@@ -61,6 +64,8 @@ def main() -> None:
         "prefill=16,decode=1",
         "--context-len",
         "64",
+        "--max-adapters",
+        "2",
         "-o",
         inputs / "onnx",
     )
@@ -77,7 +82,12 @@ def main() -> None:
     sh("weight-list", "--base", "tiny", "-o", out / "lora_weights.txt")
     print((out / "lora_weights.txt").read_text().rstrip())
 
-    print("\n## 3. calibrate per-adapter I/O encodings on the bundled calibration set")
+    print("\n## 3. a use case: chat-r8 and summarize-r4 active together (ranks 8 + 4 <= 16), alphas 1 and 0.5")
+    sh("usecase", "create", "assistant", "chat-r8", "summarize-r4", "--base", "tiny", "--alphas", "1,0.5")
+    sh("usecase", "create", "too-much", "chat-r8", "code-r16", "--base", "tiny", check=False)  # 8 + 16 > 16: exit 5
+    sh("usecase", "list", "--base", "tiny")
+
+    print("\n## 3b. calibrate per-adapter and per-use-case I/O encodings on the bundled calibration set")
     sh("calibrate", "--base", "tiny", "--all", "--data", CALIBRATION_SET)
     sh("encodings", "show", "chat-r8", "--tensor", "logits")
 
@@ -106,7 +116,20 @@ def main() -> None:
     sh("bundle", "check", out / "tiny-bundle.tar")
     for name in ("chat-r8", "code-r16", "default"):
         sh("run", "--plan", plan, "--adapter", name, "--input-ids", "5,17,99,3", "--steps", "8")
-    sh("verify", "--plan", plan)
+    sh("plan-show", plan, "--use-case", "assistant")
+    sh("run", "--plan", plan, "--use-case", "assistant", "--input-ids", "5,17,99,3", "--steps", "8")
+    sh(
+        "run",
+        "--plan",
+        plan,
+        "--use-case",
+        "assistant",
+        "--alpha",
+        "chat-r8=0.25,summarize-r4=1",
+        "--input-ids",
+        "5,17,99,3",
+    )
+    sh("verify", "--plan", plan)  # every adapter and the use case against PEFT
     run_plan(plan)
     c_runtime(plan, out)
     print("\ndemo finished")
@@ -128,7 +151,12 @@ def c_runtime(plan: Path, out: Path) -> None:
     ):
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     tool = str(build / "loramgr-plan")
-    for args in (["adapters", plan], ["encoding", plan, "chat-r8", "logits"], ["sections", plan, "chat-r8", "decode"]):
+    for args in (
+        ["adapters", plan],
+        ["encoding", plan, "chat-r8", "logits"],
+        ["sections", plan, "chat-r8", "decode"],
+        ["steps", plan, "assistant"],
+    ):
         print("$ loramgr-plan " + " ".join(str(a) for a in args))
         p = subprocess.run([tool, *map(str, args)], capture_output=True, text=True)
         print(p.stdout.rstrip() or p.stderr.rstrip())
@@ -163,6 +191,17 @@ def run_plan(plan_path: Path) -> None:
                 else "none"
             )
         )
+
+    print("\n$ python: session.apply('assistant'), then set_alpha per adapter and select (hot switch by alpha)")
+    session.apply("assistant")
+    for label, change in (
+        ("alphas [1, 0.5]", lambda: None),
+        ("set_alpha(0.25, 'chat-r8')", lambda: session.set_alpha(0.25, "chat-r8")),
+        ("select('summarize-r4')", lambda: session.select("summarize-r4")),
+    ):
+        change()
+        logits = session.run(feeds, ["logits"])[0]
+        print(f"  {label:28s} alphas {session.alphas} logits[:4] = {np.array2string(logits[0, 3, :4], precision=4)}")
 
 
 if __name__ == "__main__":
