@@ -1,0 +1,112 @@
+"""Models and sessions the runtime benchmarks share: a Llama-shaped HF model exported with and
+without LoRA inputs, ORT sessions and decode feeds, and a registered base with two PEFT adapters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def lm(home: Path, *args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The loramgr CLI in a child process on its own registry home (SQLite)."""
+    env = dict(os.environ, LORAMGR_HOME=str(home))
+    env.pop("LORAMGR_DB_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "loramgr", *map(str, args)], env=env, text=True, capture_output=True, check=check
+    )
+
+
+def llama(tmp: Path, hidden: int, layers: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=max(4, hidden // 64),
+        num_key_value_heads=max(4, hidden // 64),
+        max_position_embeddings=512,
+    )
+    d = tmp / f"hf-{hidden}x{layers}"
+    LlamaForCausalLM(cfg).eval().save_pretrained(d)
+    return d
+
+
+def export(hf: Path, out: Path, targets: list[str], rank: int, graphs: str, ctx: int) -> dict[str, Any]:
+    from loramgr.export import export_base
+
+    return export_base(hf, out, targets=targets, max_rank=rank, graphs=graphs, context_len=ctx)
+
+
+def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:
+    """The same decode graph with no LoRA branches (the overhead baseline)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loramgr.export import _export_one
+    from loramgr.export.model import GraphSpec, num_layers
+    from loramgr.export.onnx_io import save_sharing_weights
+
+    model = AutoModelForCausalLM.from_pretrained(
+        hf, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    n = num_layers(model, "llama")
+    proto = _export_one(model, "llama", GraphSpec("decode", q, past, (0, n), True, True), 1, torch.float32, "float32")
+    save_sharing_weights({"plain.onnx": proto}, out, "plain.data")
+    return out / "plain.onnx"
+
+
+def session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def decode_feeds(sess: Any) -> dict[str, np.ndarray]:
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        if i.name == "input_ids":
+            feeds[i.name] = np.full(shape, 7, np.int64)
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones(shape, np.int64)
+        elif i.name == "position_ids":
+            feeds[i.name] = np.full(shape, shape[-1], np.int64)
+        else:
+            feeds[i.name] = (np.random.default_rng(1).standard_normal(shape) * 0.1).astype(np.float32)
+    return feeds
+
+
+def lora_setup(tmp: Path, hf: Path, rank: int) -> tuple[Path, Path, list[str]]:
+    """Export (prefill + decode), register 2 PEFT adapters, build --share-adapters, plan."""
+    from loramgr.testing.synth_hf import peft_adapter
+
+    home = tmp / "home-lora"
+    man = export(hf, tmp / "onnx", ["q_proj", "k_proj", "v_proj", "o_proj"], rank, "prefill=16,decode=1", 64)
+    args = [a for g in man["graphs"] for a in ("--graph", f"{g['name']}={tmp / 'onnx' / g['file']}")]
+    lm(home, "base", "register", "--name", "b", *args)
+    from transformers import AutoModelForCausalLM
+
+    names = []
+    for i in range(2):
+        m = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True)
+        peft_adapter(
+            m, tmp / f"ad{i}", seed=i, r=rank, lora_alpha=rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        )
+        lm(home, "register", tmp / f"ad{i}", "--name", f"ad{i}")
+        lm(home, "validate", f"ad{i}", "--base", "b")
+        names.append(f"ad{i}")
+    lm(home, "build", "--base", "b", "-o", tmp / "out-per-graph")
+    lm(home, "build", "--base", "b", "--share-adapters", "-o", tmp / "out")
+    lm(home, "plan", "--base", "b")  # the newest build: the super-adapter one
+    return home, tmp / "out" / "plan.json", names

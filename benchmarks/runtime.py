@@ -1,0 +1,288 @@
+"""Runtime benchmarks: switching (cold, warm, against a new session), decode overhead of the LoRA
+branches, super-adapter bytes and the peak memory of ``loramgr run``."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.measure import Row, interleave, self_timed
+from benchmarks.models import decode_feeds, export_without_lora, llama, lora_setup, session
+
+
+def _read_bytes() -> int:
+    """Bytes this process has read through read(2) so far (page cache hits included)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _merged_graph(plan: Any, sec: Any, out: Path) -> Path:
+    """The decode graph with the adapter's section written into its LoRA initializers (no LoRA
+    inputs left): what a runtime without adapter switching would load per adapter."""
+    import onnx
+    from onnx import numpy_helper
+
+    from loramgr.sections.backends.ort import read_section
+
+    m = onnx.load(str(plan.graph_file("decode")))
+    params = read_section(plan.verified(sec))[2]
+    for t in m.graph.initializer:
+        if t.name in params:
+            t.CopyFrom(numpy_helper.from_array(params[t.name], t.name))
+    inputs = [i for i in m.graph.input if i.name not in params]
+    del m.graph.input[:]
+    m.graph.input.extend(inputs)
+    out.mkdir()
+    onnx.save(m, str(out / "merged.onnx"), save_as_external_data=True, location="merged.data")
+    return out / "merged.onnx"
+
+
+def bench_switch(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) -> list[Row]:
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession
+
+    hf = llama(tmp, hidden, layers)
+    home, plan_path, names = lora_setup(tmp, hf, rank)
+    plan = Plan.load(plan_path)
+    s = LoraSession(plan, graph="decode")
+    feeds = decode_feeds(s.session)
+    sec = plan.adapter(names[1]).section_for("decode")
+    key = str(sec.path)
+    for n in names:
+        s.apply(n)
+        s.run(feeds)
+    warm_run = statistics.median(
+        interleave(lambda: s.run(feeds, adapter=names[0]), lambda: s.run(feeds, adapter=names[1]), 10).subject
+    )
+    reads: list[int] = []
+
+    def cold() -> float:
+        """Apply a section that is not in memory (evicted, integrity check forgotten) and run once;
+        the first run's extra time over a warm run counts, as the bytes are bound then."""
+        s._cache.pop(key, None)
+        plan._verifier._ok.clear()
+        s.apply(names[0])
+        r0 = _read_bytes()
+        t = time.perf_counter()
+        s.apply(names[1])
+        s.run(feeds)
+        dt = time.perf_counter() - t
+        reads.append(_read_bytes() - r0)
+        return max(dt - warm_run, 1e-9)
+
+    data = np.frombuffer(Path(plan.verified(sec)).read_bytes(), np.uint8)
+
+    def memcpy() -> float:
+        t = time.perf_counter()
+        np.copy(data)
+        return time.perf_counter() - t
+
+    t_cold = interleave(memcpy, cold, rounds, timer=self_timed)
+
+    merged = _merged_graph(plan, sec, tmp / "merged")
+
+    def new_session() -> None:
+        ns = session(merged)
+        ns.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in ns.get_inputs()}})
+
+    def cold_apply_run() -> float:
+        s._cache.pop(key, None)
+        plan._verifier._ok.clear()
+        s.apply(names[0])
+        t = time.perf_counter()
+        s.apply(names[1])
+        s.run(feeds)
+        return time.perf_counter() - t
+
+    t_new = interleave(lambda: _timed(new_session), cold_apply_run, max(3, rounds // 2), timer=self_timed)
+
+    def warm_apply() -> None:
+        s.apply(names[0])
+        s.apply(names[1])
+
+    t_warm = interleave(lambda: np.copy(data), warm_apply, rounds, inner=50)
+
+    plain = session(export_without_lora(hf, tmp / "plain", 1, 63))
+    pfeeds = {k: v for k, v in feeds.items() if k in {i.name for i in plain.get_inputs()}}
+    t_r16 = interleave(lambda: plain.run(None, pfeeds), lambda: s.run(feeds, adapter=names[0]), 3 * rounds, inner=5)
+    t_def = interleave(lambda: plain.run(None, pfeeds), lambda: s.run(feeds, adapter="default"), 3 * rounds, inner=5)
+
+    shared = sum(p.stat().st_size for p in (tmp / "out" / "sections").glob("ad*/*.onnx_adapter"))
+    per_graph = sum(p.stat().st_size for p in (tmp / "out-per-graph" / "sections").glob("ad*/*.onnx_adapter"))
+    shape = f"hidden {hidden}, {layers} layers, rank {rank}, q/k/v/o"
+    kib = data.nbytes >> 10
+    return [
+        Row.timed(
+            "switch_cold",
+            f"first apply of a section not in memory, integrity checked ({kib} KiB; {shape})",
+            "memcpy of its bytes",
+            t_cold,
+            goal=3.0,
+            note=f"the subject read {min(reads)} bytes per trial (section {data.nbytes}); "
+            f"first run's extra over a warm run ({warm_run * 1e3:.2f} ms) included",
+            extra={"bytes_read_min": min(reads), "section_bytes": int(data.nbytes)},
+        ),
+        Row.timed(
+            "switch_vs_new_session",
+            f"cold apply + 1 decode run ({shape})",
+            "new ORT session, adapter merged, + 1 decode run",
+            t_new,
+            goal=0.05,
+        ),
+        Row.timed(
+            "switch_warm",
+            f"apply of two loaded sections ({kib} KiB each)",
+            "memcpy of one section's bytes",
+            t_warm,
+            note="a cache hit: reported only (it binds OrtValues by reference, nothing is copied)",
+        ),
+        Row(
+            "super_adapter_bytes",
+            "adapter sections with super adapters (2-graph base)",
+            "per-graph sections",
+            [per_graph],
+            [shared],
+            "bytes",
+            goal=0.51,
+        ),
+        Row.timed(
+            "decode_overhead_r16",
+            f"decode step, rank-16 adapter applied ({shape})",
+            "same model exported without LoRA",
+            t_r16,
+            goal=1.10,
+        ),
+        Row.timed(
+            "decode_default",
+            f"decode step, default adapter ({shape})",
+            "same model exported without LoRA",
+            t_def,
+            goal=1.03,
+        ),
+        rss_row(plan_path, names[0], home),
+    ]
+
+
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+_RSS = """
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def rss_row(plan_path: Path, adapter: str, home: Path) -> Row:
+    """Peak RSS of a ``loramgr run`` process (prefill + decode) over the bytes of the base's weights
+    (the external data files its graphs read)."""
+    import hashlib
+
+    from loramgr.runtime import Plan
+
+    plan = Plan.load(plan_path)
+    files = {p for g in plan.graphs for p in Path(plan.graph_file(g)).parent.glob("*.data")}
+    unique: dict[str, int] = {}  # the build gives each graph its own copy: count one set of weights
+    for p in sorted(files):
+        with p.open("rb") as fh:
+            unique[hashlib.file_digest(fh, "sha256").hexdigest()] = p.stat().st_size
+    weights = sum(unique.values())
+    argv = [sys.executable, "-m", "loramgr", "run", "--plan", str(plan_path), "--adapter", adapter]
+    argv += ["--input-ids", "5,17,99,3", "--steps", "4"]
+    peaks = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _RSS, *argv], capture_output=True, text=True, check=True)
+        rc, peak = map(int, out.stdout.split())
+        if rc:
+            raise RuntimeError(f"loramgr run exited {rc}")
+        peaks.append(peak)
+    return Row(
+        "run_rss_over_weights",
+        f"peak RSS of `loramgr run` (prefill + decode: {len(files)} weight files, {len(unique)} distinct)",
+        "bytes of the base's weights",
+        [weights],
+        peaks,
+        "bytes",
+        goal=1.25,
+    )
+
+
+def bench_use_cases(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) -> list[Row]:
+    """Hot switch (``select`` inside an applied use case) against applying another adapter's loaded
+    section, each followed by one decode run on a live session; and the decode step of a two-adapter
+    use case against one adapter, on the same graph (alpha slots)."""
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.models import lm
+    from loramgr.export import export_base
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession
+    from loramgr.testing.synth_hf import peft_adapter
+
+    hf = llama(tmp, hidden, layers)
+    home = tmp / "home-uc"
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    man = export_base(
+        hf, tmp / "onnx-uc", targets=targets, max_rank=3 * rank, graphs="decode=1", context_len=64, max_adapters=3
+    )
+    args = [a for g in man["graphs"] for a in ("--graph", f"{g['name']}={tmp / 'onnx-uc' / g['file']}")]
+    lm(home, "base", "register", "--name", "uc", *args)
+    names = []
+    for i in range(3):
+        m = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True)
+        peft_adapter(m, tmp / f"uc{i}", seed=10 + i, r=rank, lora_alpha=rank, target_modules=targets)
+        lm(home, "register", tmp / f"uc{i}", "--name", f"uc{i}")
+        lm(home, "validate", f"uc{i}", "--base", "uc")
+        names.append(f"uc{i}")
+    lm(home, "usecase", "create", "hot", "--base", "uc", "--hot", *names)
+    lm(home, "usecase", "create", "pair", "--base", "uc", names[0], names[1])
+    lm(home, "build", "--base", "uc", "-o", tmp / "out-uc")
+    lm(home, "plan", "--base", "uc")
+    plan = Plan.load(tmp / "out-uc" / "plan.json")
+    hot, applied = LoraSession(plan, graph="decode"), LoraSession(plan, graph="decode")
+    feeds = decode_feeds(hot.session)
+    hot.apply("hot")
+    for n in names[:2]:
+        applied.apply(n)  # both sections loaded: the apply compared is the warm one
+    turn = [0]
+
+    def by_select() -> None:
+        turn[0] ^= 1
+        hot.select(names[turn[0]])
+        hot.run(feeds)
+
+    def by_apply() -> None:
+        applied.apply(names[turn[0]])
+        applied.run(feeds)
+
+    t_hot = interleave(by_apply, by_select, rounds, inner=3)
+    pair, one = LoraSession(plan, graph="decode"), applied
+    pair.apply("pair")
+    one.apply(names[0])
+    t_pair = interleave(lambda: one.run(feeds), lambda: pair.run(feeds), rounds, inner=3)
+    shape = f"hidden {hidden}, {layers} layers, rank {rank} each, R {3 * rank}, 3 slots"
+    return [
+        Row.timed(
+            "hot_switch_select",
+            f"hot switch: select + 1 decode run ({shape})",
+            "apply a loaded section + 1 decode run",
+            t_hot,
+        ),
+        Row.timed(
+            "decode_use_case_2_vs_1", f"decode step, 2-adapter use case ({shape})", "1 adapter, same graph", t_pair
+        ),
+    ]
+
+
+__all__ = ["bench_switch", "bench_use_cases"]
