@@ -36,6 +36,7 @@ ROW_IDS = (
     "register_copy",
     "register_link",
     "switch_cold",
+    "switch_cold_first_verify",
     "switch_vs_new_session",
     "switch_warm",
     "super_adapter_bytes",

@@ -293,6 +293,38 @@ def test_tampered_section_refused(planned):
         s.apply("a4")
 
 
+def test_files_are_verified_once_per_identity(planned, monkeypatch):
+    """A section evicted and applied again is not hashed again while its file is unchanged; a file
+    rewritten after its first check (same size, same path) is hashed again and refused."""
+    import os
+
+    import loramgr.runtime as rt
+    from loramgr.runtime import Plan, PlanIntegrityError
+    from loramgr.runtime.ort import LoraSession
+
+    _, _, _, plan_path = planned
+    hashed: list[str] = []
+    real = rt._sha256
+    monkeypatch.setattr(rt, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    plan = Plan.load(plan_path)
+    s = LoraSession(plan, graph="prefill")
+    s.apply("a4")
+    first = len(hashed)
+    sec = plan.adapter("a4").section_for("prefill").path
+    s._cache.clear()  # evicted: the next apply loads the file again ...
+    s.apply("a4")
+    assert len(hashed) == first  # ... checked by identity, not hashed
+    b = bytearray(sec.read_bytes())
+    b[-1] ^= 1
+    sec.write_bytes(bytes(b))
+    st = sec.stat()
+    os.utime(sec, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # coarse clocks: make the change visible
+    s._cache.clear()
+    with pytest.raises(PlanIntegrityError):
+        s.apply("a4")
+    assert len(hashed) == first + 1
+
+
 def test_plan_with_escaping_path_refused(planned):
     import json
 

@@ -79,19 +79,25 @@ class Section(FileRef):
 
 
 class _Verifier:
+    """Integrity of the files a plan lists, checked once per file identity: a file is hashed the
+    first time it is used and again whenever its identity (device, inode, size, mtime, ctime)
+    changes; otherwise a stat is enough. So a section evicted from a session's cache loads again
+    without re-hashing, and a file replaced or rewritten after its first check is caught."""
+
     def __init__(self) -> None:
-        self._ok: set[Path] = set()
+        self._ok: dict[Path, tuple[int, ...]] = {}
         self._lock = threading.Lock()
 
     def check(self, f: FileRef) -> Path:
-        if f.path in self._ok:
-            return f.path
         try:
             st = f.path.stat()
         except FileNotFoundError:
             raise PlanIntegrityError(str(f.path), "file listed in the plan is missing") from None
         except OSError as e:
             raise PlanFormatError(str(f.path), f"cannot read a file the plan lists: {e.strerror or e}") from None
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._ok.get(f.path) == identity:
+            return f.path
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the hash forever
             raise PlanFormatError(str(f.path), "a file the plan lists is not a regular file")
         try:
@@ -99,9 +105,11 @@ class _Verifier:
         except OSError as e:
             raise PlanFormatError(str(f.path), f"cannot read a file the plan lists: {e.strerror or e}") from None
         if st.st_size != f.size or digest != f.sha256:
+            with self._lock:
+                self._ok.pop(f.path, None)
             raise PlanIntegrityError(str(f.path), "does not match the sha256/size recorded in the plan")
         with self._lock:
-            self._ok.add(f.path)
+            self._ok[f.path] = identity
         return f.path
 
 
