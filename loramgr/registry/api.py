@@ -356,9 +356,21 @@ class Registry:
         """Full records of several refs in one session, tensor lists in one query (builds of many
         adapters: per-record queries would dominate an incremental build)."""
         with self.session() as s:
-            found = {r: self.adapter_row(s, r) for r in dict.fromkeys(refs)}
+            newest = self._newest_by_name(s, [r for r in dict.fromkeys(refs) if split_ref(r)[1] is None])
+            found = {r: newest.get(r) or self.adapter_row(s, r) for r in dict.fromkeys(refs)}
             lists = rows.tensor_lists(s, [a.id for a in found.values()])
             return {r: rows.adapter(a, self.store.path_for(a.sha256), tensors=lists[a.id]) for r, a in found.items()}
+
+    @staticmethod
+    def _newest_by_name(s: Session, names: Sequence[str]) -> dict[str, AdapterRow]:
+        """The newest version of each name, in a few queries rather than one per name (a name not
+        found is left to :meth:`adapter_row`, which also tries it as a sha256 prefix)."""
+        out: dict[str, AdapterRow] = {}
+        for i in range(0, len(names), 500):
+            for a in s.scalars(select(AdapterRow).where(AdapterRow.name.in_(names[i : i + 500]))):
+                if a.name not in out or a.version_num > out[a.name].version_num:
+                    out[a.name] = a
+        return out
 
     def adapters(self, *, base: str | None = None, status: str | None = None) -> list[Adapter]:
         """Adapters (listing records, no tensor lists): all, with one ``status``, and/or meant for

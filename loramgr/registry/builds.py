@@ -114,9 +114,9 @@ class Builds:
                         path=f.path,
                     )
                 )
-            for aid in sorted({f.adapter_id for f in files if f.adapter_id is not None}):
-                a = s.get(AdapterRow, aid)
-                if a is not None and a.status in ("registered", "validated"):
+            ids = sorted({f.adapter_id for f in files if f.adapter_id is not None})
+            for a in s.scalars(select(AdapterRow).where(AdapterRow.id.in_(ids)).order_by(AdapterRow.id)):
+                if a.status in ("registered", "validated"):
                     self.reg.event(
                         s, "status", f"adapter:{a.name}@{a.version}", old=a.status, new="built", build=build_id
                     )
