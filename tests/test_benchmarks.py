@@ -39,9 +39,8 @@ def test_quick_benchmarks_run(tmp_path):
         assert ("pass" in r) == (r["kind"] == "goal"), r["id"]
         assert r["kind"] == "report" or math.isfinite(r["goal"])
     cold, first = rows["switch_cold"], rows["switch_cold_first_verify"]
-    assert (
-        cold["adapter_loads"] >= 2 * cold["trials"]
-    )  # every trial loaded its section into ORT (asserted per trial too)
+    # every cold trial (and its warm-up) loaded its section into ORT; the benchmark asserts it per trial too
+    assert cold["adapter_loads"] >= cold["trials"] + first["trials"]
     assert first["bytes_read_min"] >= first["section_bytes"] > 0  # and re-hashed it: read every byte
     assert cold["trials"] >= 3 and "ratio_min" in cold
     assert "| `switch_cold` |" in p.stdout
