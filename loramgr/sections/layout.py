@@ -5,15 +5,50 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import IntegrityError, NotFoundError
-from loramgr.records import Base
-from loramgr.sections.backends import OutFile
+from loramgr.records import Artifact, Base
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
+
+
+@dataclass
+class OutFile:
+    """A file a backend (or the pipeline) produced, relative to the output directory; ``sha256``,
+    ``size`` and ``path`` are filled once the file is final."""
+
+    rel_path: str
+    kind: str
+    graphs: list[str]
+    adapter_id: int | None = None
+    adapter: str | None = None
+    cache_key: str | None = None
+    sha256: str = ""
+    size: int = 0
+    path: str = ""  # absolute, set once the file is in its final place
+    extra: dict[str, Any] = field(default_factory=dict)
+    use_case_id: int | None = None
+    use_case: str | None = None
+
+    def artifact(self) -> Artifact:
+        """The record the registry keeps of this file (once it is final)."""
+        return Artifact(
+            self.kind,
+            tuple(self.graphs),
+            self.path,
+            self.sha256,
+            self.size,
+            self.adapter_id,
+            self.adapter,
+            None,
+            self.cache_key,
+            self.use_case,
+            self.use_case_id,
+        )
 
 
 def section_groups(base: Base, share: bool) -> dict[str, list[str]]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from loramgr.records import Adapter, Artifact, Base, EncodingSet, UseCase
+from loramgr.records import Adapter, Base, EncodingSet, UseCase
+from loramgr.sections.layout import OutFile as OutFile  # the contract's file record, kept with the output layout
 
 
 @dataclass(frozen=True)
@@ -42,41 +43,6 @@ class BuildContext:
 
     base: Base
     graph_paths: dict[str, Path]
-
-
-@dataclass
-class OutFile:
-    """A file a backend (or the pipeline) produced, relative to the output directory; ``sha256``,
-    ``size`` and ``path`` are filled once the file is final."""
-
-    rel_path: str
-    kind: str
-    graphs: list[str]
-    adapter_id: int | None = None
-    adapter: str | None = None
-    cache_key: str | None = None
-    sha256: str = ""
-    size: int = 0
-    path: str = ""  # absolute, set once the file is in its final place
-    extra: dict[str, Any] = field(default_factory=dict)
-    use_case_id: int | None = None
-    use_case: str | None = None
-
-    def artifact(self) -> Artifact:
-        """The record the registry keeps of this file (once it is final)."""
-        return Artifact(
-            self.kind,
-            tuple(self.graphs),
-            self.path,
-            self.sha256,
-            self.size,
-            self.adapter_id,
-            self.adapter,
-            None,
-            self.cache_key,
-            self.use_case,
-            self.use_case_id,
-        )
 
 
 Progress = Callable[[SectionJob], None]
