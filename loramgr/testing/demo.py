@@ -137,8 +137,6 @@ def main() -> None:
 
 def c_runtime(plan: Path, out: Path) -> None:
     """The same plan through the C library's command-line tool (runtime-c/), as device code reads it."""
-    import shutil
-
     print("\n## 6. the plan on the device: runtime-c's `loramgr-plan` (C99 + cJSON) reads the same plan")
     src = Path(__file__).resolve().parents[2] / "runtime-c"
     if not src.is_dir() or shutil.which("cmake") is None or not Path("/usr/include/cjson/cJSON.h").exists():
