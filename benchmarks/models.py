@@ -52,14 +52,15 @@ def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:
     from transformers import AutoModelForCausalLM
 
     from loramgr.export import _export_one
-    from loramgr.export.model import GraphSpec, num_layers
+    from loramgr.export.model import GraphSpec, layout_of
     from loramgr.export.onnx_io import save_sharing_weights
 
     model = AutoModelForCausalLM.from_pretrained(
         hf, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    n = num_layers(model, "llama")
-    proto = _export_one(model, "llama", GraphSpec("decode", q, past, (0, n), True, True), 1, torch.float32, "float32")
+    lay = layout_of(model)
+    spec = GraphSpec("decode", q, past, (0, len(lay.layers)), True, True)
+    proto = _export_one(model, lay, spec, 1, torch.float32, "float32")
     save_sharing_weights({"plain.onnx": proto}, out, "plain.data")
     return out / "plain.onnx"
 

@@ -4,13 +4,17 @@ Needs the ``[export]`` extra (torch, transformers); nothing else in loramgr impo
 Output: per part, one ONNX file per graph (``prefill``, ``decode``, ...) sharing one external data
 file, plus ``export.json`` describing graphs, parts, cache layout and how to chain them.
 
-fp16: the model's weights and activations are fp16, but the RMSNorm/LayerNorm modules are HF's own
-(``LlamaRMSNorm`` upcasts to fp32 before the variance and casts back), attention scores and softmax
-are computed in fp32, and the mask bias is fp32; so normalisation and softmax never overflow fp16.
+Decoder-only models go through their own ``forward`` (``generic.py``); GPT-2 through a re-stated
+loop (``model.py``); docs/export.md says why and what is refused.
+
+fp16: the model's weights and activations are fp16, but the norms are HF's own (they upcast to fp32
+before the variance), the mask bias is fp32 (adding it promotes the scores) and HF's eager attention
+takes the softmax in fp32; so normalisation and softmax never overflow fp16.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -146,7 +150,7 @@ def export_base(
         raise UsageError(
             "base export", f"needs the [export] extra ({e.name} is missing)", hint="pip install 'loramgr[export]'"
         ) from None
-    from loramgr.export.model import GraphSpec, check_targets, family_of, find_targets, kv_shape, num_layers
+    from loramgr.export.model import GraphSpec, check_targets, find_targets, layout_of
 
     hf = Path(hf_dir)
     check_hf_dir(hf)
@@ -158,8 +162,7 @@ def export_base(
         cfg = AutoConfig.from_pretrained(hf, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InvalidInputError(str(hf / "config.json"), f"transformers cannot read it ({_first_line(e)})") from None
-    family = family_of(cfg)
-    check_targets(family, targets)
+    check_targets(*_skeleton(cfg), targets)  # the architecture and targets, before any weight is read
     check_weights(hf)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
     if dtype is None:
@@ -181,31 +184,25 @@ def export_base(
     if missing:  # transformers would fill them with random values: a wrong model, silently
         raise InvalidInputError(str(hf), f"the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}")
     model = model.eval().to(dtype)
-    n = num_layers(model, family)
+    lay = layout_of(model)
+    n = len(lay.layers)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
     gspecs = parse_graphs(graphs)
     ctx = context_len or min(max_pos, max(256, 2 * max(q for _, q in gspecs)))
     if any(q > ctx for _, q in gspecs) or ctx > max_pos:
         raise UsageError(f"--context-len {ctx}", f"must be >= every graph's length and <= {max_pos}")
     isz = torch.finfo(dtype).bits // 8
-    layer_mods = model.model.layers if family == "llama" else model.transformer.h
-    all_targets = find_targets(model, family, targets, (0, n))
-    if not all_targets:
-        raise UsageError(f"--target-modules {','.join(targets)}", "matched no module of the model")
     lora_bytes = [
-        sum((t.in_features + t.out_features) * max_rank * isz for t in find_targets(model, family, targets, (i, i + 1)))
+        sum((t.in_features + t.out_features) * max_rank * isz for t in find_targets(model, lay, targets, (i, i + 1)))
         for i in range(n)
     ]
-    emb = model.model.embed_tokens if family == "llama" else model.transformer.wte
-    head_bytes = _bytes(model.lm_head, isz) + _bytes(
-        model.model.norm if family == "llama" else model.transformer.ln_f, isz
-    )
-    emb_bytes = _bytes(emb, isz) + (0 if family == "llama" else _bytes(model.transformer.wpe, isz))
-    units = [emb_bytes] + [_bytes(layer_mods[i], isz) + lora_bytes[i] for i in range(n)] + [head_bytes]
+    emb_bytes = sum(_bytes(m, isz) for m in lay.embeddings)
+    head_bytes = sum(_bytes(m, isz) for m in lay.head)
+    units = [emb_bytes] + [_bytes(lay.layers[i], isz) + lora_bytes[i] for i in range(n)] + [head_bytes]
     parts = plan_parts(units, max_part_bytes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kvh, hd = kv_shape(model, family)
+    kvh, hd = lay.kv_heads, lay.head_dim
     if quantized_lora not in (None, 8, 16):
         raise UsageError(f"--quantized-lora {quantized_lora}", "must be 8 or 16")
     if max_adapters is not None and not 1 <= max_adapters <= 1024:
@@ -213,7 +210,7 @@ def export_base(
     manifest: dict[str, Any] = {
         "format": "loramgr.export",
         "version": 1,
-        "family": family,
+        "family": lay.family,
         "quantized_lora": quantized_lora,
         "max_adapters": max_adapters,
         "source": str(hf.absolute()),
@@ -238,10 +235,10 @@ def export_base(
             past = 0 if gname.startswith("prefill") else ctx - q
             name = gname if len(parts) == 1 else f"{gname}_part{pi + 1}"
             spec = GraphSpec(
-                name, q, past, layers, first, last, pi, find_targets(model, family, targets, layers), max_adapters
+                name, q, past, layers, first, last, pi, find_targets(model, lay, targets, layers), max_adapters
             )
             say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
-            protos[f"{name}.onnx"] = _export_one(model, family, spec, max_rank, dtype, np_dtype, quantized_lora)
+            protos[f"{name}.onnx"] = _export_one(model, lay, spec, max_rank, dtype, np_dtype, quantized_lora)
             manifest["graphs"].append(
                 {
                     "name": name,
@@ -281,21 +278,43 @@ def export_base(
     return manifest
 
 
+def _skeleton(cfg: Any) -> tuple[Any, Any]:
+    """The model built on the meta device (no memory, no weights read) and its layout: the
+    architecture is refused (exit 2) before a byte of weights is loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loramgr.export.model import layout_of
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    except Exception as e:  # noqa: BLE001 - transformers raises assorted types for configs it cannot build
+        raise UsageError(
+            f"model_type {getattr(cfg, 'model_type', None)!r}",
+            f"has no causal LM the export can build ({_first_line(e)}); "
+            "`base export` takes decoder-only causal LMs (llama, mistral, qwen2/3, phi3, gemma2/3, granite, gpt2, ...)",
+        ) from None
+    return model, layout_of(model)
+
+
 def _export_one(
-    model: Any, family: str, spec: Any, rank: int, dtype: Any, np_dtype: str, quantized_lora: int | None = None
+    model: Any, lay: Any, spec: Any, rank: int, dtype: Any, np_dtype: str, quantized_lora: int | None = None
 ) -> Any:
     import logging
     import warnings
 
     import torch
 
-    from loramgr.export.model import LoraForward
+    from loramgr.export.generic import GenericForward
+    from loramgr.export.model import Gpt2Forward
     from loramgr.export.onnx_io import add_lora_defaults, strip_dropout
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
-    fwd = LoraForward(model, family, spec)
+    fwd = Gpt2Forward(model, lay, spec) if lay.family == "gpt2" else GenericForward(model, lay, spec)
     args = fwd.example_inputs(rank, dtype)
-    with torch.no_grad(), warnings.catch_warnings():
+    installed = fwd.installed() if isinstance(fwd, GenericForward) else contextlib.nullcontext()
+    with torch.no_grad(), warnings.catch_warnings(), installed:
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
             fwd,

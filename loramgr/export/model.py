@@ -1,18 +1,19 @@
-"""A LoRA-ready forward over a Hugging Face causal LM's own modules, for export.
+"""The exported graphs' contract, and the one family-specific rewrite (GPT-2).
 
-Why not export the HF ``forward``: its cache classes and mask helpers change between transformers
-releases and do not give the static, explicit signature an on-device runtime needs. This module
-re-states the decoder loop (Llama-style: Llama, Mistral, Qwen2; and GPT-2), calling the model's own
-submodules (embeddings, norms, rotary embedding, activation, projections) so numerics stay HF's, and
-adds at every target projection ``y += lora_alpha * (x @ A) @ B`` where ``A [in, R]`` and ``B [R, out]``
-are graph inputs named ``<module_path>.lora_A.weight`` / ``.lora_B.weight`` (DESIGN.md section 4).
-
-Signature (batch 1, static shapes, as HTP wants):
-- ``input_ids [1, q]`` (first part) or ``hidden_states [1, q, hidden]`` (later parts),
-  ``attention_mask [1, P + q]`` (1 = attend), ``position_ids [1, q]``;
-- graphs with a KV cache: ``past_key_values.<layer>.key|value [1, kv_heads, P, head_dim]``;
-- outputs ``logits`` (last part) or ``hidden_states``, and ``present.<layer>.key|value
+Every graph is one part of ``prefill`` or ``decode`` (batch 1, static shapes, as HTP wants):
+- inputs ``input_ids [1, q]`` (first part) or ``hidden_states [1, q, hidden]`` (later parts),
+  ``attention_mask [1, P + q]`` (1 = attend), ``position_ids [1, q]``; graphs with a KV cache also
+  ``past_key_values.<layer>.key|value [1, kv_heads, P, head_dim]``;
+- LoRA inputs ``<module_path>.lora_A.weight [in, R]`` / ``.lora_B.weight [R, out]`` per attachment
+  point, zero by default (= the base model), and ``lora_alpha``; with alpha slots (use cases)
+  ``lora_alpha [1, N]`` and ``<module_path>.lora_indices [1, R]`` (DESIGN.md section 4);
+- outputs ``logits`` (last part) or ``hidden_states_out``, and ``present.<layer>.key|value
   [1, kv_heads, q, head_dim]`` (the new entries only: the runtime writes them into its cache).
+
+Decoder-only models go through the model's own ``forward`` (``export/generic.py``). GPT-2 keeps a
+re-stated decoder loop here: its projections are transformers' ``Conv1D`` (``[in, out]`` weights),
+not ``nn.Linear``, and its learned position embeddings are added before the first layer in a way the
+generic part boundary cannot take apart (docs/export.md).
 """
 
 from __future__ import annotations
@@ -23,25 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-LLAMA_TYPES = ("llama", "mistral", "qwen2")
 GPT2_TYPES = ("gpt2",)
-TARGETS = {
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-}
+GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
 
 
 def family_of(config: Any) -> str:
-    from loramgr.errors import UsageError
-
-    mt = getattr(config, "model_type", None)
-    if mt in LLAMA_TYPES:
-        return "llama"
-    if mt in GPT2_TYPES:
-        return "gpt2"
-    raise UsageError(
-        f"model_type {mt!r}", "is not supported by `base export`; supported: " + ", ".join(LLAMA_TYPES + GPT2_TYPES)
-    )
+    """``gpt2`` (the re-stated loop) or ``generic`` (the model's own forward)."""
+    return "gpt2" if getattr(config, "model_type", None) in GPT2_TYPES else "generic"
 
 
 @dataclass
@@ -64,64 +53,141 @@ class GraphSpec:
     max_adapters: int | None = None  # alpha slots N: lora_alpha [1, N] and `<module>.lora_indices` [1, R]
 
 
-def _features(mod: nn.Module) -> tuple[int, int]:
-    if isinstance(mod, nn.Linear):
+@dataclass(frozen=True)
+class Layout:
+    """Where a loaded causal LM keeps what the export needs."""
+
+    family: str
+    layers: nn.ModuleList
+    layers_path: str  # "model.layers", "transformer.h"
+    kv_heads: int
+    head_dim: int
+    embeddings: tuple[nn.Module, ...]  # what the first part holds besides layers
+    head: tuple[nn.Module, ...]  # what the last part holds besides layers
+
+
+def layout_of(model: Any) -> Layout:
+    """The model's layout, or a refusal (exit 2) naming why the export cannot take it."""
+    family = family_of(model.config)
+    if family == "gpt2":
+        t, c = model.transformer, model.config
+        hd = c.hidden_size // c.num_attention_heads
+        return Layout(family, t.h, "transformer.h", c.num_attention_heads, hd, (t.wte, t.wpe), (t.ln_f, model.lm_head))
+    from loramgr.export.generic import decoder_of
+
+    dec = decoder_of(model)
+    path = next(p for p, m in model.named_modules() if m is dec.layers)
+    emb = model.get_input_embeddings()
+    return Layout(family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head))
+
+
+def _features(mod: nn.Module, family: str) -> tuple[int, int]:
+    if family != "gpt2" and isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features
     w = getattr(mod, "weight", None)  # transformers' Conv1D stores [in, out]
-    if w is not None and w.dim() == 2 and type(mod).__name__ == "Conv1D":
+    if family == "gpt2" and w is not None and w.dim() == 2 and type(mod).__name__ == "Conv1D":
         return int(w.shape[0]), int(w.shape[1])
-    raise TypeError(f"{type(mod).__name__} is not a Linear or Conv1D")
+    raise TypeError(f"is a {type(mod).__name__}, not {'a Conv1D' if family == 'gpt2' else 'an nn.Linear'}")
 
 
-def layer_prefix(family: str, layer: int) -> str:
-    return f"model.layers.{layer}" if family == "llama" else f"transformer.h.{layer}"
+def _matches(path: str, wanted: list[str]) -> bool:
+    return any(path == w or path.endswith("." + w) for w in wanted)
 
 
-def find_targets(model: nn.Module, family: str, wanted: list[str], layers: tuple[int, int]) -> list[LoraTarget]:
+def find_targets(model: nn.Module, lay: Layout, wanted: list[str], layers: tuple[int, int]) -> list[LoraTarget]:
     """Projection modules of ``layers`` whose leaf name (or path suffix) is in ``wanted``."""
     out = []
-    prefixes = tuple(layer_prefix(family, i) + "." for i in range(*layers))
+    prefixes = tuple(f"{lay.layers_path}.{i}." for i in range(*layers))
     for path, mod in model.named_modules():
-        if not path.startswith(prefixes):
-            continue
-        if any(path == w or path.endswith("." + w) for w in wanted):
-            fi, fo = _features(mod)
-            out.append(LoraTarget(path, fi, fo))
+        if path.startswith(prefixes) and _matches(path, wanted):
+            out.append(LoraTarget(path, *_features(mod, lay.family)))
     return out
 
 
-def check_targets(family: str, wanted: list[str]) -> None:
+def check_targets(model: nn.Module, lay: Layout, wanted: list[str]) -> None:
+    """Every wanted name matches a projection of the decoder layers, and each match can take LoRA
+    (``nn.Linear``; ``Conv1D`` for GPT-2). Refusals (exit 2) name the module and what is there."""
     from loramgr.errors import UsageError
 
-    bad = [w for w in wanted if w.rsplit(".", 1)[-1] not in TARGETS[family]]
+    inside = [(p, m) for p, m in model.named_modules() if p.startswith(lay.layers_path + ".")]
+    for path, mod in inside:
+        if _matches(path, wanted):
+            try:
+                _features(mod, lay.family)
+            except TypeError as e:
+                raise UsageError(f"--target-modules: {path}", f"{e}; LoRA attaches to linear projections") from None
+    if lay.family == "gpt2":
+        choices = list(GPT2_TARGETS)
+    else:
+        first = f"{lay.layers_path}.0."
+        choices = sorted({p.rsplit(".", 1)[-1] for p, m in inside if p.startswith(first) and isinstance(m, nn.Linear)})
+    bad = [w for w in wanted if not any(_matches(p, [w]) for p, _ in inside)]
+    if lay.family == "gpt2":
+        bad += [w for w in wanted if w not in bad and w.rsplit(".", 1)[-1] not in GPT2_TARGETS]
     if bad:
         raise UsageError(
             f"--target-modules {','.join(bad)}",
-            f"not supported for {family}-style models; supported: {', '.join(TARGETS[family])}",
+            f"matches no projection of the decoder layers; these do: {', '.join(choices)}",
         )
 
 
-def num_layers(model: Any, family: str) -> int:
-    return len(model.model.layers) if family == "llama" else len(model.transformer.h)
+def lora_inputs_of(
+    d: dict[str, torch.Tensor], targets: set[str]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Per attachment point, its (A, B, slot indices or None) graph inputs."""
+    return {t: (d[f"{t}.lora_A.weight"], d[f"{t}.lora_B.weight"], d.get(f"{t}.lora_indices")) for t in targets}
 
 
-def kv_shape(model: Any, family: str) -> tuple[int, int]:
-    """(kv heads, head dim)."""
-    c = model.config
-    if family == "llama":
-        hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        return c.num_key_value_heads or c.num_attention_heads, hd
-    return c.num_attention_heads, c.hidden_size // c.num_attention_heads
+def alpha_of(d: dict[str, torch.Tensor], spec: GraphSpec, dtype: torch.dtype) -> torch.Tensor | None:
+    alpha = d["lora_alpha"].to(dtype) if "lora_alpha" in d else None
+    if alpha is not None and spec.max_adapters:  # [1, N] -> [1, N + 1]: the last slot is 0 (padding)
+        alpha = torch.cat([alpha, torch.zeros(1, 1, dtype=dtype)], dim=1)
+    return alpha
 
 
-class LoraForward(nn.Module):
-    """One exportable graph (a part of prefill or decode) over ``model``'s modules."""
+def lora_branch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    idx: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+) -> torch.Tensor:
+    """``y + alpha * (x @ A) @ B``; with alpha slots ``y + ((x @ A) * alpha[indices]) @ B``."""
+    xa = torch.matmul(x, a)
+    if idx is not None and alpha is not None:
+        return y + torch.matmul(xa * torch.index_select(alpha, 1, idx[0]), b)
+    branch = torch.matmul(xa, b)
+    return y + (branch if alpha is None else branch * alpha)
 
-    def __init__(self, model: Any, family: str, spec: GraphSpec) -> None:
+
+def mask_bias(mask: torch.Tensor, position_ids: torch.Tensor, past_len: int, window: int | None = None) -> torch.Tensor:
+    """Additive fp32 bias ``[1, 1, q, P + q]`` from ``attention_mask [1, P + q]``: past entries where
+    the mask is 1, new entries causally; with ``window``, keys ``window`` or more positions behind the
+    query are dropped too (past slot ``j`` holds position ``j``, as loramgr's runtime fills it).
+    fp32 even in fp16 graphs: added to the scores, it promotes them, so the softmax never overflows."""
+    q = position_ids.shape[-1]
+    m = mask.to(torch.bool)
+    causal = torch.ones(q, q, dtype=torch.bool).tril()
+    new = causal[None, None] & m[:, None, None, past_len:]
+    allowed = torch.cat([m[:, None, None, :past_len].expand(1, 1, q, past_len), new], dim=-1) if past_len else new
+    if window:
+        qpos = position_ids.reshape(q, 1)
+        kpos = torch.cat([torch.arange(past_len, dtype=qpos.dtype), position_ids.reshape(q)]).reshape(1, -1)
+        allowed = allowed & ((qpos - kpos) < window)[None, None]
+    zero = torch.zeros((), dtype=torch.float32)
+    neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32)
+    return torch.where(allowed, zero, neg)
+
+
+class GraphModule(nn.Module):
+    """What every exported graph shares: its input and output names and example inputs."""
+
+    def __init__(self, model: Any, lay: Layout, spec: GraphSpec) -> None:
         super().__init__()
-        # an HF model: its submodules (model.layers, transformer.h, ...) are looked up by name, so Any
+        # an HF model: its submodules are looked up by name, so Any
         self.model: Any = model
-        self.family, self.spec = family, spec
+        self.lay, self.spec = lay, spec
         self.targets = {t.module_path for t in spec.targets}
         self.input_names = self._input_names()
         self.output_names = (["logits"] if spec.last else ["hidden_states_out"]) + [
@@ -140,7 +206,7 @@ class LoraForward(nn.Module):
 
     def example_inputs(self, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         s, c = self.spec, self.model.config
-        kvh, hd = kv_shape(self.model, self.family)
+        kvh, hd = self.lay.kv_heads, self.lay.head_dim
         lora_shapes = {f"{t.module_path}.lora_A.weight": (t.in_features, rank) for t in s.targets}
         lora_shapes |= {f"{t.module_path}.lora_B.weight": (rank, t.out_features) for t in s.targets}
         out: list[torch.Tensor] = []
@@ -163,42 +229,27 @@ class LoraForward(nn.Module):
                 out.append(torch.zeros(*lora_shapes[n], dtype=dtype))
         return tuple(out)
 
-    # -- the forward ---------------------------------------------------------------------------------
+
+class Gpt2Forward(GraphModule):
+    """GPT-2's decoder loop over its own modules (``Conv1D`` projections: see the module docstring)."""
+
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         d = dict(zip(self.input_names, args, strict=True))
-        lora = {t: (d[f"{t}.lora_A.weight"], d[f"{t}.lora_B.weight"], d.get(f"{t}.lora_indices")) for t in self.targets}
+        lora = lora_inputs_of(d, self.targets)
         h0 = d["input_ids"] if self.spec.first else d["hidden_states"]
         dtype = next(self.model.parameters()).dtype
-        alpha = d["lora_alpha"].to(dtype) if "lora_alpha" in d else None
-        if alpha is not None and self.spec.max_adapters:  # [1, N] -> [1, N + 1]: the last slot is 0 (padding)
-            alpha = torch.cat([alpha, torch.zeros(1, 1, dtype=dtype)], dim=1)
-        bias = self._mask_bias(d["attention_mask"], dtype)
-        run = self._llama if self.family == "llama" else self._gpt2
-        return run(h0, d, lora, alpha, bias)
+        alpha = alpha_of(d, self.spec, dtype)
+        bias = mask_bias(d["attention_mask"], d["position_ids"], self.spec.past_len)
+        return self._gpt2(h0, d, lora, alpha, bias)
 
     def _lin(
         self, mod: Any, path: str, x: torch.Tensor, lora: dict[str, Any], alpha: torch.Tensor | None
     ) -> torch.Tensor:
         y: torch.Tensor = mod(x)
-        if path in lora:
-            a, b, idx = lora[path]
-            xa = torch.matmul(x, a)
-            if idx is not None and alpha is not None:  # alpha slots: ((x @ A) * alpha[indices]) @ B
-                return y + torch.matmul(xa * torch.index_select(alpha, 1, idx[0]), b)
-            branch = torch.matmul(xa, b)
-            y = y + (branch if alpha is None else branch * alpha)
-        return y
-
-    def _mask_bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Additive bias ``[1, 1, q, P + q]``: past entries where the mask is 1, new entries causally."""
-        q, p = self.spec.q_len, self.spec.past_len
-        m = mask.to(torch.bool)
-        causal = torch.ones(q, q, dtype=torch.bool).tril()
-        new = causal[None, None] & m[:, None, None, p:]
-        allowed = torch.cat([m[:, None, None, :p].expand(1, 1, q, p), new], dim=-1) if p else new
-        zero = torch.zeros((), dtype=torch.float32)
-        neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32)
-        return torch.where(allowed, zero, neg)
+        if path not in lora:
+            return y
+        a, b, idx = lora[path]
+        return lora_branch(x, y, a, b, idx, alpha)
 
     def _attend(
         self,
@@ -226,41 +277,6 @@ class LoraForward(nn.Module):
             return None
         return d[f"past_key_values.{i}.key"], d[f"past_key_values.{i}.value"]
 
-    def _llama(
-        self,
-        h0: torch.Tensor,
-        d: dict[str, torch.Tensor],
-        lora: dict[str, Any],
-        alpha: torch.Tensor | None,
-        bias: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        m, s = self.model.model, self.spec
-        h = m.embed_tokens(h0) if s.first else h0
-        cos, sin = m.rotary_emb(h, d["position_ids"])
-        kvh, hd = kv_shape(self.model, "llama")
-        nh = self.model.config.num_attention_heads
-        presents: list[torch.Tensor] = []
-        for i in range(*s.layers):
-            layer, p = m.layers[i], f"model.layers.{i}"
-            at, mlp = layer.self_attn, layer.mlp
-            x = layer.input_layernorm(h)
-            q = self._lin(at.q_proj, f"{p}.self_attn.q_proj", x, lora, alpha).view(1, s.q_len, nh, hd).transpose(1, 2)
-            k = self._lin(at.k_proj, f"{p}.self_attn.k_proj", x, lora, alpha).view(1, s.q_len, kvh, hd).transpose(1, 2)
-            v = self._lin(at.v_proj, f"{p}.self_attn.v_proj", x, lora, alpha).view(1, s.q_len, kvh, hd).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            presents += [k, v]
-            o = self._attend(q, k, v, bias, at.scaling, self._past(d, i), nh // kvh)
-            h = h + self._lin(at.o_proj, f"{p}.self_attn.o_proj", o, lora, alpha)
-            x = layer.post_attention_layernorm(h)
-            gate = self._lin(mlp.gate_proj, f"{p}.mlp.gate_proj", x, lora, alpha)
-            up = self._lin(mlp.up_proj, f"{p}.mlp.up_proj", x, lora, alpha)
-            h = h + self._lin(mlp.down_proj, f"{p}.mlp.down_proj", mlp.act_fn(gate) * up, lora, alpha)
-        if s.last:
-            h = self.model.lm_head(m.norm(h))
-        return (h, *presents)
-
     def _gpt2(
         self,
         h0: torch.Tensor,
@@ -271,7 +287,7 @@ class LoraForward(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         t, s = self.model.transformer, self.spec
         h = t.wte(h0) + t.wpe(d["position_ids"]) if s.first else h0
-        nh, hd = kv_shape(self.model, "gpt2")
+        nh, hd = self.lay.kv_heads, self.lay.head_dim
         e = nh * hd
         presents: list[torch.Tensor] = []
         for i in range(*s.layers):

@@ -41,3 +41,65 @@ def peft_adapter(model: Any, out: Path, seed: int = 1, **lora_kwargs: Any) -> An
     pm = get_peft_model(model, LoraConfig(init_lora_weights=False, **lora_kwargs)).eval()
     pm.save_pretrained(str(out))
     return pm
+
+
+#: family -> (config class, model class, config overrides, the targets its PEFT adapters usually take).
+#: Tiny and varied on purpose: 3 layers so Gemma mixes sliding and global layers, a window of 3 so a
+#: short generation runs past it, GQA everywhere.
+FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}, ("q_proj", "v_proj")),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 3}, ("q_proj", "k_proj", "v_proj", "o_proj")),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}, ("q_proj", "v_proj")),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}, ("q_proj", "k_proj", "v_proj", "o_proj")),
+    "phi3": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+        ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {"head_dim": 16, "sliding_window": 3, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0},
+        ("q_proj", "v_proj", "gate_proj"),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {
+            "head_dim": 16,
+            "sliding_window": 3,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        },
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ),
+    "granite": (
+        "GraniteConfig",
+        "GraniteForCausalLM",
+        {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.3, "logits_scaling": 1.5},
+        ("q_proj", "v_proj", "down_proj"),
+    ),
+}
+
+
+def tiny_family(family: str, seed: int = 0, **overrides: Any) -> Any:
+    """A tiny random causal LM of ``family`` (a key of ``FAMILIES``), seeded."""
+    import transformers
+
+    cfg_name, model_name, extra, _ = FAMILIES[family]
+    kw: dict[str, Any] = {
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    }
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**(kw | extra | overrides)))
+    with torch.no_grad():  # some families zero-init norms or biases: random values so every term counts
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()

@@ -1,0 +1,235 @@
+"""The generic export path: the model's own ``forward``, with LoRA inputs, an explicit KV cache and
+loramgr's masks, for any decoder-only causal LM whose attachment points are ``nn.Linear``.
+
+Nothing of the architecture is re-stated here. Each family's embedding scale, q/k norms, fused
+projections, rotary variants, soft-capping, residual multipliers and sliding-window layer pattern
+stay in transformers' code; this module only changes what crosses the graph boundary:
+
+- **LoRA**: a forward hook on every targeted ``nn.Linear`` adds ``lora_alpha * (x @ A) @ B`` with
+  ``A [in, R]`` and ``B [R, out]`` read from graph inputs named ``<module>.lora_A.weight`` /
+  ``.lora_B.weight`` (module paths as PEFT sees them; hooks leave the names and weights untouched).
+  With alpha slots, ``((x @ A) * alpha[indices]) @ B``.
+- **KV cache**: a cache object handed to the model as its ``cache`` (``past_key_values`` before
+  transformers 5.x) holds ``past_key_values.<l>.key|value [1, kv, P, d]`` from graph inputs; its
+  ``update`` returns past + new and records the new entries as ``present.<l>.key|value``.
+- **Masks**: the model's module-level ``create_causal_mask`` / ``create_sliding_window_causal_mask``
+  are replaced, for the trace only, by functions that turn the graph's ``attention_mask [1, P + q]``
+  into the additive 4D mask the eager attention adds. The model's own code still decides which
+  layer gets which mask. Past entries count where the mask is 1, new entries causally; sliding-window
+  layers also drop keys ``window`` or more positions behind the query, where past slot ``j`` holds
+  position ``j`` (loramgr's runtime fills the cache that way). Other mask patterns (bidirectional,
+  chunked, packed) are refused.
+- **Parts**: layers outside the part are skipped; a pre-hook on the part's first layer (or the final
+  norm) substitutes the ``hidden_states`` input, and the input of the module after the part's last
+  layer is its ``hidden_states_out``. Work outside the part is dead code the exporter removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from loramgr.errors import UsageError
+from loramgr.export.model import GraphModule, GraphSpec, Layout, alpha_of, lora_branch, lora_inputs_of, mask_bias
+
+MASK_FUNCTIONS = ("create_causal_mask", "create_sliding_window_causal_mask")
+REFUSED_MASKS = ("create_chunked_causal_mask", "create_bidirectional_mask", "create_masks_for_generate")
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Where the generic path finds things in a loaded causal LM."""
+
+    layers: nn.ModuleList
+    norm: nn.Module  # the module right after the last layer (its input is the last layer's output)
+    cache_kwarg: str  # "cache" (transformers 5) or "past_key_values"
+    modeling: Any  # the model's modeling module, whose mask functions are swapped during the trace
+    kv_heads: int
+    head_dim: int
+
+
+def _reason(model: Any) -> str | None:
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        return "is an encoder-decoder model; `base export` takes decoder-only causal LMs"
+    if getattr(cfg, "use_bidirectional_attention", False):
+        return "uses bidirectional attention; `base export` takes causal LMs"
+    return None
+
+
+def decoder_of(model: Any) -> Decoder:
+    """Locate the decoder layers, final norm and cache argument, or refuse (exit 2) naming why."""
+    mt = getattr(model.config, "model_type", "?")
+    why = _reason(model)
+    if why:
+        raise UsageError(f"model_type {mt!r}", why)
+    n = getattr(model.config, "num_hidden_layers", None)
+    dec: Any = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(dec, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not n or len(layers) < n:
+        raise UsageError(
+            f"model_type {mt!r}",
+            "has no decoder layer list `model.layers`; `base export` takes decoder-only causal LMs",
+        )
+    norm = next((getattr(dec, a) for a in ("norm", "final_layernorm", "final_layer_norm") if hasattr(dec, a)), None)
+    if not isinstance(norm, nn.Module):
+        raise UsageError(f"model_type {mt!r}", "has no final norm after its decoder layers")
+    params = inspect.signature(type(dec).forward).parameters
+    cache_kwarg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
+    if not cache_kwarg:
+        raise UsageError(f"model_type {mt!r}", "its decoder takes no KV cache argument")
+    modeling = sys.modules[type(dec).__module__]
+    if not any(hasattr(modeling, f) for f in MASK_FUNCTIONS):
+        raise UsageError(f"model_type {mt!r}", "builds its attention mask without transformers' mask functions")
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kvh = getattr(cfg, "num_key_value_heads", None) or heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return Decoder(layers, norm, cache_kwarg, modeling, int(kvh), int(hd))
+
+
+class GraphCache:
+    """A KV cache over graph inputs: ``update`` returns past + new and keeps the new entries."""
+
+    is_compileable = False
+
+    def __init__(self, past: dict[int, tuple[torch.Tensor, torch.Tensor]], past_len: int) -> None:
+        self.past, self.past_len = past, past_len
+        self.presents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.presents[layer_idx] = (key_states, value_states)
+        if layer_idx not in self.past:
+            return key_states, value_states
+        pk, pv = self.past[layer_idx]
+        return torch.cat([pk, key_states], dim=2), torch.cat([pv, value_states], dim=2)
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        return self.past_len
+
+
+class _Skip(nn.Module):
+    """Stands in for a decoder layer outside the part: passes ``hidden_states`` through and answers
+    attribute reads (``attention_type``, ...) from the layer it replaces."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)  # not a submodule: its weights stay out of the graph
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), name)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+class GenericForward(GraphModule):
+    """One exportable graph (a part of prefill or decode) through the model's own forward."""
+
+    def __init__(self, model: Any, lay: Layout, spec: GraphSpec) -> None:
+        super().__init__(model, lay, spec)
+        self.dec = decoder_of(model)
+        self._lora: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self._alpha: torch.Tensor | None = None
+        self._state: dict[str, Any] = {}
+
+    # -- per-trace installation --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Hooks, skipped layers and mask functions, for the duration of one export."""
+        s, dec = self.spec, self.dec
+        n = len(dec.layers)
+        handles: list[Any] = []
+        saved: dict[int, nn.Module] = {}
+        patched: dict[str, Any] = {}
+        try:
+            modules = dict(self.model.named_modules())
+            for path in self.targets:
+                handles.append(modules[path].register_forward_hook(self._lora_hook(path)))
+            for i in range(n):
+                if not s.layers[0] <= i < s.layers[1]:
+                    saved[i] = dec.layers[i]
+                    dec.layers[i] = _Skip(saved[i])
+            start = dec.layers[s.layers[0]] if s.layers[0] < n else dec.norm
+            end = dec.layers[s.layers[1]] if s.layers[1] < n else dec.norm
+            if not s.first:
+                handles.append(start.register_forward_pre_hook(self._substitute, with_kwargs=True))
+            if not s.last:
+                handles.append(end.register_forward_pre_hook(self._capture, with_kwargs=True))
+            for f in MASK_FUNCTIONS + REFUSED_MASKS:
+                if hasattr(dec.modeling, f):
+                    patched[f] = getattr(dec.modeling, f)
+                    setattr(dec.modeling, f, self._mask_function(f))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for i, layer in saved.items():
+                dec.layers[i] = layer
+            for f, fn in patched.items():
+                setattr(dec.modeling, f, fn)
+
+    def _lora_hook(self, path: str) -> Any:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+            a, b, idx = self._lora[path]
+            return lora_branch(args[0], out, a, b, idx, self._alpha)
+
+        return hook
+
+    def _substitute(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        h = self._state["hidden_states"]
+        if args:
+            return (h, *args[1:]), kwargs
+        return args, kwargs | {"hidden_states": h}
+
+    def _capture(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._state["out"] = args[0] if args else kwargs["hidden_states"]
+
+    def _mask_function(self, name: str) -> Any:
+        def make(*args: Any, **kwargs: Any) -> torch.Tensor:
+            if name in REFUSED_MASKS or kwargs.get("or_mask_function") or kwargs.get("and_mask_function"):
+                raise UsageError(
+                    f"model_type {getattr(self.model.config, 'model_type', '?')!r}",
+                    f"builds its attention with {name} or a custom mask pattern; "
+                    "the generic export path takes causal and sliding-window attention",
+                )
+            cfg = kwargs.get("config", args[0] if args else self.model.config)
+            window = getattr(cfg, "sliding_window", None) if name == "create_sliding_window_causal_mask" else None
+            return mask_bias(self._state["mask"], self._state["position_ids"], self.spec.past_len, window)
+
+        return make
+
+    # -- the forward --------------------------------------------------------------------------------
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = self.spec
+        d = dict(zip(self.input_names, args, strict=True))
+        dtype = next(self.model.parameters()).dtype
+        self._lora = lora_inputs_of(d, self.targets)
+        self._alpha = alpha_of(d, s, dtype)
+        past = {}
+        if s.past_len:
+            past = {i: (d[f"past_key_values.{i}.key"], d[f"past_key_values.{i}.value"]) for i in range(*s.layers)}
+        cache = GraphCache(past, s.past_len)
+        ids = d["input_ids"] if s.first else torch.zeros(1, s.q_len, dtype=torch.int64)
+        self._state = {
+            "hidden_states": d.get("hidden_states"),
+            "mask": d["attention_mask"],
+            "position_ids": d["position_ids"],
+        }
+        kw = {self.dec.cache_kwarg: cache, "use_cache": True}
+        out = self.model(input_ids=ids, attention_mask=d["attention_mask"], position_ids=d["position_ids"], **kw)
+        h = out.logits if s.last else self._state["out"]
+        presents = [t for i in range(*s.layers) for t in cache.presents[i]]
+        return (h, *presents)

@@ -1,0 +1,129 @@
+"""`base export` through the generic path (the model's own forward) for each family people ship on
+device, tiny and random: zero-LoRA logits equal HF, a PEFT adapter on the family's usual targets
+equals `PeftModel.from_pretrained`, and `loramgr run` (prefill + decode through the KV cache, past
+the sliding window) gives the greedy tokens of HF's own full forward. Plus the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loramgr.testing.synth_hf import FAMILIES, peft_adapter, tiny_family
+from tests.conftest import invoke
+from tests.test_export import hf_greedy, prefill_logits, runner, same_greedy
+
+pytestmark = pytest.mark.slow
+S, CTX = 6, 24
+PROMPT = [3, 17, 42, 5, 99]
+STEPS = 12  # 5 + 12 positions: well past every window of 3
+
+
+def export(hf: Path, out: Path, targets: tuple[str, ...], *extra: str) -> dict:
+    r = invoke(
+        "base", "export", hf, "--name", "b", "--target-modules", ",".join(targets), "--max-rank", "16",
+        "--graphs", f"prefill={S},decode=1", "--context-len", str(CTX), "-o", out, "--json", *extra,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    return r.json["export"]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])
+def test_family_matches_hf_and_peft(family, tmp_path):
+    from peft import PeftModel
+
+    targets = FAMILIES[family][3]
+    tiny_family(family).save_pretrained(tmp_path / "hf")
+    man = export(tmp_path / "hf", tmp_path / "onnx", targets)
+    assert man["family"] == "generic" and man["model_type"] == tiny_family(family).config.model_type
+    hf = tiny_family(family)
+    ids = np.array([PROMPT + [7]], np.int64)
+    with torch.no_grad():
+        ref0 = hf(torch.tensor(ids)).logits.numpy()
+    got0 = prefill_logits(runner(tmp_path / "onnx" / "prefill.onnx"), ids)
+    assert np.abs(got0 - ref0).max() < 1e-4
+
+    peft_adapter(tiny_family(family), tmp_path / "ad", seed=3, r=8, lora_alpha=16, target_modules=list(targets))
+    for step in (
+        ("register", tmp_path / "ad", "--name", "ad"),
+        ("validate", "ad", "--base", "b"),
+        ("build", "--base", "b", "-o", tmp_path / "out"),
+        ("plan", "--base", "b"),
+    ):
+        r = invoke(*step)
+        assert r.exit_code == 0, (step, r.stdout, r.stderr)
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession
+
+    s = LoraSession(Plan.load(tmp_path / "out" / "plan.json"), graph="prefill")
+    s.apply("ad")
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(S)[None]}
+    got = np.asarray(s.run(feeds)[0])
+    pm = PeftModel.from_pretrained(tiny_family(family), str(tmp_path / "ad")).eval()
+    with torch.no_grad():
+        ref = pm(torch.tensor(ids)).logits.numpy()
+    assert np.abs(got - ref).max() < 1e-4
+    assert np.abs(ref - ref0).max() > 1e-3  # the adapter changes the outputs: the check above means something
+
+    args = ("run", "--plan", tmp_path / "out" / "plan.json", "--input-ids", ",".join(map(str, PROMPT)))
+    r = invoke(*args, "--adapter", "ad", "--steps", str(STEPS), "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["graphs"] == {"prefill": 1, "decode": 1}
+    assert same_greedy(r.json["tokens"], *hf_greedy(pm, PROMPT, STEPS))
+    base = invoke(*args, "--steps", str(STEPS), "--json")
+    assert same_greedy(base.json["tokens"], *hf_greedy(tiny_family(family), PROMPT, STEPS))
+
+
+def test_sliding_window_parts_chain_exactly(tmp_path):
+    """Gemma 2 split into parts (embeddings / layers / head) gives the single graph's logits and
+    tokens: the part boundaries of the generic path hand over the exact hidden states."""
+    tiny_family("gemma2").save_pretrained(tmp_path / "hf")
+    one = export(tmp_path / "hf", tmp_path / "one", ("q_proj", "v_proj"))
+    many = export(tmp_path / "hf", tmp_path / "many", ("q_proj", "v_proj"), "--max-part-bytes", "150KB")
+    assert len(one["parts"]) == 1 and len(many["parts"]) >= 3
+    assert not many["parts"][0]["layers"][1] and many["parts"][-1]["head"]
+
+    def chain(d: Path, man: dict, kind: str) -> list:
+        return [runner(d / g["file"]) for g in man["graphs"] if g["kind"] == kind]
+
+    ids = np.array([PROMPT + [7]], np.int64)
+    a = prefill_logits(chain(tmp_path / "one", one, "prefill"), ids)
+    b = prefill_logits(chain(tmp_path / "many", many, "prefill"), ids)
+    assert np.abs(a - b).max() < 1e-5
+    from loramgr.runtime.generate import greedy
+
+    ta = greedy(chain(tmp_path / "one", one, "prefill"), chain(tmp_path / "one", one, "decode"), PROMPT, 10).tokens
+    tb = greedy(chain(tmp_path / "many", many, "prefill"), chain(tmp_path / "many", many, "decode"), PROMPT, 10).tokens
+    assert ta == tb
+
+
+def test_generic_path_refusals(tmp_path):
+    """Exit 2 with the reason, before any weight is read: an encoder-decoder, a target that is not
+    nn.Linear, a name that matches nothing (listing what does), bidirectional attention."""
+
+    def run(d: Path, targets: str) -> object:
+        return invoke("base", "export", d, "--name", "b", "--target-modules", targets, "--max-rank", "4", "-o", d / "o")
+
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8, "num_layers": 1}))
+    r = run(t5, "q")
+    assert r.exit_code == 2 and "t5" in r.stderr and "decoder-only" in r.stderr and "\n" not in r.stderr.strip()
+
+    llama = tmp_path / "llama"
+    tiny_family("llama").save_pretrained(llama)
+    r = run(llama, "q_proj,input_layernorm")
+    assert r.exit_code == 2 and "input_layernorm" in r.stderr and "RMSNorm" in r.stderr and "nn.Linear" in r.stderr
+    r = run(llama, "qkv_proj")
+    assert r.exit_code == 2 and "qkv_proj" in r.stderr and "q_proj" in r.stderr and "gate_proj" in r.stderr
+
+    gemma = tmp_path / "gemma"
+    tiny_family("gemma3").save_pretrained(gemma)
+    cfg = json.loads((gemma / "config.json").read_text())
+    (gemma / "config.json").write_text(json.dumps(cfg | {"use_bidirectional_attention": True}))
+    r = run(gemma, "q_proj")
+    assert r.exit_code == 2 and "bidirectional" in r.stderr
+    assert not (gemma / "o").exists() and not (llama / "o").exists()
