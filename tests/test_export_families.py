@@ -76,6 +76,14 @@ def test_family_matches_hf_and_peft(family, tmp_path):
     base = invoke(*args, "--steps", str(STEPS), "--json")
     assert same_greedy(base.json["tokens"], *hf_greedy(tiny_family(family), PROMPT, STEPS))
 
+    v = invoke("verify", "--plan", tmp_path / "out" / "plan.json", "--hf-dir", tmp_path / "hf", "--json")
+    assert v.exit_code == 0 and v.json["adapters"][0]["max_abs_diff"] < 1e-4, v.stdout + v.stderr
+    wl = invoke("weight-list", "--base", "b", "-o", tmp_path / "wl.txt")
+    assert wl.exit_code == 0, wl.stderr
+    listed = sorted((tmp_path / "wl.txt").read_text().split())
+    points = [p for p, m in tiny_family(family).named_modules() if p.rsplit(".", 1)[-1] in targets]
+    assert len(points) == 3 * len(targets) and listed == sorted(f"{p}.lora_{x}.weight" for p in points for x in "AB")
+
 
 def test_sliding_window_parts_chain_exactly(tmp_path):
     """Gemma 2 split into parts (embeddings / layers / head) gives the single graph's logits and
