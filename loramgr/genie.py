@@ -1,7 +1,11 @@
-"""The ``lora`` block of a Genie dialog config, from a plan (DESIGN.md section 4).
+"""The ``lora`` block of a Genie dialog config, from a plan (DESIGN.md sections 4 and 7), and the
+run-option files of ONNX Runtime's QNN EP.
 
 Genie rejects unknown keys, so the block is built from an explicit key list and checked against it;
-it wants one bin-section per context binary, in context order, for every adapter.
+it wants one bin-section per context binary, in context order, for every adapter. LoRA v2 (``lora-
+version: 2``): one entry per adapter, its scalar alpha. LoRA v3 (plans of ``--lora-version 3``
+builds): one entry per use case (every adapter alone is one), ``alphas`` naming its adapters in slot
+order, and ``groups`` when the plan has any.
 """
 
 from __future__ import annotations
@@ -14,40 +18,114 @@ from typing import Any
 from loramgr.errors import IncompatibleError
 
 LORA_KEYS = {"version", "lora-version", "alpha-tensor-name", "adapters"}
+OPTIONAL_LORA_KEYS = {"groups"}  # lora-version 2 or 3 only
 ADAPTER_KEYS = {"version", "name", "alphas", "bin-sections"}
+GROUP_KEYS = {"version", "name", "members", "quant-bin-sections"}
 
 
 def check_block(block: dict[str, Any]) -> None:
-    """Refuse what Genie would refuse: unknown or missing keys, empty section lists."""
-    if set(block) != LORA_KEYS:
-        raise ValueError(f"lora block keys {sorted(block)} != {sorted(LORA_KEYS)}")
+    """Refuse what Genie would refuse: unknown or missing keys, empty section lists, groups naming
+    adapters the block does not have."""
+    if not LORA_KEYS <= set(block) <= LORA_KEYS | OPTIONAL_LORA_KEYS or block["lora-version"] not in (2, 3):
+        raise ValueError(f"lora block keys {sorted(block)}: expected {sorted(LORA_KEYS)} (+ groups)")
     for a in block["adapters"]:
         if set(a) != ADAPTER_KEYS or not a["bin-sections"] or not all(isinstance(p, str) for p in a["bin-sections"]):
             raise ValueError(f"adapter entry {a.get('name')!r} is not a valid Genie adapter")
+    names = {a["name"] for a in block["adapters"]}
+    for g in block.get("groups", []):
+        if set(g) != GROUP_KEYS or not set(g["members"]) <= names:
+            raise ValueError(f"group entry {g.get('name')!r} is not a valid Genie group")
+
+
+def _bin_sections(ref: str, sections: list[dict[str, Any]], contexts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entry's section for every context binary, in context order."""
+    out = []
+    for c in contexts:
+        mine = [s for s in sections if set(s["graphs"]) <= set(c["graphs"])]
+        if len(mine) != 1:
+            raise IncompatibleError(
+                ref,
+                f"has {len(mine)} sections for context {c['name']}; Genie needs one bin-section per context binary",
+                hint="build with --share-adapters",
+            )
+        out.append(mine[0])
+    return out
 
 
 def lora_block(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Paths are written relative to ``out_dir`` (where the Genie config lives)."""
     alpha = (plan.get("alpha") or {}).get("tensor")
+    v3 = plan.get("lora_version") == 3
     if not alpha:
-        raise IncompatibleError("genie config", "the base has no alpha tensor; Genie's LoRA v2 needs one")
+        raise IncompatibleError("genie config", "the base has no alpha tensor; Genie's LoRA needs one")
     contexts = plan["base"]["contexts"]
+
+    def rel(s: dict[str, Any]) -> str:
+        return Path(os.path.relpath(plan_dir / s["path"], out_dir)).as_posix()
+
     adapters = []
     for a in plan["adapters"]:
-        secs = []
-        for c in contexts:
-            mine = [s for s in a["sections"] if set(s["graphs"]) <= set(c["graphs"])]
-            if len(mine) != 1:
-                raise IncompatibleError(
-                    f"adapter {a['ref']}",
-                    f"has {len(mine)} sections for context {c['name']}; Genie needs one bin-section per context binary",
-                    hint="build with --share-adapters",
-                )
-            secs.append(Path(os.path.relpath(plan_dir / mine[0]["path"], out_dir)).as_posix())
-        adapters.append({"version": 1, "name": a["name"], "alphas": [alpha], "bin-sections": secs})
-    block = {"version": 1, "lora-version": 2, "alpha-tensor-name": alpha, "adapters": adapters}
+        secs = [rel(s) for s in _bin_sections(f"adapter {a['ref']}", a["sections"], contexts)]
+        adapters.append({"version": 1, "name": a["name"], "alphas": [a["name"] if v3 else alpha], "bin-sections": secs})
+    if v3:
+        by_ref = {a["ref"]: a["name"] for a in plan["adapters"]}
+        for u in plan.get("use_cases", []):
+            secs = [rel(s) for s in _bin_sections(f"use case {u['name']}", u["sections"], contexts)]
+            names = [by_ref.get(m["name"], m["name"]) for m in sorted(u["adapters"], key=lambda m: m["slot"])]
+            adapters.append({"version": 1, "name": u["name"], "alphas": names, "bin-sections": secs})
+    block: dict[str, Any] = {
+        "version": 1,
+        "lora-version": 3 if v3 else 2,
+        "alpha-tensor-name": alpha,
+        "adapters": adapters,
+    }
+    groups = plan.get("groups") or []
+    if groups:
+        block["groups"] = [
+            {
+                "version": 1,
+                "name": g["name"],
+                "members": g["members"],
+                "quant-bin-sections": [rel(s) for s in _bin_sections(f"group {g['name']}", g["sections"], contexts)],
+            }
+            for g in groups
+        ]
     check_block(block)
     return block
+
+
+def write_qnn_ep_configs(plan_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """For ONNX Runtime's QNN EP (run option ``qnn.lora_config``): one text file per (graph, adapter or
+    use case), ``<entry>.<graph>.txt``, whose first line is ``<graph>;<absolute section path>``.
+
+    The EP applies one section per run; a grouped use case switches in two runs, the group's
+    quantization section first, so its files come in order as ``<entry>.<graph>.1-quant.txt`` and
+    ``<entry>.<graph>.2-weights.txt``. Paths are absolute: the EP reads them as given."""
+    from loramgr.names import check_name
+
+    plan_path = Path(plan_path).absolute()
+    doc = json.loads(plan_path.read_text())
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    group_of = {m: g for g in doc.get("groups") or [] for m in g["members"]}
+    written = []
+    entries = [(a["name"], a["sections"]) for a in doc["adapters"]] + [
+        (u["name"], u["sections"]) for u in doc.get("use_cases", [])
+    ]
+    for name, sections in entries:
+        check_name(name, "adapter or use-case name")
+        for s in sections:
+            for graph in s["graphs"]:
+                files = [("", s)]
+                g = group_of.get(name)
+                if g:
+                    q = next(x for x in g["sections"] if graph in x["graphs"])
+                    files = [(".1-quant", q), (".2-weights", s)]
+                for suffix, sec in files:
+                    p = out / f"{name}.{graph}{suffix}.txt"
+                    p.write_text(f"{graph};{(plan_path.parent / sec['path']).resolve()}\n")
+                    written.append(p)
+    return written
 
 
 def write_genie_config(plan_path: str | Path, out: str | Path) -> Path:

@@ -35,6 +35,7 @@ class PlanWritten(JsonRecord):
     sha256: str
     genie_config: str | None = None
     use_cases: list[str] = field(default_factory=list)
+    qnn_ep_configs: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -44,7 +45,11 @@ class PlanWritten(JsonRecord):
             "use_cases": self.use_cases,
             "sha256": self.sha256,
         }
-        return out | ({"genie_config": self.genie_config} if self.genie_config else {})
+        return (
+            out
+            | ({"genie_config": self.genie_config} if self.genie_config else {})
+            | ({"qnn_ep_configs": self.qnn_ep_configs} if self.qnn_ep_configs else {})
+        )
 
 
 def schema() -> dict[str, Any]:
@@ -197,6 +202,8 @@ def make_plan(
         "generated_by": f"loramgr {__version__}",
         "build_id": rec.id,
         "backend": rec.backend,
+        # sections made by the QNN LoRA v3 flow (qairt-lora-model-creator) or the v2 one
+        "lora_version": 3 if any(a.kind == "lora_creator_config" for a in rec.artifacts) else 2,
         "base": {
             "name": base.name,
             "version": base.version,
@@ -274,6 +281,7 @@ def write_plan(
     out: str | Path | None = None,
     *,
     genie_config: str | Path | None = None,
+    qnn_ep_configs: str | Path | None = None,
 ) -> PlanWritten:
     """Write ``plan.json`` (and, with ``genie_config``, the Genie ``lora`` block) and record the plan
     (an active plan keeps its adapters from being retired)."""
@@ -289,6 +297,11 @@ def write_plan(
         from loramgr.genie import write_genie_config
 
         genie = str(write_genie_config(path, genie_config))
+    ep_files = []
+    if qnn_ep_configs is not None:
+        from loramgr.genie import write_qnn_ep_configs
+
+        ep_files = [str(p) for p in write_qnn_ep_configs(path, qnn_ep_configs)]
     base = reg.base(base_ref)
     refs = [a["ref"] for a in doc["adapters"]] + [s["name"] for u in doc["use_cases"] for s in u["adapters"]]
     ids = {a.ref: a.id for a in reg.adapter_many(refs).values()}  # use cases' adapters are protected too
@@ -300,4 +313,5 @@ def write_plan(
         sha,
         genie,
         [u["name"] for u in doc["use_cases"]],
+        ep_files,
     )

@@ -59,6 +59,18 @@ from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, jso
     help="qairt: seconds before an SDK tool is stopped (default: $LORAMGR_TOOL_TIMEOUT or 3600).",
 )
 @click.option(
+    "--lora-version",
+    type=click.IntRange(2, 3),
+    default=2,
+    show_default=True,
+    help="qairt: 2 = one adapter per section; 3 = QNN LoRA v3 (use cases, qairt-lora-model-creator).",
+)
+@click.option(
+    "--quant-updatable",
+    type=click.Choice(["none", "adapter_only", "all"]),
+    help="qairt v3: which encodings switch with a use case (default: adapter_only, as the creator's).",
+)
+@click.option(
     "--precision",
     type=click.Choice(["int8", "int16"]),
     help="Quantize the adapters' weights with their "
@@ -80,6 +92,8 @@ def build(
     dlcs: tuple[str, ...],
     htp_config: str | None,
     tool_timeout: float | None,
+    lora_version: int,
+    quant_updatable: str | None,
     precision: str | None,
     force: bool,
     as_json: bool,
@@ -92,10 +106,21 @@ def build(
     from loramgr.errors import UsageError
     from loramgr.sections.pipeline import build as run
 
-    if backend != "qairt" and (dlcs or htp_config):
-        raise UsageError("--dlc/--htp-config", "only apply to --backend qairt")
+    if backend != "qairt" and (dlcs or htp_config or lora_version != 2 or quant_updatable):
+        raise UsageError("--dlc/--htp-config/--lora-version/--quant-updatable", "only apply to --backend qairt")
+    if quant_updatable and lora_version != 3:
+        raise UsageError(f"--quant-updatable {quant_updatable}", "applies to --lora-version 3")
+    if lora_version == 3 and dlcs:
+        raise UsageError("--dlc", "the v3 flow converts the model creator's base_model.onnx itself")
     opts = (
-        {"sdk_root": sdk_root, "dlcs": parse_kv(dlcs, "--dlc"), "htp_config": htp_config, "tool_timeout": tool_timeout}
+        {
+            "sdk_root": sdk_root,
+            "dlcs": parse_kv(dlcs, "--dlc"),
+            "htp_config": htp_config,
+            "tool_timeout": tool_timeout,
+            "lora_version": lora_version,
+            "quant_updatable": quant_updatable,
+        }
         if backend == "qairt"
         else {}
     )

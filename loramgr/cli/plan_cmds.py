@@ -20,6 +20,12 @@ from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, jso
     help="Also write the Genie `lora` config block "
     "(one bin-section per context binary, in context order) to this file.",
 )
+@click.option(
+    "--qnn-ep-configs",
+    type=click.Path(readable=False, file_okay=False),
+    help="Also write, for ONNX Runtime's QNN EP (run option qnn.lora_config), one "
+    "`<graph>;<section>` file per graph and adapter or use case into this directory.",
+)
 @json_option
 @pass_ctx
 def plan(
@@ -29,6 +35,7 @@ def plan(
     out: str | None,
     show_schema: bool,
     genie_config: str | None,
+    qnn_ep_configs: str | None,
     as_json: bool,
 ) -> None:
     """Write the versioned runtime plan (plan.json) of a build: sections, encodings, alpha, steps.
@@ -43,7 +50,7 @@ def plan(
         return
     if not base_ref:
         raise UsageError("plan", "--base is required")
-    res = write_plan(ctx.registry, base_ref, build_id, out, genie_config=genie_config)
+    res = write_plan(ctx.registry, base_ref, build_id, out, genie_config=genie_config, qnn_ep_configs=qnn_ep_configs)
     if as_json:
         emit_json(res)
     else:
@@ -52,6 +59,7 @@ def plan(
             + (f"; use cases {', '.join(res.use_cases)}" if res.use_cases else "")
             + ")"
             + (f"; Genie config {res.genie_config}" if res.genie_config else "")
+            + (f"; {len(res.qnn_ep_configs)} QNN EP config(s)" if res.qnn_ep_configs else "")
         )
 
 

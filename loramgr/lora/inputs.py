@@ -34,16 +34,7 @@ def prepared_with_ranks(adapter: Adapter, base: Base) -> tuple[dict[str, np.ndar
     Re-checks compatibility (cheap, header-level) so that no caller can prepare an adapter that
     validation would refuse.
     """
-    from loramgr.validation import check_adapter
-
-    f = AdapterFile(adapter)
-    c = check_adapter(adapter, base, f.load)
-    if not c.ok:
-        raise IncompatibleError(
-            adapter.ref,
-            f"incompatible with base {base.ref} ({', '.join(sorted({p.code for p in c.problems}))})",
-            details=[p.to_json() for p in c.problems],
-        )
+    f, c = _checked(adapter, base)
     assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
     tensors = prepare(
         targets_of(base),
@@ -62,6 +53,61 @@ def prepared_with_ranks(adapter: Adapter, base: Base) -> tuple[dict[str, np.ndar
     if base.max_adapters:  # alone on a base with alpha slots: its columns -> slot 0, padding -> the zero slot
         tensors |= single_indices(base, ranks)
     return tensors, ranks
+
+
+def _checked(adapter: Adapter, base: Base) -> tuple[AdapterFile, Any]:
+    """The adapter's file and its compatibility check, refusing what validation would refuse."""
+    from loramgr.validation import check_adapter
+
+    f = AdapterFile(adapter)
+    c = check_adapter(adapter, base, f.load)
+    if not c.ok:
+        raise IncompatibleError(
+            adapter.ref,
+            f"incompatible with base {base.ref} ({', '.join(sorted({p.code for p in c.problems}))})",
+            details=[p.to_json() for p in c.problems],
+        )
+    return f, c
+
+
+def adapter_ranks(adapter: Adapter, base: Base) -> dict[str, int]:
+    """Attachment point -> the adapter's rank there (refusing what validation would refuse)."""
+    from loramgr.lora.usecase import module_ranks
+
+    return module_ranks(adapter, _checked(adapter, base)[1])
+
+
+def real_rank_branches(members: list[Adapter], base: Base) -> dict[str, Any]:
+    """Per attachment point, the use case's branch at its real rank (QNN LoRA v3 creator models):
+    the members' PEFT A and B (unscaled) rank-concatenated in slot order, and each column's scaling.
+    Returns module path -> :class:`loramgr.formats.lora_v3.Branch`."""
+    from loramgr.formats.lora_v3 import Branch
+    from loramgr.lora.prepare import scaling
+
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
+    for adapter in members:
+        f, c = _checked(adapter, base)
+        assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
+        for module, (ka, kb) in c.pairs.items():
+            a, b = f.load(ka).astype(np.float32), f.load(kb).astype(np.float32)  # [r, in], [out, r]
+            s = scaling(
+                module,
+                a.shape[0],
+                float(adapter.lora_alpha),
+                config_r=adapter.config("r"),
+                use_rslora=adapter.use_rslora,
+                rank_pattern=adapter.config("rank_pattern"),
+                alpha_pattern=adapter.config("alpha_pattern"),
+            )
+            parts.setdefault(module, []).append((a.T, b.T, s))
+    return {
+        m: Branch(
+            np.concatenate([a for a, _, _ in ps], axis=1),
+            np.concatenate([b for _, b, _ in ps], axis=0),
+            np.concatenate([np.full(a.shape[1], s, np.float32) for a, _, s in ps]),
+        )
+        for m, ps in parts.items()
+    }
 
 
 def default_inputs(base: Base) -> dict[str, np.ndarray]:

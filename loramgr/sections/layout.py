@@ -33,6 +33,7 @@ class OutFile:
     extra: dict[str, Any] = field(default_factory=dict)
     use_case_id: int | None = None
     use_case: str | None = None
+    placed: bool = False  # already in the output directory (an SDK tool's working file), not in the work one
 
     def artifact(self) -> Artifact:
         """The record the registry keeps of this file (once it is final)."""

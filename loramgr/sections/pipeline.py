@@ -221,7 +221,9 @@ def build(
                 reused = [f for f in reused if f.cache_key != first.cache_key]
                 todo.insert(0, first)
             graph_files = materialize_graphs(reg, base, out)
-            ctx = BuildContext(base, {g: out / f.rel_path for f in graph_files if f.kind == "graph" for g in f.graphs})
+            ctx = BuildContext(
+                base, {g: out / f.rel_path for f in graph_files if f.kind == "graph" for g in f.graphs}, out
+            )
             log.append(f"reused {len(reused)} file(s); building {len(todo)} job(s)")
             work.mkdir(parents=True, exist_ok=True)
             progress = _Progress(len(todo), quiet)
@@ -230,7 +232,7 @@ def build(
             finally:
                 progress.close()
             log += be.log
-            for f in new:
+            for f in (f for f in new if not f.placed):
                 dest = out / f.rel_path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(work / f.rel_path, dest)

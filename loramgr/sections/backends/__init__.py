@@ -39,10 +39,13 @@ class SectionJob:
 @dataclass(frozen=True)
 class BuildContext:
     """What every backend gets besides the jobs: the base as built (its precision may be overridden
-    by ``build --precision``) and where the base's graphs were materialized in the output directory."""
+    by ``build --precision``), where the base's graphs were materialized in the output directory, and
+    that directory (the qairt backend runs the SDK tools in its ``qairt/``, so that the build log's
+    commands can be re-run there by hand after the build)."""
 
     base: Base
     graph_paths: dict[str, Path]
+    out: Path
 
 
 Progress = Callable[[SectionJob], None]

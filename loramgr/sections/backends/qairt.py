@@ -74,7 +74,17 @@ class QairtBackend:
         dlcs: dict[str, str] | None = None,
         tool_timeout: float | None = None,
         htp_config: str | None = None,
+        lora_version: int = 2,
+        quant_updatable: str | None = None,
     ) -> None:
+        from loramgr.sections.backends.qairt_v3 import MODES
+
+        if lora_version not in (2, 3):
+            raise UsageError(f"--lora-version {lora_version}", "must be 2 or 3")
+        if quant_updatable is not None and (lora_version != 3 or quant_updatable not in MODES):
+            raise UsageError(f"--quant-updatable {quant_updatable}", f"takes {', '.join(MODES)} with --lora-version 3")
+        self.lora_version = lora_version
+        self.quant_updatable = quant_updatable or "adapter_only"  # the model creator's own default
         self.sdk = Sdk.locate(sdk_root, timeout=tool_timeout)
         self.sdk_version: str | None = self.sdk.version
         self.log: list[str] = self.sdk.log
@@ -90,7 +100,9 @@ class QairtBackend:
     def version(self) -> str:
         """Part of every cache key: the SDK version, given DLCs and the HTP config."""
         extra = json.dumps(
-            {"dlc": self._dlc_digest, "htp": sha256_file(self.htp_config) if self.htp_config else None}, sort_keys=True
+            {"dlc": self._dlc_digest, "htp": sha256_file(self.htp_config) if self.htp_config else None}
+            | ({"lora_version": 3, "quant_updatable": self.quant_updatable} if self.lora_version == 3 else {}),
+            sort_keys=True,
         )
         import hashlib
 
@@ -98,6 +110,12 @@ class QairtBackend:
 
     def check(self, base: Base) -> None:
         self.sdk.check_base(base)
+        if self.lora_version == 3 and not base.max_adapters:
+            raise IncompatibleError(
+                f"base {base.ref}",
+                "has one scalar alpha; QNN LoRA v3 needs the alpha vector lora_alpha [1, N]",
+                hint="export the base with --max-adapters N",
+            )
         unknown = sorted(set(self.dlcs) - set(base.graph_names))
         if unknown:
             raise UsageError(
@@ -113,18 +131,21 @@ class QairtBackend:
 
         base = ctx.base
         self.check(base)
+        if self.lora_version == 3:
+            from loramgr.sections.backends.qairt_v3 import build_v3
+
+            return build_v3(self, ctx, jobs, work, n_jobs=n_jobs, progress=progress)
         if any(j.use_case is not None for j in jobs):
             raise UsageError(
                 f"base {base.ref}",
-                "has use cases; the qairt backend builds them with the QNN LoRA v3 flow, not "
-                "available yet (build use cases with --backend ort, or remove them for this build)",
+                "has use cases; the qairt backend builds them with the QNN LoRA v3 flow",
+                hint="build with --lora-version 3 (or --backend ort)",
             )
         adapter_jobs = [j for j in jobs if j.adapter is not None]
         default_job = next((j for j in jobs if j.adapter is None), None)
         share = any(j.share for j in jobs)
         ucs = use_case_names(_adapter(j) for j in adapter_jobs)
-        root = work / "qairt"
-        root.mkdir(parents=True, exist_ok=True)
+        root = tools_dir(ctx)
         files: list[OutFile] = []
         prepared = {_adapter(j).id: prepared_inputs(_adapter(j), base) for j in adapter_jobs}
         pool = ThreadPoolExecutor(max_workers=max(1, n_jobs))
@@ -135,19 +156,15 @@ class QairtBackend:
             imported = {g: r[0] for g, r in zip(base.graph_names, per_graph, strict=True)}
             for _, graph_files in per_graph:
                 files += graph_files
+            named = [(ucs[_adapter(j).id], j) for j in adapter_jobs]
             for ctx_files in pool.map(
-                lambda c: self._generate(c[0], c[1], root, imported, adapter_jobs, default_job, ucs, share),
+                lambda c: self.generate(c[0], c[1], root, work, imported, named, default_job, share),
                 contexts_of(base).items(),
             ):
                 files += ctx_files
         finally:
             pool.shutdown(wait=True)
-        for f in files:
-            p = work / f.rel_path
-            f.sha256, f.size = sha256_file(p), p.stat().st_size
-        for j in jobs:
-            progress(j)
-        return files
+        return finish(files, ctx, work, jobs, progress)
 
     def _dlc(self, ctx: BuildContext, g: str, gdir: Path) -> tuple[Path, list[OutFile]]:
         """The graph's DLC: the one given, or converted from the ONNX graph with its weight list."""
@@ -237,7 +254,7 @@ class QairtBackend:
             args.append("--enable_float_fallback")
         self.sdk.invoke(IMPORTER, args, cwd=gdir)
         listing = out / "lora_output_files.yaml"
-        entries = self._read_output_files(listing, g, ucs.values())
+        entries = self.read_output_files(listing, g, ucs.values())
         files.append(OutFile(f"qairt/{g}/imported/{listing.name}", "importer_output", [g]))
         by_uc = {v: k for k, v in ucs.items()}
         for e in entries:
@@ -257,7 +274,7 @@ class QairtBackend:
                     e[key] = rel
         return entries, files
 
-    def _read_output_files(self, listing: Path, g: str, ucs: Iterable[str]) -> list[dict[str, Any]]:
+    def read_output_files(self, listing: Path, g: str, ucs: Iterable[str]) -> list[dict[str, Any]]:
         """``lora_output_files.yaml``: one entry per use case with weights (and encodings) that exist.
         Paths are made absolute (the tool writes them relative to its output directory or cwd)."""
         if not listing.is_file():
@@ -297,19 +314,22 @@ class QairtBackend:
             out.append(c)
         return out
 
-    def _generate(
+    def generate(
         self,
         ctx: str,
         graphs: list[str],
         root: Path,
+        work: Path,
         imported: dict[str, list[dict[str, Any]]],
-        adapter_jobs: list[SectionJob],
+        named: list[tuple[str, SectionJob]],
         default_job: SectionJob | None,
-        ucs: dict[int, str],
         share: bool,
     ) -> list[OutFile]:
-        """Merge the graphs' use cases into one adapter weight config and run the generator once."""
-        cases = [c for g in graphs for c in imported[g]]
+        """Merge the graphs' use cases into one adapter weight config and run the generator once;
+        ``named`` pairs each job with its use-case name in the tools' files."""
+        cases = [c for g in graphs for c in imported.get(g, [])]
+        if not cases:  # a part without attachment points: nothing to generate
+            return []
         cfg = root / f"{ctx}.adapter_weight_config.yaml"
         cfg.write_text(render_weight_config(cases, share and len(graphs) > 1))
         gen = root / "contexts" / ctx
@@ -333,18 +353,18 @@ class QairtBackend:
         self.sdk.invoke(GENERATOR, args, cwd=root)
         files = [OutFile(f"qairt/{cfg.name}", "adapter_weight_config", graphs)]
         shared = share and len(graphs) > 1
-        kind = "super_section" if shared else "section"
-        for j in adapter_jobs:
-            a = _adapter(j)
-            for src, gs in self._sections(gen, ctx, graphs, ucs[a.id], shared):
-                files.append(self._take(src, f"sections/{a.ref}/{src.name}", kind, gs, j, root))
+        for uc, j in named:
+            folder = f"usecases/{j.use_case.name}" if j.use_case is not None else _adapter(j).ref
+            kind = ("use_case_" if j.use_case is not None else "") + ("super_section" if shared else "section")
+            for src, gs in self._sections(gen, ctx, graphs, uc, shared):
+                files.append(self._take(src, f"sections/{folder}/{src.name}", kind, gs, j, work))
         if default_job is not None:
             for src, gs in self._sections(gen, ctx, graphs, "default_adapter", shared):
-                files.append(self._take(src, f"sections/default/{src.name}", "default_section", gs, default_job, root))
+                files.append(self._take(src, f"sections/default/{src.name}", "default_section", gs, default_job, work))
             ctx_bin = gen / f"{ctx}.bin"
             if not ctx_bin.is_file():
                 raise ExternalToolError(GENERATOR, f"exited 0 but did not write the context binary {ctx_bin}")
-            files.append(self._take(ctx_bin, f"contexts/{ctx}.bin", "context_binary", graphs, default_job, root))
+            files.append(self._take(ctx_bin, f"contexts/{ctx}.bin", "context_binary", graphs, default_job, work))
         return files
 
     @staticmethod
@@ -368,12 +388,43 @@ class QairtBackend:
         return [(found[0], list(graphs))]
 
     @staticmethod
-    def _take(src: Path, rel: str, kind: str, graphs: list[str], job: SectionJob, root: Path) -> OutFile:
-        dest = root.parent / rel
+    def _take(src: Path, rel: str, kind: str, graphs: list[str], job: SectionJob, work: Path) -> OutFile:
+        """Move a tool's output into the work directory, from where the build places it atomically."""
+        dest = work / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), dest)
-        a = job.adapter
-        return OutFile(rel, kind, list(graphs), a.id if a else None, a.name if a else None, job.cache_key)
+        a, uc = job.adapter, job.use_case
+        return OutFile(
+            rel,
+            kind,
+            list(graphs),
+            a.id if a else None,
+            a.name if a else None,
+            job.cache_key,
+            use_case_id=uc.id if uc else None,
+            use_case=uc.name if uc else None,
+        )
+
+
+def tools_dir(ctx: BuildContext) -> Path:
+    """``OUT/qairt``, emptied: where the SDK tools run and leave their working files."""
+    root = ctx.out / "qairt"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return root
+
+
+def finish(
+    files: list[OutFile], ctx: BuildContext, work: Path, jobs: list[SectionJob], progress: Progress
+) -> list[OutFile]:
+    """Hash every file; the tools' working files (under ``qairt/``) are already in place."""
+    for f in files:
+        f.placed = f.rel_path.startswith("qairt/")
+        p = (ctx.out if f.placed else work) / f.rel_path
+        f.sha256, f.size = sha256_file(p), p.stat().st_size
+    for j in jobs:
+        progress(j)
+    return files
 
 
 def _adapter(job: SectionJob) -> Adapter:

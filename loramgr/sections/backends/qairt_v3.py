@@ -1,0 +1,315 @@
+"""The QNN LoRA v3 flow of the qairt backend (``build --backend qairt --lora-version 3``; DESIGN.md §7).
+
+Per graph with attachment points, under ``qairt/<graph>/``:
+
+1. ``creator/``: the creator's inputs. ``base.onnx`` is the base graph without LoRA branches; each use
+   case (every adapter alone, and every use case of the base) gets ``<uc>.onnx`` whose branches hold
+   its real-rank, rank-concatenated weights as initializers (``MatMul -> Mul(scaling) -> MatMul``,
+   :mod:`loramgr.formats.lora_v3`); the base weights stay in a copy of the graph's data file, the
+   branches in ``<uc>.lora.data``. One ``<adapter>.json`` per adapter (``name``, ``rank``, ``alpha``,
+   ``target_operator_names``), ``<uc>.encodings`` (AIMET) when the mode takes per-use-case encodings,
+   and ``lora_config.yaml`` (``adapter`` + ``use-case``, one base use case).
+2. ``qairt-lora-model-creator --lora_config creator/lora_config.yaml --output_dir creator_out
+   --quant_updatable_mode MODE`` -> ``base_model.onnx``, ``lora_tensor_names.txt``,
+   ``lora_importer_config.yaml``.
+3. ``qairt-converter --input_network creator_out/base_model.onnx --lora_weight_list
+   creator_out/lora_tensor_names.txt --quant_updatable_mode MODE``; ``qairt-quantizer`` when the base
+   is int8/int16; ``qairt-lora-importer`` (``--input_network`` unless MODE is ``none``).
+
+Per context: the v2 generator step (merged adapter weight config, super adapters with
+``--share-adapters``), collecting ``<graph>_<uc>.bin``. Every refusal the SDK would make that loramgr
+can see is made first, all listed at once (exit 5), before any tool runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from loramgr.errors import ExternalToolError, IncompatibleError
+from loramgr.records import Adapter, Base
+from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
+
+if TYPE_CHECKING:
+    from loramgr.sections.backends.qairt import QairtBackend
+
+CREATOR = "qairt-lora-model-creator"
+QUANTIZER = "qairt-quantizer"
+MODES = ("none", "adapter_only", "all")
+BASE_USE_CASE = "base"
+
+
+@dataclass
+class UseCaseSpec:
+    """One use case of the creator's config: a job, its name in the tools' files and its adapters."""
+
+    name: str
+    job: SectionJob
+    members: tuple[Adapter, ...]
+    adapter_names: list[str] = field(default_factory=list)
+
+
+def use_cases_of(jobs: list[SectionJob], adapter_names: dict[int, str]) -> list[UseCaseSpec]:
+    """Every adapter alone, then every use case, named uniquely (``base`` is the base use case)."""
+    taken = {BASE_USE_CASE, "default_adapter", *adapter_names.values()}
+    out = []
+    for j in jobs:
+        if j.adapter is not None:
+            out.append(UseCaseSpec(adapter_names[j.adapter.id], j, (j.adapter,)))
+    for j in jobs:
+        if j.use_case is not None:
+            name = j.use_case.name.replace("-", "_")
+            while name in taken:
+                name += "_uc"
+            taken.add(name)
+            out.append(UseCaseSpec(name, j, j.members))
+    for u in out:
+        u.adapter_names = [adapter_names[m.id] for m in u.members]
+    return out
+
+
+def refusals(base: Base, specs: list[UseCaseSpec], mode: str, ranks: dict[int, dict[str, int]]) -> list[dict[str, str]]:
+    """What the SDK would refuse (§7 stated errors), found before any tool runs. ``ranks``: adapter id
+    -> attachment point -> rank."""
+    from loramgr import dtypes
+
+    problems = []
+    if not base.max_adapters:
+        problems.append(
+            {
+                "code": "no_alpha_slots",
+                "message": f"base {base.ref} has one scalar alpha; v3 needs "
+                "lora_alpha [1, N]: export it with --max-adapters N",
+            }
+        )
+    for u in specs:
+        if base.max_adapters and len(u.members) > base.max_adapters:
+            problems.append(
+                {
+                    "code": "too_many_adapters",
+                    "message": f"{u.name}: {len(u.members)} adapters, {base.max_adapters} alpha slots",
+                }
+            )
+        for ap in base.attachment_points:
+            here = sum(ranks[m.id].get(ap.module_path, 0) for m in u.members)
+            if here > ap.rank:
+                problems.append(
+                    {
+                        "code": "summed_rank_exceeds",
+                        "message": f"{u.name}: ranks add up to {here} at {ap.module_path}, above its rank {ap.rank}",
+                    }
+                )
+        if mode == "none" and u.job.encodings:
+            problems.append(
+                {
+                    "code": "encodings_need_updatable_mode",
+                    "message": f"{u.name} has its own encodings "
+                    "but --quant-updatable none shares one encoding set across use cases (the alpha "
+                    "encoding must be the same): use adapter_only or all, or drop them",
+                }
+            )
+        if mode == "all" and dtypes.int_bits(base.precision) and not u.job.encodings:
+            problems.append(
+                {
+                    "code": "encodings_missing",
+                    "message": f"{u.name}: --quant-updatable all on a "
+                    f"{base.precision} base needs per-use-case encodings (run `loramgr calibrate`)",
+                }
+            )
+    return problems
+
+
+def build_v3(
+    be: QairtBackend, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
+) -> list[OutFile]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loramgr.sections.backends.qairt import contexts_of, finish, tools_dir, use_case_names
+
+    base, mode = ctx.base, be.quant_updatable
+    adapters = {m.id: m for j in jobs for m in ((j.adapter,) if j.adapter else j.members)}
+    specs = use_cases_of(
+        [j for j in jobs if j.adapter is not None or j.use_case is not None], use_case_names(adapters.values())
+    )
+    from loramgr.lora.inputs import adapter_ranks
+
+    ranks = {a.id: adapter_ranks(a, base) for a in adapters.values()}
+    problems = refusals(base, specs, mode, ranks)
+    if problems:
+        raise IncompatibleError(
+            f"base {base.ref}",
+            f"the QNN LoRA v3 flow would refuse this build: {'; '.join(p['message'] for p in problems)}",
+            details=problems,
+        )
+    root = tools_dir(ctx)
+    files: list[OutFile] = []
+    graphs = [g for g in base.graph_names if base.points_of(g)]
+    here: dict[str, list[UseCaseSpec]] = {}
+    for g in graphs:  # every creator input first: a model loramgr cannot make stops the build before any tool
+        graph_files, here[g] = write_creator_inputs(ctx, g, root / g / "creator", specs, mode, ranks)
+        files += graph_files
+    graphs = [g for g in graphs if here[g]]
+    pool = ThreadPoolExecutor(max_workers=max(1, n_jobs))
+    try:
+        per_graph = list(pool.map(lambda g: run_tools(be, ctx, g, root, here[g], mode), graphs))
+        imported = {g: r[0] for g, r in zip(graphs, per_graph, strict=True)}
+        for _, graph_files in per_graph:
+            files += graph_files
+        named = [(u.name, u.job) for u in specs]
+        default_job = next((j for j in jobs if j.adapter is None and j.use_case is None), None)
+        share = any(j.share for j in jobs)
+        for ctx_files in pool.map(
+            lambda c: be.generate(c[0], c[1], root, work, imported, named, default_job, share),
+            contexts_of(base).items(),
+        ):
+            files += ctx_files
+    finally:
+        pool.shutdown(wait=True)
+    return finish(files, ctx, work, jobs, progress)
+
+
+def write_creator_inputs(
+    ctx: BuildContext, g: str, cdir: Path, specs: list[UseCaseSpec], mode: str, ranks: dict[int, dict[str, int]]
+) -> tuple[list[OutFile], list[UseCaseSpec]]:
+    """The creator's inputs for graph ``g`` (see the module docstring); returns them and the use cases
+    with an attachment point in ``g`` (a part without any of a use case's points has no section of it)."""
+    import onnx
+
+    from loramgr.formats.lora_v3 import strip_lora, with_use_case
+    from loramgr.lora.inputs import real_rank_branches
+
+    base = ctx.base
+    src = ctx.graph_paths[g]
+    cdir.mkdir(parents=True, exist_ok=True)
+    graph = next(x for x in base.graphs if x.name == g)
+    for e in graph.external_data:  # the base weights, once, beside the models that point at them
+        shutil.copyfile(src.parent / e.location, cdir / e.location)
+    model = onnx.load(str(src), load_external_data=False)
+    points = strip_lora(model, [(ap.module_path, ap.tensor_a) for ap in base.points_of(g)], g)
+    rel = f"qairt/{g}/creator"
+    files = [OutFile(f"{rel}/{e.location}", "creator_input", [g]) for e in graph.external_data]
+    onnx.save_model(model, str(cdir / f"{BASE_USE_CASE}.onnx"))
+    files.append(OutFile(f"{rel}/{BASE_USE_CASE}.onnx", "creator_input", [g]))
+    use_cases: list[dict[str, Any]] = [
+        {"name": BASE_USE_CASE, "adapter_names": [], "model_name": f"{BASE_USE_CASE}.onnx"}
+    ]
+    adapters: dict[str, Adapter] = {}
+    included = []
+    for u in specs:
+        branches = {m: b for m, b in real_rank_branches(list(u.members), base).items() if m in points}
+        if not branches:
+            continue
+        included.append(u)
+        um = with_use_case(model, points, branches)
+        onnx.save_model(
+            um,
+            str(cdir / f"{u.name}.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{u.name}.lora.data",
+            size_threshold=1024,
+        )
+        entry: dict[str, Any] = {"name": u.name, "adapter_names": u.adapter_names, "model_name": f"{u.name}.onnx"}
+        files.append(OutFile(f"{rel}/{u.name}.onnx", "creator_input", [g]))
+        if (cdir / f"{u.name}.lora.data").exists():
+            files.append(OutFile(f"{rel}/{u.name}.lora.data", "creator_input", [g]))
+        if mode != "none" and u.job.encodings:
+            (cdir / f"{u.name}.encodings").write_text(json.dumps(u.job.encodings.to_aimet(), indent=1, sort_keys=True))
+            entry["quant_overrides"] = f"{u.name}.encodings"
+            files.append(OutFile(f"{rel}/{u.name}.encodings", "encodings", [g]))
+        use_cases.append(entry)
+        adapters.update(
+            (n, m) for n, m in zip(u.adapter_names, u.members, strict=True) if set(ranks[m.id]) & set(points)
+        )
+        entry["adapter_names"] = [n for n in u.adapter_names if n in adapters]
+    adapter_entries = []
+    for name, a in adapters.items():
+        mine = ranks[a.id]
+        doc = {
+            "name": name,
+            "rank": max(mine.values()),
+            "alpha": float(a.lora_alpha or 0.0),
+            "target_operator_names": [p.op_name for m, p in points.items() if m in mine],
+        }
+        (cdir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        files.append(OutFile(f"{rel}/{name}.json", "creator_input", [g], a.id, a.name))
+        adapter_entries.append({"name": name, "lora_config": f"{name}.json"})
+    cfg = {"adapter": adapter_entries, "use-case": use_cases}
+    (cdir / "lora_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    files.append(OutFile(f"{rel}/lora_config.yaml", "lora_creator_config", [g]))
+    return files, included
+
+
+def run_tools(
+    be: QairtBackend, ctx: BuildContext, g: str, root: Path, specs: list[UseCaseSpec], mode: str
+) -> tuple[list[dict[str, Any]], list[OutFile]]:
+    """Creator, converter, (quantizer), importer for graph ``g``; returns the importer's entries."""
+    from loramgr.sections.backends.qairt import CONVERTER, IMPORTER, QUANTIZED
+
+    gdir = root / g
+    out = gdir / "creator_out"
+    # run where its config lives: paths in it are relative to both the file and the working directory
+    be.sdk.invoke(
+        CREATOR,
+        ["--lora_config", "lora_config.yaml", "--output_dir", f"../{out.name}", "--quant_updatable_mode", mode],
+        cwd=gdir / "creator",
+    )
+    made = {n: out / n for n in ("base_model.onnx", "lora_tensor_names.txt", "lora_importer_config.yaml")}
+    for p in made.values():
+        if not p.is_file():
+            raise ExternalToolError(CREATOR, f"exited 0 but did not write {p}")
+    rel = f"qairt/{g}/creator_out"
+    files = [OutFile(f"{rel}/{n}", "creator_output", [g]) for n in made]
+    dlc = gdir / f"{g}.dlc"
+    be.sdk.invoke(
+        CONVERTER,
+        [
+            "--input_network",
+            "creator_out/base_model.onnx",
+            "--lora_weight_list",
+            "creator_out/lora_tensor_names.txt",
+            "--quant_updatable_mode",
+            mode,
+            "--output_path",
+            dlc.name,
+        ],
+        cwd=gdir,
+    )
+    quantized = ctx.base.precision in QUANTIZED
+    if quantized:
+        qdlc = gdir / f"{g}_quantized.dlc"
+        be.sdk.invoke(
+            QUANTIZER, ["--input_dlc", dlc.name, "--output_dlc", qdlc.name, "--enable_float_fallback"], cwd=gdir
+        )
+        dlc = qdlc
+    if not dlc.is_file():
+        raise ExternalToolError(CONVERTER if not quantized else QUANTIZER, f"exited 0 but did not write {dlc}")
+    files.append(OutFile(f"qairt/{g}/{dlc.name}", "dlc", [g]))
+    # the importer too runs beside its config (the creator's lora_importer_config.yaml)
+    args: list[Any] = [] if mode == "none" else ["--input_network", "base_model.onnx"]
+    args += [
+        "--input_dlc",
+        f"../{dlc.name}",
+        "--lora_config",
+        "lora_importer_config.yaml",
+        "--output_dir",
+        "../imported",
+    ]
+    if quantized:
+        args.append("--enable_float_fallback")
+    be.sdk.invoke(IMPORTER, args, cwd=out)
+    listing = gdir / "imported" / "lora_output_files.yaml"
+    entries = be.read_output_files(listing, g, [u.name for u in specs])
+    files.append(OutFile(f"qairt/{g}/imported/{listing.name}", "importer_output", [g]))
+    for e in entries:
+        e["graph"] = g  # one importer run per graph: its use cases are this graph's
+        for key in ("weights", "encodings"):
+            if e.get(key):
+                e[key] = Path(e[key]).relative_to(root.resolve()).as_posix()
+                files.append(OutFile(f"qairt/{e[key]}", "imported_" + key, [g]))
+    return entries, files
