@@ -192,7 +192,7 @@ def make_plan(
                 "steps": _steps(base, secs, alpha_tensor, [1.0], bool(enc)),
             }
         )
-    use_cases = _use_cases(reg, base, rec.artifacts, sections_of, alpha_tensor)
+    use_cases, groups = _use_cases(reg, base, rec.artifacts, sections_of, alpha_tensor)
     dsecs = sections_of([a for a in rec.artifacts if a.kind == "default_section"])
     denc = reg.encodings.get(base.id, None)
     shared = bool(rec.share_adapters)
@@ -226,6 +226,7 @@ def make_plan(
         },
         "adapters": adapters,
         "use_cases": use_cases,
+        "groups": groups,
         "default_adapter": {
             "sections": dsecs,
             "io_encodings": denc.to_aimet()["activation_encodings"],
@@ -246,32 +247,60 @@ def _use_cases(
     artifacts: tuple[Artifact, ...],
     sections_of: Callable[[list[Artifact]], list[dict[str, Any]]],
     alpha_tensor: str | None,
-) -> list[dict[str, Any]]:
-    """The plan's use cases: those of the base whose sections this build holds."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The plan's use cases (those of the base whose sections this build holds) and their groups.
+
+    A grouped use case's steps apply its group's quantization section first, marked ``"when":
+    "group_changes"``: a runtime skips it while the previous entry was of the same group. A hot use
+    case lists, per adapter, the steps that switch to it by alpha alone (``switch_steps``)."""
     by_uc: dict[str, list[Artifact]] = {}
+    by_group: dict[str, list[Artifact]] = {}
     for a in artifacts:
         if a.use_case and a.kind in ("use_case_section", "use_case_super_section"):
             by_uc.setdefault(a.use_case, []).append(a)
+        elif a.group and a.kind == "group_quant_section":
+            by_group.setdefault(a.group, []).append(a)
     out = []
+    groups: dict[str, list[str]] = {}
     for name, arts in sorted(by_uc.items()):
         uc = reg.use_cases.get(name, base.ref)
         enc = reg.encodings.get(base.id, None, use_case_id=uc.id)
         secs = sections_of(arts)
-        out.append(
-            {
-                "name": uc.name,
-                "ref": uc.name,
-                "hot": uc.hot,
-                "adapters": [{"name": s.adapter, "slot": s.slot} for s in uc.slots],
-                "alphas": uc.alphas,
-                "recommended_alpha": 1.0,
-                "sections": secs,
-                "io_encodings": enc.to_aimet()["activation_encodings"],
-                "weight_encodings": enc.to_aimet()["param_encodings"],
-                "steps": _steps(base, secs, alpha_tensor, uc.alphas, bool(enc)),
+        steps = _steps(base, secs, alpha_tensor, uc.alphas, bool(enc))
+        entry: dict[str, Any] = {
+            "name": uc.name,
+            "ref": uc.name,
+            "hot": uc.hot,
+            "adapters": [{"name": s.adapter, "slot": s.slot} for s in uc.slots],
+            "alphas": uc.alphas,
+            "recommended_alpha": 1.0,
+            "sections": secs,
+            "io_encodings": enc.to_aimet()["activation_encodings"],
+            "weight_encodings": enc.to_aimet()["param_encodings"],
+            "steps": steps,
+        }
+        if uc.group:
+            groups.setdefault(uc.group, []).append(uc.name)
+            entry["group"] = uc.group
+            quant = [
+                {"op": "apply_section", "section": q["name"], "path": q["path"], "graphs": q["graphs"],
+                 "group": uc.group, "when": "group_changes"}
+                for q in sections_of(by_group.get(uc.group, []))
+            ]  # fmt: skip
+            entry["steps"] = steps[:1] + quant + steps[1:]
+        if uc.hot and alpha_tensor and base.max_adapters:
+            entry["switch_steps"] = {
+                s.adapter: [
+                    _alpha_step(base, alpha_tensor, [a if i == s.slot else 0.0 for i, a in enumerate(uc.alphas)]),
+                    {"op": "execute"},
+                ]
+                for s in uc.slots
             }
-        )
-    return out
+        out.append(entry)
+    return out, [
+        {"name": g, "members": members, "sections": sections_of(by_group.get(g, []))}
+        for g, members in sorted(groups.items())
+    ]
 
 
 def write_plan(

@@ -361,6 +361,7 @@ class UseCase(JsonRecord):
     status: str
     created_at: str
     slots: tuple[UseCaseSlot, ...]
+    group: str | None = None  # use cases of a group share quantization parameters
 
     @property
     def adapters(self) -> list[str]:
@@ -377,6 +378,7 @@ class UseCase(JsonRecord):
             "name": self.name,
             "base": self.base,
             "hot": self.hot,
+            "group": self.group,
             "status": self.status,
             "created_at": self.created_at,
             "adapters": self.adapters,
@@ -401,6 +403,7 @@ class Artifact(JsonRecord):
     cache_key: str | None = None
     use_case: str | None = None  # the use case's name, for a use case's section
     use_case_id: int | None = None
+    group: str | None = None  # the group's name, for a group's quantization section
 
     @property
     def adapter_ref(self) -> str | None:
@@ -416,7 +419,9 @@ class Artifact(JsonRecord):
             "sha256": self.sha256,
             "size": self.size,
         }
-        return out | ({"use_case": self.use_case} if self.use_case else {})
+        return (
+            out | ({"use_case": self.use_case} if self.use_case else {}) | ({"group": self.group} if self.group else {})
+        )
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def test_upgrade_from_empty_and_models_match_migrations(tmp_path, registry_db):
 
     engine = db.make_engine(_url(registry_db, tmp_path))
     assert db.current_revision(engine) is None
-    assert db.upgrade(engine) == ["0001", "0002", "0003", "0004", "0005"] and db.SCHEMA_HEAD == "0005"
+    assert db.upgrade(engine) == ["0001", "0002", "0003", "0004", "0005", "0006"] and db.SCHEMA_HEAD == "0006"
     assert db.upgrade(engine) == []
     script = ScriptDirectory.from_config(db.alembic_config(engine))
     assert script.get_current_head() == db.SCHEMA_HEAD
@@ -66,7 +66,7 @@ def test_init_and_db_upgrade_list(home):
     r = invoke("db", "upgrade", "--list", "--json")
     assert r.json[-1] == {
         "revision": db.SCHEMA_HEAD,
-        "message": "use cases: adapters active together (alpha slots), their slots, sections and encodings",
+        "message": "use-case groups: use cases that share quantization parameters (QNN LoRA v3 grouped LoRA)",
         "applied": True,
     }
 
@@ -250,7 +250,7 @@ def test_upgrade_from_0001_keeps_rows(tmp_path):
             "INSERT INTO event (at, actor, action, subject, details) VALUES ('2026-01-01', 'old', 'x', 'y', '{}')"
         )
     assert db.current_revision(engine) == "0001"
-    assert db.upgrade(engine) == ["0002", "0003", "0004", "0005"]
+    assert db.upgrade(engine) == ["0002", "0003", "0004", "0005", "0006"]
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT actor FROM event").scalar() == "old"
         assert conn.exec_driver_sql("SELECT count(*) FROM encoding").scalar() == 0

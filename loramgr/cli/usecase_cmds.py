@@ -106,3 +106,61 @@ def usecase_remove(ctx: Ctx, name: str, base_ref: str, as_json: bool) -> None:
         emit_json(uc)
     else:
         click.echo(f"removed use case {uc.name} from {uc.base}")
+
+
+@cli.group("group", invoke_without_command=True)
+@click.pass_context
+def group_group(cctx: click.Context) -> None:
+    """Groups of use cases that share quantization parameters (QNN LoRA v3 grouped LoRA).
+
+    With integer LoRA (`base export --quantized-lora`), the ort backend computes a group's scales over
+    all its members and stores them once, as a quantization section; switching inside a group applies
+    only the weights section. Without a subcommand: `list`.
+    """
+    if cctx.invoked_subcommand is None:
+        cctx.invoke(group_list)
+
+
+@group_group.command("create")
+@click.argument("name")
+@click.argument("use_cases", nargs=-1, required=True)
+@base_option()
+@json_option
+@pass_ctx
+def group_create(ctx: Ctx, name: str, use_cases: tuple[str, ...], base_ref: str, as_json: bool) -> None:
+    """Create group NAME of USE_CASES on a base (a use case is in one group at most: exit 6)."""
+    members = ctx.registry.use_cases.create_group(name, base_ref, list(use_cases))
+    if as_json:
+        emit_json({"name": name, "base": members[0].base, "use_cases": [u.name for u in members]})
+    else:
+        click.echo(f"created group {name} on {members[0].base}: {', '.join(u.name for u in members)}")
+
+
+@group_group.command("list")
+@base_option(required=False, help="Only the groups of this base.")
+@json_option
+@pass_ctx
+def group_list(ctx: Ctx, base_ref: str | None = None, as_json: bool = False) -> None:
+    """List groups and their use cases (of one base, or all)."""
+    groups = ctx.registry.use_cases.groups(base_ref)
+    rows = [{"name": g, "base": ucs[0].base, "use_cases": [u.name for u in ucs]} for g, ucs in groups.items()]
+    if as_json:
+        emit_json(rows)
+    else:
+        table(
+            "groups", ["group", "base", "use cases"], [(r["name"], r["base"], ", ".join(r["use_cases"])) for r in rows]
+        )
+
+
+@group_group.command("remove")
+@click.argument("name")
+@base_option()
+@json_option
+@pass_ctx
+def group_remove(ctx: Ctx, name: str, base_ref: str, as_json: bool) -> None:
+    """Dissolve a group (its use cases stay)."""
+    members = ctx.registry.use_cases.remove_group(name, base_ref)
+    if as_json:
+        emit_json({"name": name, "use_cases": [u.name for u in members]})
+    else:
+        click.echo(f"removed group {name} ({', '.join(u.name for u in members)})")

@@ -185,3 +185,37 @@ def use_case_inputs(members: list[Adapter], base: Base, encodings: EncodingSet |
         else EncodingSet({}, {n: symmetric_per_channel(x[n], bits, axis=1) for n in sorted(base.lora_inputs)})
     )
     return section_inputs(None, base, enc, prepared=x)
+
+
+def group_encodings(group_members: list[list[Adapter]], base: Base) -> EncodingSet:
+    """A group's shared weight encodings: per LoRA input and output channel, one symmetric scale over
+    every member use case's (rank-concatenated) weights, so that one quantization section serves
+    them all (QNN LoRA v3 grouped LoRA)."""
+    from loramgr.formats.quant import symmetric_per_channel
+    from loramgr.lora.usecase import concat_inputs
+
+    bits = dtypes.int_bits(base.precision)
+    if bits is None:
+        return EncodingSet()
+    xs = []
+    for members in group_members:
+        both = [prepared_with_ranks(a, base) for a in members]
+        xs.append(concat_inputs(base, [p for p, _ in both], [r for _, r in both]))
+    return EncodingSet(
+        {},
+        {
+            n: symmetric_per_channel(np.concatenate([x[n] for x in xs], axis=0), bits, axis=1)
+            for n in sorted(base.lora_inputs)
+        },
+    )
+
+
+def grouped_inputs(
+    members: list[Adapter], group_members: list[list[Adapter]], base: Base
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(weights section, quantization section) of a use case in a group: the integer codes (and slot
+    maps) with the group's scales, and the scales alone (``<input>_scale``)."""
+    x = use_case_inputs(members, base, group_encodings(group_members, base))
+    return {k: v for k, v in x.items() if not k.endswith("_scale")}, {
+        k: v for k, v in x.items() if k.endswith("_scale")
+    }

@@ -106,6 +106,7 @@ class Builds:
                         build_id=build_id,
                         adapter_id=f.adapter_id,
                         use_case_id=f.use_case_id,
+                        group_name=f.group,
                         graphs=list(f.graphs),
                         kind=f.kind,
                         cache_key=f.cache_key,

@@ -188,6 +188,7 @@ class ArtifactRow(Model):
     build_id: Mapped[int] = mapped_column(ForeignKey("build.id", ondelete="CASCADE"), index=True)
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter.id", ondelete="SET NULL"), index=True)
     use_case_id: Mapped[int | None] = mapped_column(ForeignKey("use_case.id", ondelete="SET NULL"), index=True)
+    group_name: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)  # quantization section
     graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
     kind: Mapped[str] = mapped_column(String(32))
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -257,6 +258,8 @@ class UseCaseRow(Model):
     base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(128))
     hot: Mapped[bool] = mapped_column(Boolean, default=False)  # switched by alpha alone (hot switch)
+    # use cases of one group share quantization parameters (one quantization section per group)
+    group_name: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 

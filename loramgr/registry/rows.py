@@ -194,6 +194,7 @@ def artifact(
         cache_key=a.cache_key,
         use_case=use_case,
         use_case_id=a.use_case_id,
+        group=a.group_name,
     )
 
 
@@ -220,4 +221,5 @@ def use_case(u: UseCaseRow, base_ref: str, refs: dict[int, str]) -> UseCase:
         status=u.status,
         created_at=iso(u.created_at),
         slots=tuple(UseCaseSlot(s.slot, refs[s.adapter_id], s.adapter_id, float(s.default_alpha)) for s in u.slots),
+        group=u.group_name,
     )

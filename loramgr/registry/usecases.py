@@ -3,6 +3,7 @@ i-th adapter. Created only when every rule holds (every problem at once, exit 5,
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from loramgr.errors import ConflictError, IncompatibleError, NotFoundError
+from loramgr.errors import ConflictError, IncompatibleError, NotFoundError, UsageError
 from loramgr.names import check_name
 from loramgr.records import Base, JsonRecord, UseCase
 from loramgr.registry import rows
@@ -148,3 +149,53 @@ class UseCases:
 
         self.reg.retrying(write)
         return uc
+
+    # -- groups ---------------------------------------------------------------------------------------
+    def groups(self, base_ref: str | None) -> dict[str, builtins.list[UseCase]]:
+        """Group name -> its use cases (name order), for one base (or every base)."""
+        out: dict[str, builtins.list[UseCase]] = {}
+        for uc in sorted(self.list(base_ref), key=lambda u: u.name):
+            if uc.group:
+                out.setdefault(uc.group, []).append(uc)
+        return out
+
+    def create_group(self, name: str, base_ref: str, use_cases: Sequence[str]) -> builtins.list[UseCase]:
+        """Make ``use_cases`` one group: they share quantization parameters (exit 6 if one already is
+        in another group)."""
+        check_name(name, "group name")
+        if not use_cases or len(set(use_cases)) != len(use_cases):
+            raise UsageError(f"group {name}", "give its use cases, each once")
+        members = [self.get(u, base_ref) for u in use_cases]
+        if name in self.groups(base_ref):
+            raise ConflictError(f"group {name}", "exists; remove it first")
+        taken = [u for u in members if u.group]
+        if taken:
+            raise ConflictError(
+                f"use case {taken[0].name}", f"is in group {taken[0].group}; a use case is in one group"
+            )
+
+        def write(s: Session) -> None:
+            for u in members:
+                row = s.get(UseCaseRow, u.id)
+                if row is not None:
+                    row.group_name = name
+            self.reg.event(s, "group_create", f"group:{members[0].base}/{name}", use_cases=list(use_cases))
+
+        self.reg.retrying(write)
+        return [self.get_by_id(u.id) for u in members]
+
+    def remove_group(self, name: str, base_ref: str) -> builtins.list[UseCase]:
+        """Dissolve a group (its use cases stay)."""
+        members = self.groups(base_ref).get(name)
+        if not members:
+            raise NotFoundError(f"group {name}", f"is not on base {base_ref}", hint="see `loramgr group list`")
+
+        def write(s: Session) -> None:
+            for u in members:
+                row = s.get(UseCaseRow, u.id)
+                if row is not None:
+                    row.group_name = None
+            self.reg.event(s, "group_remove", f"group:{members[0].base}/{name}")
+
+        self.reg.retrying(write)
+        return members

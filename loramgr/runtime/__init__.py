@@ -201,6 +201,16 @@ class UseCaseEntry(AdapterEntry):
         return bool(self.doc.get("hot"))
 
     @property
+    def group(self) -> str | None:
+        """The group whose quantization parameters it shares (its weights sections hold codes only)."""
+        g = self.doc.get("group")
+        return g if isinstance(g, str) else None
+
+    def group_sections(self, graph: str | None = None) -> list[Section]:
+        """The group's quantization sections, applied before the use case's own when the group changes."""
+        return [s for s in self._plan.group_sections(self.group) if graph is None or graph in s.graphs]
+
+    @property
     def is_use_case(self) -> bool:
         return True
 
@@ -328,6 +338,11 @@ class Plan:
         )
         self._use_cases = {u["name"]: UseCaseEntry(self, u) for u in doc.get("use_cases", [])}
         self.use_cases: tuple[str, ...] = tuple(self._use_cases)
+        with _malformed(str(root)):
+            self._groups = {g["name"]: [self._section(s) for s in g["sections"]] for g in doc.get("groups") or []}
+        for u in self._use_cases.values():
+            if u.group is not None and u.group not in self._groups:
+                raise PlanFormatError(str(root), f"use case {u.name!r} names group {u.group!r}, which the plan lacks")
         clash = sorted(set(self._use_cases) & set(self._by_key))
         if clash:
             raise PlanFormatError(str(root), f"use case {clash[0]!r} has the name of an adapter")
@@ -425,6 +440,10 @@ class Plan:
             have = ", ".join([*self.adapters, *self.use_cases, "default"])
             raise PlanLookupError(f"adapter {name}", f"is not in the plan (have: {have})") from None
 
+    def group_sections(self, group: str | None) -> list[Section]:
+        """A group's quantization sections (none for None or a group without them)."""
+        return list(self._groups.get(group, [])) if group else []
+
     def steps(self, name: str) -> list[dict[str, Any]]:
         return self.entry(name).steps()
 
@@ -442,6 +461,8 @@ class Plan:
             out += self.adapter(key).sections()
         for uc in self._use_cases.values():
             out += uc.sections()
+        for secs in self._groups.values():
+            out += secs
         out += self.default_adapter.sections()
         seen: dict[Path, FileRef] = {}
         for f in out:

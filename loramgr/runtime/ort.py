@@ -75,7 +75,15 @@ class LoraSession:
 
     # -- adapter state ------------------------------------------------------------------------
     def _loaded(self, entry: AdapterEntry) -> Any:
-        sec = entry.section_for(self.graph)
+        return self._load(entry.section_for(self.graph))
+
+    def _group_loaded(self, entry: AdapterEntry) -> list[Any]:
+        """A grouped use case's quantization section(s) for this graph (kept loaded while the group
+        stays: switching inside a group loads only the weights section)."""
+        group_sections = getattr(entry, "group_sections", None)
+        return [self._load(s) for s in group_sections(self.graph)] if group_sections else []
+
+    def _load(self, sec: Any) -> Any:
         key = str(sec.path)
         with self._lock:
             hit = self._cache.get(key)
@@ -101,6 +109,7 @@ class LoraSession:
         """Make ``name`` the active adapter or use case (loads and verifies its section on first use);
         alphas go back to its defaults."""
         entry = self.plan.entry(name)
+        self._group_loaded(entry)
         self._loaded(entry)
         with self._lock:
             self.active = entry
@@ -152,14 +161,15 @@ class LoraSession:
         ro = self._ort.RunOptions()
         # keep a Python reference for the whole run: RunOptions holds only a raw pointer, and an LRU
         # eviction in another thread must not free the adapter mid-run
-        adapter_obj = self._loaded(entry)
-        ro.add_active_adapter(adapter_obj)
+        adapter_objs = [*self._group_loaded(entry), self._loaded(entry)]
+        for obj in adapter_objs:  # a group's scales, then the use case's codes: disjoint inputs
+            ro.add_active_adapter(obj)
         feeds = dict(feeds)
         if self._has_alpha and self.alpha_tensor not in feeds:
             feeds[self.alpha_tensor] = self.alpha_value(alphas)
         with _ort_errors(self.graph_file, f"run this graph with {entry.ref}"):
             out: list[np.ndarray] = self.session.run(list(output_names) if output_names else None, feeds, ro)
-        del adapter_obj
+        del adapter_objs
         return out
 
     def alpha_value(self, alphas: Sequence[float]) -> np.ndarray:

@@ -33,6 +33,7 @@ class OutFile:
     extra: dict[str, Any] = field(default_factory=dict)
     use_case_id: int | None = None
     use_case: str | None = None
+    group: str | None = None  # a group's quantization section: the group
     placed: bool = False  # already in the output directory (an SDK tool's working file), not in the work one
 
     def artifact(self) -> Artifact:
@@ -49,6 +50,7 @@ class OutFile:
             self.cache_key,
             self.use_case,
             self.use_case_id,
+            self.group,
         )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from loramgr import dtypes
 from loramgr.errors import ConflictError, IncompatibleError, LoramgrError
-from loramgr.records import Adapter, Artifact, Base, EncodingSet, JsonRecord
+from loramgr.records import Adapter, Artifact, Base, EncodingSet, JsonRecord, UseCase
 from loramgr.sections.backends import BuildContext, OutFile, SectionJob, get_backend
 from loramgr.sections.layout import materialize_graphs, place, section_groups, select_adapters
 from loramgr.store import sha256_file
@@ -265,14 +265,22 @@ def build(
         share_adapters,
         base.ref,
         str(out),
-        [_label(j.adapter.ref if j.adapter else None, j.use_case.name if j.use_case else None) for j in todo],
-        sorted({_label(f.adapter, f.use_case) for f in reused}),
+        [_label(j.adapter.ref if j.adapter else None, j.use_case.name if j.use_case else None, j.group) for j in todo],
+        sorted(
+            {
+                _label(f.adapter, *((None, f.use_case) if f.kind == "group_quant_section" else (f.use_case, None)))
+                for f in reused
+            }
+        ),
         list(done.artifacts),
     )
 
 
-def _label(adapter: str | None, use_case: str | None) -> str:
-    """How ``build --json`` names a job: the adapter, ``usecase:NAME``, or ``default``."""
+def _label(adapter: str | None, use_case: str | None, group: str | None = None) -> str:
+    """How ``build --json`` names a job: the adapter, ``usecase:NAME``, ``group:NAME`` (a group's
+    quantization section) or ``default``."""
+    if group and not use_case:
+        return f"group:{group}"
     return f"usecase:{use_case}" if use_case else adapter or "default"
 
 
@@ -280,10 +288,12 @@ def _use_case_jobs(
     reg: Registry, base: Base, backend_id: str, share: bool, groups: dict[str, list[str]]
 ) -> list[SectionJob]:
     """One job per active use case of a base with alpha slots: its adapters' ranks concatenated in one
-    section per graph group. A use case whose adapters were retired is left out (and says so)."""
+    section per graph group. A use case whose adapters were retired is left out (and says so). With
+    integer LoRA, a group of use cases adds one job for the group's quantization section, and its
+    members' keys cover every member (their shared scales depend on all of them)."""
     if not base.max_adapters:
         return []
-    jobs = []
+    built: list[tuple[UseCase, tuple[Adapter, ...], EncodingSet, dict[str, Any]]] = []
     for uc in reg.use_cases.list(base.ref):
         if uc.status != "active":
             continue
@@ -292,7 +302,7 @@ def _use_case_jobs(
             log.warning("use case %s is not built: an adapter of it is retired", uc.name)
             continue
         enc = dataclasses.replace(reg.encodings.get(base.id, None, use_case_id=uc.id), sources=())
-        blob = {
+        blob: dict[str, Any] = {
             "layout": LAYOUT_VERSION,
             "base": base.fingerprint,
             "precision": base.precision,
@@ -303,9 +313,37 @@ def _use_case_jobs(
             "members": [[m.sha256, m.config_sha256, m.lora_alpha, m.name, m.version] for m in members],
             "encodings": enc.to_aimet() if enc else None,
         }
+        built.append((uc, members, enc, blob))
+    quantized = dtypes.int_bits(base.precision) is not None
+    by_group: dict[str, list[tuple[UseCase, tuple[Adapter, ...], EncodingSet, dict[str, Any]]]] = {}
+    for b in built:
+        if b[0].group and quantized:
+            by_group.setdefault(b[0].group, []).append(b)
+    jobs = []
+    for uc, members, enc, blob in built:
+        group = uc.group if uc.group in by_group else None
+        everyone: tuple[tuple[Adapter, ...], ...] = ()
+        if group:
+            everyone = tuple(m for _, m, _, _ in by_group[group])
+            blob = blob | {"group": [group, [b["members"] for _, _, _, b in by_group[group]]]}
         key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
         kind = "use_case_super_section" if share else "use_case_section"
-        jobs.append(SectionJob(None, key, groups, kind, share, enc, uc, members))
+        jobs.append(SectionJob(None, key, groups, kind, share, enc, uc, members, group, everyone))
+    int_inputs = any(dtypes.int_bits(ap.dtype) for ap in base.attachment_points)
+    for group, items in sorted(by_group.items()) if int_inputs else ():
+        qblob: dict[str, Any] = {"quant_section": group, "members": [b for _, _, _, b in items]}
+        key = hashlib.sha256(json.dumps(qblob, sort_keys=True).encode()).hexdigest()
+        jobs.append(
+            SectionJob(
+                None,
+                key,
+                groups,
+                "group_quant_section",
+                share,
+                group=group,
+                group_members=tuple(m for _, m, _, _ in items),
+            )
+        )
     return jobs
 
 
@@ -355,6 +393,7 @@ def _reuse(reg: Registry, jobs: list[SectionJob], out: Path, force: bool) -> tup
                     a.size,
                     use_case_id=j.use_case.id if j.use_case else None,
                     use_case=j.use_case.name if j.use_case else None,
+                    group=a.group,
                 )
             )
         if files and len(files) == len(arts):

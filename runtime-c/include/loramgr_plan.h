@@ -145,6 +145,13 @@ typedef struct {
 
 lmp_status lmp_switch(const lmp_plan *plan, const char *name, const lmp_callbacks *cb, unsigned flags,
                       lmp_error *err);
+/* lmp_switch from the entry FROM (NULL: nothing applied yet) to NAME: a grouped use case's group
+ * quantization section (steps marked "when": "group_changes") is skipped when FROM is of the same
+ * group, so switching inside a group applies only the weights section. lmp_switch applies it always. */
+lmp_status lmp_switch_from(const lmp_plan *plan, const char *from, const char *name, const lmp_callbacks *cb,
+                           unsigned flags, lmp_error *err);
+/* The group of use case NAME (NULL: not grouped or not a use case). */
+const char *lmp_group_of(const lmp_plan *plan, const char *name);
 /* Back to the base model: "default_adapter" (apply the default adapter's sections) or "alpha_zero". */
 lmp_status lmp_reset(const lmp_plan *plan, const char *method, const lmp_callbacks *cb, lmp_error *err);
 

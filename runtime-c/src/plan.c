@@ -313,6 +313,38 @@ static lmp_status parse_graphs(lmp_plan *p, const cJSON *base, lmp_error *err) {
     return LMP_OK;
 }
 
+/* groups (quantization sections shared by grouped use cases): entries of their own, linked from members */
+static lmp_status parse_groups(lmp_plan *p, const cJSON *doc, lmp_error *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "groups"), *g;
+    size_t n, i = 0, k;
+    lmp_status s;
+    if (v && !cJSON_IsArray(v)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: groups must be a list", p->path);
+    n = v ? (size_t)cJSON_GetArraySize(v) : 0;
+    p->groups = (lmp_entry *)lmp_alloc(p, (n ? n : 1) * sizeof *p->groups);
+    if (!p->groups) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    cJSON_ArrayForEach(g, v) {
+        lmp_entry *e = &p->groups[i++];
+        if (!cJSON_IsObject(g) || !safe_name(str_of(g, "name")))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: a group has no safe name", p->path);
+        e->kind = LMP_GROUP;
+        e->name = e->ref = str_of(g, "name");
+        if ((s = parse_sections(p, cJSON_GetObjectItemCaseSensitive(g, "sections"), e->name, e, err))) return s;
+    }
+    p->n_groups = n;
+    for (i = 0; i < p->n_use_cases; i++) {
+        const cJSON *uc = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(doc, "use_cases"), (int)i);
+        const char *name = str_of(uc, "group");
+        if (!name) continue;
+        for (k = 0; k < n && strcmp(p->groups[k].name, name) != 0; k++) {
+        }
+        if (k == n)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %.80s names group %.80s, which the plan lacks", p->path,
+                            p->use_cases[i].name, name);
+        p->use_cases[i].group = &p->groups[k];
+    }
+    return LMP_OK;
+}
+
 static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
     const cJSON *doc = p->doc, *v, *base, *a, *ctx, *c;
     const char *schema = str_of(doc, "schema");
@@ -387,6 +419,7 @@ static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
         i++;
     }
     p->n_use_cases = n;
+    if ((s = parse_groups(p, doc, err))) return s;
     return parse_entry(p, cJSON_GetObjectItemCaseSensitive(doc, "default_adapter"), &p->dflt, LMP_DEFAULT, err);
 }
 
@@ -516,6 +549,11 @@ const lmp_entry *lmp_find(const lmp_plan *p, const char *name) {
     for (i = 0; i < p->n_use_cases; i++)
         if (strcmp(p->use_cases[i].name, name) == 0) return &p->use_cases[i];
     return NULL;
+}
+
+const char *lmp_group_of(const lmp_plan *p, const char *name) {
+    const lmp_entry *e = p && name ? lmp_find(p, name) : NULL;
+    return e && e->group ? e->group->name : NULL;
 }
 
 lmp_status lmp_entry_or_fail(const lmp_plan *p, const char *name, const lmp_entry **e, lmp_error *err) {

@@ -6,9 +6,10 @@
 
 #include "loramgr_plan.h"
 
-enum { LMP_ADAPTER = 0, LMP_USE_CASE = 1, LMP_DEFAULT = 2 };
+enum { LMP_ADAPTER = 0, LMP_USE_CASE = 1, LMP_DEFAULT = 2, LMP_GROUP = 3 };
 
-typedef struct {
+typedef struct lmp_entry lmp_entry;
+struct lmp_entry {
     int kind;
     const char *name, *ref;
     int name_unique;
@@ -21,7 +22,8 @@ typedef struct {
     const char **slot_names;
     double *slot_alphas;
     size_t n_slots;
-} lmp_entry;
+    const lmp_entry *group; /* a grouped use case's group (its sections: the quantization sections) */
+};
 
 typedef struct {
     const char *name;
@@ -40,7 +42,8 @@ struct lmp_plan {
     size_t n_graph_files;
     const char **contexts;
     size_t n_contexts;
-    lmp_entry *adapters, *use_cases, dflt;
+    lmp_entry *adapters, *use_cases, *groups, dflt;
+    size_t n_groups;
     const char **adapter_names, **use_case_names;
     size_t n_adapters, n_use_cases;
     const char *alpha_tensor;

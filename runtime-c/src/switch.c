@@ -80,6 +80,9 @@ lmp_status lmp_verify_all(const lmp_plan *p, size_t *checked, lmp_error *err) {
         for (k = 0; k < e->n_sections; k++, n++)
             if ((s = read_checked(&e->sections[k], NULL, err))) return s;
     }
+    for (i = 0; i < p->n_groups; i++)
+        for (k = 0; k < p->groups[i].n_sections; k++, n++)
+            if ((s = read_checked(&p->groups[i].sections[k], NULL, err))) return s;
     if (checked) *checked = n;
     return LMP_OK;
 }
@@ -107,7 +110,7 @@ void lmp_dequantize_array(const lmp_channel *e, const int32_t *q, float *x, size
 }
 
 /* -- the switch driver ------------------------------------------------------------------------------------ */
-static const lmp_section *section_of_step(const lmp_entry *e, const cJSON *step) {
+static const lmp_section *section_in(const lmp_entry *e, const cJSON *step) {
     const cJSON *path = cJSON_GetObjectItemCaseSensitive(step, "path");
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(step, "section");
     size_t i;
@@ -119,12 +122,18 @@ static const lmp_section *section_of_step(const lmp_entry *e, const cJSON *step)
     return NULL;
 }
 
+/* the entry's own section, or (steps marked with its group) its group's quantization section */
+static const lmp_section *section_of_step(const lmp_entry *e, const cJSON *step) {
+    const lmp_section *sec = section_in(e, step);
+    return sec || !e->group ? sec : section_in(e->group, step);
+}
+
 static lmp_status call(int rc, const char *what, const char *who, lmp_error *err) {
     return rc == 0 ? LMP_OK : lmp_fail(err, LMP_ERR_CALLBACK, "%s callback failed (%d) for %s", what, rc, who);
 }
 
 static lmp_status walk(const lmp_plan *p, const lmp_entry *e, const cJSON *steps, const lmp_callbacks *cb,
-                       unsigned flags, lmp_error *err) {
+                       unsigned flags, int same_group, lmp_error *err) {
     const cJSON *st;
     lmp_status s = LMP_OK;
     if (!cb) return lmp_fail(err, LMP_ERR_USAGE, "callbacks are required");
@@ -145,9 +154,11 @@ static lmp_status walk(const lmp_plan *p, const lmp_entry *e, const cJSON *steps
         } else if (strcmp(op, "apply_section") == 0) {
             const lmp_section *sec = section_of_step(e, st);
             unsigned char *bytes = NULL;
+            const cJSON *when = cJSON_GetObjectItemCaseSensitive(st, "when");
             if (!sec) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a step applies a section the entry does not list",
                                       p->path, e->ref);
             if (!cb->apply_section) continue;
+            if (same_group && cJSON_IsString(when) && strcmp(when->valuestring, "group_changes") == 0) continue;
             if ((s = read_checked(sec, &bytes, err))) return s;
             s = call(cb->apply_section(cb->user, sec, bytes, (size_t)sec->size), "apply_section", e->ref, err);
             free(bytes);
@@ -184,7 +195,16 @@ static lmp_status walk(const lmp_plan *p, const lmp_entry *e, const cJSON *steps
 lmp_status lmp_switch(const lmp_plan *p, const char *name, const lmp_callbacks *cb, unsigned flags, lmp_error *err) {
     const lmp_entry *e;
     lmp_status s = lmp_entry_or_fail(p, name, &e, err);
-    return s ? s : walk(p, e, e->steps, cb, flags, err);
+    return s ? s : walk(p, e, e->steps, cb, flags, 0, err);
+}
+
+lmp_status lmp_switch_from(const lmp_plan *p, const char *from, const char *name, const lmp_callbacks *cb,
+                           unsigned flags, lmp_error *err) {
+    const lmp_entry *e, *prev = NULL;
+    lmp_status s = lmp_entry_or_fail(p, name, &e, err);
+    if (s) return s;
+    if (from && (s = lmp_entry_or_fail(p, from, &prev, err))) return s;
+    return walk(p, e, e->steps, cb, flags, prev && prev->group && prev->group == e->group, err);
 }
 
 lmp_status lmp_reset(const lmp_plan *p, const char *method, const lmp_callbacks *cb, lmp_error *err) {
@@ -192,5 +212,5 @@ lmp_status lmp_reset(const lmp_plan *p, const char *method, const lmp_callbacks 
     if (!p || !method) return lmp_fail(err, LMP_ERR_USAGE, "plan and method are required");
     steps = cJSON_GetObjectItemCaseSensitive(p->reset_steps, method);
     if (!steps) return lmp_fail(err, LMP_ERR_NOT_FOUND, "reset method %.80s: is not in the plan", method);
-    return walk(p, &p->dflt, steps, cb, 0, err);
+    return walk(p, &p->dflt, steps, cb, 0, 0, err);
 }

@@ -17,7 +17,7 @@
 
 static int usage(void) {
     fputs("usage: loramgr-plan adapters PLAN | sections PLAN NAME [GRAPH] | encoding PLAN NAME TENSOR |\n"
-          "                    steps PLAN NAME | verify PLAN\n",
+          "                    steps PLAN NAME | switch PLAN [FROM] NAME | verify PLAN\n",
           stderr);
     return LMP_ERR_USAGE;
 }
@@ -77,6 +77,23 @@ static cJSON *section_json(const lmp_section *s) {
     return o;
 }
 
+/* `switch`: what lmp_switch_from does, as JSON: the sections applied (verified) and the alpha values */
+static int on_apply(void *user, const lmp_section *sec, const unsigned char *bytes, size_t size) {
+    (void)bytes;
+    (void)size;
+    cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive((cJSON *)user, "applied"), section_json(sec));
+    return 0;
+}
+
+static int on_alpha(void *user, const char *tensor, const float *values, size_t n) {
+    cJSON *arr = cJSON_CreateArray();
+    size_t i;
+    for (i = 0; i < n; i++) cJSON_AddItemToArray(arr, number((double)values[i]));
+    cJSON_AddStringToObject((cJSON *)user, "alpha_tensor", tensor);
+    cJSON_AddItemToObject((cJSON *)user, "alpha", arr);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     lmp_plan *p = NULL;
     lmp_error err;
@@ -134,6 +151,24 @@ int main(int argc, char **argv) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "adapter", e->ref);
             cJSON_AddItemToObject(o, "steps", e->steps ? cJSON_Duplicate(e->steps, 1) : cJSON_CreateArray());
+            rc = emit(o);
+        }
+    } else if (strcmp(cmd, "switch") == 0 && (argc == 4 || argc == 5)) {
+        const char *from = argc == 5 ? argv[3] : NULL, *to = argv[argc - 1];
+        cJSON *o = cJSON_CreateObject();
+        lmp_callbacks cb = {0};
+        cb.user = o;
+        cb.apply_section = on_apply;
+        cb.set_alpha = on_alpha;
+        cJSON_AddItemToObject(o, "from", from ? cJSON_CreateString(from) : cJSON_CreateNull());
+        cJSON_AddStringToObject(o, "to", to);
+        cJSON_AddItemToObject(o, "group", lmp_group_of(p, to) ? cJSON_CreateString(lmp_group_of(p, to)) : cJSON_CreateNull());
+        cJSON_AddItemToObject(o, "applied", cJSON_CreateArray());
+        rc = (int)lmp_switch_from(p, from, to, &cb, 0, &err);
+        if (rc) {
+            cJSON_Delete(o);
+            rc = fail(&err);
+        } else {
             rc = emit(o);
         }
     } else if (strcmp(cmd, "verify") == 0 && argc == 3) {

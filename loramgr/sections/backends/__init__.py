@@ -28,11 +28,15 @@ class SectionJob:
     encodings: EncodingSet = field(default_factory=EncodingSet)  # build inputs: quant_overrides, int sections
     use_case: UseCase | None = None  # a use case's job: its adapters' ranks concatenated, slot order
     members: tuple[Adapter, ...] = ()  # the use case's adapters, by slot
+    group: str | None = None  # a grouped use case's group, or the group of a "group_quant_section" job
+    group_members: tuple[tuple[Adapter, ...], ...] = ()  # every use case of the group: its adapters
 
     @property
     def label(self) -> str:
         if self.use_case is not None:
             return f"use case {self.use_case.name}"
+        if self.group is not None:
+            return f"group {self.group}"
         return self.adapter.ref if self.adapter else "default adapter"
 
 

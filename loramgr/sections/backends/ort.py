@@ -50,10 +50,16 @@ def read_section(path: str | Path) -> tuple[int, int, dict[str, Any]]:
 
 
 def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
-    from loramgr.lora.inputs import section_inputs, use_case_inputs
+    from loramgr.lora.inputs import grouped_inputs, section_inputs, use_case_inputs
     from loramgr.store import sha256_file
 
-    if job.use_case is not None:
+    scales = True  # a section carries the LoRA inputs' scales, except a grouped use case's
+    if job.group is not None:  # grouped: the members' integer codes, or the group's scales alone
+        members = list(job.members) or list(job.group_members[0])
+        weights, quant = grouped_inputs(members, [list(m) for m in job.group_members], base)
+        inputs, scales = (weights, False) if job.use_case is not None else (quant, True)
+        folder = f"usecases/{job.use_case.name}" if job.use_case is not None else f"groups/{job.group}"
+    elif job.use_case is not None:
         inputs = use_case_inputs(list(job.members), base, job.encodings)
         folder = f"usecases/{job.use_case.name}"
     else:
@@ -63,7 +69,11 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
     out = []
     for section, graphs in job.groups.items():
         names = set().union(*(by_graph[g] for g in graphs))
-        names |= {k for k in inputs if k.endswith("_scale") and k[: -len("_scale")] in names}
+        if scales:
+            names |= {k for k in inputs if k.endswith("_scale") and k[: -len("_scale")] in names}
+        if job.kind == "group_quant_section":
+            names = {k for k in names if k.endswith("_scale")}
+        names &= set(inputs)
         rel = f"sections/{folder}/{section}.onnx_adapter"
         p = Path(work) / rel
         write_section(
@@ -81,6 +91,7 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
                 p.stat().st_size,
                 use_case_id=job.use_case.id if job.use_case else None,
                 use_case=job.use_case.name if job.use_case else None,
+                group=job.group if job.kind == "group_quant_section" else None,
             )
         )
     return out

@@ -170,7 +170,59 @@ def build_v3(
             files += ctx_files
     finally:
         pool.shutdown(wait=True)
+    files += group_quant_sections(base, specs, root, work)
     return finish(files, ctx, work, jobs, progress)
+
+
+#: How the generator is asked for quantization-only sections (one per group, QNN LoRA v3 grouped
+#: LoRA) was NOT found in public material (DESIGN.md section 7 [inf]; the QNN API has the section kind
+#: QNN_CONTEXT_SECTION_UPDATABLE_QUANT_PARAMS since 2.27). This is the one place that depends on it:
+#: loramgr looks for ``<graph>_<group>.bin`` beside the use cases' sections (the naming of every other
+#: section) and stops with exit 7 when the generator wrote none; it never writes such a file itself.
+GROUP_SECTION_HELP = (
+    "the generator switch that emits quantization-only sections (QNN_CONTEXT_SECTION_UPDATABLE_QUANT_PARAMS) "
+    "is not in public material; pass it with --htp-config if your SDK has one, or remove the group "
+    "(docs/qairt-lora-v3.md)"
+)
+
+
+def group_quant_sections(base: Base, specs: list[UseCaseSpec], root: Path, work: Path) -> list[OutFile]:
+    """Collect each group's quantization-only sections from the generator's output, or refuse (exit 7)."""
+    import hashlib
+
+    from loramgr.sections.backends.qairt import GENERATOR, contexts_of
+
+    groups: dict[str, list[UseCaseSpec]] = {}
+    for u in specs:
+        if u.job.use_case is not None and u.job.use_case.group:
+            groups.setdefault(u.job.use_case.group, []).append(u)
+    files = []
+    for group, members in sorted(groups.items()):
+        key = hashlib.sha256("".join(sorted(u.job.cache_key for u in members)).encode()).hexdigest()
+        job = SectionJob(None, key, members[0].job.groups, "group_quant_section", members[0].job.share, group=group)
+        for cname, graphs in contexts_of(base).items():
+            found = [(root / "contexts" / cname / f"{g}_{group}.bin", g) for g in graphs]
+            missing = [p.name for p, _ in found if not p.is_file()]
+            if missing:
+                raise ExternalToolError(
+                    GENERATOR,
+                    f"wrote no quantization-only section for group {group} "
+                    f"({', '.join(missing)}): {GROUP_SECTION_HELP}",
+                )
+            for src, g in found:
+                dest = work / "sections" / "groups" / group / src.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), dest)
+                files.append(
+                    OutFile(
+                        dest.relative_to(work).as_posix(),
+                        "group_quant_section",
+                        [g],
+                        cache_key=job.cache_key,
+                        group=group,
+                    )
+                )
+    return files
 
 
 def write_creator_inputs(

@@ -1,0 +1,173 @@
+"""Groups of use cases sharing quantization parameters (QNN LoRA v3 grouped LoRA), on the ort backend
+with integer LoRA inputs: one quantization section per group with scales over every member, member
+sections with integer codes only, switching inside a group applies one section (Python runtime and
+the C driver), logits within int8 tolerance of fp32, the plan's steps, and the qairt refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from loramgr.testing import synth
+from tests.conftest import invoke
+
+MODS = ("q_proj", "v_proj")
+MPS = synth.module_paths(MODS)
+
+
+@pytest.fixture
+def grouped(tmp_path: Path):
+    """A synthetic base with int8 LoRA inputs (`base export --quantized-lora 8` structure) and two alpha
+    slots; adapters A (r8), B (r4), E (r4); use cases u1 = A + B, u2 = E (group g) and u3 = B."""
+    from loramgr.export.onnx_io import quantize_lora_inputs
+
+    W = synth.write_base(tmp_path / "f.onnx", MPS, max_adapters=2)
+    m = onnx.load(str(tmp_path / "f.onnx"))
+    quantize_lora_inputs(m, [f"{mp}.lora_{x}.weight" for mp in MPS for x in "AB"], 8)
+    onnx.save(m, str(tmp_path / "q.onnx"))
+    assert invoke("base", "register", tmp_path / "q.onnx", "--name", "q", "--precision", "int8").exit_code == 0
+    ads = {}
+    for name, r, alpha, seed in (("A", 8, 16, 1), ("B", 4, 4, 2), ("E", 4, 8, 5)):
+        t = synth.adapter_tensors(MPS, r, seed=seed)
+        synth.write_adapter(tmp_path / name, t, synth.peft_config(r, alpha, list(MODS)))
+        assert invoke("register", tmp_path / name, "--name", name).exit_code == 0
+        assert invoke("validate", name, "--base", "q").exit_code == 0
+        ads[name] = (t, alpha / r)
+    for uc, members in (("u1", ("A", "B")), ("u2", ("E",)), ("u3", ("B",))):
+        assert invoke("usecase", "create", uc, "--base", "q", *members).exit_code == 0
+    return tmp_path, W, ads
+
+
+def _float_ref(x: np.ndarray, W: dict, ads: dict, names: list[str]) -> list[np.ndarray]:
+    outs = [x.astype(np.float64) @ w.astype(np.float64) for w in W.values()]
+    for n in names:
+        t, scaling = ads[n]
+        full = synth.reference(x, W, t, scaling, 1.0)
+        outs = [o + (f - x.astype(np.float64) @ w) for o, f, w in zip(outs, full, W.values(), strict=True)]
+    return outs
+
+
+def test_group_commands_and_refusals(grouped):
+    assert invoke("group", "create", "g", "--base", "q", "u1", "u2").exit_code == 0
+    assert invoke("group", "list", "--base", "q", "--json").json == [
+        {"name": "g", "base": "q@1", "use_cases": ["u1", "u2"]}
+    ]
+    assert invoke("usecase", "show", "u1", "--base", "q", "--json").json["group"] == "g"
+    r = invoke("group", "create", "h", "--base", "q", "u2", "u3")
+    assert r.exit_code == 6 and "u2" in r.stderr and "group g" in r.stderr
+    assert invoke("group", "create", "h", "--base", "q", "nope").exit_code == 3
+    assert invoke("group", "create", "../h", "--base", "q", "u3").exit_code == 4  # names are checked first
+    assert invoke("group", "create", "g", "--base", "q", "u3").exit_code == 6  # exists
+    assert invoke("usecase", "show", "u3", "--base", "q", "--json").json["group"] is None
+    assert invoke("group", "remove", "g", "--base", "q", "--json").json["use_cases"] == ["u1", "u2"]
+    assert invoke("group", "list", "--json").json == []
+
+
+def test_group_sections_share_scales_and_switch_with_one_load(grouped, monkeypatch):
+    import onnxruntime as ort
+
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession
+    from loramgr.sections.backends.ort import read_section
+
+    tmp, W, ads = grouped
+    assert invoke("group", "create", "g", "--base", "q", "u1", "u2").exit_code == 0
+    b = invoke("build", "--base", "q", "-o", tmp / "out", "--json")
+    assert b.exit_code == 0, b.stderr
+    assert "group:g" in b.json["rebuilt"]
+    arts = {(a["kind"], a.get("use_case") or a.get("group")): a for a in b.json["artifacts"] if "section" in a["kind"]}
+    quant = read_section(arts[("group_quant_section", "g")]["path"])[2]
+    u1, u2, u3 = (read_section(arts[("use_case_section", u)]["path"])[2] for u in ("u1", "u2", "u3"))
+    lora = [f"{mp}.lora_{x}.weight" for mp in MPS for x in "AB"]
+    assert sorted(quant) == sorted(f"{n}_scale" for n in lora)  # the scales, once, for the whole group
+    for sec in (u1, u2):
+        assert not any(k.endswith("_scale") for k in sec) and all(sec[n].dtype == np.int8 for n in lora)
+    assert sorted(k for k in u3 if k.endswith("_scale")) == sorted(quant)  # not grouped: its own scales
+    # the group's scales are the symmetric per-channel max over every member's weights (own numpy)
+    for mp in MPS:
+        cols_b = []
+        for members in (("A", "B"), ("E",)):
+            cols_b.append(
+                np.concatenate([(ads[n][0][f"base_model.model.{mp}.lora_B.weight"] * ads[n][1]).T for n in members], 0)
+            )
+        want = np.abs(np.concatenate(cols_b, axis=0)).max(axis=0) / 127
+        np.testing.assert_allclose(quant[f"{mp}.lora_B.weight_scale"], want, rtol=1e-6)
+    # the plan: the group, and the quantization section applied first, when the group changes
+    assert invoke("plan", "--base", "q").exit_code == 0
+    doc = json.loads((tmp / "out" / "plan.json").read_text())
+    assert doc["groups"] == [
+        {"name": "g", "members": ["u1", "u2"], "sections": [doc["groups"][0]["sections"][0]]}
+    ] and doc["groups"][0]["sections"][0]["path"].startswith("sections/groups/g/")
+    u1_entry = next(u for u in doc["use_cases"] if u["name"] == "u1")
+    ops = [(s["op"], s.get("when")) for s in u1_entry["steps"]]
+    assert ops[:3] == [("create_context", None), ("apply_section", "group_changes"), ("apply_section", None)]
+    # the runtime: numerics within int8 tolerance of fp32, and one load per switch inside the group
+    loads: list[str] = []
+    real = ort.LoraAdapter.Load
+
+    def counting(self, path):
+        loads.append(Path(path).parent.name)
+        return real(self, path)
+
+    monkeypatch.setattr(ort.LoraAdapter, "Load", counting)
+    s = LoraSession(Plan.load(tmp / "out" / "plan.json"))
+    x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    for name, members in (("u1", ["A", "B"]), ("u2", ["E"]), ("u3", ["B"]), ("u1", ["A", "B"])):
+        s.apply(name)
+        got, want = s.run({"x": x}), _float_ref(x, W, ads, members)
+        for g_, w_ in zip(got, want, strict=True):
+            d, r = g_.ravel().astype(np.float64) - w_.ravel(), w_.ravel()
+            cos = float(g_.ravel() @ r / (np.linalg.norm(g_) * np.linalg.norm(r)))
+            assert cos >= 0.999 and np.abs(d).max() < 0.05 * np.abs(r).max()
+    assert loads == ["g", "u1", "u2", "u3"]  # u2 after u1: its weights only; u1 again: cached
+
+
+@pytest.mark.slow
+def test_c_driver_skips_the_group_section_inside_a_group(grouped, tmp_path):
+    from tests.test_c_runtime import _build
+
+    tmp, _, _ = grouped
+    assert invoke("group", "create", "g", "--base", "q", "u1", "u2").exit_code == 0
+    assert invoke("build", "--base", "q", "-o", tmp / "out").exit_code == 0
+    assert invoke("plan", "--base", "q").exit_code == 0
+    tool, plan = str(_build(tmp_path / "c-build") / "loramgr-plan"), str(tmp / "out" / "plan.json")
+
+    def switch(*names: str) -> dict:
+        p = subprocess.run([tool, "switch", plan, *names], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    first = switch("u1")
+    assert first["group"] == "g" and [Path(a["path"]).parent.name for a in first["applied"]] == ["g", "u1"]
+    inside = switch("u1", "u2")
+    assert [Path(a["path"]).parent.name for a in inside["applied"]] == ["u2"] and inside["alpha"] == [1, 0]
+    out_of = switch("u3", "u2")
+    assert [Path(a["path"]).parent.name for a in out_of["applied"]] == ["g", "u2"]
+    assert [Path(a["path"]).parent.name for a in switch("u2", "u3")["applied"]] == ["u3"]
+    p = subprocess.run([tool, "verify", plan], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and json.loads(p.stdout)["files"] >= 9
+
+
+def test_qairt_refuses_groups_it_cannot_build(grouped, monkeypatch):
+    """Quantization-only sections need a generator switch public material does not show (DESIGN.md
+    section 7): the v3 flow asks, and when the tool writes none it stops with exit 7 naming what is
+    missing; it never writes such a file itself."""
+    from tests.standin_sdk import make_standin_sdk
+
+    tmp, _, _ = grouped
+    sdk = make_standin_sdk(tmp / "qairt-standin-sdk")
+    monkeypatch.setenv("QAIRT_SDK_ROOT", str(sdk))
+    synth.write_base(tmp / "s.onnx", MPS, max_adapters=2)
+    assert invoke("base", "register", tmp / "s.onnx", "--name", "s", "--sdk-version", "2.28.0.241029").exit_code == 0
+    for n in ("A", "B"):
+        assert invoke("validate", n, "--base", "s").exit_code == 0
+    assert invoke("usecase", "create", "w1", "--base", "s", "A", "B").exit_code == 0
+    assert invoke("group", "create", "gq", "--base", "s", "w1").exit_code == 0
+    r = invoke("build", "--base", "s", "--backend", "qairt", "--lora-version", "3", "-o", tmp / "qo")
+    assert r.exit_code == 7 and "gq" in r.stderr and "quantization-only" in r.stderr
+    assert not list((tmp / "qo").glob("sections/**/*.bin"))
