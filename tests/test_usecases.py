@@ -162,6 +162,11 @@ def test_hot_switch_selects_without_loading_a_section(slots, monkeypatch):
     assert invoke("plan", "--base", "three").exit_code == 0
     plan = Plan.load(tmp / "o3" / "plan.json")
     assert plan.use_case("all").hot
+    # the plan's switch to one adapter of a hot use case: the alpha vector alone, no section
+    assert plan.use_case("all").doc["switch_steps"] == {
+        ref: [{"op": "set_alpha", "tensor": "lora_alpha", "values": one_hot}, {"op": "execute"}]
+        for ref, one_hot in (("B@1", [1.0, 0.0, 0.0]), ("C@1", [0.0, 1.0, 0.0]), ("E@1", [0.0, 0.0, 1.0]))
+    }
     loads = []
     real = ort.LoraAdapter.Load
 

@@ -155,4 +155,6 @@ def build(
 
 def _owner(a: Artifact) -> str:
     """Who a section belongs to, as the build table shows it."""
+    if a.group:
+        return f"group:{a.group}"
     return a.adapter or (f"usecase:{a.use_case}" if a.use_case else "(default)")

@@ -126,7 +126,7 @@ def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json
             "steps": e.steps(),
         }
         if use_case:
-            res |= {"use_case": name, "slots": e.adapters, "alphas": e.alphas}
+            res |= {"use_case": name, "slots": e.adapters, "alphas": e.alphas, "group": p.use_case(name).group}
     else:
         res = {"adapters": list(p.adapters), "use_cases": list(p.use_cases), "graphs": list(p.graphs), "rules": p.rules}
     if as_json:
@@ -136,6 +136,7 @@ def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json
             click.echo(
                 f"use case {name}: "
                 + ", ".join(f"slot {slot} {a} (alpha {e.alphas[slot]:g})" for a, slot in e.adapters.items())
+                + (f"; group {res['group']}" if res.get("group") else "")
             )
         table(
             f"sections of {e.ref}",

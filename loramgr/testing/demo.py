@@ -8,6 +8,7 @@ never touches ``~/.loramgr``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -131,17 +132,18 @@ def main() -> None:
     )
     sh("verify", "--plan", plan)  # every adapter and the use case against PEFT
     run_plan(plan)
-    c_runtime(plan, out)
+    tool = c_runtime(plan, out)
+    groups_v3(inputs, out, tool)
     print("\ndemo finished")
 
 
-def c_runtime(plan: Path, out: Path) -> None:
+def c_runtime(plan: Path, out: Path) -> str | None:
     """The same plan through the C library's command-line tool (runtime-c/), as device code reads it."""
     print("\n## 6. the plan on the device: runtime-c's `loramgr-plan` (C99 + cJSON) reads the same plan")
     src = Path(__file__).resolve().parents[2] / "runtime-c"
     if not src.is_dir() or shutil.which("cmake") is None or not Path("/usr/include/cjson/cJSON.h").exists():
         print("  skipped: needs the source tree's runtime-c/, cmake and libcjson-dev (`bash .ci/run` installs them)")
-        return
+        return None
     build = out / "runtime-c-build"
     for cmd in (
         ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
@@ -158,6 +160,53 @@ def c_runtime(plan: Path, out: Path) -> None:
         print("$ loramgr-plan " + " ".join(str(a) for a in args))
         p = subprocess.run([tool, *map(str, args)], capture_output=True, text=True)
         print(p.stdout.rstrip() or p.stderr.rstrip())
+    return tool
+
+
+def groups_v3(inputs: Path, out: Path, tool: str | None) -> None:
+    """QNN LoRA v3 grouped LoRA on the ort backend: integer LoRA inputs, use cases sharing scales."""
+    print(
+        "\n## 7. QNN LoRA v3 groups on the ort backend: the base again with int8 LoRA inputs; use cases"
+        "\n##    `assistant` and `coder` share one quantization section, so switching between them applies"
+        "\n##    only the weights section (the plan's steps say when the group's section applies)"
+    )
+    sh(
+        "base",
+        "export",
+        inputs / "hf",
+        "--name",
+        "tiny-int8",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--max-rank",
+        "16",
+        "--graphs",
+        "prefill=16",
+        "--context-len",
+        "64",
+        "--max-adapters",
+        "2",
+        "--quantized-lora",
+        "8",
+        "-o",
+        inputs / "onnx-int8",
+    )
+    for name in ("chat-r8", "summarize-r4", "code-r16"):
+        sh("validate", name, "--base", "tiny-int8")
+    sh("usecase", "create", "assistant", "chat-r8", "summarize-r4", "--base", "tiny-int8", "--alphas", "1,0.5")
+    sh("usecase", "create", "coder", "code-r16", "--base", "tiny-int8")
+    sh("group", "create", "int8-group", "assistant", "coder", "--base", "tiny-int8")
+    sh("build", "--base", "tiny-int8", "-o", out / "build-int8")
+    plan = out / "build-int8" / "plan.json"
+    sh("plan", "--base", "tiny-int8")
+    sh("plan-show", plan, "--use-case", "assistant")
+    sh("run", "--plan", plan, "--use-case", "coder", "--input-ids", "5,17,99,3", "--steps", "8")
+    if tool:
+        for args in (["switch", plan, "assistant"], ["switch", plan, "assistant", "coder"]):
+            print("$ loramgr-plan " + " ".join(str(a) for a in args))
+            p = subprocess.run([tool, *map(str, args)], capture_output=True, text=True)
+            applied = [a["path"].rsplit("/", 2)[-2] + "/" + a["name"] for a in json.loads(p.stdout)["applied"]]
+            print(f"  applies {', '.join(applied)}" if p.returncode == 0 else p.stderr.rstrip())
 
 
 def run_plan(plan_path: Path) -> None:
