@@ -137,6 +137,11 @@ if a.adapter_weight_config:
     else:
         for g in graphs:
             (out / f"{g}_default_adapter.bin").write_bytes(blob(zeros[g]))
+# STANDIN_GROUP_SECTIONS=g1,g2 plays an SDK whose generator has the (unpublished) switch for
+# quantization-only sections: it writes <graph>_<group>.bin for the groups named
+for grp in filter(None, os.environ.get("STANDIN_GROUP_SECTIONS", "").split(",")):
+    for g in graphs:
+        (out / f"{g}_{grp}.bin").write_bytes(b"STANDIN-QUANT-SECTION\0" + grp.encode())
 """
 )
 

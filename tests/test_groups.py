@@ -171,3 +171,40 @@ def test_qairt_refuses_groups_it_cannot_build(grouped, monkeypatch):
     r = invoke("build", "--base", "s", "--backend", "qairt", "--lora-version", "3", "-o", tmp / "qo")
     assert r.exit_code == 7 and "gq" in r.stderr and "quantization-only" in r.stderr
     assert not list((tmp / "qo").glob("sections/**/*.bin"))
+
+
+def test_qairt_groups_when_the_generator_writes_them(grouped, monkeypatch):
+    """With a generator that writes quantization-only sections (the stand-in told to play one), the
+    v3 flow collects them; the plan, the Genie v3 config (golden, with groups) and the QNN EP files
+    (quantization section first, then weights) carry the group."""
+    from tests.standin_sdk import make_standin_sdk
+
+    tmp, _, _ = grouped
+    sdk = make_standin_sdk(tmp / "qairt-standin-sdk")
+    monkeypatch.setenv("QAIRT_SDK_ROOT", str(sdk))
+    monkeypatch.setenv("STANDIN_GROUP_SECTIONS", "gq")
+    synth.write_base(tmp / "s.onnx", MPS, max_adapters=2)
+    assert invoke("base", "register", tmp / "s.onnx", "--name", "s", "--sdk-version", "2.28.0.241029").exit_code == 0
+    for n in ("A", "B", "E"):
+        assert invoke("validate", n, "--base", "s").exit_code == 0
+    assert invoke("usecase", "create", "w1", "--base", "s", "A", "B").exit_code == 0
+    assert invoke("usecase", "create", "w2", "--base", "s", "E").exit_code == 0
+    assert invoke("group", "create", "gq", "--base", "s", "w1", "w2").exit_code == 0
+    out = tmp / "qo"
+    r = invoke("build", "--base", "s", "--backend", "qairt", "--lora-version", "3", "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    quant = [a for a in r.json["artifacts"] if a["kind"] == "group_quant_section"]
+    assert [(a["group"], Path(a["path"]).name) for a in quant] == [("gq", "s_gq.bin")]
+    assert Path(quant[0]["path"]).read_bytes() == b"STANDIN-QUANT-SECTION\0gq"  # the tool's bytes, as written
+    r = invoke("plan", "--base", "s", "--genie-config", out / "genie.json", "--qnn-ep-configs", out / "ep")
+    assert r.exit_code == 0, r.stderr
+    genie = json.loads((out / "genie.json").read_text())["lora"]
+    assert genie["lora-version"] == 3 and genie["groups"] == [
+        {"version": 1, "name": "gq", "members": ["w1", "w2"], "quant-bin-sections": ["sections/groups/gq/s_gq.bin"]}
+    ]
+    assert [a["name"] for a in genie["adapters"]] == ["A", "B", "E", "w1", "w2"]
+    assert next(a for a in genie["adapters"] if a["name"] == "w1")["alphas"] == ["A", "B"]
+    ep = out / "ep"
+    assert sorted(p.name for p in ep.iterdir() if p.name.startswith("w1")) == ["w1.s.1-quant.txt", "w1.s.2-weights.txt"]
+    assert (ep / "w1.s.1-quant.txt").read_text() == f"s;{(out / 'sections/groups/gq/s_gq.bin').resolve()}\n"
+    assert (ep / "w1.s.2-weights.txt").read_text() == f"s;{(out / 'sections/usecases/w1/s_w1.bin').resolve()}\n"

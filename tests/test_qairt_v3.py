@@ -199,6 +199,18 @@ def test_v3_models_given_to_the_creator_equal_the_reference(v3):
         got, want = run(name), ref(active)
         assert max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True)) < 1e-5, name
     assert max(float(np.abs(g - w).max()) for g, w in zip(run("both"), ref(["A"]), strict=True)) > 1e-3
+    # and each equals the v3 reference base (the registered graph) with that entry's section applied
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession
+
+    assert invoke("build", "--base", "tiny", "-o", tmp / "ort").exit_code == 0
+    assert invoke("plan", "--base", "tiny").exit_code == 0
+    s = LoraSession(Plan.load(tmp / "ort" / "plan.json"), graph="prefill")
+    for name, entry in (("base", "default"), ("A_v1", "A"), ("C_v1", "C"), ("both", "both")):
+        s.apply(entry)
+        s.set_alpha(1.0)
+        got = s.run({"x": x})
+        assert max(float(np.abs(g - w).max()) for g, w in zip(run(name), got, strict=True)) <= 1e-5, name
 
 
 @pytest.mark.parametrize("mode", ["none", "all"])
