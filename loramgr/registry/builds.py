@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from loramgr.errors import NotFoundError
@@ -143,18 +143,26 @@ class Builds:
         out: dict[str, list[tuple[Artifact, str]]] = {}
         if not keys:
             return out
+        a = ArtifactRow
+        cols = (a.kind, a.graphs, a.path, a.sha256, a.size, a.adapter_id, a.cache_key, a.use_case_id, a.group_name)
         with self.reg.session() as s:
-            q = (
-                select(ArtifactRow, BuildRow.id, BuildRow.out_dir)
+            # only the newest done build's files per key, as plain rows: a base rebuilt many times has
+            # every key in every build, and ORM objects for all of them were most of a rebuild's cost
+            newest = (
+                select(a.cache_key, func.max(BuildRow.id).label("bid"))
                 .join(BuildRow)
-                .where(ArtifactRow.cache_key.in_(keys), BuildRow.status == "done")
-                .order_by(BuildRow.id.desc(), ArtifactRow.id)
+                .where(a.cache_key.in_(keys), BuildRow.status == "done")
+                .group_by(a.cache_key)
+                .subquery()
             )
-            seen_build: dict[str, int] = {}
-            for art, bid, out_dir in s.execute(q):
-                if art.cache_key is None or seen_build.setdefault(art.cache_key, bid) != bid:
-                    continue
-                rel = os.path.relpath(art.path, out_dir)
+            q = (
+                select(*cols, BuildRow.out_dir)
+                .join(BuildRow, a.build_id == BuildRow.id)
+                .join(newest, (a.cache_key == newest.c.cache_key) & (a.build_id == newest.c.bid))
+                .order_by(a.id)
+            )
+            for art in s.execute(q):
+                rel = os.path.relpath(art.path, art.out_dir)
                 if rel.startswith("..") or os.path.isabs(rel):
                     continue  # not under its build's directory: never copy from or to outside it
                 out.setdefault(art.cache_key, []).append((rows.artifact(art), Path(rel).as_posix()))

@@ -180,8 +180,12 @@ def base(b: BaseRow) -> Base:
 
 
 def artifact(
-    a: ArtifactRow, adapter_name: str | None = None, adapter_version: str | None = None, use_case: str | None = None
+    a: ArtifactRow | Any,
+    adapter_name: str | None = None,
+    adapter_version: str | None = None,
+    use_case: str | None = None,
 ) -> Artifact:
+    """An artifact record from its ORM row, or from a plain row with the same column names."""
     return Artifact(
         kind=a.kind,
         graphs=tuple(a.graphs or ()),
