@@ -51,6 +51,11 @@ ROW_IDS = (
     "int8_cosine",
     "hot_switch_select",
     "decode_use_case_2_vs_1",
+    "build_scale",
+    "plan_scale_load",
+    "plan_scale_lookup_p50",
+    "export_scale_small",
+    "export_scale_large",
 )
 
 
@@ -402,6 +407,7 @@ def bench_parity(tmp: Path) -> list[Row]:
 # -- main -------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.runtime import bench_switch, bench_use_cases
+    from benchmarks.scale import bench_build_scale, bench_export_scale, bench_plan_scale
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (CI)")
@@ -421,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
             "rebuild": lambda: bench_rebuild(tmp, 20 if q else 100, 256 if q else 1024, 2 if q else 8, 2 if q else 3),
             "parity": lambda: bench_parity(tmp),
             "use cases": lambda: bench_use_cases(tmp, 256 if q else 1024, 2 if q else 8, 8, 10 if q else 40),
+            "scale": lambda: [
+                *bench_build_scale(tmp, (5, 10, 20) if q else (10, 100, 1000), 2 if q else 3),
+                *bench_plan_scale(tmp, 2000 if q else 100_000, 200 if q else 2000),
+                *bench_export_scale(tmp, ((64, 2), (128, 2)) if q else ((256, 4), (1024, 8))),
+            ],
         }
         for label in STEPS:
             if label in only:
@@ -438,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases")
+STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases", "scale")
 
 
 def machine() -> dict[str, Any]:

@@ -1,0 +1,198 @@
+"""Scale curves: how build time grows with the number of adapters, plan load and lookup at 100k
+adapters, and `base export` wall time and peak RSS at two model sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.measure import Row
+
+#: the baseline of a report row that states an absolute figure (its "ratio" is that figure in seconds)
+ABSOLUTE = "1 s (absolute figure)"
+
+#: runs the loramgr CLI (argv after the first) and writes the process's own peak RSS to argv[1] at exit
+PEAK_RSS = (
+    "import atexit, resource, sys\n"
+    "out = sys.argv[1]\n"
+    "atexit.register(lambda: open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "sys.argv = ['loramgr', *sys.argv[2:]]\n"
+    "from loramgr.cli import main\n"
+    "main()\n"
+)
+
+
+def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[Row]:
+    """Wall time of a full build (``force``) of N small adapters, for each N; the goal is on the
+    shape: time per adapter at the largest N within 1.2x of that at the middle N (linear, no
+    per-adapter cost that grows with N)."""
+    from loramgr.config import Settings
+    from loramgr.registry.api import Registry
+    from loramgr.sections.pipeline import build
+    from loramgr.testing import synth
+    from loramgr.validation import validate
+
+    mods = ("q_proj", "v_proj")
+    mps = synth.module_paths(mods, layers=2)
+    synth.write_base(tmp / "bs.onnx", mps, d=64)
+    cfg = synth.peft_config(8, 16, list(mods))
+    per_adapter: dict[int, list[float]] = {}
+    for n in counts:
+        reg = Registry(Settings.resolve(str(tmp / f"home-scale-{n}")))
+        reg.register_base([("bs", tmp / "bs.onnx")], name="bs")
+        names = []
+        for i in range(n):
+            a = synth.write_adapter(tmp / f"bs-{n}" / f"a{i}", synth.adapter_tensors(mps, 8, d=64, seed=i), cfg)
+            names.append(reg.register_adapter(a)[0].name)
+        validate(reg, names, "bs")
+        out = tmp / f"bs-out-{n}"
+        build(reg, "bs", names, out_dir=out, quiet=True)  # warm-up: files, page cache, registry rows
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            build(reg, "bs", names, out_dir=out, quiet=True, force=True)
+            times.append((time.perf_counter() - t) / n)
+        per_adapter[n] = times
+        reg.close()
+    mid, top = counts[-2], counts[-1]
+    return [
+        Row(
+            "build_scale",
+            f"full build time per adapter at {top} adapters",
+            f"per adapter at {mid} adapters",
+            per_adapter[mid],
+            per_adapter[top],
+            "s",
+            goal=1.2,
+            extra={"per_adapter_s": {str(n): statistics.median(v) for n, v in per_adapter.items()}},
+        )
+    ]
+
+
+def bench_plan_scale(tmp: Path, n: int, lookups: int) -> list[Row]:
+    """``Plan.load`` and ``plan.adapter(name)`` on a plan of ``n`` adapters. The plan is a real
+    built plan whose one adapter entry is repeated under ``n`` names (each pointing at the same
+    section file), so the figures are of the loader and the index, not of building 100k adapters."""
+    from loramgr.config import Settings
+    from loramgr.plan import write_plan
+    from loramgr.registry.api import Registry
+    from loramgr.runtime import Plan
+    from loramgr.sections.pipeline import build
+    from loramgr.testing import synth
+    from loramgr.validation import validate
+
+    mps = synth.module_paths(("q_proj", "v_proj"), layers=2)
+    synth.write_base(tmp / "ps.onnx", mps, d=64)
+    reg = Registry(Settings.resolve(str(tmp / "home-plan-scale")))
+    reg.register_base([("ps", tmp / "ps.onnx")], name="ps")
+    a = synth.write_adapter(tmp / "ps-a", synth.adapter_tensors(mps, 8, d=64), synth.peft_config(8, 16, ["q_proj"]))
+    name = reg.register_adapter(a)[0].name
+    validate(reg, [name], "ps")
+    build(reg, "ps", [name], out_dir=tmp / "ps-out", quiet=True)
+    path = Path(write_plan(reg, "ps").plan)
+    reg.close()
+    doc = json.loads(path.read_text())
+    one = doc["adapters"][0]
+    doc["adapters"] = [one | {"name": f"a{i:06d}", "ref": f"a{i:06d}@1"} for i in range(n)]
+    big = path.with_name("plan-100k.json")
+    big.write_text(json.dumps(doc))
+    loads = []
+    for _ in range(3):
+        t = time.perf_counter()
+        plan = Plan.load(big)
+        loads.append(time.perf_counter() - t)
+    names = [f"a{(i * 7919) % n:06d}" for i in range(lookups)]
+    per = []
+    for nm in names:
+        t = time.perf_counter()
+        plan.adapter(nm)
+        per.append(time.perf_counter() - t)
+    return [
+        Row(
+            "plan_scale_load",
+            f"Plan.load of a plan with {n} adapters ({big.stat().st_size >> 20} MiB)",
+            ABSOLUTE,
+            [1.0],
+            loads,
+            "s",
+            note="report: absolute seconds",
+        ),
+        Row(
+            "plan_scale_lookup_p50",
+            f"plan.adapter(name) p50 at {n} adapters",
+            "goal",
+            [1e-3],
+            per,
+            "s",
+            goal=1e-3,
+            absolute=True,
+        ),
+    ]
+
+
+def bench_export_scale(tmp: Path, sizes: tuple[tuple[int, int], ...]) -> list[Row]:
+    """``loramgr base export`` (a CLI process) wall time and peak RSS for tiny Llamas of two sizes
+    (hidden, layers), prefill + decode graphs."""
+    from loramgr.testing.synth_hf import tiny_family
+
+    rows = []
+    for label, (hidden, layers) in zip(("small", "large"), sizes, strict=True):
+        hf = tmp / f"export-{hidden}"
+        tiny_family(
+            "llama",
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=max(4, hidden // 64),
+            num_key_value_heads=max(2, hidden // 128),
+            vocab_size=1024,
+        ).save_pretrained(hf)
+        weights = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
+        rss = tmp / f"export-{hidden}.maxrss"
+        cmd = [
+            sys.executable,
+            "-c",
+            PEAK_RSS,
+            str(rss),
+            "base",
+            "export",
+            str(hf),
+            "--name",
+            f"e{hidden}",
+            "--target-modules",
+            "q_proj,v_proj",
+            "--max-rank",
+            "16",
+            "--graphs",
+            "prefill=32,decode=1",
+            "--context-len",
+            "64",
+            "-o",
+            str(tmp / f"export-out-{hidden}"),
+        ]
+        env = dict(os.environ, LORAMGR_HOME=str(tmp / f"home-export-{hidden}"))
+        t = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+        wall = time.perf_counter() - t
+        if p.returncode:
+            raise RuntimeError(f"base export failed: {p.stderr[-300:]}")
+        peak = int(rss.read_text()) * 1024  # ru_maxrss is KiB on Linux
+        rows.append(
+            Row(
+                f"export_scale_{label}",
+                f"base export, hidden {hidden}, {layers} layers ({weights >> 20} MiB of weights)",
+                ABSOLUTE,
+                [1.0],
+                [wall],
+                "s",
+                note=f"report: wall seconds; peak RSS {peak >> 20} MiB ({peak / max(weights, 1):.0f}x the weights: "
+                "torch and transformers themselves)",
+                extra={"peak_rss_bytes": peak, "weights_bytes": weights},
+            )
+        )
+    return rows
