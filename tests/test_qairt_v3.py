@@ -294,3 +294,13 @@ def test_v3_plan_genie_and_qnn_ep_configs(v3):
     line = (out / "ep" / "both.decode.txt").read_text().splitlines()[0]
     assert line == f"decode;{(out / 'sections' / 'usecases' / 'both' / 'prefill_both.bin').resolve()}"
     assert sorted(r.json["qnn_ep_configs"]) == sorted(str((out / "ep" / f).resolve()) for f in files)
+
+
+def test_quant_overrides_per_mode():
+    from loramgr.sections.backends.qairt_v3 import quant_overrides
+
+    enc = {"version": "0.6.1", "activation_encodings": {"logits": [{"bitwidth": 16}]}, "param_encodings": {"w": [{}]}}
+    assert quant_overrides(enc, "none") is None
+    assert quant_overrides(enc, "adapter_only") == enc | {"activation_encodings": {}}
+    assert quant_overrides(enc, "all") == enc
+    assert quant_overrides(enc | {"param_encodings": {}}, "adapter_only") is None  # nothing of the LoRA weights

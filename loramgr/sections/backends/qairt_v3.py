@@ -270,8 +270,9 @@ def write_creator_inputs(
         files.append(OutFile(f"{rel}/{u.name}.onnx", "creator_input", [g]))
         if (cdir / f"{u.name}.lora.data").exists():
             files.append(OutFile(f"{rel}/{u.name}.lora.data", "creator_input", [g]))
-        if mode != "none" and u.job.encodings:
-            (cdir / f"{u.name}.encodings").write_text(json.dumps(u.job.encodings.to_aimet(), indent=1, sort_keys=True))
+        overrides = quant_overrides(u.job.encodings.to_aimet(), mode) if u.job.encodings else None
+        if overrides:
+            (cdir / f"{u.name}.encodings").write_text(json.dumps(overrides, indent=1, sort_keys=True))
             entry["quant_overrides"] = f"{u.name}.encodings"
             files.append(OutFile(f"{rel}/{u.name}.encodings", "encodings", [g]))
         use_cases.append(entry)
@@ -295,6 +296,18 @@ def write_creator_inputs(
     (cdir / "lora_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     files.append(OutFile(f"{rel}/lora_config.yaml", "lora_creator_config", [g]))
     return files, included
+
+
+def quant_overrides(aimet: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """What a use case's ``quant_overrides`` carries per mode: nothing with ``none`` (one encoding set
+    for every use case), its LoRA weight encodings with ``adapter_only``, everything calibrated (I/O
+    and weights) with ``all``. Weight encodings are keyed by the base graph's LoRA input names and
+    I/O encodings by its tensor names; which names the creator expects for the branches it builds is
+    not shown in public material [inf] (docs/qairt-lora-v3.md)."""
+    if mode == "none":
+        return None
+    out = aimet if mode == "all" else aimet | {"activation_encodings": {}}
+    return out if out.get("activation_encodings") or out.get("param_encodings") else None
 
 
 def run_tools(
