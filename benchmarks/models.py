@@ -52,7 +52,8 @@ def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:
     from transformers import AutoModelForCausalLM
 
     from loramgr.export import _export_one
-    from loramgr.export.model import GraphSpec, layout_of
+    from loramgr.export.layout import layout_of
+    from loramgr.export.model import GraphSpec
     from loramgr.export.onnx_io import save_sharing_weights
 
     model = AutoModelForCausalLM.from_pretrained(

@@ -150,7 +150,8 @@ def export_base(
         raise UsageError(
             "base export", f"needs the [export] extra ({e.name} is missing)", hint="pip install 'loramgr[export]'"
         ) from None
-    from loramgr.export.model import GraphSpec, check_targets, find_targets, layout_of
+    from loramgr.export.layout import check_targets, find_targets, layout_of
+    from loramgr.export.model import GraphSpec
 
     hf = Path(hf_dir)
     check_hf_dir(hf)
@@ -284,7 +285,7 @@ def _skeleton(cfg: Any) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from loramgr.export.model import layout_of
+    from loramgr.export.layout import layout_of
 
     try:
         with torch.device("meta"):

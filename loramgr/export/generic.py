@@ -27,72 +27,15 @@ stay in transformers' code; this module only changes what crosses the graph boun
 from __future__ import annotations
 
 import contextlib
-import inspect
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from loramgr.errors import UsageError
-from loramgr.export.model import GraphModule, GraphSpec, Layout, alpha_of, lora_branch, lora_inputs_of, mask_bias
-
-MASK_FUNCTIONS = ("create_causal_mask", "create_sliding_window_causal_mask")
-REFUSED_MASKS = ("create_chunked_causal_mask", "create_bidirectional_mask", "create_masks_for_generate")
-
-
-@dataclass(frozen=True)
-class Decoder:
-    """Where the generic path finds things in a loaded causal LM."""
-
-    layers: nn.ModuleList
-    norm: nn.Module  # the module right after the last layer (its input is the last layer's output)
-    cache_kwarg: str  # "cache" (transformers 5) or "past_key_values"
-    modeling: Any  # the model's modeling module, whose mask functions are swapped during the trace
-    kv_heads: int
-    head_dim: int
-
-
-def _reason(model: Any) -> str | None:
-    cfg = model.config
-    if getattr(cfg, "is_encoder_decoder", False):
-        return "is an encoder-decoder model; `base export` takes decoder-only causal LMs"
-    if getattr(cfg, "use_bidirectional_attention", False):
-        return "uses bidirectional attention; `base export` takes causal LMs"
-    return None
-
-
-def decoder_of(model: Any) -> Decoder:
-    """Locate the decoder layers, final norm and cache argument, or refuse (exit 2) naming why."""
-    mt = getattr(model.config, "model_type", "?")
-    why = _reason(model)
-    if why:
-        raise UsageError(f"model_type {mt!r}", why)
-    n = getattr(model.config, "num_hidden_layers", None)
-    dec: Any = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(dec, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not n or len(layers) < n:
-        raise UsageError(
-            f"model_type {mt!r}",
-            "has no decoder layer list `model.layers`; `base export` takes decoder-only causal LMs",
-        )
-    norm = next((getattr(dec, a) for a in ("norm", "final_layernorm", "final_layer_norm") if hasattr(dec, a)), None)
-    if not isinstance(norm, nn.Module):
-        raise UsageError(f"model_type {mt!r}", "has no final norm after its decoder layers")
-    params = inspect.signature(type(dec).forward).parameters
-    cache_kwarg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
-    if not cache_kwarg:
-        raise UsageError(f"model_type {mt!r}", "its decoder takes no KV cache argument")
-    modeling = sys.modules[type(dec).__module__]
-    if not any(hasattr(modeling, f) for f in MASK_FUNCTIONS):
-        raise UsageError(f"model_type {mt!r}", "builds its attention mask without transformers' mask functions")
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    kvh = getattr(cfg, "num_key_value_heads", None) or heads
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return Decoder(layers, norm, cache_kwarg, modeling, int(kvh), int(hd))
+from loramgr.export.layout import MASK_FUNCTIONS, REFUSED_MASKS, Layout, decoder_of
+from loramgr.export.model import GraphModule, GraphSpec, alpha_of, lora_branch, lora_inputs_of, mask_bias
 
 
 class GraphCache:

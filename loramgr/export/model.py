@@ -24,20 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-GPT2_TYPES = ("gpt2",)
-GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
-
-
-def family_of(config: Any) -> str:
-    """``gpt2`` (the re-stated loop) or ``generic`` (the model's own forward)."""
-    return "gpt2" if getattr(config, "model_type", None) in GPT2_TYPES else "generic"
-
-
-@dataclass
-class LoraTarget:
-    module_path: str
-    in_features: int
-    out_features: int
+from loramgr.export.layout import Layout, LoraTarget
 
 
 @dataclass
@@ -51,84 +38,6 @@ class GraphSpec:
     part: int = 0
     targets: list[LoraTarget] = field(default_factory=list)
     max_adapters: int | None = None  # alpha slots N: lora_alpha [1, N] and `<module>.lora_indices` [1, R]
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a loaded causal LM keeps what the export needs."""
-
-    family: str
-    layers: nn.ModuleList
-    layers_path: str  # "model.layers", "transformer.h"
-    kv_heads: int
-    head_dim: int
-    embeddings: tuple[nn.Module, ...]  # what the first part holds besides layers
-    head: tuple[nn.Module, ...]  # what the last part holds besides layers
-
-
-def layout_of(model: Any) -> Layout:
-    """The model's layout, or a refusal (exit 2) naming why the export cannot take it."""
-    family = family_of(model.config)
-    if family == "gpt2":
-        t, c = model.transformer, model.config
-        hd = c.hidden_size // c.num_attention_heads
-        return Layout(family, t.h, "transformer.h", c.num_attention_heads, hd, (t.wte, t.wpe), (t.ln_f, model.lm_head))
-    from loramgr.export.generic import decoder_of
-
-    dec = decoder_of(model)
-    path = next(p for p, m in model.named_modules() if m is dec.layers)
-    emb = model.get_input_embeddings()
-    return Layout(family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head))
-
-
-def _features(mod: nn.Module, family: str) -> tuple[int, int]:
-    if family != "gpt2" and isinstance(mod, nn.Linear):
-        return mod.in_features, mod.out_features
-    w = getattr(mod, "weight", None)  # transformers' Conv1D stores [in, out]
-    if family == "gpt2" and w is not None and w.dim() == 2 and type(mod).__name__ == "Conv1D":
-        return int(w.shape[0]), int(w.shape[1])
-    raise TypeError(f"is a {type(mod).__name__}, not {'a Conv1D' if family == 'gpt2' else 'an nn.Linear'}")
-
-
-def _matches(path: str, wanted: list[str]) -> bool:
-    return any(path == w or path.endswith("." + w) for w in wanted)
-
-
-def find_targets(model: nn.Module, lay: Layout, wanted: list[str], layers: tuple[int, int]) -> list[LoraTarget]:
-    """Projection modules of ``layers`` whose leaf name (or path suffix) is in ``wanted``."""
-    out = []
-    prefixes = tuple(f"{lay.layers_path}.{i}." for i in range(*layers))
-    for path, mod in model.named_modules():
-        if path.startswith(prefixes) and _matches(path, wanted):
-            out.append(LoraTarget(path, *_features(mod, lay.family)))
-    return out
-
-
-def check_targets(model: nn.Module, lay: Layout, wanted: list[str]) -> None:
-    """Every wanted name matches a projection of the decoder layers, and each match can take LoRA
-    (``nn.Linear``; ``Conv1D`` for GPT-2). Refusals (exit 2) name the module and what is there."""
-    from loramgr.errors import UsageError
-
-    inside = [(p, m) for p, m in model.named_modules() if p.startswith(lay.layers_path + ".")]
-    for path, mod in inside:
-        if _matches(path, wanted):
-            try:
-                _features(mod, lay.family)
-            except TypeError as e:
-                raise UsageError(f"--target-modules: {path}", f"{e}; LoRA attaches to linear projections") from None
-    if lay.family == "gpt2":
-        choices = list(GPT2_TARGETS)
-    else:
-        first = f"{lay.layers_path}.0."
-        choices = sorted({p.rsplit(".", 1)[-1] for p, m in inside if p.startswith(first) and isinstance(m, nn.Linear)})
-    bad = [w for w in wanted if not any(_matches(p, [w]) for p, _ in inside)]
-    if lay.family == "gpt2":
-        bad += [w for w in wanted if w not in bad and w.rsplit(".", 1)[-1] not in GPT2_TARGETS]
-    if bad:
-        raise UsageError(
-            f"--target-modules {','.join(bad)}",
-            f"matches no projection of the decoder layers; these do: {', '.join(choices)}",
-        )
 
 
 def lora_inputs_of(

@@ -7,14 +7,14 @@ Per context (the graphs that share attachment points, e.g. prefill + decode): th
 ``lora_output_files.yaml`` merged into one adapter weight config (with
 ``share_adapters_between_graphs: Yes`` for super adapters), then ``qnn-context-binary-generator
 --adapter_weight_config``, whose ``{graph}_{use_case}.bin`` sections, ``default_adapter`` section and
-context binary are collected. Everything lives under ``qairt/`` in the output directory with relative
-paths, so each step can be re-run by hand from the build log.
+context binary are collected. The tools run in ``OUT/qairt/`` (not in the build's temporary
+directory) with relative paths, so each step can be re-run there by hand from the build log.
+``--lora-version 3`` hands the build to the QNN LoRA v3 flow (``qairt_v3.py``).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,39 +26,20 @@ import yaml
 from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
 from loramgr.records import Adapter, Base
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
+from loramgr.sections.backends.qairt_common import (
+    CONVERTER,
+    GENERATOR,
+    IMPORTER,
+    MODES,
+    QUANTIZED,
+    contexts_of,
+    finish,
+    render_weight_config,
+    tools_dir,
+    use_case_names,
+)
 from loramgr.sections.backends.sdk import Sdk
-from loramgr.sections.layout import section_groups
 from loramgr.store import sha256_file
-
-IMPORTER = "qairt-lora-importer"
-GENERATOR = "qnn-context-binary-generator"
-CONVERTER = "qairt-converter"
-QUANTIZED = ("int8", "int16")
-
-
-def use_case_names(adapters: Iterable[Adapter]) -> dict[int, str]:
-    """adapter id -> a use-case name safe for YAML keys and file names (``name_v3``), unique."""
-    out: dict[int, str] = {}
-    taken: set[str] = {"default_adapter"}
-    for a in adapters:
-        uc = re.sub(r"[^A-Za-z0-9_]", "_", f"{a.name}_v{a.version}")
-        if uc in taken:
-            uc = f"{uc}_{a.id}"
-        taken.add(uc)
-        out[a.id] = uc
-    return out
-
-
-def contexts_of(base: Base) -> dict[str, list[str]]:
-    """Context name -> graphs: graphs with the same attachment points share a context."""
-    return {name.replace("+", "_"): graphs for name, graphs in section_groups(base, True).items()}
-
-
-def render_weight_config(use_cases: list[dict[str, Any]], share: bool) -> str:
-    """The ``--adapter_weight_config`` YAML. ``Yes`` is written as in the QNN documentation (YAML 1.1
-    reads it as true)."""
-    body = yaml.safe_dump({"use_case": use_cases}, sort_keys=False, default_flow_style=False)
-    return ("share_adapters_between_graphs: Yes\n" if share else "") + body
 
 
 class QairtBackend:
@@ -77,8 +58,6 @@ class QairtBackend:
         lora_version: int = 2,
         quant_updatable: str | None = None,
     ) -> None:
-        from loramgr.sections.backends.qairt_v3 import MODES
-
         if lora_version not in (2, 3):
             raise UsageError(f"--lora-version {lora_version}", "must be 2 or 3")
         if quant_updatable is not None and (lora_version != 3 or quant_updatable not in MODES):
@@ -404,27 +383,6 @@ class QairtBackend:
             use_case_id=uc.id if uc else None,
             use_case=uc.name if uc else None,
         )
-
-
-def tools_dir(ctx: BuildContext) -> Path:
-    """``OUT/qairt``, emptied: where the SDK tools run and leave their working files."""
-    root = ctx.out / "qairt"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    return root
-
-
-def finish(
-    files: list[OutFile], ctx: BuildContext, work: Path, jobs: list[SectionJob], progress: Progress
-) -> list[OutFile]:
-    """Hash every file; the tools' working files (under ``qairt/``) are already in place."""
-    for f in files:
-        f.placed = f.rel_path.startswith("qairt/")
-        p = (ctx.out if f.placed else work) / f.rel_path
-        f.sha256, f.size = sha256_file(p), p.stat().st_size
-    for j in jobs:
-        progress(j)
-    return files
 
 
 def _adapter(job: SectionJob) -> Adapter:

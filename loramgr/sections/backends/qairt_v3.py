@@ -25,22 +25,54 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
 from loramgr.errors import ExternalToolError, IncompatibleError
 from loramgr.records import Adapter, Base
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
+from loramgr.sections.backends.qairt_common import (
+    CONVERTER,
+    GENERATOR,
+    IMPORTER,
+    QUANTIZED,
+    contexts_of,
+    finish,
+    tools_dir,
+    use_case_names,
+)
 
 if TYPE_CHECKING:
-    from loramgr.sections.backends.qairt import QairtBackend
+    from loramgr.sections.backends.sdk import Sdk
+
+
+class V2Steps(Protocol):
+    """What the v3 flow uses of the qairt backend: its SDK, its mode and the steps both flows share."""
+
+    sdk: Sdk
+    quant_updatable: str
+
+    def generate(
+        self,
+        ctx: str,
+        graphs: list[str],
+        root: Path,
+        work: Path,
+        imported: dict[str, list[dict[str, Any]]],
+        named: list[tuple[str, SectionJob]],
+        default_job: SectionJob | None,
+        share: bool,
+    ) -> list[OutFile]: ...
+
+    def read_output_files(self, listing: Path, g: str, ucs: Iterable[str]) -> list[dict[str, Any]]: ...
+
 
 CREATOR = "qairt-lora-model-creator"
 QUANTIZER = "qairt-quantizer"
-MODES = ("none", "adapter_only", "all")
 BASE_USE_CASE = "base"
 
 
@@ -125,11 +157,9 @@ def refusals(base: Base, specs: list[UseCaseSpec], mode: str, ranks: dict[int, d
 
 
 def build_v3(
-    be: QairtBackend, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
+    be: V2Steps, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
 ) -> list[OutFile]:
     from concurrent.futures import ThreadPoolExecutor
-
-    from loramgr.sections.backends.qairt import contexts_of, finish, tools_dir, use_case_names
 
     base, mode = ctx.base, be.quant_updatable
     adapters = {m.id: m for j in jobs for m in ((j.adapter,) if j.adapter else j.members)}
@@ -189,8 +219,6 @@ GROUP_SECTION_HELP = (
 def group_quant_sections(base: Base, specs: list[UseCaseSpec], root: Path, work: Path) -> list[OutFile]:
     """Collect each group's quantization-only sections from the generator's output, or refuse (exit 7)."""
     import hashlib
-
-    from loramgr.sections.backends.qairt import GENERATOR, contexts_of
 
     groups: dict[str, list[UseCaseSpec]] = {}
     for u in specs:
@@ -311,10 +339,9 @@ def quant_overrides(aimet: dict[str, Any], mode: str) -> dict[str, Any] | None:
 
 
 def run_tools(
-    be: QairtBackend, ctx: BuildContext, g: str, root: Path, specs: list[UseCaseSpec], mode: str
+    be: V2Steps, ctx: BuildContext, g: str, root: Path, specs: list[UseCaseSpec], mode: str
 ) -> tuple[list[dict[str, Any]], list[OutFile]]:
     """Creator, converter, (quantizer), importer for graph ``g``; returns the importer's entries."""
-    from loramgr.sections.backends.qairt import CONVERTER, IMPORTER, QUANTIZED
 
     gdir = root / g
     out = gdir / "creator_out"

@@ -1,0 +1,163 @@
+"""Where a loaded causal LM keeps what the export needs: its decoder layers, final norm, cache
+argument and attachment points, and the refusals (exit 2) for models the export cannot take.
+
+Two families of layout: GPT-2 (``transformer.h``, ``Conv1D`` projections; the re-stated loop in
+``model.py``) and every other decoder-only model (``model.layers``, ``nn.Linear`` projections; the
+generic path in ``generic.py``, through the model's own forward).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from loramgr.errors import UsageError
+
+GPT2_TYPES = ("gpt2",)
+GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
+
+
+def family_of(config: Any) -> str:
+    """``gpt2`` (the re-stated loop) or ``generic`` (the model's own forward)."""
+    return "gpt2" if getattr(config, "model_type", None) in GPT2_TYPES else "generic"
+
+
+@dataclass
+class LoraTarget:
+    module_path: str
+    in_features: int
+    out_features: int
+
+
+MASK_FUNCTIONS = ("create_causal_mask", "create_sliding_window_causal_mask")
+REFUSED_MASKS = ("create_chunked_causal_mask", "create_bidirectional_mask", "create_masks_for_generate")
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Where the generic path finds things in a loaded causal LM."""
+
+    layers: nn.ModuleList
+    norm: nn.Module  # the module right after the last layer (its input is the last layer's output)
+    cache_kwarg: str  # "cache" (transformers 5) or "past_key_values"
+    modeling: Any  # the model's modeling module, whose mask functions are swapped during the trace
+    kv_heads: int
+    head_dim: int
+
+
+def _reason(model: Any) -> str | None:
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        return "is an encoder-decoder model; `base export` takes decoder-only causal LMs"
+    if getattr(cfg, "use_bidirectional_attention", False):
+        return "uses bidirectional attention; `base export` takes causal LMs"
+    return None
+
+
+def decoder_of(model: Any) -> Decoder:
+    """Locate the decoder layers, final norm and cache argument, or refuse (exit 2) naming why."""
+    mt = getattr(model.config, "model_type", "?")
+    why = _reason(model)
+    if why:
+        raise UsageError(f"model_type {mt!r}", why)
+    n = getattr(model.config, "num_hidden_layers", None)
+    dec: Any = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(dec, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not n or len(layers) < n:
+        raise UsageError(
+            f"model_type {mt!r}",
+            "has no decoder layer list `model.layers`; `base export` takes decoder-only causal LMs",
+        )
+    norm = next((getattr(dec, a) for a in ("norm", "final_layernorm", "final_layer_norm") if hasattr(dec, a)), None)
+    if not isinstance(norm, nn.Module):
+        raise UsageError(f"model_type {mt!r}", "has no final norm after its decoder layers")
+    params = inspect.signature(type(dec).forward).parameters
+    cache_kwarg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
+    if not cache_kwarg:
+        raise UsageError(f"model_type {mt!r}", "its decoder takes no KV cache argument")
+    modeling = sys.modules[type(dec).__module__]
+    if not any(hasattr(modeling, f) for f in MASK_FUNCTIONS):
+        raise UsageError(f"model_type {mt!r}", "builds its attention mask without transformers' mask functions")
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kvh = getattr(cfg, "num_key_value_heads", None) or heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return Decoder(layers, norm, cache_kwarg, modeling, int(kvh), int(hd))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a loaded causal LM keeps what the export needs."""
+
+    family: str
+    layers: nn.ModuleList
+    layers_path: str  # "model.layers", "transformer.h"
+    kv_heads: int
+    head_dim: int
+    embeddings: tuple[nn.Module, ...]  # what the first part holds besides layers
+    head: tuple[nn.Module, ...]  # what the last part holds besides layers
+
+
+def layout_of(model: Any) -> Layout:
+    """The model's layout, or a refusal (exit 2) naming why the export cannot take it."""
+    family = family_of(model.config)
+    if family == "gpt2":
+        t, c = model.transformer, model.config
+        hd = c.hidden_size // c.num_attention_heads
+        return Layout(family, t.h, "transformer.h", c.num_attention_heads, hd, (t.wte, t.wpe), (t.ln_f, model.lm_head))
+    dec = decoder_of(model)
+    path = next(p for p, m in model.named_modules() if m is dec.layers)
+    emb = model.get_input_embeddings()
+    return Layout(family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head))
+
+
+def _features(mod: nn.Module, family: str) -> tuple[int, int]:
+    if family != "gpt2" and isinstance(mod, nn.Linear):
+        return mod.in_features, mod.out_features
+    w = getattr(mod, "weight", None)  # transformers' Conv1D stores [in, out]
+    if family == "gpt2" and w is not None and w.dim() == 2 and type(mod).__name__ == "Conv1D":
+        return int(w.shape[0]), int(w.shape[1])
+    raise TypeError(f"is a {type(mod).__name__}, not {'a Conv1D' if family == 'gpt2' else 'an nn.Linear'}")
+
+
+def _matches(path: str, wanted: list[str]) -> bool:
+    return any(path == w or path.endswith("." + w) for w in wanted)
+
+
+def find_targets(model: nn.Module, lay: Layout, wanted: list[str], layers: tuple[int, int]) -> list[LoraTarget]:
+    """Projection modules of ``layers`` whose leaf name (or path suffix) is in ``wanted``."""
+    out = []
+    prefixes = tuple(f"{lay.layers_path}.{i}." for i in range(*layers))
+    for path, mod in model.named_modules():
+        if path.startswith(prefixes) and _matches(path, wanted):
+            out.append(LoraTarget(path, *_features(mod, lay.family)))
+    return out
+
+
+def check_targets(model: nn.Module, lay: Layout, wanted: list[str]) -> None:
+    """Every wanted name matches a projection of the decoder layers, and each match can take LoRA
+    (``nn.Linear``; ``Conv1D`` for GPT-2). Refusals (exit 2) name the module and what is there."""
+    inside = [(p, m) for p, m in model.named_modules() if p.startswith(lay.layers_path + ".")]
+    for path, mod in inside:
+        if _matches(path, wanted):
+            try:
+                _features(mod, lay.family)
+            except TypeError as e:
+                raise UsageError(f"--target-modules: {path}", f"{e}; LoRA attaches to linear projections") from None
+    if lay.family == "gpt2":
+        choices = list(GPT2_TARGETS)
+    else:
+        first = f"{lay.layers_path}.0."
+        choices = sorted({p.rsplit(".", 1)[-1] for p, m in inside if p.startswith(first) and isinstance(m, nn.Linear)})
+    bad = [w for w in wanted if not any(_matches(p, [w]) for p, _ in inside)]
+    if lay.family == "gpt2":
+        bad += [w for w in wanted if w not in bad and w.rsplit(".", 1)[-1] not in GPT2_TARGETS]
+    if bad:
+        raise UsageError(
+            f"--target-modules {','.join(bad)}",
+            f"matches no projection of the decoder layers; these do: {', '.join(choices)}",
+        )
