@@ -9,6 +9,7 @@ point by exact path or by path modulo the wrapper prefix (``model.`` vs ``transf
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,10 @@ def strip_prefix(key: str) -> str:
     return key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_key(key: str) -> KeyInfo:
-    """Classify one adapter tensor key (pure; no shapes involved)."""
+    """Classify one adapter tensor key (pure; no shapes involved). Cached: the adapters of one base
+    share their keys, and a build re-checks every adapter it covers."""
     k = strip_prefix(key)
     m = _ROLE.match(k)
     if m:
