@@ -277,7 +277,9 @@ def list_cmd(ctx: Ctx, what: str, status: str | None, base_ref: str | None, as_j
 @pass_ctx
 def show(ctx: Ctx, ref: str, as_json: bool) -> None:
     """Show an adapter or base: NAME (newest version), NAME@VERSION or a sha256 prefix (>= 8 hex)."""
-    rec = ctx.registry.resolve(ref)
+    from loramgr.registry.quickread import show_adapter
+
+    rec = show_adapter(ctx.settings, ref) or ctx.registry.resolve(ref)
     if isinstance(rec, Adapter):
         doc = rec.to_json(full=True)
         if as_json:

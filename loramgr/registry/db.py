@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from loramgr.registry import SCHEMA_HEAD as SCHEMA_HEAD  # newest revision; a test asserts it is the head
+
 if TYPE_CHECKING:
     from alembic.config import Config  # alembic itself is imported only when a migration is due
 
-#: newest Alembic revision; a test asserts it equals the migrations' head.
-SCHEMA_HEAD = "0006"
 SQLITE_BUSY_MS = 60_000
 
 

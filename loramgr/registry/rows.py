@@ -1,14 +1,15 @@
 """ORM rows -> frozen records (:mod:`loramgr.records`). The only place that knows both shapes, so a
-column rename touches one function and no caller ever holds a live ORM object outside a session."""
+column rename touches one function and no caller ever holds a live ORM object outside a session.
+
+The converters read rows by attribute only, so the read-only fast path of ``loramgr show``
+(:mod:`loramgr.registry.quickread`, stdlib ``sqlite3``) uses them too; SQLAlchemy and the ORM models
+are imported by the query helpers here, when they run."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.records import (
@@ -23,15 +24,11 @@ from loramgr.records import (
     UseCase,
     UseCaseSlot,
 )
-from loramgr.registry.models import (
-    AdapterRow,
-    AdapterTensorRow,
-    ArtifactRow,
-    BaseRow,
-    EncodingRow,
-    EventRow,
-    UseCaseRow,
-)
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from loramgr.registry.models import AdapterRow, ArtifactRow, BaseRow, EncodingRow, EventRow, UseCaseRow
 
 
 def iso(at: Any) -> str:
@@ -41,6 +38,10 @@ def iso(at: Any) -> str:
 
 def tensor_lists(s: Session, adapter_ids: Sequence[int]) -> dict[int, tuple[TensorInfo, ...]]:
     """adapter id -> its tensors (key order), for any number of adapters in one query."""
+    from sqlalchemy import select
+
+    from loramgr.registry.models import AdapterTensorRow
+
     out: dict[int, list[TensorInfo]] = {i: [] for i in adapter_ids}
     q = (
         select(
@@ -60,6 +61,10 @@ def tensor_lists(s: Session, adapter_ids: Sequence[int]) -> dict[int, tuple[Tens
 
 
 def tensor_counts(s: Session) -> dict[int, int]:
+    from sqlalchemy import func, select
+
+    from loramgr.registry.models import AdapterTensorRow
+
     rows = s.execute(select(AdapterTensorRow.adapter_id, func.count()).group_by(AdapterTensorRow.adapter_id))
     return {int(aid): int(n) for aid, n in rows}
 
@@ -92,6 +97,10 @@ def adapter(
             keys: Sequence[str] = [t.key for t in tensors]
         else:
             assert s is not None
+            from sqlalchemy import select
+
+            from loramgr.registry.models import AdapterTensorRow
+
             keys = s.scalars(select(AdapterTensorRow.key).where(AdapterTensorRow.adapter_id == a.id)).all()
         targets = _leaf_targets(keys)
     if tensor_count is None:
@@ -99,6 +108,10 @@ def adapter(
             tensor_count = len(tensors)
         else:
             assert s is not None
+            from sqlalchemy import func, select
+
+            from loramgr.registry.models import AdapterTensorRow
+
             tensor_count = int(
                 s.scalar(select(func.count()).select_from(AdapterTensorRow).where(AdapterTensorRow.adapter_id == a.id))
                 or 0
