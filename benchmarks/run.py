@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             "register": lambda: bench_register(tmp, (128 if q else 1024) << 20, 3 if q else 5),
             "switch": lambda: bench_switch(tmp, 256 if q else 2048, 2 if q else 4, 16, 5 if q else 15),
             "lookups": lambda: bench_lookups(tmp, 2000 if q else 10_000, 3 if q else 7),
-            "rebuild": lambda: bench_rebuild(tmp, 20 if q else 100, 256 if q else 1024, 2 if q else 8, 2 if q else 3),
+            "rebuild": lambda: bench_rebuild(tmp, 20 if q else 100, 256 if q else 1024, 2 if q else 8, 2 if q else 7),
             "parity": lambda: bench_parity(tmp),
             "use cases": lambda: bench_use_cases(tmp, 256 if q else 1024, 2 if q else 8, 8, 10 if q else 40),
             "scale": lambda: [

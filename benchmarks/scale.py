@@ -3,6 +3,7 @@ adapters, and `base export` wall time and peak RSS at two model sizes."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -16,11 +17,15 @@ from benchmarks.measure import Row
 #: the baseline of a report row that states an absolute figure (its "ratio" is that figure in seconds)
 ABSOLUTE = "1 s (absolute figure)"
 
-#: runs the loramgr CLI (argv after the first) and writes the process's own peak RSS to argv[1] at exit
+#: runs the loramgr CLI (argv after the first) and writes the process's own peak RSS (KiB) to argv[1] at
+#: exit: VmHWM, which starts afresh at exec (ru_maxrss would carry the forking benchmark's peak over)
 PEAK_RSS = (
-    "import atexit, resource, sys\n"
+    "import atexit, sys\n"
     "out = sys.argv[1]\n"
-    "atexit.register(lambda: open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "def peak():\n"
+    "    hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')]\n"
+    "    open(out, 'w').write(hwm[0].split()[1])\n"
+    "atexit.register(peak)\n"
     "sys.argv = ['loramgr', *sys.argv[2:]]\n"
     "from loramgr.cli import main\n"
     "main()\n"
@@ -42,6 +47,10 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
     synth.write_base(tmp / "bs.onnx", mps, d=64)
     cfg = synth.peft_config(8, 16, list(mods))
     per_adapter: dict[int, list[float]] = {}
+    # the benchmark's own objects from earlier steps leave the collector's view: otherwise every
+    # collection while 1000 adapters are built also walks them, and the shape measures the harness
+    gc.collect()
+    gc.freeze()
     for n in counts:
         reg = Registry(Settings.resolve(str(tmp / f"home-scale-{n}")))
         reg.register_base([("bs", tmp / "bs.onnx")], name="bs")
@@ -59,6 +68,7 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
             times.append((time.perf_counter() - t) / n)
         per_adapter[n] = times
         reg.close()
+    gc.unfreeze()
     mid, top = counts[-2], counts[-1]
     return [
         Row(
@@ -181,7 +191,7 @@ def bench_export_scale(tmp: Path, sizes: tuple[tuple[int, int], ...]) -> list[Ro
         wall = time.perf_counter() - t
         if p.returncode:
             raise RuntimeError(f"base export failed: {p.stderr[-300:]}")
-        peak = int(rss.read_text()) * 1024  # ru_maxrss is KiB on Linux
+        peak = int(rss.read_text()) * 1024
         rows.append(
             Row(
                 f"export_scale_{label}",
