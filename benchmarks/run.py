@@ -77,6 +77,7 @@ def bench_register(tmp: Path, size: int, rounds: int) -> list[Row]:
                 subprocess.run(["sync", str(tmp / "copy")], check=True)
             dt = time.perf_counter() - t
             (tmp / "copy").unlink(missing_ok=True)
+            os.sync()  # both sides start the next trial with nothing left to write back
             return dt
 
         return run
@@ -89,6 +90,7 @@ def bench_register(tmp: Path, size: int, rounds: int) -> list[Row]:
             lm(home, "register", f, "--name", "big", *(["--link"] if link else []))
             dt = time.perf_counter() - t
             shutil.rmtree(home)
+            os.sync()
             return dt
 
         return run
@@ -295,6 +297,7 @@ def bench_rebuild(tmp: Path, n: int, d: int, layers: int, rounds: int) -> list[R
     version = [0]
 
     def full() -> float:
+        os.sync()  # the other side's writes are on disk before either side's timed span (same state)
         t = time.perf_counter()
         build(reg, "rb", names, out_dir=out, quiet=True, force=True)
         return time.perf_counter() - t
@@ -305,6 +308,7 @@ def bench_rebuild(tmp: Path, n: int, d: int, layers: int, rounds: int) -> list[R
             tmp / f"rb-v{version[0]}" / "a3", synth.adapter_tensors(mps, 16, d=d, seed=1000 + version[0]), cfg
         )
         validate(reg, [reg.register_adapter(a)[0].ref], "rb")
+        os.sync()
         t = time.perf_counter()
         res = build(reg, "rb", names, out_dir=out, quiet=True)
         dt = time.perf_counter() - t
