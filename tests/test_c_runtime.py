@@ -49,25 +49,25 @@ def fuzz_build(tmp_path_factory) -> Path:
     return _build(tmp_path_factory.mktemp("c-fuzz"), "-DLMP_FUZZ=ON", cc=_clang())
 
 
-@pytest.fixture(params=["v2-scalar-alpha", "v2-use-cases"])
+@pytest.fixture(params=["v2-scalar-alpha", "v2-use-cases", "v2-groups"])
 def plan(tmp_path: Path, request) -> Path:
-    """A plan the Python CLI writes: a base with one scalar alpha, or one with alpha slots and a use
-    case of both adapters (schema 2 either way; version 1 plans are the former without use_cases)."""
-    slots = 2 if request.param == "v2-use-cases" else None
+    """A plan the Python CLI writes: a base with one scalar alpha; one with alpha slots and a use case
+    of both adapters; or one with int8 LoRA inputs whose two use cases form a group (a quantization
+    section of its own). Schema 2 each; version 1 plans are the first without use_cases."""
+    slots = 2 if request.param in ("v2-use-cases", "v2-groups") else None
+    grouped = request.param == "v2-groups"
     synth.write_base(tmp_path / "g.onnx", synth.module_paths(), max_adapters=slots)
-    assert (
-        invoke(
-            "base",
-            "register",
-            "--name",
-            "tiny",
-            "--graph",
-            f"prefill={tmp_path / 'g.onnx'}",
-            "--graph",
-            f"decode={tmp_path / 'g.onnx'}",
-        ).exit_code
-        == 0
-    )
+    if grouped:
+        import onnx
+
+        from loramgr.export.onnx_io import quantize_lora_inputs
+
+        m = onnx.load(str(tmp_path / "g.onnx"))
+        quantize_lora_inputs(m, [f"{mp}.lora_{x}.weight" for mp in synth.module_paths() for x in "AB"], 8)
+        onnx.save(m, str(tmp_path / "g.onnx"))
+    graphs = ["--graph", f"prefill={tmp_path / 'g.onnx'}", "--graph", f"decode={tmp_path / 'g.onnx'}"]
+    precision = ["--precision", "int8"] if grouped else []
+    assert invoke("base", "register", "--name", "tiny", *graphs, *precision).exit_code == 0
     for name, seed, lo, hi in (("a4", 3, -1.5, 2.25), ("a8", 4, -0.75, 0.5)):
         d = synth.write_adapter(
             tmp_path / name,
@@ -97,6 +97,9 @@ def plan(tmp_path: Path, request) -> Path:
         assert invoke("validate", name, "--base", "tiny").exit_code == 0
     if slots:
         assert invoke("usecase", "create", "both", "--base", "tiny", "a4", "a8", "--alphas", "1,0.5").exit_code == 0
+    if grouped:
+        assert invoke("usecase", "create", "solo", "--base", "tiny", "a8").exit_code == 0
+        assert invoke("group", "create", "g", "--base", "tiny", "both", "solo").exit_code == 0
     assert invoke("build", "--base", "tiny", "--share-adapters", "-o", tmp_path / "out").exit_code == 0
     assert invoke("plan", "--base", "tiny").exit_code == 0
     return tmp_path / "out" / "plan.json"
