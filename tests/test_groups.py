@@ -208,3 +208,26 @@ def test_qairt_groups_when_the_generator_writes_them(grouped, monkeypatch):
     assert sorted(p.name for p in ep.iterdir() if p.name.startswith("w1")) == ["w1.s.1-quant.txt", "w1.s.2-weights.txt"]
     assert (ep / "w1.s.1-quant.txt").read_text() == f"s;{(out / 'sections/groups/gq/s_gq.bin').resolve()}\n"
     assert (ep / "w1.s.2-weights.txt").read_text() == f"s;{(out / 'sections/usecases/w1/s_w1.bin').resolve()}\n"
+
+
+def test_mutated_grouped_plans_never_crash(grouped):
+    """Seeded mutations of a grouped plan (the guard test's, on the new keys too): `plan-show` and
+    `run` refuse them with a distinct exit code, never exit 1."""
+    from tests.test_guard import _mutations
+
+    tmp, _, _ = grouped
+    assert invoke("group", "create", "g", "--base", "q", "u1", "u2").exit_code == 0
+    assert invoke("build", "--base", "q", "-o", tmp / "out").exit_code == 0
+    assert invoke("plan", "--base", "q").exit_code == 0
+    plan = tmp / "out" / "plan.json"
+    doc = json.loads(plan.read_text())
+    assert doc["groups"] and any("when" in s for u in doc["use_cases"] for s in u["steps"])
+    bad = []
+    for i, m in enumerate(_mutations(doc, 300, seed=7)):
+        p = plan.with_name(f"mutant-{i}.json")
+        p.write_text(json.dumps(m))
+        for args in (["plan-show", p, "--use-case", "u1", "--json"], ["plan-show", p, "--json"]):
+            r = invoke(*args)
+            if r.exit_code == 1 or "Traceback" in (r.stderr or ""):
+                bad.append((i, args[-2], r.exit_code, (r.stderr or "")[-200:]))
+    assert not bad, bad[:5]
