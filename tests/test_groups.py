@@ -53,6 +53,7 @@ def _float_ref(x: np.ndarray, W: dict, ads: dict, names: list[str]) -> list[np.n
 
 
 def test_group_commands_and_refusals(grouped):
+    tmp, _, _ = grouped
     assert invoke("group", "create", "g", "--base", "q", "u1", "u2").exit_code == 0
     assert invoke("group", "list", "--base", "q", "--json").json == [
         {"name": "g", "base": "q@1", "use_cases": ["u1", "u2"]}
@@ -64,8 +65,18 @@ def test_group_commands_and_refusals(grouped):
     assert invoke("group", "create", "../h", "--base", "q", "u3").exit_code == 4  # names are checked first
     assert invoke("group", "create", "g", "--base", "q", "u3").exit_code == 6  # exists
     assert invoke("usecase", "show", "u3", "--base", "q", "--json").json["group"] is None
+    # group names are per base: the same name on another base is another group
+    synth.write_base(tmp / "other.onnx", MPS, max_adapters=2)
+    assert invoke("base", "register", tmp / "other.onnx", "--name", "o").exit_code == 0
+    assert invoke("validate", "B", "--base", "o").exit_code == 0
+    assert invoke("usecase", "create", "w", "--base", "o", "B").exit_code == 0
+    assert invoke("group", "create", "g", "--base", "o", "w").exit_code == 0
+    assert invoke("group", "list", "--json").json == [
+        {"name": "g", "base": "o@1", "use_cases": ["w"]},
+        {"name": "g", "base": "q@1", "use_cases": ["u1", "u2"]},
+    ]
     assert invoke("group", "remove", "g", "--base", "q", "--json").json["use_cases"] == ["u1", "u2"]
-    assert invoke("group", "list", "--json").json == []
+    assert invoke("group", "list", "--base", "q", "--json").json == []
 
 
 def test_group_sections_share_scales_and_switch_with_one_load(grouped, monkeypatch):

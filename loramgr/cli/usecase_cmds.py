@@ -142,8 +142,8 @@ def group_create(ctx: Ctx, name: str, use_cases: tuple[str, ...], base_ref: str,
 @pass_ctx
 def group_list(ctx: Ctx, base_ref: str | None = None, as_json: bool = False) -> None:
     """List groups and their use cases (of one base, or all)."""
-    groups = ctx.registry.use_cases.groups(base_ref)
-    rows = [{"name": g, "base": ucs[0].base, "use_cases": [u.name for u in ucs]} for g, ucs in groups.items()]
+    groups = ctx.registry.use_cases.all_groups(base_ref)
+    rows = [{"name": g, "base": b, "use_cases": [u.name for u in ucs]} for (b, g), ucs in groups.items()]
     if as_json:
         emit_json(rows)
     else:

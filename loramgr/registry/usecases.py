@@ -151,12 +151,16 @@ class UseCases:
         return uc
 
     # -- groups ---------------------------------------------------------------------------------------
-    def groups(self, base_ref: str | None) -> dict[str, builtins.list[UseCase]]:
-        """Group name -> its use cases (name order), for one base (or every base)."""
-        out: dict[str, builtins.list[UseCase]] = {}
-        for uc in sorted(self.list(base_ref), key=lambda u: u.name):
+    def groups(self, base_ref: str) -> dict[str, builtins.list[UseCase]]:
+        """Group name -> its use cases (name order), for one base."""
+        return {name: ucs for (_, name), ucs in self.all_groups(base_ref).items()}
+
+    def all_groups(self, base_ref: str | None = None) -> dict[tuple[str, str], builtins.list[UseCase]]:
+        """(base ref, group name) -> its use cases (name order): group names are per base."""
+        out: dict[tuple[str, str], builtins.list[UseCase]] = {}
+        for uc in sorted(self.list(base_ref), key=lambda u: (u.base, u.name)):
             if uc.group:
-                out.setdefault(uc.group, []).append(uc)
+                out.setdefault((uc.base, uc.group), []).append(uc)
         return out
 
     def create_group(self, name: str, base_ref: str, use_cases: Sequence[str]) -> builtins.list[UseCase]:
