@@ -226,16 +226,10 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-_RSS = """
-import resource, subprocess, sys
-p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
-"""
-
-
 def rss_row(plan_path: Path, adapter: str, home: Path) -> Row:
     """Peak RSS of a ``loramgr run`` process (prefill + decode) over the bytes of the base's weights
-    (the external data files its graphs read)."""
+    (the external data files its graphs read). The peak is the process's own VmHWM: ``ru_maxrss``
+    of a child carries over the RSS of the process it was forked from (here, the benchmark's)."""
     import hashlib
 
     from loramgr.runtime import Plan
@@ -247,15 +241,17 @@ def rss_row(plan_path: Path, adapter: str, home: Path) -> Row:
         with p.open("rb") as fh:
             unique[hashlib.file_digest(fh, "sha256").hexdigest()] = p.stat().st_size
     weights = sum(unique.values())
-    argv = [sys.executable, "-m", "loramgr", "run", "--plan", str(plan_path), "--adapter", adapter]
-    argv += ["--input-ids", "5,17,99,3", "--steps", "4"]
+    from benchmarks.scale import PEAK_RSS
+
     peaks = []
-    for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", _RSS, *argv], capture_output=True, text=True, check=True)
-        rc, peak = map(int, out.stdout.split())
-        if rc:
-            raise RuntimeError(f"loramgr run exited {rc}")
-        peaks.append(peak)
+    for i in range(2):
+        rss = home / f"run-rss-{i}"
+        argv = [sys.executable, "-c", PEAK_RSS, str(rss), "run", "--plan", str(plan_path), "--adapter", adapter]
+        argv += ["--input-ids", "5,17,99,3", "--steps", "4"]
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"loramgr run exited {out.returncode}: {out.stderr[-300:]}")
+        peaks.append(int(rss.read_text()) * 1024)  # VmHWM of the loramgr process itself, KiB
     return Row(
         "run_rss_over_weights",
         f"peak RSS of `loramgr run` (prefill + decode: {len(files)} weight files, {len(unique)} distinct)",
