@@ -426,3 +426,42 @@ def test_base_export_refuses_unusable_model_dirs(tmp_path, case):
     if case == "pickle only":
         assert "pytorch_model.bin" in r.stderr and "safe_serialization=True" in r.stderr
     assert invoke("list", "bases", "--json").json == []
+
+
+def test_shared_weights_run_equals_separate_sessions(llama, tmp_path):
+    """`loramgr run --share-weights` (the default): prefill and decode read one memory-mapped copy of
+    the weights; tokens and logits equal separate sessions' (each loading its own copy)."""
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import LoraSession, generate
+    from loramgr.runtime.weights import SharedWeights
+
+    tmp, man = llama
+    peft_adapter(tiny_llama(), tmp_path / "ad", seed=5, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
+    assert invoke("build", "--base", "exp", "-o", tmp_path / "out").exit_code == 0
+    assert invoke("plan", "--base", "exp").exit_code == 0
+    plan = Plan.load(tmp_path / "out" / "plan.json")
+    a = generate(plan, [5, 17, 99, 3], 6, "ad", share_weights=True)
+    b = generate(plan, [5, 17, 99, 3], 6, "ad", share_weights=False)
+    assert a.tokens == b.tokens
+    assert max(float(np.abs(x - y).max()) for x, y in zip(a.logits, b.logits, strict=True)) < 1e-5
+    w = SharedWeights(plan)
+    pre, dec = (LoraSession(plan, graph=g, weights=w) for g in ("prefill", "decode"))
+    shas = {e["sha256"] for g in plan.graphs.values() for e in g["external_data"]}
+    assert len(w._maps) == len(shas) == 1  # two graph directories, one copy of the bytes mapped once
+    assert w._values and all(v is not None for v in w._values.values())
+    r = invoke(
+        "run",
+        "--plan",
+        tmp_path / "out" / "plan.json",
+        "--adapter",
+        "ad",
+        "--input-ids",
+        "5,17,99,3",
+        "--steps",
+        "6",
+        "--no-share-weights",
+        "--json",
+    )
+    assert r.exit_code == 0 and r.json["tokens"] == a.tokens
+    del pre, dec

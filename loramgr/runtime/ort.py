@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loramgr.runtime import AdapterEntry, Plan, PlanFormatError, PlanLookupError
+from loramgr.runtime.weights import SharedWeights
 
 if TYPE_CHECKING:
     from loramgr.runtime.generate import Generation
@@ -44,7 +45,10 @@ class LoraSession:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         session_options: Any = None,
+        weights: SharedWeights | None = None,
     ) -> None:
+        """``weights``: one memory-mapped copy of the base's weights shared with the other sessions
+        built with it (:mod:`loramgr.runtime.weights`); None: this session loads its own."""
         import onnxruntime as ort
 
         self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
@@ -56,7 +60,11 @@ class LoraSession:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
         self.graph_file = self.plan.graph_file(self.graph)
+        self._weights = weights  # the session's initializers point into its mappings: keep them alive
+        self._session_options = session_options
         with _ort_errors(self.graph_file, "load this graph"):
+            if weights is not None:
+                session_options = weights.session_options(self.graph, session_options)
             self.session = ort.InferenceSession(
                 str(self.graph_file), sess_options=session_options, providers=list(providers)
             )
@@ -249,18 +257,23 @@ def _plan_shapes(plan: Plan) -> Iterator[None]:
 Alpha = float | dict[str, float] | None  # one value for every slot, or per adapter of a use case
 
 
-def lm_chains(plan: Plan | str, adapter: str = "default", alpha: Alpha = None) -> tuple[list[Any], list[Any] | None]:
+def lm_chains(
+    plan: Plan | str, adapter: str = "default", alpha: Alpha = None, *, share_weights: bool = False
+) -> tuple[list[Any], list[Any] | None]:
     """Prefill and decode chains of an exported LM plan (graphs by kind, parts in plan order) as
     :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` (or a use case) on one
-    LoraSession each; ``alpha`` overrides every slot, or (a mapping) the named adapters' slots."""
+    LoraSession each; ``alpha`` overrides every slot, or (a mapping) the named adapters' slots.
+    ``share_weights``: every session reads one memory-mapped copy of the weights (see
+    :mod:`loramgr.runtime.weights` for the trade)."""
     from loramgr.errors import UsageError
     from loramgr.runtime.generate import Runner
 
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     pre, dec = _lm_graphs(plan)
+    weights = SharedWeights(plan) if share_weights else None
 
     def runner(graph: str) -> Runner:
-        s = LoraSession(plan, graph=graph)
+        s = LoraSession(plan, graph=graph, weights=weights)
         if "input_ids" not in s.input_names and "hidden_states" not in s.input_names:
             raise UsageError(f"graph {graph}", "is not an exported LM graph (no input_ids / hidden_states input)")
         s.apply(adapter)
@@ -275,7 +288,13 @@ def lm_chains(plan: Plan | str, adapter: str = "default", alpha: Alpha = None) -
 
 
 def generate(
-    plan: Plan | str, prompt: list[int], steps: int, adapter: str = "default", alpha: Alpha = None
+    plan: Plan | str,
+    prompt: list[int],
+    steps: int,
+    adapter: str = "default",
+    alpha: Alpha = None,
+    *,
+    share_weights: bool = False,
 ) -> Generation:
     """``loramgr run``: greedy tokens through the plan. The adapter (or use case), the token ids and the
     length are checked against the plan before any session is created."""
@@ -287,7 +306,7 @@ def generate(
         entry.slot_of(name)  # every named adapter is in the entry (exit 3 otherwise)
     vocab, room = lm_limits(plan)
     check_request(prompt, steps, vocab=vocab, room=room)
-    pre, dec = lm_chains(plan, adapter, alpha)
+    pre, dec = lm_chains(plan, adapter, alpha, share_weights=share_weights)
     gen = greedy(pre, dec, prompt, steps, vocab=vocab)
     gen.graphs = {"prefill": len(pre), "decode": len(dec or [])}
     return gen
