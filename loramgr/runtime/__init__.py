@@ -165,6 +165,18 @@ class AdapterEntry:
         return [self.recommended_alpha] if not self.is_default else []
 
     @property
+    def group(self) -> str | None:
+        """The group whose quantization parameters it shares (its weights sections hold codes only);
+        None for an entry outside any group (adapters alone, the default adapter)."""
+        g = self.doc.get("group")
+        return g if isinstance(g, str) else None
+
+    def group_sections(self, graph: str | None = None) -> list[Section]:
+        """The group's quantization sections, applied before the entry's own when the group changes
+        (none outside a group)."""
+        return [s for s in self._plan.group_sections(self.group) if graph is None or graph in s.graphs]
+
+    @property
     def is_use_case(self) -> bool:
         return False
 
@@ -199,16 +211,6 @@ class UseCaseEntry(AdapterEntry):
     def hot(self) -> bool:
         """Switched by alpha alone: one section holds every adapter (``LoraSession.select``)."""
         return bool(self.doc.get("hot"))
-
-    @property
-    def group(self) -> str | None:
-        """The group whose quantization parameters it shares (its weights sections hold codes only)."""
-        g = self.doc.get("group")
-        return g if isinstance(g, str) else None
-
-    def group_sections(self, graph: str | None = None) -> list[Section]:
-        """The group's quantization sections, applied before the use case's own when the group changes."""
-        return [s for s in self._plan.group_sections(self.group) if graph is None or graph in s.graphs]
 
     @property
     def is_use_case(self) -> bool:

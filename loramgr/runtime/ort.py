@@ -61,7 +61,6 @@ class LoraSession:
             session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
         self.graph_file = self.plan.graph_file(self.graph)
         self._weights = weights  # the session's initializers point into its mappings: keep them alive
-        self._session_options = session_options
         with _ort_errors(self.graph_file, "load this graph"):
             if weights is not None:
                 session_options = weights.session_options(self.graph, session_options)
@@ -88,8 +87,7 @@ class LoraSession:
     def _group_loaded(self, entry: AdapterEntry) -> list[Any]:
         """A grouped use case's quantization section(s) for this graph (kept loaded while the group
         stays: switching inside a group loads only the weights section)."""
-        group_sections = getattr(entry, "group_sections", None)
-        return [self._load(s) for s in group_sections(self.graph)] if group_sections else []
+        return [self._load(s) for s in entry.group_sections(self.graph)]
 
     def _load(self, sec: Any) -> Any:
         key = str(sec.path)
