@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from loramgr.errors import UsageError
-from loramgr.export.layout import MASK_FUNCTIONS, REFUSED_MASKS, Layout, decoder_of
+from loramgr.export.layout import MASK_FUNCTIONS, REFUSED_MASKS, Layout
 from loramgr.export.model import GraphModule, GraphSpec, alpha_of, lora_branch, lora_inputs_of, mask_bias
 
 
@@ -83,7 +83,9 @@ class GenericForward(GraphModule):
 
     def __init__(self, model: Any, lay: Layout, spec: GraphSpec) -> None:
         super().__init__(model, lay, spec)
-        self.dec = decoder_of(model)
+        if lay.decoder is None:
+            raise ValueError("the generic path needs the decoder its layout found (layout_of)")
+        self.dec = lay.decoder
         self._lora: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self._alpha: torch.Tensor | None = None
         self._state: dict[str, Any] = {}

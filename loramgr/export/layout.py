@@ -100,6 +100,7 @@ class Layout:
     head_dim: int
     embeddings: tuple[nn.Module, ...]  # what the first part holds besides layers
     head: tuple[nn.Module, ...]  # what the last part holds besides layers
+    decoder: Decoder | None = None  # the generic path's view of the model (None: GPT-2's re-stated loop)
 
 
 def layout_of(model: Any) -> Layout:
@@ -112,7 +113,7 @@ def layout_of(model: Any) -> Layout:
     dec = decoder_of(model)
     path = next(p for p, m in model.named_modules() if m is dec.layers)
     emb = model.get_input_embeddings()
-    return Layout(family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head))
+    return Layout(family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head), dec)
 
 
 def _features(mod: nn.Module, family: str) -> tuple[int, int]:
