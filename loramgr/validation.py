@@ -48,6 +48,9 @@ CODES = {
     "summed_rank_exceeds": "at an attachment point the use case's ranks add up to more than the base's rank",
     "duplicate_adapter": "a use case lists an adapter twice",
     "bad_alpha": "a use case's default alphas are not one finite number per adapter",
+    # the QNN LoRA v3 flow (build --backend qairt --lora-version 3)
+    "encodings_need_updatable_mode": "a use case has its own encodings but the mode shares one set (none)",
+    "encodings_missing": "mode all on an integer base needs every use case's own encodings",
     # warnings
     "rank_padded": "rank zero-padded up to the base's max rank",
     "zero_filled": "base attachment points the adapter does not target are zero-filled",

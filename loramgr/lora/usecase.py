@@ -33,27 +33,8 @@ def check_use_case(
 ) -> tuple[list[Problem], dict[str, Check]]:
     """Every problem of a use case at once: the base's slots, each adapter's own problems, ranks that
     add up past an attachment point's R (naming the point and the ranks), mixed precision classes."""
-    problems: list[Problem] = []
     refs = [a.ref for a in adapters]
-    n = base.max_adapters
-    if not n:
-        problems.append(
-            Problem(
-                "no_alpha_slots",
-                f"base {base.ref} has one scalar alpha",
-                base.ref,
-                "export the base with --max-adapters N (N >= the adapters of a use case)",
-            )
-        )
-    elif len(adapters) > n:
-        problems.append(
-            Problem(
-                "too_many_adapters",
-                f"{len(adapters)} adapters but base {base.ref} has {n} alpha slots",
-                ", ".join(refs),
-                f"at most {n} adapters, or export with --max-adapters {len(adapters)}",
-            )
-        )
+    problems = slot_problems(base, refs)
     dupes = sorted({r for r in refs if refs.count(r) > 1})
     if dupes:
         problems.append(Problem("duplicate_adapter", f"{dupes[0]} is listed twice", dupes[0]))
@@ -70,7 +51,40 @@ def check_use_case(
         problems += [Problem(p.code, f"{a.ref}: {p.message}", p.subject, p.hint) for p in c.problems]
     if len(adapters) > 1:
         problems += group_rule({a.ref: a for a in adapters}, checks, base).problems
-    ranks = {a.ref: module_ranks(a, checks[a.ref]) for a in adapters if checks[a.ref].ok}
+    problems += summed_rank_problems(
+        base, {a.ref: module_ranks(a, checks[a.ref]) for a in adapters if checks[a.ref].ok}
+    )
+    return problems, checks
+
+
+def slot_problems(base: Base, refs: Sequence[str]) -> list[Problem]:
+    """The base's alpha slots against a use case's adapters: none at all, or fewer than adapters."""
+    n = base.max_adapters
+    if not n:
+        return [
+            Problem(
+                "no_alpha_slots",
+                f"base {base.ref} has one scalar alpha",
+                base.ref,
+                "export the base with --max-adapters N (N >= the adapters of a use case)",
+            )
+        ]
+    if len(refs) > n:
+        return [
+            Problem(
+                "too_many_adapters",
+                f"{len(refs)} adapters but base {base.ref} has {n} alpha slots",
+                ", ".join(refs),
+                f"at most {n} adapters, or export with --max-adapters {len(refs)}",
+            )
+        ]
+    return []
+
+
+def summed_rank_problems(base: Base, ranks: Mapping[str, Mapping[str, int]]) -> list[Problem]:
+    """Every attachment point where the adapters' ranks (adapter ref -> point -> rank) add up past
+    its rank R, naming the point and the ranks."""
+    problems = []
     for ap in base.attachment_points:
         here = {ref: r[ap.module_path] for ref, r in ranks.items() if ap.module_path in r}
         if sum(here.values()) > ap.rank:
@@ -84,7 +98,7 @@ def check_use_case(
                     f"fewer or smaller adapters, or export the base with --max-rank {sum(here.values())}",
                 )
             )
-    return problems, checks
+    return problems
 
 
 def concat_inputs(

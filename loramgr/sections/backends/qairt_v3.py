@@ -45,8 +45,10 @@ from loramgr.sections.backends.qairt_common import (
     tools_dir,
     use_case_names,
 )
+from loramgr.validation import Problem
 
 if TYPE_CHECKING:
+    from loramgr.formats.lora_v3 import Branch
     from loramgr.sections.backends.sdk import Sdk
 
 
@@ -105,53 +107,38 @@ def use_cases_of(jobs: list[SectionJob], adapter_names: dict[int, str]) -> list[
     return out
 
 
-def refusals(base: Base, specs: list[UseCaseSpec], mode: str, ranks: dict[int, dict[str, int]]) -> list[dict[str, str]]:
-    """What the SDK would refuse (§7 stated errors), found before any tool runs. ``ranks``: adapter id
-    -> attachment point -> rank."""
+def refusals(base: Base, specs: list[UseCaseSpec], mode: str, ranks: dict[int, dict[str, int]]) -> list[Problem]:
+    """What the SDK would refuse (§7 stated errors), found before any tool runs: the use cases' slot
+    and rank checks (as ``usecase create`` makes them), and encodings the mode cannot take. ``ranks``:
+    adapter id -> attachment point -> rank. (A base without alpha slots never gets here: the backend's
+    ``check`` refuses it.)"""
     from loramgr import dtypes
+    from loramgr.lora.usecase import slot_problems, summed_rank_problems
 
     problems = []
-    if not base.max_adapters:
-        problems.append(
-            {
-                "code": "no_alpha_slots",
-                "message": f"base {base.ref} has one scalar alpha; v3 needs "
-                "lora_alpha [1, N]: export it with --max-adapters N",
-            }
-        )
     for u in specs:
-        if base.max_adapters and len(u.members) > base.max_adapters:
-            problems.append(
-                {
-                    "code": "too_many_adapters",
-                    "message": f"{u.name}: {len(u.members)} adapters, {base.max_adapters} alpha slots",
-                }
-            )
-        for ap in base.attachment_points:
-            here = sum(ranks[m.id].get(ap.module_path, 0) for m in u.members)
-            if here > ap.rank:
-                problems.append(
-                    {
-                        "code": "summed_rank_exceeds",
-                        "message": f"{u.name}: ranks add up to {here} at {ap.module_path}, above its rank {ap.rank}",
-                    }
-                )
+        refs = [m.ref for m in u.members]
+        found = slot_problems(base, refs) + summed_rank_problems(base, {m.ref: ranks[m.id] for m in u.members})
+        problems += [Problem(p.code, f"{u.name}: {p.message}", p.subject, p.hint) for p in found]
         if mode == "none" and u.job.encodings:
             problems.append(
-                {
-                    "code": "encodings_need_updatable_mode",
-                    "message": f"{u.name} has its own encodings "
-                    "but --quant-updatable none shares one encoding set across use cases (the alpha "
-                    "encoding must be the same): use adapter_only or all, or drop them",
-                }
+                Problem(
+                    "encodings_need_updatable_mode",
+                    f"{u.name} has its own encodings but --quant-updatable none shares one encoding set across "
+                    "use cases (the alpha encoding must be the same): use adapter_only or all, or drop them",
+                    u.name,
+                    "use adapter_only or all, or drop them",
+                )
             )
         if mode == "all" and dtypes.int_bits(base.precision) and not u.job.encodings:
             problems.append(
-                {
-                    "code": "encodings_missing",
-                    "message": f"{u.name}: --quant-updatable all on a "
-                    f"{base.precision} base needs per-use-case encodings (run `loramgr calibrate`)",
-                }
+                Problem(
+                    "encodings_missing",
+                    f"{u.name}: --quant-updatable all on a {base.precision} base needs per-use-case encodings "
+                    "(run `loramgr calibrate`)",
+                    u.name,
+                    "run `loramgr calibrate`",
+                )
             )
     return problems
 
@@ -173,15 +160,18 @@ def build_v3(
     if problems:
         raise IncompatibleError(
             f"base {base.ref}",
-            f"the QNN LoRA v3 flow would refuse this build: {'; '.join(p['message'] for p in problems)}",
-            details=problems,
+            f"the QNN LoRA v3 flow would refuse this build: {'; '.join(p.message for p in problems)}",
+            details=[p.to_json() for p in problems],
         )
     root = tools_dir(ctx)
     files: list[OutFile] = []
     graphs = [g for g in base.graph_names if base.points_of(g)]
+    from loramgr.lora.inputs import real_rank_branches
+
+    branches = {u.name: real_rank_branches(list(u.members), base) for u in specs}  # the same for every graph
     here: dict[str, list[UseCaseSpec]] = {}
     for g in graphs:  # every creator input first: a model loramgr cannot make stops the build before any tool
-        graph_files, here[g] = write_creator_inputs(ctx, g, root / g / "creator", specs, mode, ranks)
+        graph_files, here[g] = write_creator_inputs(ctx, g, root / g / "creator", specs, mode, ranks, branches)
         files += graph_files
     graphs = [g for g in graphs if here[g]]
     pool = ThreadPoolExecutor(max_workers=max(1, n_jobs))
@@ -227,7 +217,6 @@ def group_quant_sections(base: Base, specs: list[UseCaseSpec], root: Path, work:
     files = []
     for group, members in sorted(groups.items()):
         key = hashlib.sha256("".join(sorted(u.job.cache_key for u in members)).encode()).hexdigest()
-        job = SectionJob(None, key, members[0].job.groups, "group_quant_section", members[0].job.share, group=group)
         for cname, graphs in contexts_of(base).items():
             found = [(root / "contexts" / cname / f"{g}_{group}.bin", g) for g in graphs]
             missing = [p.name for p, _ in found if not p.is_file()]
@@ -246,7 +235,7 @@ def group_quant_sections(base: Base, specs: list[UseCaseSpec], root: Path, work:
                         dest.relative_to(work).as_posix(),
                         "group_quant_section",
                         [g],
-                        cache_key=job.cache_key,
+                        cache_key=key,
                         group=group,
                     )
                 )
@@ -254,14 +243,19 @@ def group_quant_sections(base: Base, specs: list[UseCaseSpec], root: Path, work:
 
 
 def write_creator_inputs(
-    ctx: BuildContext, g: str, cdir: Path, specs: list[UseCaseSpec], mode: str, ranks: dict[int, dict[str, int]]
+    ctx: BuildContext,
+    g: str,
+    cdir: Path,
+    specs: list[UseCaseSpec],
+    mode: str,
+    ranks: dict[int, dict[str, int]],
+    branches: dict[str, dict[str, Branch]],
 ) -> tuple[list[OutFile], list[UseCaseSpec]]:
     """The creator's inputs for graph ``g`` (see the module docstring); returns them and the use cases
     with an attachment point in ``g`` (a part without any of a use case's points has no section of it)."""
     import onnx
 
     from loramgr.formats.lora_v3 import strip_lora, with_use_case
-    from loramgr.lora.inputs import real_rank_branches
 
     base = ctx.base
     src = ctx.graph_paths[g]
@@ -281,11 +275,11 @@ def write_creator_inputs(
     adapters: dict[str, Adapter] = {}
     included = []
     for u in specs:
-        branches = {m: b for m, b in real_rank_branches(list(u.members), base).items() if m in points}
-        if not branches:
+        in_graph = {m: b for m, b in branches[u.name].items() if m in points}
+        if not in_graph:
             continue
         included.append(u)
-        um = with_use_case(model, points, branches)
+        um = with_use_case(model, points, in_graph)
         onnx.save_model(
             um,
             str(cdir / f"{u.name}.onnx"),
