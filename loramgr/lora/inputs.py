@@ -211,11 +211,12 @@ def group_encodings(group_members: list[list[Adapter]], base: Base) -> EncodingS
 
 
 def grouped_inputs(
-    members: list[Adapter], group_members: list[list[Adapter]], base: Base
+    members: list[Adapter], base: Base, encodings: EncodingSet
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(weights section, quantization section) of a use case in a group: the integer codes (and slot
-    maps) with the group's scales, and the scales alone (``<input>_scale``)."""
-    x = use_case_inputs(members, base, group_encodings(group_members, base))
+    """(weights section, quantization section) of a use case in a group, quantized with the group's
+    ``encodings`` (:func:`group_encodings`): the integer codes (and slot maps), and the scales alone
+    (``<input>_scale``)."""
+    x = use_case_inputs(members, base, encodings)
     return {k: v for k, v in x.items() if not k.endswith("_scale")}, {
         k: v for k, v in x.items() if k.endswith("_scale")
     }

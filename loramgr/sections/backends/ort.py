@@ -56,7 +56,7 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
     scales = True  # a section carries the LoRA inputs' scales, except a grouped use case's
     if job.group is not None:  # grouped: the members' integer codes, or the group's scales alone
         members = list(job.members) or list(job.group_members[0])
-        weights, quant = grouped_inputs(members, [list(m) for m in job.group_members], base)
+        weights, quant = grouped_inputs(members, base, job.encodings)  # the group's, set by OrtBackend.build
         inputs, scales = (weights, False) if job.use_case is not None else (quant, True)
         folder = f"usecases/{job.use_case.name}" if job.use_case is not None else f"groups/{job.group}"
     elif job.use_case is not None:
@@ -97,6 +97,18 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
     return out
 
 
+def _with_group_encodings(base: Base, jobs: list[SectionJob]) -> list[SectionJob]:
+    """The grouped jobs carry their group's shared encodings, computed once per group for the whole
+    build (every member's section and the group's quantization section depend on all members)."""
+    import dataclasses
+
+    from loramgr.lora.inputs import group_encodings
+
+    members = {j.group: j.group_members for j in jobs if j.group is not None}  # one entry per group
+    encs = {g: group_encodings([list(m) for m in ms], base) for g, ms in members.items()}
+    return [dataclasses.replace(j, encodings=encs[j.group]) if j.group is not None else j for j in jobs]
+
+
 class OrtBackend:
     """Sections as ``.onnx_adapter`` files, built in this process or a spawn pool (``--jobs``)."""
 
@@ -119,6 +131,7 @@ class OrtBackend:
         self, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
     ) -> list[OutFile]:
         base = ctx.base
+        jobs = _with_group_encodings(base, jobs)
         files: list[OutFile] = []
         if n_jobs <= 1 or len(jobs) <= 1:
             for job in jobs:
