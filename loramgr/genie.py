@@ -79,7 +79,7 @@ def lora_block(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> dict[str,
         "alpha-tensor-name": alpha,
         "adapters": adapters,
     }
-    groups = plan.get("groups") or []
+    groups = _quant_groups(plan)
     if groups:
         block["groups"] = [
             {
@@ -92,6 +92,12 @@ def lora_block(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> dict[str,
         ]
     check_block(block)
     return block
+
+
+def _quant_groups(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's groups that have quantization sections. A group of float LoRA inputs has none (its
+    members share nothing to apply): for Genie and the QNN EP its use cases are plain ones."""
+    return [g for g in plan.get("groups") or [] if g.get("sections")]
 
 
 def write_qnn_ep_configs(plan_path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -107,7 +113,7 @@ def write_qnn_ep_configs(plan_path: str | Path, out_dir: str | Path) -> list[Pat
     doc = json.loads(plan_path.read_text())
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    group_of = {m: g for g in doc.get("groups") or [] for m in g["members"]}
+    group_of = {m: g for g in _quant_groups(doc) for m in g["members"]}
     written = []
     entries = [(a["name"], a["sections"]) for a in doc["adapters"]] + [
         (u["name"], u["sections"]) for u in doc.get("use_cases", [])

@@ -242,3 +242,21 @@ def test_mutated_grouped_plans_never_crash(grouped):
             if r.exit_code == 1 or "Traceback" in (r.stderr or ""):
                 bad.append((i, args[-2], r.exit_code, (r.stderr or "")[-200:]))
     assert not bad, bad[:5]
+
+
+def test_group_of_float_lora_has_no_quantization_section(grouped):
+    """On float LoRA inputs a group shares nothing to apply: the plan lists it without sections, and
+    Genie and QNN EP configs treat its use cases as plain ones (no crash, no two-step switch)."""
+    tmp, _, _ = grouped
+    synth.write_base(tmp / "fl.onnx", MPS, max_adapters=2)
+    assert invoke("base", "register", tmp / "fl.onnx", "--name", "fl").exit_code == 0
+    assert invoke("validate", "A", "--base", "fl").exit_code == 0
+    assert invoke("usecase", "create", "u", "--base", "fl", "A").exit_code == 0
+    assert invoke("group", "create", "g", "--base", "fl", "u").exit_code == 0
+    out = tmp / "fo"
+    assert invoke("build", "--base", "fl", "-o", out).exit_code == 0
+    r = invoke("plan", "--base", "fl", "--genie-config", out / "g.json", "--qnn-ep-configs", out / "ep")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((out / "plan.json").read_text())["groups"] == [{"name": "g", "members": ["u"], "sections": []}]
+    assert "groups" not in json.loads((out / "g.json").read_text())["lora"]
+    assert sorted(p.name for p in (out / "ep").iterdir()) == ["A.fl.txt", "u.fl.txt"]
