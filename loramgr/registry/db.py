@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from loramgr.registry import SCHEMA_HEAD as SCHEMA_HEAD  # newest revision; a test asserts it is the head
+from loramgr.registry import sqlite_path as sqlite_path
 
 if TYPE_CHECKING:
     from alembic.config import Config  # alembic itself is imported only when a migration is due
@@ -38,14 +39,6 @@ def alembic_config(engine: Engine) -> Config:
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return cfg
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///PATH`` URL (None for other databases and ``:memory:``)."""
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    return Path(path) if path and path != ":memory:" else None
 
 
 def read_only_sqlite(url: str) -> bool:

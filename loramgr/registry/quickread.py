@@ -15,30 +15,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from loramgr.config import Settings
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.records import Adapter
-from loramgr.registry import SCHEMA_HEAD, SCHEMA_TABLES
+from loramgr.registry import SCHEMA_HEAD, SCHEMA_TABLES, sqlite_path
 
 _JSON = ("peft_config", "tags")
 
 
-def _sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or "?" in url:
-        return None
-    p = Path(url[len(prefix) :])
-    return p if p.is_file() else None
-
-
 def show_adapter(settings: Settings, ref: str) -> Adapter | None:
     """The full record of adapter ``ref`` (``NAME`` or ``NAME@VERSION``), or None: ask the registry."""
-    path = _sqlite_path(settings.db_url)
-    if path is None or ref.count("@") > 1:
+    path = sqlite_path(settings.db_url)
+    if path is None or "?" in settings.db_url or not path.is_file() or ref.count("@") > 1:
         return None
     name, _, version = ref.partition("@")
     try:
