@@ -35,24 +35,25 @@ def prepared_with_ranks(adapter: Adapter, base: Base) -> tuple[dict[str, np.ndar
     validation would refuse.
     """
     f, c = _checked(adapter, base)
-    assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
-    tensors = prepare(
-        targets_of(base),
-        c.pairs,
-        f.load,
-        lora_alpha=float(adapter.lora_alpha),
-        precision=base.precision,
-        config_r=adapter.config("r"),
-        use_rslora=adapter.use_rslora,
-        rank_pattern=adapter.config("rank_pattern"),
-        alpha_pattern=adapter.config("alpha_pattern"),
-    ).tensors
+    tensors = prepare(targets_of(base), c.pairs, f.load, precision=base.precision, **_scaling_terms(adapter)).tensors
     from loramgr.lora.usecase import module_ranks, single_indices
 
     ranks = module_ranks(adapter, c)
     if base.max_adapters:  # alone on a base with alpha slots: its columns -> slot 0, padding -> the zero slot
         tensors |= single_indices(base, ranks)
     return tensors, ranks
+
+
+def _scaling_terms(adapter: Adapter) -> dict[str, Any]:
+    """The adapter's config terms PEFT's scaling uses, by the names ``prepare`` and ``scaling`` take."""
+    assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
+    return {
+        "lora_alpha": float(adapter.lora_alpha),
+        "config_r": adapter.config("r"),
+        "use_rslora": adapter.use_rslora,
+        "rank_pattern": adapter.config("rank_pattern"),
+        "alpha_pattern": adapter.config("alpha_pattern"),
+    }
 
 
 def _checked(adapter: Adapter, base: Base) -> tuple[AdapterFile, Any]:
@@ -87,19 +88,10 @@ def real_rank_branches(members: list[Adapter], base: Base) -> dict[str, Any]:
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
     for adapter in members:
         f, c = _checked(adapter, base)
-        assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
+        terms = _scaling_terms(adapter)
         for module, (ka, kb) in c.pairs.items():
             a, b = f.load(ka).astype(np.float32), f.load(kb).astype(np.float32)  # [r, in], [out, r]
-            s = scaling(
-                module,
-                a.shape[0],
-                float(adapter.lora_alpha),
-                config_r=adapter.config("r"),
-                use_rslora=adapter.use_rslora,
-                rank_pattern=adapter.config("rank_pattern"),
-                alpha_pattern=adapter.config("alpha_pattern"),
-            )
-            parts.setdefault(module, []).append((a.T, b.T, s))
+            parts.setdefault(module, []).append((a.T, b.T, scaling(module, a.shape[0], **terms)))
     return {
         m: Branch(
             np.concatenate([a for a, _, _ in ps], axis=1),
