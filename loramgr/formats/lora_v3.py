@@ -83,9 +83,14 @@ def _projection(prod: Mapping[str, NodeProto], y: str, x: str) -> NodeProto | No
     return n if n is not None and n.op_type == "MatMul" and n.input[0] == x else None
 
 
-def _find(graph: GraphProto, module_path: str, a_input: str, graph_name: str) -> tuple[NodeProto, str, str, str]:
+def _find(
+    prod: Mapping[str, NodeProto],
+    cons: Mapping[str, list[NodeProto]],
+    module_path: str,
+    a_input: str,
+    graph_name: str,
+) -> tuple[NodeProto, str, str, str]:
     """(the base projection node, its input x, the tensor y the branch is added to, the Add's output)."""
-    prod, cons = _index(graph)
     where = f"{graph_name}: attachment point {module_path}"
     a = _through(cons, a_input, ("DequantizeLinear", "Cast"))
     mm_a = [n for n in cons.get(a, []) if n.op_type == "MatMul"]
@@ -109,24 +114,13 @@ def _find(graph: GraphProto, module_path: str, a_input: str, graph_name: str) ->
     raise IncompatibleError(where, "its LoRA branch is not MatMul -> [Mul] -> MatMul -> Add")
 
 
-def _rename_uses(graph: GraphProto, old: str, new: str) -> None:
-    """Every node reading ``old`` reads ``new`` (``old`` is not a graph output)."""
+def _rename_uses(graph: GraphProto, renames: Mapping[str, str]) -> None:
+    """Every node reading a tensor of ``renames`` reads its new name instead (one pass over the graph;
+    none of them is a graph output)."""
     for n in graph.node:
         for k, i in enumerate(n.input):
-            if i == old:
-                n.input[k] = new
-
-
-def _bypass(graph: GraphProto, add_out: str, y: str) -> None:
-    """The branch's Add no longer adds: its readers read ``y``, or when its output is a graph output
-    (whose name is the model's interface) it becomes ``Identity(y)``."""
-    if any(o.name == add_out for o in graph.output):
-        node = next(n for n in graph.node if add_out in n.output)
-        node.op_type = "Identity"
-        del node.input[:]
-        node.input.append(y)
-    else:
-        _rename_uses(graph, add_out, y)
+            if i in renames:
+                n.input[k] = renames[i]
 
 
 def _prune(graph: GraphProto) -> None:
@@ -150,12 +144,22 @@ def strip_lora(model: ModelProto, points: Sequence[tuple[str, str]], graph_name:
     """Remove the LoRA branches of ``model`` (in place) and name each base projection
     ``/<module/path>/MatMul``. ``points`` are (module path, lora_A input name). Returns the points."""
     graph = model.graph
+    prod, cons = _index(graph)  # the branches are disjoint: one index serves every point
+    outputs = {o.name for o in graph.output}
     found: dict[str, Point] = {}
+    renames: dict[str, str] = {}
     for module_path, a_input in points:
-        proj, x, y, add_out = _find(graph, module_path, a_input, graph_name)
+        proj, x, y, add_out = _find(prod, cons, module_path, a_input, graph_name)
         proj.name = op_name(module_path)
-        _bypass(graph, add_out, y)
+        if add_out in outputs:  # a graph output keeps its name (the model's interface): the Add passes y on
+            add = prod[add_out]
+            add.op_type = "Identity"
+            del add.input[:]
+            add.input.append(y)
+        else:  # the Add's readers read y
+            renames[add_out] = y
         found[module_path] = Point(module_path, proj.name, x, y)
+    _rename_uses(graph, renames)
     names = [n.name for n in graph.node if n.name]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -175,6 +179,8 @@ def with_use_case(stripped: ModelProto, points: Mapping[str, Point], branches: M
     graph = m.graph
     dtype = {1: np.float32, 10: np.float16}
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in list(graph.input) + list(graph.value_info)}
+    renames: dict[str, str] = {}
+    added = []
     for module, br in branches.items():
         p = points[module]
         np_dt = dtype.get(elem.get(p.x, 1), np.float32)
@@ -187,16 +193,15 @@ def with_use_case(stripped: ModelProto, points: Mapping[str, Point], branches: M
                 numpy_helper.from_array(br.scaling.astype(np_dt), names["scaling"]),
             ]
         )
-        add = helper.make_node("Add", [p.y, names["delta"]], [names["out"]], name=f"{pre}/lora_Add")
-        _rename_uses(graph, p.y, names["out"])
-        graph.node.extend(
-            [
-                helper.make_node("MatMul", [p.x, names["A"]], [names["xa"]], name=f"{pre}/lora_A/MatMul"),
-                helper.make_node("Mul", [names["xa"], names["scaling"]], [names["xs"]], name=f"{pre}/lora_Mul"),
-                helper.make_node("MatMul", [names["xs"], names["B"]], [names["delta"]], name=f"{pre}/lora_B/MatMul"),
-                add,
-            ]
-        )
+        renames[p.y] = names["out"]  # the projection's readers read y + the branch
+        added += [
+            helper.make_node("MatMul", [p.x, names["A"]], [names["xa"]], name=f"{pre}/lora_A/MatMul"),
+            helper.make_node("Mul", [names["xa"], names["scaling"]], [names["xs"]], name=f"{pre}/lora_Mul"),
+            helper.make_node("MatMul", [names["xs"], names["B"]], [names["delta"]], name=f"{pre}/lora_B/MatMul"),
+            helper.make_node("Add", [p.y, names["delta"]], [names["out"]], name=f"{pre}/lora_Add"),
+        ]
+    _rename_uses(graph, renames)  # before the branches join: their Adds keep reading y
+    graph.node.extend(added)
     _toposort(graph)
     del m.graph.value_info[:]  # shapes are re-inferred by whoever reads the model
     return m
