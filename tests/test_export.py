@@ -465,3 +465,79 @@ def test_shared_weights_run_equals_separate_sessions(llama, tmp_path):
     )
     assert r.exit_code == 0 and r.json["tokens"] == a.tokens
     del pre, dec
+
+
+def _decode_feeds(sess, seed: int = 3) -> dict[str, np.ndarray]:
+    """Feeds for every non-LoRA input of a decode graph: a token, a full mask, random past."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        if i.name == "input_ids":
+            feeds[i.name] = np.full(shape, 7, np.int64)
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones(shape, np.int64)
+        elif i.name == "position_ids":
+            feeds[i.name] = np.full(shape, shape[-1], np.int64)
+        elif i.name.startswith("past_key_values"):
+            feeds[i.name] = (rng.standard_normal(shape) * 0.5).astype(np.float32)
+    return feeds
+
+
+def test_default_adapter_fast_path(llama, tmp_path):
+    """With shared weights, the default adapter (and any entry at alpha 0) runs a twin session of the
+    graph without its LoRA branches, over the same mapped weights (no new mapping, no new tensor);
+    its logits equal the full graph's with zero branches. An adapter still runs the full graph, and a
+    caller feeding a LoRA input explicitly is never routed to the twin."""
+    from loramgr.runtime import Plan
+    from loramgr.runtime.fastpath import Twin
+    from loramgr.runtime.ort import LoraSession
+    from loramgr.runtime.weights import SharedWeights
+
+    tmp, man = llama
+    peft_adapter(tiny_llama(), tmp_path / "ad", seed=7, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
+    assert invoke("build", "--base", "exp", "-o", tmp_path / "out").exit_code == 0
+    assert invoke("plan", "--base", "exp").exit_code == 0
+    plan = Plan.load(tmp_path / "out" / "plan.json")
+    w = SharedWeights(plan)
+    fast = LoraSession(plan, graph="decode", weights=w)
+    full = LoraSession(plan, graph="decode")  # own weights: no twin (it would be a second copy)
+    feeds = _decode_feeds(full.session)
+    values = len(w._values)
+    ref = full.run(feeds, adapter="default")[0]
+    assert fast.twin is None
+    got = fast.run(feeds, adapter="default")[0]
+    assert fast.twin is not None and full.twin is None
+    assert len(w._values) == values and len(w._maps) == 1  # the twin reused the mapped tensors
+    twin_inputs = {i.name for i in fast.twin.session.get_inputs()}
+    assert not any("lora" in n for n in twin_inputs) and set(feeds) <= twin_inputs
+    assert float(np.abs(got - ref).max()) < 1e-5
+
+    calls = [0]
+    real = fast.twin.session
+
+    class Counting:
+        def run(self, *a, **k):
+            calls[0] += 1
+            return real.run(*a, **k)
+
+        def get_inputs(self):
+            return real.get_inputs()
+
+    fast._twin = Twin(Counting(), fast.twin.inputs)
+    with_ad = fast.run(feeds, adapter="ad")[0]
+    assert calls[0] == 0 and float(np.abs(with_ad - full.run(feeds, adapter="ad")[0]).max()) < 1e-5
+    assert float(np.abs(with_ad - ref).max()) > 1e-3  # the adapter changes the logits: the full graph ran
+    at_zero = fast.run(feeds, adapter="ad", alpha=0.0)[0]
+    assert calls[0] == 1 and float(np.abs(at_zero - ref).max()) < 1e-5
+    fast.apply("default")
+    fast.run(feeds)
+    assert calls[0] == 2
+    a_input = next(n for n in fast.input_names if n.endswith(".lora_A.weight"))
+    explicit = dict(feeds, **{a_input: np.zeros(fast._inputs[a_input].shape, np.float32)})
+    assert float(np.abs(fast.run(explicit)[0] - ref).max()) < 1e-5 and calls[0] == 2  # the full graph ran
+
+    off = LoraSession(plan, graph="decode", weights=w, fast_default=False)
+    off.run(feeds, adapter="default")
+    assert off.twin is None

@@ -136,6 +136,13 @@ def test_group_sections_share_scales_and_switch_with_one_load(grouped, monkeypat
             cos = float(g_.ravel() @ r / (np.linalg.norm(g_) * np.linalg.norm(r)))
             assert cos >= 0.999 and np.abs(d).max() < 0.05 * np.abs(r).max()
     assert loads == ["g", "u1", "u2", "u3"]  # u2 after u1: its weights only; u1 again: cached
+    # the default adapter on shared weights: the twin without the int8 branches (nothing dequantized)
+    from loramgr.runtime.weights import SharedWeights
+
+    sw = LoraSession(Plan.load(tmp / "out" / "plan.json"), weights=SharedWeights(s.plan))
+    for g_, w_ in zip(sw.run({"x": x}, adapter="default"), _float_ref(x, W, ads, []), strict=True):
+        assert np.abs(g_ - w_).max() < 1e-5
+    assert sw.twin is not None and len(loads) == 4  # no section was loaded for it
 
 
 @pytest.mark.slow

@@ -124,6 +124,16 @@ def test_use_case_sections_alphas_switching_against_numpy(slots):
         got = s.run({"x": x})
         _close(got, fresh.run({"x": x}), 0)
         _close(got, _ref(x, W, ads, active))
+    # every alpha of the applied use case at 0: the LoRA-free twin (shared weights), exactly the base
+    from loramgr.runtime.weights import SharedWeights
+
+    sw = LoraSession(plan, weights=SharedWeights(plan))
+    sw.apply("both")
+    sw.set_alpha(0.0)
+    _close(sw.run({"x": x}), _ref(x, W, ads, {}))
+    assert sw.twin is not None and not any("lora" in i.name for i in sw.twin.session.get_inputs())
+    sw.set_alpha(1.0, adapter="A")
+    _close(sw.run({"x": x}), _ref(x, W, ads, {"A": 1.0}))
     r = invoke("verify", "--plan", tmp / "out" / "plan.json", "--mode", "sections", "--json")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert {row["adapter"] for row in r.json["adapters"]} >= {"both", "A@1"}

@@ -20,6 +20,7 @@ from loramgr.runtime import AdapterEntry, Plan, PlanFormatError, PlanLookupError
 from loramgr.runtime.weights import SharedWeights
 
 if TYPE_CHECKING:
+    from loramgr.runtime.fastpath import Twin
     from loramgr.runtime.generate import Generation
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
@@ -46,9 +47,13 @@ class LoraSession:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         session_options: Any = None,
         weights: SharedWeights | None = None,
+        fast_default: bool = True,
     ) -> None:
         """``weights``: one memory-mapped copy of the base's weights shared with the other sessions
-        built with it (:mod:`loramgr.runtime.weights`); None: this session loads its own."""
+        built with it (:mod:`loramgr.runtime.weights`); None: this session loads its own.
+        ``fast_default``: with shared ``weights``, runs of the default adapter (or of any entry whose
+        alphas are all 0) go to a twin session of the graph without its LoRA branches, over the same
+        weights (:mod:`loramgr.runtime.fastpath`); made on the first such run."""
         import onnxruntime as ort
 
         self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
@@ -61,6 +66,10 @@ class LoraSession:
             session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
         self.graph_file = self.plan.graph_file(self.graph)
         self._weights = weights  # the session's initializers point into its mappings: keep them alive
+        self._providers = list(providers)
+        self._twin_like = session_options  # the twin copies its basic settings
+        self._twin: Twin | None = None
+        self._twin_tried = not (fast_default and weights is not None)
         with _ort_errors(self.graph_file, "load this graph"):
             if weights is not None:
                 session_options = weights.session_options(self.graph, session_options)
@@ -164,6 +173,12 @@ class LoraSession:
             alphas = list(entry.alphas or [entry.recommended_alpha]) if adapter is not None else list(self.alphas)
             if alpha is not None:
                 alphas = [float(alpha)] * len(alphas)
+        names = list(output_names) if output_names else None
+        twin = self._fast(entry, alphas, feeds)
+        if twin is not None:  # every branch adds zeros: the graph without them, same weights
+            with _ort_errors(self.graph_file, f"run this graph without LoRA branches for {entry.ref}"):
+                fast: list[np.ndarray] = twin.session.run(names, {k: feeds[k] for k in feeds if k in twin.inputs})
+            return fast
         ro = self._ort.RunOptions()
         # keep a Python reference for the whole run: RunOptions holds only a raw pointer, and an LRU
         # eviction in another thread must not free the adapter mid-run
@@ -174,9 +189,50 @@ class LoraSession:
         if self._has_alpha and self.alpha_tensor not in feeds:
             feeds[self.alpha_tensor] = self.alpha_value(alphas)
         with _ort_errors(self.graph_file, f"run this graph with {entry.ref}"):
-            out: list[np.ndarray] = self.session.run(list(output_names) if output_names else None, feeds, ro)
+            out: list[np.ndarray] = self.session.run(names, feeds, ro)
         del adapter_objs
         return out
+
+    def _fast(self, entry: AdapterEntry, alphas: Sequence[float], feeds: dict[str, Any]) -> Twin | None:
+        """The twin session when this run's branches all add zeros (the default adapter, or every alpha
+        0 on a graph with an alpha input) and the caller feeds nothing the twin lacks (but alpha)."""
+        if self._twin_tried and self._twin is None:
+            return None
+        if not (entry.is_default or (self._has_alpha and not any(alphas))):
+            return None
+        twin = self._twin if self._twin_tried else self._make_twin()
+        if twin is None or any(k not in twin.inputs and k != self.alpha_tensor for k in feeds):
+            return None
+        return twin
+
+    def _make_twin(self) -> Twin | None:
+        from loramgr.runtime.fastpath import base_twin
+
+        with self._lock:
+            if not self._twin_tried and self._weights is not None:
+                with _ort_errors(self.graph_file, "load this graph without its LoRA branches"):
+                    self._twin = base_twin(self.plan, self.graph, self._weights, self._fresh_options(), self._providers)
+                self._twin_tried = True
+            return self._twin
+
+    def _fresh_options(self) -> Any:
+        """New ``SessionOptions`` with this session's basic settings (options hold the initializers
+        added for one graph, so the twin cannot reuse them)."""
+        so = self._ort.SessionOptions()
+        like = self._twin_like
+        for attr in ("log_severity_level", "graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads"):
+            setattr(so, attr, getattr(like, attr))
+        so.execution_mode = like.execution_mode
+        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            with contextlib.suppress(Exception):  # an entry never set raises in some ORT versions
+                if value := like.get_session_config_entry(key):
+                    so.add_session_config_entry(key, value)
+        return so
+
+    @property
+    def twin(self) -> Twin | None:
+        """The LoRA-free twin session, once a run made it (None: not made, or not possible)."""
+        return self._twin
 
     def alpha_value(self, alphas: Sequence[float]) -> np.ndarray:
         """The alpha input for per-slot values: ``[1]`` (one scalar alpha) or ``[1, N]`` (alpha slots,

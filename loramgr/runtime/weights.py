@@ -9,8 +9,10 @@ stored there becomes an ``OrtValue`` over that mapping and is handed to each ses
 disable_prepacking``): pre-packed copies are per session and Python has no shared pre-packed
 container. The trade, measured on a hidden-2048 Llama (4 layers): peak RSS 1.1x the weights instead
 of 2.1x and sessions created in milliseconds, for a fp32 prefill about 1.4x slower and a decode step
-about 9% slower. ``loramgr run`` uses it (``--no-share-weights`` turns it off); ``LoraSession`` takes
-it as ``weights=``.
+about 1.1x slower (1.08-1.18x, ``decode_shared_weights`` in the benchmarks): ONNX Runtime's pre-packed
+layout is faster to multiply, and a pre-packed copy is a copy per session. ``loramgr run`` uses it
+(``--no-share-weights`` turns it off); ``LoraSession`` takes it as ``weights=``, which also gives the
+default adapter its fast path (:mod:`loramgr.runtime.fastpath`).
 """
 
 from __future__ import annotations
@@ -38,16 +40,27 @@ class SharedWeights:
         self._values: dict[tuple[str, int, int, int, tuple[int, ...]], Any] = {}  # one OrtValue per tensor
         self._lock = threading.Lock()
 
-    def session_options(self, graph: str, options: Any) -> Any:
+    def session_options(self, graph: str, options: Any, model: Any = None) -> Any:
         """``options`` (a ``SessionOptions``) with every external initializer of ``graph`` taken from
-        the shared mappings and pre-packing off."""
+        the shared mappings and pre-packing off. ``model``: an in-memory variant of the graph (an
+        ``onnx.ModelProto`` over the same external data, e.g. without its LoRA branches); None: the
+        graph's file."""
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        for name, value in self.initializers(graph, model).items():
+            options.add_initializer(name, value)
+        return options
+
+    def initializers(self, graph: str, model: Any = None) -> dict[str, Any]:
+        """Initializer name -> ``OrtValue`` over the shared mapping, for every external initializer of
+        ``graph`` (or of ``model``, see :meth:`session_options`) that can be viewed in place."""
         import onnx
 
         g = self.plan.graphs[graph]
         path = self.plan.graph_file(graph)  # verifies the graph and its data files (once per identity)
         by_name = {Path(self.plan.file(e).path).name: e for e in g.get("external_data", [])}
-        model = onnx.load(str(path), load_external_data=False)
-        options.add_session_config_entry("session.disable_prepacking", "1")
+        if model is None:
+            model = onnx.load(str(path), load_external_data=False)
+        out: dict[str, Any] = {}
         for t in model.graph.initializer:
             if t.data_location != onnx.TensorProto.EXTERNAL or t.data_type not in _NP:
                 continue
@@ -60,8 +73,8 @@ class SharedWeights:
                 continue  # not a file the plan lists, or not viewable in place: ONNX Runtime loads it itself
             value = self._value(entry, off, length, dtype, shape)
             if value is not None:
-                options.add_initializer(t.name, value)
-        return options
+                out[t.name] = value
+        return out
 
     def _value(self, entry: dict[str, Any], off: int, length: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Any:
         import onnxruntime as ort
