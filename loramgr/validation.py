@@ -99,16 +99,22 @@ def _first(items: Iterable[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" … (+{len(items) - n})" if len(items) > n else "")
 
 
-def check_adapter(adapter: Adapter, base: Base, load: Callable[[str], np.ndarray] | None = None) -> Check:
+def check_adapter(
+    adapter: Adapter,
+    base: Base,
+    load: Callable[[str], np.ndarray] | None = None,
+    index: AttachmentIndex | None = None,
+) -> Check:
     """All compatibility problems of one adapter against one base.
 
     ``adapter`` is a full record (tensor list and PEFT config). ``load`` reads a tensor's values; it
     is used only when the precision check needs values (a wider dtype than the base's precision).
+    ``index``: the base's attachment index, when checking many adapters against one base.
     """
     c = Check()
     cfg: Mapping[str, Any] = adapter.peft_config or {}
     aps = {ap.module_path: ap for ap in base.attachment_points}
-    index = AttachmentIndex(aps)
+    index = index or AttachmentIndex(aps)
     max_rank = int(base.max_rank)
     ref = adapter.ref
 
@@ -384,20 +390,23 @@ def validate(
     all_: bool = False,
     record: bool = True,
     records: Mapping[str, Adapter] | None = None,
+    base: Base | None = None,
 ) -> Report:
-    """Check adapters against a base (and, for several, against each other); record the outcome."""
+    """Check adapters against a base (and, for several, against each other); record the outcome.
+    ``records`` / ``base``: records the caller already holds (a build fetched them)."""
     from loramgr.lora.loader import AdapterFile
 
-    base = registry.base(base_ref)
+    base = base if base is not None and base.ref == base_ref else registry.base(base_ref)
     if all_:
         refs = list(dict.fromkeys(list(refs) + meant_for(registry, base)))
     checks: dict[str, Check] = {}
     known = records or {}
     found: dict[str, Adapter] = {}
+    index = AttachmentIndex(ap.module_path for ap in base.attachment_points)
     for ref in dict.fromkeys(refs):
         rec = known.get(ref) or registry.adapter(ref)
         found[rec.ref] = rec
-        checks[rec.ref] = check_adapter(rec, base, AdapterFile(rec).load)
+        checks[rec.ref] = check_adapter(rec, base, AdapterFile(rec).load, index)
     group = group_rule(found, checks, base) if len(checks) > 1 else None
     results = []
     for ref, c in checks.items():

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from loramgr.errors import NotFoundError
@@ -100,20 +100,24 @@ class Builds:
             b = s.get(BuildRow, build_id)
             if b is None:
                 raise NotFoundError(f"build {build_id}", "was removed while it ran")
-            for f in files:
-                s.add(
-                    ArtifactRow(
-                        build_id=build_id,
-                        adapter_id=f.adapter_id,
-                        use_case_id=f.use_case_id,
-                        group_name=f.group,
-                        graphs=list(f.graphs),
-                        kind=f.kind,
-                        cache_key=f.cache_key,
-                        sha256=f.sha256,
-                        size=f.size,
-                        path=f.path,
-                    )
+            if files:  # one executemany, not an ORM object per file (a build lists every adapter's files)
+                s.execute(
+                    insert(ArtifactRow),
+                    [
+                        {
+                            "build_id": build_id,
+                            "adapter_id": f.adapter_id,
+                            "use_case_id": f.use_case_id,
+                            "group_name": f.group,
+                            "graphs": list(f.graphs),
+                            "kind": f.kind,
+                            "cache_key": f.cache_key,
+                            "sha256": f.sha256,
+                            "size": f.size,
+                            "path": f.path,
+                        }
+                        for f in files
+                    ],
                 )
             ids = sorted({f.adapter_id for f in files if f.adapter_id is not None})
             for a in s.scalars(select(AdapterRow).where(AdapterRow.id.in_(ids)).order_by(AdapterRow.id)):
