@@ -36,12 +36,17 @@ def interleave(
     warmup: int = 1,
     inner: int = 1,
     timer: Callable[[Callable[[], Any]], float] | None = None,
+    pause: float = 0.0,
 ) -> Trials:
     """``rounds`` A/B pairs, alternating which side goes first (a, b, b, a, ...) so neither always
     runs on a cache the other just warmed. ``inner`` repeats a short operation inside one trial (the
-    trial is the mean); ``timer`` lets a side time itself (e.g. excluding its own cleanup)."""
+    trial is the mean); ``timer`` lets a side time itself (e.g. excluding its own cleanup); ``pause``
+    seconds of sleep before each trial, untimed (two ONNX Runtime sessions: the thread pool of the one
+    that just ran spins for a while, taking a core from the other)."""
 
     def once(fn: Callable[[], Any]) -> float:
+        if pause:
+            time.sleep(pause)
         if timer is not None:
             return timer(fn)
         t = time.perf_counter()

@@ -66,12 +66,41 @@ def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:
     return out / "plain.onnx"
 
 
-def session(path: Path) -> Any:
+def options() -> Any:
+    """Session options every benchmark session uses, subject and baseline alike: ONNX Runtime's
+    defaults (thread-pool spinning on, as a runtime would run), quiet. Two sessions in one process
+    interfere through their spinning pools, so the A/B rows pause between trials (``interleave(...,
+    pause=)``): measured without the pause, a session came out ~10% faster than a second session of
+    the very same model, whichever was the subject."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    return so
+
+
+def shared_session(path: Path, weights: Any, graph: str) -> Any:
+    """A session of the model at ``path`` whose initializers are ``weights``' mapping of ``graph``
+    (by name; a model exported from the same checkpoint names its weights alike): the baseline on the
+    very same weight memory as the subject, so only the graphs differ."""
+    import onnx
+    import onnxruntime as ort
+
+    so = options()
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    names = {t.name for t in onnx.load(str(path), load_external_data=False).graph.initializer}
+    shared = {k: v for k, v in weights.initializers(graph).items() if k in names}
+    if not shared:
+        raise RuntimeError(f"{path}: no initializer of {graph} is named alike")
+    for name, value in shared.items():
+        so.add_initializer(name, value)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), options(), providers=["CPUExecutionProvider"])
 
 
 def decode_feeds(sess: Any) -> dict[str, np.ndarray]:
