@@ -143,6 +143,15 @@ def test_build_refuses_incompatible_group(ctx2):
     r = invoke("build", "--base", "tiny", "a4", "big", "-o", tmp / "out")
     assert r.exit_code == 5 and "rank_exceeds_max" in r.stderr
     assert not (tmp / "out" / "sections").exists()
+    import gc
+
+    assert gc.isenabled()  # a build pauses the cyclic collector and gives it back, even when it fails
+    gc.disable()
+    try:
+        assert invoke("build", "--base", "tiny", "a4", "-o", tmp / "out").exit_code == 0
+        assert not gc.isenabled()  # and does not turn on what its caller turned off
+    finally:
+        gc.enable()
 
 
 def test_kill_9_mid_build_then_rebuild(ctx2):

@@ -9,7 +9,7 @@ stored there becomes an ``OrtValue`` over that mapping and is handed to each ses
 disable_prepacking``): pre-packed copies are per session and Python has no shared pre-packed
 container. The trade, measured on a hidden-2048 Llama (4 layers): peak RSS 1.1x the weights instead
 of 2.1x and sessions created in milliseconds, for a fp32 prefill about 1.4x slower and a decode step
-about 1.1x slower (1.08-1.18x, ``decode_shared_weights`` in the benchmarks): ONNX Runtime's pre-packed
+about 1.1x slower (1.03-1.18x, ``decode_shared_weights`` in the benchmarks): ONNX Runtime's pre-packed
 layout is faster to multiply, and a pre-packed copy is a copy per session. ``loramgr run`` uses it
 (``--no-share-weights`` turns it off); ``LoraSession`` takes it as ``weights=``, which also gives the
 default adapter its fast path (:mod:`loramgr.runtime.fastpath`).
