@@ -348,6 +348,41 @@ def test_plan_with_escaping_path_refused(planned):
         Plan.load(bad)
 
 
+def test_plan_paths_through_symlinks(planned, tmp_path):
+    """Section paths are resolved like realpath, component by component: a symlinked directory or
+    file that stays inside the plan's directory is accepted; one that points outside is refused, also
+    when many sections share the directory (its answer is kept) and when the link is the last part."""
+    import json
+    import shutil
+
+    from loramgr.runtime import Plan, PlanFormatError
+
+    _, _, _, plan_path = planned
+    root = plan_path.parent
+    doc = json.loads(plan_path.read_text())
+    sec = doc["adapters"][0]["sections"][0]
+    real = root / sec["path"]
+    (root / "alias").symlink_to(real.parent, target_is_directory=True)  # inside: fine
+    outside = tmp_path / "outside"
+    shutil.copytree(real.parent, outside)
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    (root / "leaf.onnx_adapter").symlink_to(outside / real.name)
+
+    def load_with(path: str) -> Plan:
+        d = json.loads(json.dumps(doc))
+        for a in d["adapters"]:  # every adapter's first section through the same directory
+            a["sections"][0]["path"] = path
+        f = root / "variant.json"
+        f.write_text(json.dumps(d))
+        return Plan.load(f)
+
+    plan = load_with(f"alias/{real.name}")
+    assert plan.adapter(doc["adapters"][0]["name"]).sections()[0].path == root / "alias" / real.name
+    for path in (f"escape/{real.name}", f"./alias/../escape/{real.name}", "leaf.onnx_adapter"):
+        with pytest.raises(PlanFormatError):
+            load_with(path)
+
+
 def test_bundle_reproducible_and_check(planned):
     tmp, _, _, plan_path = planned
     assert invoke("bundle", "--plan", plan_path, "-o", tmp / "b1.tar").exit_code == 0
