@@ -47,12 +47,42 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return fn
 
 
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing ``[offset, offset + length)`` of ``fd`` to disk now (a hint:
-    the fsync that follows is what makes the bytes durable; failures are ignored)."""
-    fn = _sync_file_range()
-    if fn is not None:
-        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+class _Writeback:
+    """Asks the kernel to start writing each range of ``fd`` to disk as soon as it is written (a hint:
+    the fsync that follows is what makes the bytes durable; failures are ignored). The calls run on a
+    thread of their own, as ``sync_file_range`` blocks while the device's queue is full and the copy
+    must not wait for the disk (the fsync does); ranges that queued up meanwhile go in one call."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.fn = _sync_file_range() if fd >= 0 else None
+        self.todo: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        if self.fn is not None:
+            self.thread = threading.Thread(target=self._run, name="loramgr-writeback", daemon=True)
+            self.thread.start()
+
+    def add(self, offset: int, length: int) -> None:
+        if self.thread is not None:
+            self.todo.put((offset, length))
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.todo.put(None)
+            self.thread.join()
+
+    def _run(self) -> None:
+        assert self.fn is not None
+        done = False
+        while not done and (item := self.todo.get()) is not None:
+            begin, end = item[0], item[0] + item[1]
+            while not self.todo.empty():  # coalesce what arrived while the last call blocked
+                nxt = self.todo.get()
+                if nxt is None:
+                    done = True
+                    break
+                end = max(end, nxt[0] + nxt[1])
+            self.fn(self.fd, begin, end - begin, _SYNC_FILE_RANGE_WRITE)  # ctypes releases the GIL
 
 
 @dataclass(frozen=True)
@@ -105,6 +135,7 @@ def _hash_copy(
         fd = -1
     t = threading.Thread(target=hasher, name="loramgr-sha256", daemon=True)
     t.start()
+    writeback = _Writeback(fd)
     size = 0
     try:
         while not errors:
@@ -117,13 +148,13 @@ def _hash_copy(
                 out = ring[i][:n]
                 while out:  # raw (unbuffered) writes may be partial
                     out = out[dst.write(out) :]
-                if fd >= 0:
-                    _start_writeback(fd, size, n)
+                writeback.add(size, n)
             size += n
             full.put((i, n))
     finally:
         full.put(None)
         t.join()
+        writeback.close()
     if errors:
         raise errors[0]
     return h.hexdigest(), size
