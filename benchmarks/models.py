@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def lm(home: Path, *args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The loramgr CLI in a child process on its own registry home (SQLite)."""
@@ -101,21 +99,6 @@ def session(path: Path) -> Any:
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), options(), providers=["CPUExecutionProvider"])
-
-
-def decode_feeds(sess: Any) -> dict[str, np.ndarray]:
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
-        if i.name == "input_ids":
-            feeds[i.name] = np.full(shape, 7, np.int64)
-        elif i.name == "attention_mask":
-            feeds[i.name] = np.ones(shape, np.int64)
-        elif i.name == "position_ids":
-            feeds[i.name] = np.full(shape, shape[-1], np.int64)
-        else:
-            feeds[i.name] = (np.random.default_rng(1).standard_normal(shape) * 0.1).astype(np.float32)
-    return feeds
 
 
 def lora_setup(tmp: Path, hf: Path, rank: int) -> tuple[Path, Path, list[str]]:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.measure import Row, interleave, self_timed
-from benchmarks.models import decode_feeds, export_without_lora, llama, lora_setup, session, shared_session
+from benchmarks.models import export_without_lora, llama, lora_setup, session, shared_session
+from loramgr.testing.feeds import decode_feeds
 
 
 def _read_bytes() -> int:

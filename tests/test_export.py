@@ -428,19 +428,25 @@ def test_base_export_refuses_unusable_model_dirs(tmp_path, case):
     assert invoke("list", "bases", "--json").json == []
 
 
-def test_shared_weights_run_equals_separate_sessions(llama, tmp_path):
-    """`loramgr run --share-weights` (the default): prefill and decode read one memory-mapped copy of
-    the weights; tokens and logits equal separate sessions' (each loading its own copy)."""
+def _built_plan(llama, tmp_path: Path, seed: int):
+    """The exported tiny Llama registered with one PEFT adapter ``ad`` (q/v, r 8), built and planned."""
     from loramgr.runtime import Plan
-    from loramgr.runtime.ort import LoraSession, generate
-    from loramgr.runtime.weights import SharedWeights
 
     tmp, man = llama
-    peft_adapter(tiny_llama(), tmp_path / "ad", seed=5, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    peft_adapter(tiny_llama(), tmp_path / "ad", seed=seed, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
     register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
     assert invoke("build", "--base", "exp", "-o", tmp_path / "out").exit_code == 0
     assert invoke("plan", "--base", "exp").exit_code == 0
-    plan = Plan.load(tmp_path / "out" / "plan.json")
+    return Plan.load(tmp_path / "out" / "plan.json")
+
+
+def test_shared_weights_run_equals_separate_sessions(llama, tmp_path):
+    """`loramgr run --share-weights` (the default): prefill and decode read one memory-mapped copy of
+    the weights; tokens and logits equal separate sessions' (each loading its own copy)."""
+    from loramgr.runtime.ort import LoraSession, generate
+    from loramgr.runtime.weights import SharedWeights
+
+    plan = _built_plan(llama, tmp_path, seed=5)
     a = generate(plan, [5, 17, 99, 3], 6, "ad", share_weights=True)
     b = generate(plan, [5, 17, 99, 3], 6, "ad", share_weights=False)
     assert a.tokens == b.tokens
@@ -467,43 +473,21 @@ def test_shared_weights_run_equals_separate_sessions(llama, tmp_path):
     del pre, dec
 
 
-def _decode_feeds(sess, seed: int = 3) -> dict[str, np.ndarray]:
-    """Feeds for every non-LoRA input of a decode graph: a token, a full mask, random past."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
-        if i.name == "input_ids":
-            feeds[i.name] = np.full(shape, 7, np.int64)
-        elif i.name == "attention_mask":
-            feeds[i.name] = np.ones(shape, np.int64)
-        elif i.name == "position_ids":
-            feeds[i.name] = np.full(shape, shape[-1], np.int64)
-        elif i.name.startswith("past_key_values"):
-            feeds[i.name] = (rng.standard_normal(shape) * 0.5).astype(np.float32)
-    return feeds
-
-
 def test_default_adapter_fast_path(llama, tmp_path):
     """With shared weights, the default adapter (and any entry at alpha 0) runs a twin session of the
     graph without its LoRA branches, over the same mapped weights (no new mapping, no new tensor);
     its logits equal the full graph's with zero branches. An adapter still runs the full graph, and a
     caller feeding a LoRA input explicitly is never routed to the twin."""
-    from loramgr.runtime import Plan
     from loramgr.runtime.fastpath import Twin
     from loramgr.runtime.ort import LoraSession
     from loramgr.runtime.weights import SharedWeights
+    from loramgr.testing.feeds import decode_feeds
 
-    tmp, man = llama
-    peft_adapter(tiny_llama(), tmp_path / "ad", seed=7, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
-    register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
-    assert invoke("build", "--base", "exp", "-o", tmp_path / "out").exit_code == 0
-    assert invoke("plan", "--base", "exp").exit_code == 0
-    plan = Plan.load(tmp_path / "out" / "plan.json")
+    plan = _built_plan(llama, tmp_path, seed=7)
     w = SharedWeights(plan)
     fast = LoraSession(plan, graph="decode", weights=w)
     full = LoraSession(plan, graph="decode")  # own weights: no twin (it would be a second copy)
-    feeds = _decode_feeds(full.session)
+    feeds = decode_feeds(full.session, seed=3, scale=0.5)
     values = len(w._values)
     ref = full.run(feeds, adapter="default")[0]
     assert fast.twin is None
