@@ -1,8 +1,8 @@
 """The default adapter's fast path: the graph without its LoRA branches, over the same weights.
 
 With the all-zero default adapter every LoRA branch adds zeros: ``x @ A`` and ``(x A) @ B`` still run
-at every attachment point (four nodes each), which costs a decode step of a hidden-2048 Llama about
-15% (``decode_default`` in the benchmarks, against the same model exported without LoRA). The graph
+at every attachment point (four nodes each), which cost a decode step of a hidden-2048 Llama 3-19%
+(depending on thread-pool settings) against the same model exported without LoRA. The graph
 file is not changed for this: QNN, the C library and other runtimes read it as exported. Instead
 :func:`base_twin` makes, in memory, the graph with its branches removed (the same cut the QNN LoRA v3
 creator inputs use, :func:`loramgr.formats.lora_v3.strip_lora`) and opens it as a second session whose

@@ -196,8 +196,6 @@ class LoraSession:
     def _fast(self, entry: AdapterEntry, alphas: Sequence[float], feeds: dict[str, Any]) -> Twin | None:
         """The twin session when this run's branches all add zeros (the default adapter, or every alpha
         0 on a graph with an alpha input) and the caller feeds nothing the twin lacks (but alpha)."""
-        if self._twin_tried and self._twin is None:
-            return None
         if not (entry.is_default or (self._has_alpha and not any(alphas))):
             return None
         twin = self._twin if self._twin_tried else self._make_twin()
