@@ -67,6 +67,7 @@ def bench_register(tmp: Path, size: int, rounds: int) -> list[Row]:
     from loramgr.testing.synth import write_large_adapter
 
     f = write_large_adapter(tmp / "big.safetensors", size)
+    os.sync()  # the source's own write-back must not land inside the first trials
     subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)  # same page-cache state for both
 
     def shell(copy: bool) -> Any:

@@ -1,88 +1,30 @@
 """Content-addressed artifact store: ``store/objects/<aa>/<sha256>``.
 
-Ingesting reads the source once: the main thread copies while a second thread hashes the same
-buffers (hashlib releases the GIL), so register costs about one ``cp`` rather than ``sha256sum + cp``.
-Writes go to ``store/tmp/`` (fsync, then an atomic rename), so a crash never leaves a partial object
-under ``objects/`` and ``gc`` never collects a file that is still being written. On Linux each written
-chunk is handed to the disk at once (``sync_file_range``), so the closing fsync finds little left to
-write: the disk works while the source is still being read and hashed.
+Ingesting makes one pass (``hashcopy``: the kernel copies while a second thread hashes the stored
+bytes), so register costs about one ``cp`` rather than ``sha256sum + cp``, and an object's name is
+the hash of exactly the bytes it holds. Writes go to ``store/tmp/`` (fsync, then an atomic rename), so
+a crash never leaves a partial object under ``objects/`` and ``gc`` never collects a file that is
+still being written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
-import functools
 import hashlib
 import os
-import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
+from loramgr import hashcopy
 from loramgr.errors import IntegrityError, InvalidInputError
+from loramgr.hashcopy import CHUNK
 
-CHUNK = 8 * 1024 * 1024
 _HEX = set("0123456789abcdef")
-_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start write-out of dirty pages in the range, do not wait
-
-
-@functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux's ``sync_file_range(2)`` (glibc; not in the ``os`` module), or None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-class _Writeback:
-    """Asks the kernel to start writing each range of ``fd`` to disk as soon as it is written (a hint:
-    the fsync that follows is what makes the bytes durable; failures are ignored). The calls run on a
-    thread of their own, as ``sync_file_range`` blocks while the device's queue is full and the copy
-    must not wait for the disk (the fsync does); ranges that queued up meanwhile go in one call."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.fn = _sync_file_range() if fd >= 0 else None
-        self.todo: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
-        if self.fn is not None:
-            self.thread = threading.Thread(target=self._run, name="loramgr-writeback", daemon=True)
-            self.thread.start()
-
-    def add(self, offset: int, length: int) -> None:
-        if self.thread is not None:
-            self.todo.put((offset, length))
-
-    def close(self) -> None:
-        if self.thread is not None:
-            self.todo.put(None)
-            self.thread.join()
-
-    def _run(self) -> None:
-        assert self.fn is not None
-        done = False
-        while not done and (item := self.todo.get()) is not None:
-            begin, end = item[0], item[0] + item[1]
-            while not self.todo.empty():  # coalesce what arrived while the last call blocked
-                nxt = self.todo.get()
-                if nxt is None:
-                    done = True
-                    break
-                end = max(end, nxt[0] + nxt[1])
-            self.fn(self.fd, begin, end - begin, _SYNC_FILE_RANGE_WRITE)  # ctypes releases the GIL
 
 
 @dataclass(frozen=True)
@@ -99,65 +41,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
-
-
-def _hash_copy(
-    src: BinaryIO, dst: BinaryIO | None, buffers: int = 4, inspect: Callable[[memoryview], None] | None = None
-) -> tuple[str, int]:
-    """Hash ``src`` (and copy it to ``dst``) in one pass, hashing on a second thread. ``inspect`` sees
-    every chunk in order on that thread too (register checks tensor values there), and an exception it
-    raises stops the copy.
-
-    A fixed ring of preallocated buffers (``readinto``) bounds memory at ``buffers x CHUNK`` whatever
-    the file size or how far the hasher lags, and avoids allocator churn of large ``bytes``."""
-    h = hashlib.sha256()
-    ring = [memoryview(bytearray(CHUNK)) for _ in range(buffers)]
-    free: queue.Queue[int] = queue.Queue()
-    for i in range(buffers):
-        free.put(i)
-    full: queue.Queue[tuple[int, int] | None] = queue.Queue()
-    errors: list[BaseException] = []
-
-    def hasher() -> None:
-        try:
-            while (item := full.get()) is not None:
-                i, n = item
-                h.update(ring[i][:n])  # releases the GIL: hashing overlaps reading and writing
-                if inspect is not None:
-                    inspect(ring[i][:n])
-                free.put(i)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(e)
-
-    try:
-        fd = dst.fileno() if dst is not None else -1
-    except (OSError, ValueError):  # not a file (io.UnsupportedOperation is both)
-        fd = -1
-    t = threading.Thread(target=hasher, name="loramgr-sha256", daemon=True)
-    t.start()
-    writeback = _Writeback(fd)
-    size = 0
-    try:
-        while not errors:
-            i = free.get()
-            n = src.readinto(ring[i])  # type: ignore[attr-defined]
-            if not n:
-                free.put(i)
-                break
-            if dst is not None:
-                out = ring[i][:n]
-                while out:  # raw (unbuffered) writes may be partial
-                    out = out[dst.write(out) :]
-                writeback.add(size, n)
-            size += n
-            full.put((i, n))
-    finally:
-        full.put(None)
-        t.join()
-        writeback.close()
-    if errors:
-        raise errors[0]
-    return h.hexdigest(), size
 
 
 class Store:
@@ -218,10 +101,10 @@ class Store:
                         ) from None
                     raise
                 with open(tmp, "rb", buffering=0) as f:
-                    sha, size = _hash_copy(f, None, inspect=inspect)
+                    sha, size = hashcopy.hash_copy(f, None, inspect=inspect)
             else:
-                with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
-                    sha, size = _hash_copy(fin, fout, inspect=inspect)
+                with open(src, "rb", buffering=0) as fin, open(tmp, "w+b", buffering=0) as fout:
+                    sha, size = hashcopy.hash_copy(fin, fout, inspect=inspect)
                     os.fsync(fout.fileno())
             return self._publish(tmp, sha, size)
         except BaseException:

@@ -106,11 +106,11 @@ def _enospc(*a, **k):
 
 
 def test_disk_full_during_register(tmp_path, home, monkeypatch):
-    import loramgr.store as store
+    import loramgr.hashcopy as hashcopy
 
     d = _adapter(tmp_path)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store, "_hash_copy", _enospc)
+        mp.setattr(hashcopy, "hash_copy", _enospc)
         r = invoke("register", d)
     assert r.exit_code == 9 and "No space left" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not [p for p in store_files(home) if p.startswith(("objects", "tmp/"))]
