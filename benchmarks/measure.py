@@ -150,6 +150,7 @@ class Row:
             **self.extra,
         }
         if self.kind == "goal":
+            out["goal_op"] = ">=" if self.higher_is_better else "<="  # which side of the goal passes
             out["pass"] = self.passed
         return out
 

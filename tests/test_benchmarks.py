@@ -36,8 +36,9 @@ def test_quick_benchmarks_run(tmp_path):
             assert math.isfinite(r[k]), (r["id"], k)
         assert r["baseline_value"] > 0 and r["trials"] >= 1
         assert r["kind"] in ("goal", "report")
-        assert ("pass" in r) == (r["kind"] == "goal"), r["id"]
+        assert ("pass" in r) == (r["kind"] == "goal") == ("goal_op" in r), r["id"]
         assert r["kind"] == "report" or math.isfinite(r["goal"])
+    assert rows["int8_cosine"]["goal_op"] == ">=" and rows["register_copy"]["goal_op"] == "<="
     cold, first = rows["switch_cold"], rows["switch_cold_first_verify"]
     # every cold trial (and its warm-up) loaded its section into ORT; the benchmark asserts it per trial too
     assert cold["adapter_loads"] >= cold["trials"] + first["trials"]
@@ -57,3 +58,4 @@ def test_interleave_alternates_and_pairs():
     goal = Row.timed("x", "x", "y", t, goal=2.0).to_json()
     report = Row.timed("x", "x", "y", t).to_json()
     assert "pass" in goal and "pass" not in report and report["kind"] == "report"
+    assert goal["goal_op"] == "<=" and "goal_op" not in report
