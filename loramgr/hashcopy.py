@@ -228,8 +228,7 @@ def hash_copy(
     raises stops the copy. Both ends real files, ``dst`` readable and at offset 0: the kernel copies;
     otherwise a read/write loop does."""
     fin, fout = _fileno(src), _fileno(dst)
-    kernel = fin >= 0 and fout >= 0 and dst is not None and dst.readable() and src.seekable()
-    if kernel and src.tell() == 0 and dst is not None and dst.tell() == 0:
-        if (done := _kernel_copy(fin, fout, inspect)) is not None:
+    if dst is not None and min(fin, fout) >= 0 and dst.readable() and src.seekable():
+        if src.tell() == 0 and dst.tell() == 0 and (done := _kernel_copy(fin, fout, inspect)) is not None:
             return done
     return _user_copy(src, dst, buffers, inspect)

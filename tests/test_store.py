@@ -136,3 +136,28 @@ def test_disk_error_mid_copy_propagates_and_leaves_nothing(tmp_path, monkeypatch
         st.ingest(tmp_path / "src.bin")
     assert e.value.errno == errno.ENOSPC
     assert not _leftovers(tmp_path / "st") and not list((tmp_path / "st" / "objects").rglob("*"))
+
+
+def test_a_source_edited_during_the_copy_still_gives_an_object_named_by_its_own_bytes(tmp_path, monkeypatch):
+    """The hash is taken of the stored bytes read back, not of a second read of the source: an edit
+    racing the copy can change what is stored, never make the name lie about it."""
+    monkeypatch.setattr(hashcopy, "CHUNK", 4096)
+    real = os.copy_file_range
+    src = tmp_path / "src.bin"
+    data = _source(src, 8 * 4096)
+    calls = [0]
+
+    def racing(*a: object) -> int:
+        calls[0] += 1
+        if calls[0] == 2:  # after the first chunk went in, the source changes under the copy
+            with open(src, "r+b") as f:
+                for off in (0, 5 * 4096):  # one chunk already copied, one still to come
+                    f.seek(off)
+                    f.write(b"\xff" * 4096)
+        return real(*a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "copy_file_range", racing)
+    obj = Store(tmp_path / "st").ingest(src)
+    stored = obj.path.read_bytes()
+    assert obj.sha256 == hashlib.sha256(stored).hexdigest()
+    assert stored[:4096] == data[:4096] and stored[5 * 4096 : 6 * 4096] == b"\xff" * 4096
