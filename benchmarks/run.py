@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             "parity": lambda: bench_parity(tmp),
             "use cases": lambda: bench_use_cases(tmp, 256 if q else 1024, 2 if q else 8, 8, 10 if q else 40),
             "scale": lambda: [
-                *bench_build_scale(tmp, (5, 10, 20) if q else (10, 100, 1000), 2 if q else 3),
+                *bench_build_scale(tmp, (5, 10, 20) if q else (10, 100, 1000), 2 if q else 7),
                 *bench_plan_scale(tmp, 2000 if q else 100_000, 200 if q else 2000),
                 *bench_export_scale(tmp, ((64, 2), (128, 2)) if q else ((256, 4), (1024, 8))),
             ],
