@@ -35,6 +35,7 @@ class OutFile:
     use_case: str | None = None
     group: str | None = None  # a group's quantization section: the group
     placed: bool = False  # already in the output directory (an SDK tool's working file), not in the work one
+    staged: str = ""  # its name in the work directory when not ``rel_path`` (flat: no directory per section)
 
     def artifact(self) -> Artifact:
         """The record the registry keeps of this file (once it is final)."""

@@ -260,10 +260,13 @@ def build(
             finally:
                 progress.close()
             log += be.log
+            made: set[Path] = set()
             for f in (f for f in new if not f.placed):
                 dest = out / f.rel_path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(work / f.rel_path, dest)
+                if dest.parent not in made:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(dest.parent)
+                os.replace(work / (f.staged or f.rel_path), dest)
             files = reused + new + graph_files
             wl = write_weight_lists(base, out / "weight_list.txt")
             for p in sorted(set(wl.files.values())):
