@@ -78,13 +78,11 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
         reg.close()
     gc.unfreeze()
     return [
-        Row(
+        Row.timed(
             "build_scale",
             f"full build time per adapter at {top} adapters",
             f"per adapter at {mid} adapters",
-            per_adapter[mid],
-            per_adapter[top],
-            "s",
+            pairs,
             goal=1.2,
             extra={"per_adapter_s": {str(n): statistics.median(v) for n, v in per_adapter.items()}},
         )
