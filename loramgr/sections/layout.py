@@ -37,6 +37,11 @@ class OutFile:
     placed: bool = False  # already in the output directory (an SDK tool's working file), not in the work one
     staged: str = ""  # its name in the work directory when not ``rel_path`` (flat: no directory per section)
 
+    def produced_at(self, out: Path, work: Path) -> Path:
+        """Where the backend left the file: in place under ``out``, or in the build's work directory
+        (under its staged name, if it has one) until the pipeline moves it to ``out / rel_path``."""
+        return out / self.rel_path if self.placed else work / (self.staged or self.rel_path)
+
     def artifact(self) -> Artifact:
         """The record the registry keeps of this file (once it is final)."""
         return Artifact(

@@ -266,7 +266,7 @@ def build(
                 if dest.parent not in made:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     made.add(dest.parent)
-                os.replace(work / (f.staged or f.rel_path), dest)
+                os.replace(f.produced_at(out, work), dest)
             files = reused + new + graph_files
             wl = write_weight_lists(base, out / "weight_list.txt")
             for p in sorted(set(wl.files.values())):

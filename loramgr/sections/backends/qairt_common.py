@@ -63,7 +63,7 @@ def finish(
     """Hash every file; the tools' working files (under ``qairt/``) are already in place."""
     for f in files:
         f.placed = f.rel_path.startswith("qairt/")
-        p = (ctx.out if f.placed else work) / f.rel_path
+        p = f.produced_at(ctx.out, work)
         f.sha256, f.size = sha256_file(p), p.stat().st_size
     for j in jobs:
         progress(j)
