@@ -384,7 +384,7 @@ class Plan:
             raise PlanFormatError(str(self.root), f"plan path {rel!r} escapes the plan directory")
         full = self.root / rel
         real = self._real(rel)
-        root = str(self._real_root)
+        root = self._real_dirs[""]
         if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
             raise PlanFormatError(str(self.root), f"plan path {rel!r} resolves outside the plan directory")
         return full
