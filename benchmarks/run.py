@@ -53,6 +53,8 @@ ROW_IDS = (
     "hot_switch_select",
     "decode_use_case_2_vs_1",
     "build_scale",
+    "build_scale_disk",
+    "small_files_disk",
     "plan_scale_load",
     "plan_scale_lookup_p50",
     "export_scale_small",
@@ -415,7 +417,7 @@ def bench_parity(tmp: Path) -> list[Row]:
 # -- main -------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.runtime import bench_switch, bench_use_cases
-    from benchmarks.scale import bench_build_scale, bench_export_scale, bench_plan_scale
+    from benchmarks.scale import bench_build_scale, bench_export_scale, bench_plan_scale, bench_small_files
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (CI)")
@@ -437,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             "use cases": lambda: bench_use_cases(tmp, 256 if q else 1024, 2 if q else 8, 8, 10 if q else 40),
             "scale": lambda: [
                 *bench_build_scale(tmp, (5, 10, 20) if q else (10, 100, 1000), 2 if q else 7),
+                *bench_small_files(tmp, 20 if q else 1000, 2 if q else 7),
                 *bench_plan_scale(tmp, 2000 if q else 100_000, 200 if q else 2000),
                 *bench_export_scale(tmp, ((64, 2), (128, 2)) if q else ((256, 4), (1024, 8))),
             ],
