@@ -114,8 +114,8 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
             f"per adapter at {mid} adapters",
             in_memory,
             goal=1.2,
-            note="output on tmpfs: this VM's ext4 cost per small file drifts 20x within minutes with no loramgr "
-            "code running (see build_scale_disk)",
+            note="output on tmpfs: this VM's ext4 cost per small file drifts up to 20x within minutes with no "
+            "loramgr code running (small_files_disk); build_scale_disk is this row on the disk",
             extra=medians(per_mem) | {"output_on": where},
         ),
         Row.timed(
