@@ -348,6 +348,37 @@ def test_plan_with_escaping_path_refused(planned):
         Plan.load(bad)
 
 
+def test_plan_load_pauses_the_garbage_collector_and_restores_it(planned, monkeypatch):
+    """Plan.load runs with the cyclic collector paused (a big plan's parse and entries otherwise
+    trigger full collections over and over) and leaves it as it found it, also when it refuses."""
+    import gc
+    import json
+
+    from loramgr import runtime
+    from loramgr.runtime import Plan, PlanFormatError
+
+    _, _, _, plan_path = planned
+    bad = plan_path.with_name("bad.json")
+    doc = json.loads(plan_path.read_text())
+    doc["adapters"][0]["sections"][0]["path"] = "../../etc/passwd"
+    bad.write_text(json.dumps(doc))
+    seen = []  # the collector's state while the plan's JSON is parsed
+    real = runtime.json.loads
+    monkeypatch.setattr(runtime.json, "loads", lambda *a, **k: (seen.append(gc.isenabled()), real(*a, **k))[1])
+    try:
+        assert gc.isenabled()
+        assert Plan.load(plan_path).adapters and gc.isenabled()
+        with pytest.raises(PlanFormatError):
+            Plan.load(bad)
+        assert gc.isenabled()
+        gc.disable()
+        Plan.load(plan_path)
+        assert not gc.isenabled()  # a caller's choice to keep it off is kept
+    finally:
+        gc.enable()
+    assert seen == [False, False, False]
+
+
 def test_plan_paths_through_symlinks(planned, tmp_path):
     """Section paths are resolved like realpath, component by component: a symlinked directory or
     file that stays inside the plan's directory is accepted; one that points outside is refused, also

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loramgr.gcpause import gc_paused
+
 MAX_PLAN_BYTES = 256 * 1024 * 1024
 
 try:  # inside the full package, these are the CLI's own error classes (exit 8 / exit 4 / exit 3)
@@ -353,6 +355,7 @@ class Plan:
         self.alpha_slots: int | None = self.alpha.get("slots")
 
     @classmethod
+    @gc_paused
     def load(cls, path: str | os.PathLike[str]) -> Plan:
         from loramgr.files import read_bytes
 
@@ -368,6 +371,7 @@ class Plan:
         return cls.from_doc(doc, p.parent, where=str(p))
 
     @classmethod
+    @gc_paused
     def from_doc(cls, doc: Any, root: Path, *, where: str) -> Plan:
         """A plan from its parsed JSON, its paths relative to ``root`` (``bundle check`` applies the
         loader's rules to a plan inside a tar this way)."""

@@ -13,27 +13,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import functools
-import gc
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from loramgr import dtypes
 from loramgr.errors import ConflictError, IncompatibleError, LoramgrError
+from loramgr.gcpause import gc_paused
 from loramgr.records import Adapter, Artifact, Base, EncodingSet, JsonRecord, UseCase
 from loramgr.sections.backends import BuildContext, OutFile, SectionJob, get_backend
 from loramgr.sections.layout import materialize_graphs, place, section_groups, select_adapters
 from loramgr.store import sha256_file
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -137,29 +133,7 @@ class _Progress:
         self.p.close()
 
 
-def _gc_paused(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run ``fn`` with Python's cyclic garbage collector paused (restored after, if it was on).
-
-    A build holds tens of thousands of short-lived records for a moment (every adapter's tensor
-    list, 6,400 rows for 100 adapters): refcounting frees them, but each object that lives through a
-    young collection counts toward the next full one, so every other build walked the whole heap of
-    the process (~50 ms: most of a one-adapter rebuild, more in a process holding a model). Nothing a
-    build allocates depends on the cyclic collector to be freed in time."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if was:
-                gc.enable()
-
-    return wrapper
-
-
-@_gc_paused
+@gc_paused
 def build(
     reg: Registry,
     base_ref: str,
