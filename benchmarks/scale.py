@@ -4,6 +4,7 @@ adapters, and `base export` wall time and peak RSS at two model sizes."""
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +134,16 @@ def bench_small_files(tmp: Path, files: int, rounds: int) -> list[Row]:
     """The environment's part of ``build_scale_disk``, with no loramgr code: ``files`` files of 40 KiB
     (a small section's size) written to a work directory and renamed over the previous round's files,
     as a build does; on the disk vs on tmpfs, interleaved. Reported so each run records how far this
-    machine's disk was from its memory while the build rows ran."""
+    machine's disk was from its memory right after the build rows ran."""
     data = os.urandom(40 << 10)
 
-    def side(root: Path) -> Any:
+    def side(root: Path) -> Callable[[], None]:
         out = root / "small-files"
         out.mkdir()
-        rnd = iter(range(1 << 30))
+        rounds_done = itertools.count()
 
         def once() -> None:
-            work = out / f".work-{next(rnd)}"
+            work = out / f".work-{next(rounds_done)}"
             work.mkdir()
             for i in range(files):
                 (work / f"{i}.bin").write_bytes(data)
