@@ -15,47 +15,27 @@ Checksums are verified lazily, the first time a file is used, and a mismatch rai
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import os
-import re
 import stat
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loramgr.gcpause import gc_paused
+from loramgr.runtime.errors import PlanFormatError, PlanIntegrityError, PlanLookupError
+from loramgr.runtime.structure import check_structure, malformed
+
+try:
+    from loramgr.gcpause import gc_paused
+except ImportError:  # pragma: no cover - runtime vendored alone: no pause
+
+    def gc_paused(fn: Any) -> Any:  # type: ignore[misc]
+        return fn
+
 
 MAX_PLAN_BYTES = 256 * 1024 * 1024
-
-try:  # inside the full package, these are the CLI's own error classes (exit 8 / exit 4 / exit 3)
-    from loramgr.errors import IntegrityError as _IntegrityBase
-    from loramgr.errors import InvalidInputError as _InvalidBase
-    from loramgr.errors import NotFoundError as _NotFoundBase
-except ImportError:  # pragma: no cover - runtime vendored alone
-    _IntegrityBase = _InvalidBase = Exception  # type: ignore[assignment,misc]
-
-    class _NotFoundBase(Exception):  # type: ignore[no-redef]
-        pass
-
-
-class PlanIntegrityError(_IntegrityBase):
-    """A file does not match the checksum or size the plan records for it."""
-
-
-class PlanFormatError(_InvalidBase):
-    """The plan is not a loramgr plan, or is malformed or hostile (paths escaping its directory)."""
-
-
-class PlanLookupError(_NotFoundBase, KeyError):
-    """A name the plan does not hold: an adapter, a graph, a section for a graph, a tensor's encoding.
-    A ``KeyError`` too, so mapping-style callers keep working; the CLI maps it to exit 3."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def _sha256(path: Path) -> str:
@@ -219,100 +199,6 @@ class UseCaseEntry(AdapterEntry):
         return True
 
 
-@contextlib.contextmanager
-def _malformed(where: str) -> Iterator[None]:
-    """A plan entry of the wrong shape is a plan format error (exit 4), wherever it is first read:
-    entries are read lazily, so this guards the lazy readers as well as ``Plan.load``."""
-    try:
-        yield
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise PlanFormatError(where, f"malformed plan ({type(e).__name__}: {e})") from None
-
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,255}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _check_structure(doc: dict[str, Any], where: str) -> None:
-    """What the JSON Schema says about names and cross-references, checked without jsonschema (the
-    runtime is stdlib only): a hand-edited plan fails here, naming the entry, instead of deep inside."""
-
-    def bad(why: str) -> PlanFormatError:
-        return PlanFormatError(where, why)
-
-    for key in ("alpha", "rules", "reset_steps"):
-        if not isinstance(doc.get(key, {}), dict):
-            raise bad(f"{key} must be an object")
-    graphs = doc["base"]["graphs"]
-    if not isinstance(graphs, list) or not graphs:
-        raise bad("the plan lists no graphs")
-    names = [g["name"] for g in graphs]
-    for n in names:
-        if not isinstance(n, str) or not _SAFE_NAME.match(n) or ".." in n:
-            raise bad(f"graph name {str(n)[:80]!r} is not a safe name")
-    if len(set(names)) != len(names):
-        raise bad("the plan lists a graph name twice")
-    if not isinstance(doc["adapters"], list) or not isinstance(doc["default_adapter"], dict):
-        raise bad("adapters must be a list and default_adapter an object")
-    use_cases = doc.get("use_cases", [])
-    if not isinstance(use_cases, list):
-        raise bad("use_cases must be a list")
-    slots = doc.get("alpha", {}).get("slots")
-    if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or not 0 < slots <= 1024):
-        raise bad("alpha.slots must be a count of alpha slots")
-    for u in use_cases:
-        members = u["adapters"]
-        alphas = u.get("alphas", [1.0] * len(members))
-        if (
-            not isinstance(members, list)
-            or not members
-            or not all(
-                isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("slot"), int)
-                for m in members
-            )
-        ):
-            raise bad(f"use case {str(u.get('name'))[:80]!r}: adapters must be [{{name, slot}}, ...]")
-        if sorted(m["slot"] for m in members) != list(range(len(members))) or (slots and len(members) > slots):
-            raise bad(f"use case {str(u.get('name'))[:80]!r}: slots must be 0..n-1 within the alpha slots")
-        if (
-            not isinstance(alphas, list)
-            or len(alphas) != len(members)
-            or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
-                for x in alphas
-            )
-        ):
-            raise bad(f"use case {str(u.get('name'))[:80]!r}: alphas must be one finite number per adapter")
-    refs: set[str] = set()
-    for a in [*doc["adapters"], *use_cases, doc["default_adapter"]]:
-        name, ref = a.get("name", "default"), a.get("ref", "default")
-        for v in (name, ref):
-            if not isinstance(v, str) or not _SAFE_NAME.match(v) or ".." in v:
-                raise bad(f"adapter name {str(v)[:80]!r} is not a safe name")
-        if ref in refs or ref in ("default", "default_adapter") and a is not doc["default_adapter"]:
-            raise bad(f"adapter {ref!r} is listed twice (or shadows the default adapter)")
-        refs.add(ref)
-        if not isinstance(a["sections"], list):
-            raise bad(f"adapter {ref!r}: sections must be a list")
-        steps = a.get("steps", [])
-        if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("op"), str) for s in steps):
-            raise bad(f"adapter {ref!r}: steps must be a list of {{op: ...}} objects")
-        for key in ("io_encodings", "weight_encodings"):
-            if not isinstance(a.get(key) or {}, dict):
-                raise bad(f"adapter {ref!r}: {key} must be an object")
-        ra = a.get("recommended_alpha", 1.0)
-        if isinstance(ra, bool) or not isinstance(ra, (int, float)) or ra != ra or abs(ra) == float("inf"):
-            raise bad(f"adapter {ref!r}: recommended_alpha must be a finite number")
-        for s in a["sections"]:
-            unknown = [g for g in s["graphs"] if g not in names]
-            if unknown or not s["graphs"]:
-                raise bad(f"adapter {ref!r}: a section names unknown graph(s) {unknown or '(none)'}")
-            if not isinstance(s["sha256"], str) or not _HEX64.match(s["sha256"]):
-                raise bad(f"adapter {ref!r}: a section's sha256 is not a hex digest")
-            if isinstance(s["size"], bool) or not isinstance(s["size"], int) or s["size"] < 0:
-                raise bad(f"adapter {ref!r}: a section's size is not a byte count")
-
-
 class Plan:
     """A loaded plan; immutable, thread-safe."""
 
@@ -324,7 +210,7 @@ class Plan:
         self.base = doc["base"]
         self.alpha = doc["alpha"]
         self.rules = doc["rules"]
-        _check_structure(doc, str(root))
+        check_structure(doc, str(root))
         self.graphs = {g["name"]: g for g in self.base["graphs"]}
         for g in self.graphs.values():  # every path is checked at load, not when first used
             self.file(g)
@@ -343,7 +229,7 @@ class Plan:
         )
         self._use_cases = {u["name"]: UseCaseEntry(self, u) for u in doc.get("use_cases", [])}
         self.use_cases: tuple[str, ...] = tuple(self._use_cases)
-        with _malformed(str(root)):
+        with malformed(str(root)):
             self._groups = {g["name"]: [self._section(s) for s in g["sections"]] for g in doc.get("groups") or []}
         for u in self._use_cases.values():
             if u.group is not None and u.group not in self._groups:
@@ -379,7 +265,7 @@ class Plan:
             raise PlanFormatError(where, "not a loramgr plan (schema field missing)")
         if doc.get("schema_version") not in (1, 2):
             raise PlanFormatError(where, f"plan schema version {doc.get('schema_version')!r} is not supported (1, 2)")
-        with _malformed(where):
+        with malformed(where):
             return cls(doc, root)
 
     def resolve(self, rel: str) -> Path:
@@ -414,7 +300,7 @@ class Plan:
         return real
 
     def _section(self, s: dict[str, Any]) -> Section:
-        with _malformed(str(self.root)):
+        with malformed(str(self.root)):
             return Section(
                 self.resolve(s["path"]),
                 s["sha256"],
@@ -425,7 +311,7 @@ class Plan:
             )
 
     def file(self, entry: dict[str, Any]) -> FileRef:
-        with _malformed(str(self.root)):
+        with malformed(str(self.root)):
             return FileRef(self.resolve(entry["path"]), entry["sha256"], int(entry["size"]))
 
     def verified(self, f: FileRef) -> Path:
@@ -434,7 +320,7 @@ class Plan:
 
     def graph_file(self, name: str) -> Path:
         g = self.graphs[name]
-        with _malformed(str(self.root)):
+        with malformed(str(self.root)):
             for e in g.get("external_data", []):
                 self.verified(self.file(e))
         return self.verified(self.file(g))
@@ -481,7 +367,7 @@ class Plan:
     def files(self) -> list[FileRef]:
         """Every file the plan references (graphs, external data, sections)."""
         out: list[FileRef] = []
-        with _malformed(str(self.root)):
+        with malformed(str(self.root)):
             for g in self.base["graphs"]:
                 out.append(self.file(g))
                 out += [self.file(e) for e in g.get("external_data", [])]
