@@ -51,7 +51,7 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
 
     The goal row writes the builds' output (and so their work directories) to tmpfs: on this VM's ext4
     the cost of creating and replacing a small file drifted 20x within minutes in a script with no
-    loramgr code in it (tests of 1000 files written and renamed into place, 0.03 s to 0.7 s; tmpfs
+    loramgr code in it (rounds of 1000 files written and renamed into place, 0.03 s to 0.7 s; tmpfs
     0.03 s every time), and a 1000-adapter build makes 1000 of them. The shape of loramgr's own cost is
     what the goal bounds; the same pairs on the disk are the report row ``build_scale_disk``, so what a
     user of this disk sees is still shown."""
@@ -116,8 +116,12 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
             f"per adapter at {mid} adapters",
             in_memory,
             goal=1.2,
-            note="output on tmpfs: this VM's ext4 cost per small file drifts up to 20x within minutes with no "
-            "loramgr code running (small_files_disk); build_scale_disk is this row on the disk",
+            note=(
+                "output on tmpfs: this VM's ext4 cost per small file drifts up to 20x within minutes with no "
+                "loramgr code running (small_files_disk); build_scale_disk is this row on the disk"
+                if mem
+                else "no tmpfs here: the output is on the disk, like build_scale_disk"
+            ),
             extra=medians(per_mem) | {"output_on": where},
         ),
         Row.timed(
