@@ -204,8 +204,7 @@ class Plan:
 
     def __init__(self, doc: dict[str, Any], root: Path) -> None:
         self.doc, self.root = doc, root
-        self._real_root = Path(os.path.realpath(root))
-        self._real_dirs: dict[str, str] = {"": str(self._real_root)}  # plan-relative dir -> real path
+        self._real_dirs: dict[str, str] = {"": os.path.realpath(root)}  # plan-relative dir -> real path
         self._verifier = _Verifier()
         self.base = doc["base"]
         self.alpha = doc["alpha"]
