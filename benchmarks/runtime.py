@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import Row, interleave, self_timed
+from benchmarks.measure import Row, interleave, self_timed, timed
 from benchmarks.models import export_without_lora, llama, lora_setup, session, shared_session
 from loramgr.testing.feeds import decode_feeds
 
@@ -131,7 +131,7 @@ def bench_switch(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) ->
     data = np.frombuffer(Path(plan.verified(sec)).read_bytes(), np.uint8)
 
     def memcpy() -> float:
-        return _timed(lambda: np.copy(data))
+        return timed(lambda: np.copy(data))
 
     t_cold = interleave(memcpy, cold(False), 4 * rounds, timer=self_timed)
     cold_extra = statistics.median(extras)
@@ -142,7 +142,7 @@ def bench_switch(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) ->
     def new_session() -> Any:
         ns = session(merged)
         ns.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in ns.get_inputs()}})
-        return ns  # released by _timed after its clock stops: tearing a session down is not loading one
+        return ns  # released by timed after its clock stops: tearing a session down is not loading one
 
     def cold_apply_run() -> float:
         evict(rehash=False)  # cold as in switch_cold: not in memory, integrity checked by file identity
@@ -151,7 +151,7 @@ def bench_switch(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) ->
         s.run(feeds)
         return time.perf_counter() - t
 
-    t_new = interleave(lambda: _timed(new_session), cold_apply_run, max(3, rounds // 2), timer=self_timed, pause=0.02)
+    t_new = interleave(lambda: timed(new_session), cold_apply_run, max(3, rounds // 2), timer=self_timed, pause=0.02)
 
     def warm_apply() -> None:
         s.apply(names[0])
@@ -253,16 +253,6 @@ def bench_switch(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) ->
         ),
         rss_row(plan_path, names[0], home),
     ]
-
-
-def _timed(fn: Any) -> float:
-    """Wall time of ``fn()``. What it returns is released after the clock stops: a side's cleanup
-    (freeing a copy, tearing a session down: ~20 ms of a ~0.4 s new session here) is not its work."""
-    t = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t
-    del out
-    return dt
 
 
 def rss_row(plan_path: Path, adapter: str, home: Path) -> Row:
