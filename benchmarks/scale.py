@@ -80,6 +80,8 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
         validate(reg, names, "bs")
         regs[n] = (reg, names)
 
+    mid, top = counts[-2], counts[-1]
+
     def shape(root: Path) -> tuple[Trials, dict[int, list[float]]]:
         """Full builds into ``root``: the smaller sizes once per round, the two goal sizes as pairs."""
 
@@ -96,7 +98,6 @@ def bench_build_scale(tmp: Path, counts: tuple[int, ...], rounds: int) -> list[R
         per_adapter[mid], per_adapter[top] = pairs.baseline, pairs.subject
         return pairs, per_adapter
 
-    mid, top = counts[-2], counts[-1]
     mem = memory_dir()
     with tempfile.TemporaryDirectory(prefix="loramgr-bench-", dir=mem or tmp) as d:
         in_memory, per_mem = shape(Path(d))
