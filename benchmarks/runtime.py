@@ -151,7 +151,9 @@ def bench_switch(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) ->
         s.run(feeds)
         return time.perf_counter() - t
 
-    t_new = interleave(lambda: timed(new_session), cold_apply_run, max(3, rounds // 2), timer=self_timed, pause=0.02)
+    # as many pairs as the other goal rows: 7 pairs took ~3 s, short enough for one burst of machine noise
+    # to hold every trial (run 19: all 7 subject trials 21-31 ms, against a 16 ms warm decode run then)
+    t_new = interleave(lambda: timed(new_session), cold_apply_run, rounds, timer=self_timed, pause=0.02)
 
     def warm_apply() -> None:
         s.apply(names[0])
