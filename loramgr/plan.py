@@ -132,7 +132,8 @@ def make_plan(
             raise IntegrityError(a.path, f"artifact of build {rec.id} is missing")
     graphs = []
     for g in base.graphs:
-        arts = [a for a in rec.artifacts if a.kind in ("graph", "graph_data") and a.graphs == (g.name,)]
+        # a graph file serves one graph; a data file every graph that reads it (builds share them)
+        arts = [a for a in rec.artifacts if a.kind in ("graph", "graph_data") and g.name in a.graphs]
         main = next(a for a in arts if a.kind == "graph")
         graphs.append(
             {

@@ -460,3 +460,31 @@ def test_parallel_build_equals_serial(ctx2):
         )
 
     assert digests(ser) == digests(par) and len(digests(par)) == 8
+
+
+def test_graphs_share_the_output_directory_unless_a_file_name_clashes():
+    """A data file several graphs read is placed once in ``base/``; a graph whose file names are
+    taken there by other content (or whose graph file name is taken at all) gets ``base/<graph>/``."""
+    from loramgr.records import ExternalData, Graph
+    from loramgr.sections.layout import graph_dirs
+
+    def g(name: str, file_name: str, sha: str, *data: tuple[str, str]) -> Graph:
+        ext = tuple(ExternalData(loc, s, 1) for loc, s in data)
+        return Graph(name, "part", sha, 1, file_name, "/src", {}, ext)
+
+    graphs = [
+        g("prefill", "prefill.onnx", "p", ("w.data", "W")),
+        g("decode", "decode.onnx", "d", ("w.data", "W")),  # the same weights: shares base/
+        g("other", "other.onnx", "o", ("w.data", "X")),  # a different w.data: its own directory
+        g("again", "prefill.onnx", "p", ("w.data", "W")),  # a graph file name taken: its own directory
+        g("sneaky", "s.onnx", "s", ("decode.onnx", "Y")),  # data named like a placed graph file
+        g("plain", "plain.onnx", "q"),  # no external data
+    ]
+    assert graph_dirs(graphs) == {
+        "prefill": "base",
+        "decode": "base",
+        "other": "base/other",
+        "again": "base/again",
+        "sneaky": "base/sneaky",
+        "plain": "base",
+    }

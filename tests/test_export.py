@@ -297,8 +297,18 @@ def test_plan_run_and_verify_end_to_end(llama, tmp_path):
     b = invoke("build", "--base", "exp", "--share-adapters", "-o", tmp_path / "out", "--json")
     assert b.exit_code == 0, b.stderr
     assert [a["graphs"] for a in b.json["artifacts"] if a["kind"] == "super_section"] == [["prefill", "decode"]]
+    # the graphs read one external data file: the build places it once, for both
+    data = [a for a in b.json["artifacts"] if a["kind"] == "graph_data"]
+    assert [a["graphs"] for a in data] == [["prefill", "decode"]]
+    assert sorted(p.name for p in (tmp_path / "out" / "base").iterdir()) == sorted(
+        [Path(data[0]["path"]).name, "prefill.onnx", "decode.onnx"]
+    )
     assert invoke("plan", "--base", "exp").exit_code == 0
     plan = tmp_path / "out" / "plan.json"
+    doc = json.loads(plan.read_text())
+    assert [[e["path"] for e in g["external_data"]] for g in doc["base"]["graphs"]] == [
+        ["base/" + Path(data[0]["path"]).name]
+    ] * 2
     prompt = [5, 17, 99, 3]
     r = invoke(
         "run", "--plan", plan, "--adapter", "ad", "--input-ids", ",".join(map(str, prompt)), "--steps", "5", "--json"
@@ -454,7 +464,7 @@ def test_shared_weights_run_equals_separate_sessions(llama, tmp_path):
     w = SharedWeights(plan)
     pre, dec = (LoraSession(plan, graph=g, weights=w) for g in ("prefill", "decode"))
     shas = {e["sha256"] for g in plan.graphs.values() for e in g["external_data"]}
-    assert len(w._maps) == len(shas) == 1  # two graph directories, one copy of the bytes mapped once
+    assert len(w._maps) == len(shas) == 1  # one data file read by both graphs, mapped once
     assert w._values and all(v is not None for v in w._values.values())
     r = invoke(
         "run",

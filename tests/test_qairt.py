@@ -71,7 +71,7 @@ def test_contract_unshared(q):
     wl = {g: [n for ap in base.attachment_points for n in (ap.tensor_a, ap.tensor_b)] for g in base.graph_names}
     for g in ("prefill", "decode"):
         conv = next(c for c in seq if c["tool"] == "qairt-converter" and c["cwd"].endswith(f"/qairt/{g}"))
-        onnx_path = str(out / "base" / g / f"{g}.onnx")
+        onnx_path = str(out / "base" / f"{g}.onnx")
         assert conv["argv"] == [
             "--input_network",
             onnx_path,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import IntegrityError, NotFoundError
-from loramgr.records import Artifact, Base
+from loramgr.records import Artifact, Base, Graph
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -107,15 +108,39 @@ def place(src: Path, dest: Path, *, link: bool) -> None:
     os.replace(tmp, dest)
 
 
+def graph_dirs(graphs: Sequence[Graph]) -> dict[str, str]:
+    """Each graph's directory in the output, relative to it. Graphs share ``base/`` unless a file name
+    clashes: a prefill and a decode graph exported together read the same external data files, and
+    in one directory one copy of each serves both (a Llama-3.2-1B base: 5.6 GB on disk, not 11 GB;
+    hard links cannot do it, see :func:`materialize_graphs`). A graph whose file names are taken there
+    by different content (or whose graph file name is taken at all) gets ``base/<graph>/``."""
+    taken: dict[str, str] = {}  # file name in base/ -> sha256 of its content
+    dirs: dict[str, str] = {}
+    for g in graphs:
+        items = [(g.file_name, g.sha256)] + [(e.location, e.sha256) for e in g.external_data]
+        if g.file_name not in taken and all(taken.get(name, sha) == sha for name, sha in items):
+            taken.update(items)
+            dirs[g.name] = "base"
+        else:
+            dirs[g.name] = f"base/{g.name}"
+    return dirs
+
+
 def materialize_graphs(reg: Registry, base: Base, out: Path) -> list[OutFile]:
     """Base graphs (and their external data) next to the sections, so that a plan and a bundle are
-    self-contained. Copies, not hard links: the ``onnx`` package (and so the QAIRT converter and
-    importer) refuses external data files with several hard links ("potential hardlink attack")."""
-    files = []
+    self-contained; a data file that several graphs read is placed once (:func:`graph_dirs`). Copies,
+    not hard links: the ``onnx`` package (and so the QAIRT converter and importer) refuses external
+    data files with several hard links ("potential hardlink attack")."""
+    dirs = graph_dirs(base.graphs)
+    files: dict[str, OutFile] = {}
     for g in base.graphs:
         items = [(g.file_name, g.sha256, g.size)] + [(e.location, e.sha256, e.size) for e in g.external_data]
         for name, sha, size in items:
-            rel = f"base/{g.name}/{name}"
+            rel = f"{dirs[g.name]}/{name}"
+            if rel in files:  # the same content, placed for an earlier graph (graph_dirs checked)
+                if g.name not in files[rel].graphs:
+                    files[rel].graphs.append(g.name)
+                continue
             dest = out / rel
             if not (dest.is_file() and dest.stat().st_size == size):  # content: fsck re-hashes artifacts
                 src = reg.store.path_for(sha)
@@ -125,5 +150,5 @@ def materialize_graphs(reg: Registry, base: Base, out: Path) -> list[OutFile]:
                     )
                 place(src, dest, link=False)
             kind = "graph" if name == g.file_name else "graph_data"
-            files.append(OutFile(rel, kind, [g.name], sha256=sha, size=size))
-    return files
+            files[rel] = OutFile(rel, kind, [g.name], sha256=sha, size=size)
+    return list(files.values())
