@@ -60,6 +60,10 @@ ROW_IDS = (
     "plan_scale_lookup_p50",
     "export_scale_small",
     "export_scale_large",
+    "export_real_size",
+    "build_base_bytes",
+    "run_rss_real_size",
+    "run_rss_real_size_unshared",
 )
 
 
@@ -253,6 +257,7 @@ def bench_parity(tmp: Path) -> list[Row]:
 
 # -- main -------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.realsize import bench_real_size
     from benchmarks.runtime import bench_switch, bench_use_cases
     from benchmarks.scale import bench_build_scale, bench_export_scale, bench_plan_scale, bench_small_files
 
@@ -280,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 *bench_plan_scale(tmp, 2000 if q else 100_000, 200 if q else 2000),
                 *bench_export_scale(tmp, ((64, 2), (128, 2)) if q else ((256, 4), (1024, 8))),
             ],
+            "real size": lambda: bench_real_size(tmp, q),
         }
         for label in STEPS:
             if label in only:
@@ -297,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases", "scale")
+STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases", "scale", "real size")
 
 
 def machine() -> dict[str, Any]:

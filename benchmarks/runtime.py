@@ -257,10 +257,11 @@ def bench_switch(tmp: Path, hidden: int, layers: int, rank: int, rounds: int) ->
     ]
 
 
-def rss_row(plan_path: Path, adapter: str, home: Path) -> Row:
-    """Peak RSS of a ``loramgr run`` process (prefill + decode) over the bytes of the base's weights
-    (the external data files its graphs read). The peak is the process's own VmHWM: ``ru_maxrss``
-    of a child carries over the RSS of the process it was forked from (here, the benchmark's)."""
+def rss_row(plan_path: Path, adapter: str, home: Path, flags: tuple[str, ...] = ()) -> Row:
+    """Peak RSS of a ``loramgr run`` process (prefill + decode; ``flags`` added to its command line)
+    over the bytes of the base's weights (the external data files its graphs read). The peak is the
+    process's own VmHWM: ``ru_maxrss`` of a child carries over the RSS of the process it was forked
+    from (here, the benchmark's)."""
     import hashlib
 
     from loramgr.runtime import Plan
@@ -278,7 +279,7 @@ def rss_row(plan_path: Path, adapter: str, home: Path) -> Row:
     for i in range(2):
         rss = home / f"run-rss-{i}"
         argv = [sys.executable, "-c", PEAK_RSS, str(rss), "run", "--plan", str(plan_path), "--adapter", adapter]
-        argv += ["--input-ids", "5,17,99,3", "--steps", "4"]
+        argv += ["--input-ids", "5,17,99,3", "--steps", "4", *flags]
         out = subprocess.run(argv, capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"loramgr run exited {out.returncode}: {out.stderr[-300:]}")
