@@ -12,17 +12,13 @@ directory are deleted once the base is registered."""
 from __future__ import annotations
 
 import gc
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from benchmarks.measure import Row
 from benchmarks.models import lm
 from benchmarks.runtime import rss_row
-from benchmarks.scale import ABSOLUTE, PEAK_RSS
+from benchmarks.scale import ABSOLUTE, cli_peak
 
 #: Llama-3.2-1B's published shape (config.json of meta-llama/Llama-3.2-1B): no hub here, so the
 #: shape is written down and the weights are random
@@ -66,17 +62,8 @@ def bench_real_size(tmp: Path, quick: bool) -> list[Row]:
     del model
     gc.collect()
 
-    rss = root / "export.maxrss"
-    argv = [sys.executable, "-c", PEAK_RSS, str(rss), "base", "export", str(hf), "--name", "real"]
-    argv += ["--target-modules", "q_proj,v_proj", "--max-rank", "64", "-o", str(onnx_dir)]
-    env = dict(os.environ, LORAMGR_HOME=str(home))
-    env.pop("LORAMGR_DB_URL", None)
-    t = time.perf_counter()
-    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=3600)
-    export_s = time.perf_counter() - t
-    if p.returncode:
-        raise RuntimeError(f"base export exited {p.returncode}: {p.stderr[-300:]}")
-    export_peak = int(rss.read_text()) * 1024
+    args = ["base", "export", str(hf), "--name", "real", "--target-modules", "q_proj,v_proj", "--max-rank", "64"]
+    export_s, export_peak = cli_peak(root / "export.maxrss", [*args, "-o", str(onnx_dir)], home)
     checkpoint = sum(f.stat().st_size for f in hf.glob("*.safetensors"))
     shutil.rmtree(hf)
     shutil.rmtree(onnx_dir)  # the store holds the registered graphs

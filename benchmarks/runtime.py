@@ -4,8 +4,6 @@ branches, super-adapter bytes and the peak memory of ``loramgr run``."""
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -262,28 +260,16 @@ def rss_row(plan_path: Path, adapter: str, home: Path, flags: tuple[str, ...] = 
     over the bytes of the base's weights (the external data files its graphs read). The peak is the
     process's own VmHWM: ``ru_maxrss`` of a child carries over the RSS of the process it was forked
     from (here, the benchmark's)."""
-    import hashlib
-
+    from benchmarks.scale import cli_peak
     from loramgr.runtime import Plan
 
     plan = Plan.load(plan_path)
-    files = {p for g in plan.graphs for p in Path(plan.graph_file(g)).parent.glob("*.data")}
-    unique: dict[str, int] = {}  # the build gives each graph its own copy: count one set of weights
-    for p in sorted(files):
-        with p.open("rb") as fh:
-            unique[hashlib.file_digest(fh, "sha256").hexdigest()] = p.stat().st_size
+    data = [e for g in plan.graphs.values() for e in g.get("external_data", [])]
+    files = {plan.file(e).path for e in data}
+    unique = {str(e["sha256"]): int(e["size"]) for e in data}  # one set of weights, however many files
     weights = sum(unique.values())
-    from benchmarks.scale import PEAK_RSS
-
-    peaks = []
-    for i in range(2):
-        rss = home / f"run-rss-{i}"
-        argv = [sys.executable, "-c", PEAK_RSS, str(rss), "run", "--plan", str(plan_path), "--adapter", adapter]
-        argv += ["--input-ids", "5,17,99,3", "--steps", "4", *flags]
-        out = subprocess.run(argv, capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"loramgr run exited {out.returncode}: {out.stderr[-300:]}")
-        peaks.append(int(rss.read_text()) * 1024)  # VmHWM of the loramgr process itself, KiB
+    args = ["run", "--plan", str(plan_path), "--adapter", adapter, "--input-ids", "5,17,99,3", "--steps", "4", *flags]
+    peaks = [cli_peak(home / f"run-rss-{i}", args, home)[1] for i in range(2)]
     return Row(
         "run_rss_over_weights",
         f"peak RSS of `loramgr run` (prefill + decode: {len(files)} weight files, {len(unique)} distinct)",

@@ -36,6 +36,21 @@ PEAK_RSS = (
 )
 
 
+def cli_peak(rss: Path, args: list[str], home: Path, timeout: float = 3600) -> tuple[float, int]:
+    """Run the loramgr CLI with ``args`` in a child process on its own registry ``home`` (SQLite);
+    return its wall seconds and its own peak RSS in bytes (VmHWM, written to ``rss`` by PEAK_RSS)."""
+    env = dict(os.environ, LORAMGR_HOME=str(home))
+    env.pop("LORAMGR_DB_URL", None)
+    t = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(rss), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    wall = time.perf_counter() - t
+    if p.returncode:
+        raise RuntimeError(f"loramgr {' '.join(args[:2])} exited {p.returncode}: {p.stderr[-300:]}")
+    return wall, int(rss.read_text()) * 1024
+
+
 def memory_dir() -> str | None:
     """A writable tmpfs directory (``/dev/shm``), or None where there is none."""
     shm = Path("/dev/shm")
@@ -268,34 +283,10 @@ def bench_export_scale(tmp: Path, sizes: tuple[tuple[int, int], ...]) -> list[Ro
         ).save_pretrained(hf)
         weights = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
         rss = tmp / f"export-{hidden}.maxrss"
-        cmd = [
-            sys.executable,
-            "-c",
-            PEAK_RSS,
-            str(rss),
-            "base",
-            "export",
-            str(hf),
-            "--name",
-            f"e{hidden}",
-            "--target-modules",
-            "q_proj,v_proj",
-            "--max-rank",
-            "16",
-            "--graphs",
-            "prefill=32,decode=1",
-            "--context-len",
-            "64",
-            "-o",
-            str(tmp / f"export-out-{hidden}"),
-        ]
-        env = dict(os.environ, LORAMGR_HOME=str(tmp / f"home-export-{hidden}"))
-        t = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-        wall = time.perf_counter() - t
-        if p.returncode:
-            raise RuntimeError(f"base export failed: {p.stderr[-300:]}")
-        peak = int(rss.read_text()) * 1024
+        args = ["base", "export", str(hf), "--name", f"e{hidden}", "--target-modules", "q_proj,v_proj"]
+        args += ["--max-rank", "16", "--graphs", "prefill=32,decode=1", "--context-len", "64"]
+        args += ["-o", str(tmp / f"export-out-{hidden}")]
+        wall, peak = cli_peak(rss, args, tmp / f"home-export-{hidden}", timeout=1800)
         rows.append(
             Row(
                 f"export_scale_{label}",

@@ -108,17 +108,22 @@ def place(src: Path, dest: Path, *, link: bool) -> None:
     os.replace(tmp, dest)
 
 
+def graph_files(g: Graph) -> list[tuple[str, str, int]]:
+    """A graph's files as (name, sha256, size): the graph file first, then its external data."""
+    return [(g.file_name, g.sha256, g.size)] + [(e.location, e.sha256, e.size) for e in g.external_data]
+
+
 def graph_dirs(graphs: Sequence[Graph]) -> dict[str, str]:
     """Each graph's directory in the output, relative to it. Graphs share ``base/`` unless a file name
     clashes: a prefill and a decode graph exported together read the same external data files, and
-    in one directory one copy of each serves both (a Llama-3.2-1B base: 5.6 GB on disk, not 11 GB;
+    in one directory one copy of each serves both (a Llama-3.2-1B base: 6.0 GB on disk, not 12.0 GB;
     hard links cannot do it, see :func:`materialize_graphs`). A graph whose file names are taken there
     by different content (or whose graph file name is taken at all) gets ``base/<graph>/``."""
     taken: dict[str, str] = {}  # file name in base/ -> sha256 of its content
     dirs: dict[str, str] = {}
     for g in graphs:
-        items = [(g.file_name, g.sha256)] + [(e.location, e.sha256) for e in g.external_data]
-        if g.file_name not in taken and all(taken.get(name, sha) == sha for name, sha in items):
+        items = {name: sha for name, sha, _ in graph_files(g)}
+        if g.file_name not in taken and all(taken.get(name, sha) == sha for name, sha in items.items()):
             taken.update(items)
             dirs[g.name] = "base"
         else:
@@ -134,8 +139,7 @@ def materialize_graphs(reg: Registry, base: Base, out: Path) -> list[OutFile]:
     dirs = graph_dirs(base.graphs)
     files: dict[str, OutFile] = {}
     for g in base.graphs:
-        items = [(g.file_name, g.sha256, g.size)] + [(e.location, e.sha256, e.size) for e in g.external_data]
-        for name, sha, size in items:
+        for name, sha, size in graph_files(g):
             rel = f"{dirs[g.name]}/{name}"
             if rel in files:  # the same content, placed for an earlier graph (graph_dirs checked)
                 if g.name not in files[rel].graphs:
