@@ -26,7 +26,7 @@ import numpy as np
 from loramgr import dtypes
 from loramgr.errors import InvalidInputError, UsageError
 from loramgr.formats.quant import asymmetric, symmetric_per_channel
-from loramgr.records import Adapter, Base, EncodingSet, JsonRecord, UseCase
+from loramgr.records import Adapter, Base, EncodingSet, FileKind, JsonRecord, UseCase
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -210,7 +210,7 @@ def calibrate(
     done: list[OwnerCalibration] = []
     with tempfile.TemporaryDirectory(prefix="loramgr-calib-") as tmp:
         files = materialize_graphs(reg, base, Path(tmp))
-        paths = {f.graphs[0]: Path(tmp) / f.rel_path for f in files if f.kind == "graph"}
+        paths = {f.graphs[0]: Path(tmp) / f.rel_path for f in files if f.kind is FileKind.GRAPH}
         points = list(base.quantization_points)
         if points:  # expose the declared intermediate tensors as extra outputs of a copy of each graph
             from loramgr.formats.onnx_graph import with_extra_outputs

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from loramgr import __version__
 from loramgr.errors import IntegrityError, InternalError, UsageError
-from loramgr.records import Artifact, Base, JsonRecord
+from loramgr.records import Artifact, Base, FileKind, JsonRecord, OwnerType, SectionKind
 from loramgr.store import atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def _steps(
 
 def _contexts(arts: tuple[Artifact, ...], dsecs: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
     """Context binaries (qairt) in context order; otherwise the default adapter's section groups."""
-    bins = [a for a in arts if a.kind == "context_binary"]
+    bins = [a for a in arts if a.kind is FileKind.CONTEXT_BINARY]
     if not bins:
         return [{"name": s["name"], "graphs": s["graphs"]} for s in dsecs]
     return [
@@ -133,8 +133,8 @@ def make_plan(
     graphs = []
     for g in base.graphs:
         # a graph file serves one graph; a data file every graph that reads it (builds share them)
-        arts = [a for a in rec.artifacts if a.kind in ("graph", "graph_data") and g.name in a.graphs]
-        main = next(a for a in arts if a.kind == "graph")
+        arts = [a for a in rec.artifacts if a.kind in (FileKind.GRAPH, FileKind.GRAPH_DATA) and g.name in a.graphs]
+        main = next(a for a in arts if a.kind is FileKind.GRAPH)
         graphs.append(
             {
                 "name": g.name,
@@ -147,7 +147,7 @@ def make_plan(
                 "external_data": [
                     {"path": _rel(a.path, root), "sha256": a.sha256, "size": a.size}
                     for a in arts
-                    if a.kind == "graph_data"
+                    if a.kind is FileKind.GRAPH_DATA
                 ],
             }
         )
@@ -156,7 +156,9 @@ def make_plan(
     def sections_of(arts: list[Artifact]) -> list[dict[str, Any]]:
         return [
             {
-                "name": Path(a.path).name.rsplit(".", 1)[0],
+                "name": a.section,
+                "kind": a.kind.value,
+                "owner": a.owner.to_json() if a.owner else None,
                 "graphs": list(a.graphs),
                 "path": _rel(a.path, root),
                 "sha256": a.sha256,
@@ -170,7 +172,7 @@ def make_plan(
     adapters = []
     by_adapter: dict[str, list[Artifact]] = {}
     for a in rec.artifacts:
-        if a.kind in ("section", "super_section") and a.adapter_ref:
+        if a.kind in (SectionKind.ADAPTER, SectionKind.ADAPTER_SUPER) and a.adapter_ref:
             by_adapter.setdefault(a.adapter_ref, []).append(a)
     records = reg.adapter_many(sorted(by_adapter))
     encodings = reg.encodings.get_many(base.id, [r.id for r in records.values()])
@@ -194,7 +196,7 @@ def make_plan(
             }
         )
     use_cases, groups = _use_cases(reg, base, rec.artifacts, sections_of, alpha_tensor)
-    dsecs = sections_of([a for a in rec.artifacts if a.kind == "default_section"])
+    dsecs = sections_of([a for a in rec.artifacts if a.kind is SectionKind.DEFAULT])
     denc = reg.encodings.get(base.id, None)
     shared = bool(rec.share_adapters)
     doc = {
@@ -204,7 +206,7 @@ def make_plan(
         "build_id": rec.id,
         "backend": rec.backend,
         # sections made by the QNN LoRA v3 flow (qairt-lora-model-creator) or the v2 one
-        "lora_version": 3 if any(a.kind == "lora_creator_config" for a in rec.artifacts) else 2,
+        "lora_version": 3 if any(a.kind is FileKind.LORA_CREATOR_CONFIG for a in rec.artifacts) else 2,
         "base": {
             "name": base.name,
             "version": base.version,
@@ -257,10 +259,12 @@ def _use_cases(
     by_uc: dict[str, list[Artifact]] = {}
     by_group: dict[str, list[Artifact]] = {}
     for a in artifacts:
-        if a.use_case and a.kind in ("use_case_section", "use_case_super_section"):
-            by_uc.setdefault(a.use_case, []).append(a)
-        elif a.group and a.kind == "group_quant_section":
-            by_group.setdefault(a.group, []).append(a)
+        if a.owner is None or not a.is_section:
+            continue
+        if a.owner.type is OwnerType.USE_CASE:
+            by_uc.setdefault(a.owner.name, []).append(a)
+        elif a.owner.type is OwnerType.GROUP:
+            by_group.setdefault(a.owner.name, []).append(a)
     out = []
     groups: dict[str, list[str]] = {}
     for name, arts in sorted(by_uc.items()):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from loramgr.formats.safetensors import TensorInfo
+from loramgr.kinds import OwnerType, SectionKind
 
 __all__ = [
     "ADAPTER_STATUSES",
@@ -28,8 +30,12 @@ __all__ = [
     "EncodingSet",
     "Event",
     "ExternalData",
+    "FileKind",
     "Graph",
     "JsonRecord",
+    "OwnerType",
+    "SectionKind",
+    "SectionOwner",
     "TensorInfo",
     "ref_of",
 ]
@@ -388,44 +394,148 @@ class UseCase(JsonRecord):
 
 
 # -- builds ------------------------------------------------------------------------------------------
+class FileKind(str, Enum):
+    """Every other file a build records (graphs, SDK tool inputs and outputs, compiled contexts)."""
+
+    GRAPH = "graph"
+    GRAPH_DATA = "graph_data"
+    WEIGHT_LIST = "weight_list"
+    CONTEXT_BINARY = "context_binary"  # qairt: the generator's context binary
+    DLC = "dlc"
+    PREPARED_WEIGHTS = "prepared_weights"
+    ENCODINGS = "encodings"
+    IMPORTER_CONFIG = "importer_config"
+    IMPORTER_OUTPUT = "importer_output"
+    IMPORTED_WEIGHTS = "imported_weights"
+    IMPORTED_ENCODINGS = "imported_encodings"
+    ADAPTER_WEIGHT_CONFIG = "adapter_weight_config"
+    CREATOR_INPUT = "creator_input"
+    CREATOR_OUTPUT = "creator_output"
+    LORA_CREATOR_CONFIG = "lora_creator_config"
+    EP_CONTEXT_MODEL = "ep_context_model"  # qnn-ep: a compiled EPContext model (per target)
+    EP_CONTEXT_BINARY = "ep_context_binary"  # qnn-ep: the context .bin it loads
+
+
+ArtifactKind = SectionKind | FileKind
+
+
+def artifact_kind(value: str) -> ArtifactKind:
+    """A stored kind string back to its member (ValueError for one loramgr never writes)."""
+    try:
+        return SectionKind(value)
+    except ValueError:
+        return FileKind(value)
+
+
+@dataclass(frozen=True)
+class SectionOwner(JsonRecord):
+    """The owner of a section (or of a file made for one owner, such as an SDK tool's input):
+    one typed value instead of nullable adapter / use case / group fields."""
+
+    type: OwnerType
+    name: str  # adapter, use case or group name; "default" for the default adapter
+    id: int | None = None  # the adapter's or use case's registry id
+    version: str | None = None  # an adapter's version
+
+    @classmethod
+    def adapter(cls, a: Adapter) -> SectionOwner:
+        return cls(OwnerType.ADAPTER, a.name, a.id, a.version)
+
+    @classmethod
+    def use_case(cls, uc: UseCase) -> SectionOwner:
+        return cls(OwnerType.USE_CASE, uc.name, uc.id)
+
+    @classmethod
+    def group(cls, name: str) -> SectionOwner:
+        return cls(OwnerType.GROUP, name)
+
+    @property
+    def ref(self) -> str:
+        """``NAME@VERSION`` for an adapter, the name otherwise."""
+        return ref_of(self.name, self.version or "") if self.type is OwnerType.ADAPTER else self.name
+
+    @property
+    def label(self) -> str:
+        """How ``build --json`` names a job: the adapter's ref, ``usecase:NAME``, ``group:NAME`` or ``default``."""
+        if self.type is OwnerType.USE_CASE:
+            return f"usecase:{self.name}"
+        if self.type is OwnerType.GROUP:
+            return f"group:{self.name}"
+        return self.ref if self.type is OwnerType.ADAPTER else "default"
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan's ``owner``: ``{"type", "name"}`` (and an adapter's ``version``)."""
+        out: dict[str, Any] = {"type": self.type.value, "name": self.name}
+        return out | ({"version": self.version} if self.type is OwnerType.ADAPTER else {})
+
+
+DEFAULT_OWNER = SectionOwner(OwnerType.DEFAULT, "default")
+
+
+def section_name(graphs: Sequence[str]) -> str:
+    """A section's name: the graph it serves, or ``A+B`` for a section shared by graphs A and B
+    (the keys of :func:`loramgr.sections.layout.section_groups`)."""
+    return "+".join(graphs)
+
+
 @dataclass(frozen=True)
 class Artifact(JsonRecord):
     """A file a build produced (section, super section, default section, graph copy, weight list, ...)."""
 
-    kind: str
+    kind: ArtifactKind
     graphs: tuple[str, ...]
     path: str
     sha256: str
     size: int
-    adapter_id: int | None = None
-    adapter: str | None = None  # adapter name
-    adapter_version: str | None = None
     cache_key: str | None = None
-    use_case: str | None = None  # the use case's name, for a use case's section
-    use_case_id: int | None = None
-    group: str | None = None  # the group's name, for a group's quantization section
+    owner: SectionOwner | None = None
+
+    @property
+    def is_section(self) -> bool:
+        return isinstance(self.kind, SectionKind)
+
+    @property
+    def section(self) -> str | None:
+        """The section's name (sections only)."""
+        return section_name(self.graphs) if self.is_section else None
+
+    def owned_by(self, t: OwnerType) -> str | None:
+        """The owner's name when it is of type ``t``."""
+        return self.owner.name if self.owner is not None and self.owner.type is t else None
+
+    @property
+    def adapter_id(self) -> int | None:
+        return self.owner.id if self.owner is not None and self.owner.type is OwnerType.ADAPTER else None
+
+    @property
+    def use_case_id(self) -> int | None:
+        return self.owner.id if self.owner is not None and self.owner.type is OwnerType.USE_CASE else None
 
     @property
     def adapter_ref(self) -> str | None:
-        return None if self.adapter is None else ref_of(self.adapter, self.adapter_version or "")
+        return self.owner.ref if self.owner is not None and self.owner.type is OwnerType.ADAPTER else None
 
     def to_json(self) -> dict[str, Any]:
-        """The ``build --json`` artifact entry (``use_case`` only on a use case's section)."""
+        """The ``build --json`` artifact entry (``use_case`` / ``group`` only on their sections)."""
         out: dict[str, Any] = {
-            "adapter": self.adapter,
+            "adapter": self.owned_by(OwnerType.ADAPTER),
             "graphs": list(self.graphs),
-            "kind": self.kind,
+            "kind": self.kind.value,
             "path": self.path,
             "sha256": self.sha256,
             "size": self.size,
         }
-        return (
-            out | ({"use_case": self.use_case} if self.use_case else {}) | ({"group": self.group} if self.group else {})
-        )
+        uc, group = self.owned_by(OwnerType.USE_CASE), self.owned_by(OwnerType.GROUP)
+        out |= ({"use_case": uc} if uc else {}) | ({"group": group} if group else {})
+        if self.owner is not None:
+            out["owner"] = self.owner.to_json()
+        return out | ({"section": self.section} if self.is_section else {})
 
 
 @dataclass(frozen=True)
 class Build(JsonRecord):
+    """A build of a base: its backend, where it went and what it made."""
+
     id: int
     base_id: int
     status: str  # running | done | failed

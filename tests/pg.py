@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL server for the tests: its own data directory, its own port on 127.0.0.1,
 trust auth, stopped (and deleted) at the end. As root, the server runs as the ``postgres`` user
-(initdb refuses root). ``.ci/run`` installs the server from Debian packages when it is missing."""
+(initdb refuses root). ``scripts/test.sh`` (the README's test command) installs the server from Debian packages when it is missing."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class PgServer:
         if not (self.initdb and self.pg_ctl):
             raise RuntimeError(
                 "PostgreSQL server binaries (initdb, pg_ctl) not found; "
-                "`apt-get install -y postgresql` (what .ci/run does)"
+                "`apt-get install -y postgresql` (what scripts/test.sh does)"
             )
         self.root = Path(tempfile.mkdtemp(prefix="loramgr-pg-"))
         self.data, self.sock, self.log = self.root / "data", self.root / "sock", self.root / "server.log"

@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parent.parent / "runtime-c"
 
 def _build(out: Path, *flags: str, cc: str | None = None) -> Path:
     if shutil.which("cmake") is None:
-        pytest.fail("cmake is not installed (`.ci/run` installs cmake, clang, libcjson-dev and valgrind)")
+        pytest.fail("cmake is not installed (`bash scripts/test.sh` installs cmake, clang, libcjson-dev and valgrind)")
     env = dict(os.environ, **({"CC": cc} if cc else {}))
     for cmd in (
         ["cmake", "-S", str(SRC), "-B", str(out), "-DCMAKE_BUILD_TYPE=Debug", *flags],
@@ -161,9 +161,12 @@ def test_loramgr_plan_answers_equal_the_python_runtime(build, plan):
                 "sha256": s.sha256,
                 "size": s.size,
                 "shared": s.shared,
+                "kind": s.kind.value,
+                "owner": {"type": s.owner.type.value, "name": s.owner.name},
             }
             for s in entry.sections()
         ]
+        assert all(w["owner"]["name"] == (name if name == "default" else entry.name) for w in want)
         assert got["sections"] == want, name
         for g in py.graphs:
             one = json.loads(_c(build, "sections", plan, name, g).stdout)["sections"]
@@ -178,6 +181,28 @@ def test_loramgr_plan_answers_equal_the_python_runtime(build, plan):
         for tensor, entries in list(entry.weight_encodings().items())[:3]:
             got_w = json.loads(_c(build, "encoding", plan, name, tensor).stdout)
             assert [g["scale"] for g in got_w] == [e["scale"] for e in entries]
+
+
+def test_both_readers_refuse_a_section_listed_under_another_owner(build, plan, tmp_path):
+    """A section's kind and owner must be those of the entry listing it (a runtime switching by owner
+    must never apply another owner's file): Python and C refuse the same edits with exit 4."""
+    from loramgr.runtime import Plan, PlanFormatError
+
+    doc = json.loads(plan.read_text())
+    cases = {
+        "owner": lambda d: d["adapters"][0]["sections"][0].update(owner={"type": "use_case", "name": "x"}),
+        "name": lambda d: d["adapters"][0]["sections"][0]["owner"].update(name=d["adapters"][1]["name"]),
+        "kind": lambda d: d["adapters"][0]["sections"][0].update(kind="default_section"),
+        "unknown": lambda d: d["default_adapter"]["sections"][0].update(kind="bogus"),
+    }
+    for what, edit in cases.items():
+        bad = json.loads(json.dumps(doc))
+        edit(bad)
+        p = plan.parent / f"bad-{what}.json"
+        p.write_text(json.dumps(bad))
+        with pytest.raises(PlanFormatError):
+            Plan.load(p)
+        _c(build, "sections", p, bad["adapters"][0]["name"], want=4)
 
 
 def test_exit_codes_match_the_python_cli(build, plan, tmp_path):
@@ -228,7 +253,7 @@ def _corpus(plan: Path, out: Path, n: int) -> list[Path]:
 def _clang() -> str:
     cc = shutil.which("clang")
     if cc is None:
-        pytest.fail("clang is not installed (`.ci/run` installs it)")
+        pytest.fail("clang is not installed (`bash scripts/test.sh` installs it)")
     return cc
 
 
@@ -264,7 +289,7 @@ def test_libfuzzer_runs_clean_for_a_bounded_time(fuzz_build, plan, tmp_path):
 
 def test_valgrind_clean_on_the_normal_path(build, plan):
     if shutil.which("valgrind") is None:
-        pytest.fail("valgrind is not installed (`.ci/run` installs it)")
+        pytest.fail("valgrind is not installed (`bash scripts/test.sh` installs it)")
     for args, want in (
         (["adapters", plan], 0),
         (["sections", plan, "a4"], 0),

@@ -91,6 +91,13 @@ def test_group_sections_share_scales_and_switch_with_one_load(grouped, monkeypat
     b = invoke("build", "--base", "q", "-o", tmp / "out", "--json")
     assert b.exit_code == 0, b.stderr
     assert "group:g" in b.json["rebuilt"]
+    # a rebuild reuses every section and names each by its owner: the group's quantization section is
+    # the group's (it was once labelled "default": its use-case field is empty)
+    again = invoke("build", "--base", "q", "-o", tmp / "out", "--json").json
+    assert again["rebuilt"] == [] and sorted(again["reused"]) == sorted(b.json["rebuilt"])
+    assert "group:g" in again["reused"] and again["reused"].count("default") == 1
+    owners = {(a["kind"], a["owner"]["type"], a["owner"]["name"]) for a in again["artifacts"] if "owner" in a}
+    assert ("group_quant_section", "group", "g") in owners and ("default_section", "default", "default") in owners
     arts = {(a["kind"], a.get("use_case") or a.get("group")): a for a in b.json["artifacts"] if "section" in a["kind"]}
     quant = read_section(arts[("group_quant_section", "g")]["path"])[2]
     u1, u2, u3 = (read_section(arts[("use_case_section", u)]["path"])[2] for u in ("u1", "u2", "u3"))

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
-if TYPE_CHECKING:
-    from loramgr.records import Artifact
-
 from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+from loramgr.records import Artifact, OwnerType
 
 
 @cli.command()
@@ -141,20 +137,21 @@ def build(
     if as_json:
         emit_json(res)
         return
-    sections = [a for a in res.artifacts if "section" in a.kind]
+    sections = [a for a in res.artifacts if a.is_section]
     table(
         f"build {res.build_id} ({res.backend}, share_adapters={res.share_adapters}) -> {res.out_dir}",
-        ["adapter", "kind", "graphs", "size", "sha256"],
-        [(_owner(a), a.kind, "+".join(a.graphs), human_size(a.size), a.sha256[:12]) for a in sections],
+        ["owner", "kind", "graphs", "size", "sha256"],
+        [(_owner(a), a.kind.value, "+".join(a.graphs), human_size(a.size), a.sha256[:12]) for a in sections],
     )
+    owned = (OwnerType.ADAPTER, OwnerType.USE_CASE)
     click.echo(
         f"rebuilt {len(res.rebuilt)}, reused {len(res.reused)}; "
-        f"{sum(a.size for a in sections if a.adapter or a.use_case)} bytes of adapter and use-case sections"
+        f"{sum(a.size for a in sections if a.owner and a.owner.type in owned)} bytes of adapter and use-case sections"
     )
 
 
 def _owner(a: Artifact) -> str:
     """Who a section belongs to, as the build table shows it."""
-    if a.group:
-        return f"group:{a.group}"
-    return a.adapter or (f"usecase:{a.use_case}" if a.use_case else "(default)")
+    if a.owner is None or a.owner.type is OwnerType.DEFAULT:
+        return "(default)"
+    return a.owner.name if a.owner.type is OwnerType.ADAPTER else a.owner.label

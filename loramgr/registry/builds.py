@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from loramgr.errors import NotFoundError
-from loramgr.records import Artifact, Build
+from loramgr.records import Artifact, Build, OwnerType
 from loramgr.registry import rows
 from loramgr.registry.models import AdapterRow, ArtifactRow, BaseRow, BuildRow, UseCaseRow, utcnow
 
@@ -108,9 +108,9 @@ class Builds:
                             "build_id": build_id,
                             "adapter_id": f.adapter_id,
                             "use_case_id": f.use_case_id,
-                            "group_name": f.group,
+                            "group_name": f.owned_by(OwnerType.GROUP),
                             "graphs": list(f.graphs),
-                            "kind": f.kind,
+                            "kind": f.kind.value,
                             "cache_key": f.cache_key,
                             "sha256": f.sha256,
                             "size": f.size,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.records import (
+    DEFAULT_OWNER,
     Adapter,
     Artifact,
     AttachmentPoint,
@@ -21,8 +22,12 @@ from loramgr.records import (
     Event,
     ExternalData,
     Graph,
+    OwnerType,
+    SectionKind,
+    SectionOwner,
     UseCase,
     UseCaseSlot,
+    artifact_kind,
 )
 
 if TYPE_CHECKING:
@@ -204,21 +209,20 @@ def artifact(
     adapter_version: str | None = None,
     use_case: str | None = None,
 ) -> Artifact:
-    """An artifact record from its ORM row, or from a plain row with the same column names."""
-    return Artifact(
-        kind=a.kind,
-        graphs=tuple(a.graphs or ()),
-        path=a.path,
-        sha256=a.sha256,
-        size=a.size,
-        adapter_id=a.adapter_id,
-        adapter=adapter_name,
-        adapter_version=adapter_version,
-        cache_key=a.cache_key,
-        use_case=use_case,
-        use_case_id=a.use_case_id,
-        group=a.group_name,
-    )
+    """An artifact record from its ORM row, or from a plain row with the same column names. The row
+    keeps the owner as nullable ids (foreign keys); the record as one :class:`SectionOwner`. Without
+    the names (a reuse lookup) the owner carries the id and an empty name."""
+    kind = artifact_kind(a.kind)
+    owner: SectionOwner | None = None
+    if a.adapter_id is not None:
+        owner = SectionOwner(OwnerType.ADAPTER, adapter_name or "", a.adapter_id, adapter_version)
+    elif a.use_case_id is not None:
+        owner = SectionOwner(OwnerType.USE_CASE, use_case or "", a.use_case_id)
+    elif a.group_name is not None:
+        owner = SectionOwner.group(a.group_name)
+    elif kind is SectionKind.DEFAULT:
+        owner = DEFAULT_OWNER
+    return Artifact(kind, tuple(a.graphs or ()), a.path, a.sha256, a.size, a.cache_key, owner)
 
 
 def encoding_set(rows: Sequence[EncodingRow]) -> EncodingSet:

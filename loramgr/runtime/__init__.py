@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loramgr.kinds import OwnerType, SectionKind
 from loramgr.runtime.errors import PlanFormatError, PlanIntegrityError, PlanLookupError
 from loramgr.runtime.structure import check_structure, malformed
 
@@ -54,10 +55,20 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Whose a section is, as the plan says (``{"type", "name"}``)."""
+
+    type: OwnerType
+    name: str
+
+
+@dataclass(frozen=True)
 class Section(FileRef):
     name: str = ""
     graphs: tuple[str, ...] = ()
     shared: bool = False
+    kind: SectionKind | None = None  # None: a plan written before sections carried their kind
+    owner: Owner | None = None
 
 
 class _Verifier:
@@ -307,6 +318,8 @@ class Plan:
                 s.get("name", ""),
                 tuple(s["graphs"]),
                 bool(s.get("shared")),
+                SectionKind(s["kind"]) if "kind" in s else None,
+                Owner(OwnerType(s["owner"]["type"]), s["owner"]["name"]) if s.get("owner") else None,
             )
 
     def file(self, entry: dict[str, Any]) -> FileRef:

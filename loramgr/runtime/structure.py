@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from loramgr.kinds import OwnerType, SectionKind
 from loramgr.runtime.errors import PlanFormatError
 
 
@@ -76,7 +77,8 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
         ):
             raise bad(f"use case {str(u.get('name'))[:80]!r}: alphas must be one finite number per adapter")
     refs: set[str] = set()
-    for a in [*doc["adapters"], *use_cases, doc["default_adapter"]]:
+    owners = [(a, OwnerType.ADAPTER) for a in doc["adapters"]] + [(u, OwnerType.USE_CASE) for u in use_cases]
+    for a, owner_type in [*owners, (doc["default_adapter"], OwnerType.DEFAULT)]:
         name, ref = a.get("name", "default"), a.get("ref", "default")
         for v in (name, ref):
             if not isinstance(v, str) or not _SAFE_NAME.match(v) or ".." in v:
@@ -103,3 +105,29 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
                 raise bad(f"adapter {ref!r}: a section's sha256 is not a hex digest")
             if isinstance(s["size"], bool) or not isinstance(s["size"], int) or s["size"] < 0:
                 raise bad(f"adapter {ref!r}: a section's size is not a byte count")
+            _check_owner(s, owner_type, name, bad, f"adapter {ref!r}")
+    for g in doc.get("groups") or []:
+        for s in g["sections"]:
+            _check_owner(s, OwnerType.GROUP, g["name"], bad, f"group {str(g['name'])[:80]!r}")
+
+
+def _check_owner(s: dict[str, Any], owner_type: OwnerType, name: str, bad: Any, where: str) -> None:
+    """A section's ``kind`` and ``owner`` (plans written since they were added) must be those of the
+    entry that lists it: a runtime that switches by owner must never apply another owner's file."""
+    if "kind" in s and SectionKind(s["kind"]) not in _KINDS[owner_type]:
+        raise bad(f"{where}: a section of kind {s['kind']!r} is listed under a {owner_type.value}")
+    o = s.get("owner")
+    if o is None:
+        return
+    if not isinstance(o, dict) or OwnerType(o.get("type")) is not owner_type:
+        raise bad(f"{where}: a section is owned by {str(o)[:80]}, not by this {owner_type.value}")
+    if owner_type is not OwnerType.DEFAULT and o.get("name") != name:
+        raise bad(f"{where}: a section is owned by {str(o.get('name'))[:80]!r}")
+
+
+_KINDS = {
+    OwnerType.ADAPTER: (SectionKind.ADAPTER, SectionKind.ADAPTER_SUPER),
+    OwnerType.USE_CASE: (SectionKind.USE_CASE, SectionKind.USE_CASE_SUPER),
+    OwnerType.GROUP: (SectionKind.GROUP_QUANT,),
+    OwnerType.DEFAULT: (SectionKind.DEFAULT,),
+}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import IntegrityError, NotFoundError
-from loramgr.records import Artifact, Base, Graph
+from loramgr.records import Artifact, ArtifactKind, Base, FileKind, Graph, SectionOwner
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -23,18 +23,14 @@ class OutFile:
     ``size`` and ``path`` are filled once the file is final."""
 
     rel_path: str
-    kind: str
+    kind: ArtifactKind
     graphs: list[str]
-    adapter_id: int | None = None
-    adapter: str | None = None
+    owner: SectionOwner | None = None  # every section has one; an SDK tool's file made for one owner too
     cache_key: str | None = None
     sha256: str = ""
     size: int = 0
     path: str = ""  # absolute, set once the file is in its final place
     extra: dict[str, Any] = field(default_factory=dict)
-    use_case_id: int | None = None
-    use_case: str | None = None
-    group: str | None = None  # a group's quantization section: the group
     placed: bool = False  # already in the output directory (an SDK tool's working file), not in the work one
     staged: str = ""  # its name in the work directory when not ``rel_path`` (flat: no directory per section)
 
@@ -45,20 +41,7 @@ class OutFile:
 
     def artifact(self) -> Artifact:
         """The record the registry keeps of this file (once it is final)."""
-        return Artifact(
-            self.kind,
-            tuple(self.graphs),
-            self.path,
-            self.sha256,
-            self.size,
-            self.adapter_id,
-            self.adapter,
-            None,
-            self.cache_key,
-            self.use_case,
-            self.use_case_id,
-            self.group,
-        )
+        return Artifact(self.kind, tuple(self.graphs), self.path, self.sha256, self.size, self.cache_key, self.owner)
 
 
 def section_groups(base: Base, share: bool) -> dict[str, list[str]]:
@@ -153,6 +136,6 @@ def materialize_graphs(reg: Registry, base: Base, out: Path) -> list[OutFile]:
                         str(src), f"store object of graph {g.name} is missing", hint="run `loramgr fsck`"
                     )
                 place(src, dest, link=False)
-            kind = "graph" if name == g.file_name else "graph_data"
+            kind = FileKind.GRAPH if name == g.file_name else FileKind.GRAPH_DATA
             files[rel] = OutFile(rel, kind, [g.name], sha256=sha, size=size)
     return list(files.values())

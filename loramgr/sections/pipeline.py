@@ -26,7 +26,19 @@ from typing import TYPE_CHECKING, Any
 from loramgr import dtypes
 from loramgr.errors import ConflictError, IncompatibleError, LoramgrError
 from loramgr.gcpause import gc_paused
-from loramgr.records import Adapter, Artifact, Base, EncodingSet, JsonRecord, UseCase
+from loramgr.records import (
+    DEFAULT_OWNER,
+    Adapter,
+    Artifact,
+    Base,
+    EncodingSet,
+    FileKind,
+    JsonRecord,
+    OwnerType,
+    SectionKind,
+    SectionOwner,
+    UseCase,
+)
 from loramgr.sections.backends import BuildContext, OutFile, SectionJob, get_backend
 from loramgr.sections.layout import materialize_graphs, place, section_groups, select_adapters
 from loramgr.store import sha256_file
@@ -178,26 +190,24 @@ def build(
     adapters = [records[r] for r in chosen]
     encs = _encodings(reg, base, adapters)
     groups = section_groups(base, share_adapters)
-    kind = "super_section" if share_adapters else "section"
     backend_id = be.version()
     all_jobs = [
         SectionJob(
-            a,
+            SectionOwner.adapter(a),
+            SectionKind.of(OwnerType.ADAPTER, share_adapters),
             cache_key(base, a, encs[a.id], backend_id, share_adapters, groups),
             groups,
-            kind,
-            share_adapters,
             encs[a.id],
+            adapter=a,
         )
         for a in adapters
     ]
     all_jobs.append(
         SectionJob(
-            None,
+            DEFAULT_OWNER,
+            SectionKind.DEFAULT,
             cache_key(base, None, EncodingSet(), backend_id, share_adapters, groups),
             groups,
-            "default_section",
-            share_adapters,
         )
     )
     all_jobs += _use_case_jobs(reg, base, backend_id, share_adapters, groups)
@@ -224,7 +234,7 @@ def build(
                 todo.insert(0, first)
             graph_files = materialize_graphs(reg, base, out)
             ctx = BuildContext(
-                base, {g: out / f.rel_path for f in graph_files if f.kind == "graph" for g in f.graphs}, out
+                base, {g: out / f.rel_path for f in graph_files if f.kind is FileKind.GRAPH for g in f.graphs}, out
             )
             log.append(f"reused {len(reused)} file(s); building {len(todo)} job(s)")
             work.mkdir(parents=True, exist_ok=True)
@@ -247,7 +257,7 @@ def build(
                 files.append(
                     OutFile(
                         Path(p).relative_to(out).as_posix(),
-                        "weight_list",
+                        FileKind.WEIGHT_LIST,
                         base.graph_names,
                         sha256=sha256_file(p),
                         size=Path(p).stat().st_size,
@@ -270,23 +280,10 @@ def build(
         share_adapters,
         base.ref,
         str(out),
-        [_label(j.adapter.ref if j.adapter else None, j.use_case.name if j.use_case else None, j.group) for j in todo],
-        sorted(
-            {
-                _label(f.adapter, *((None, f.use_case) if f.kind == "group_quant_section" else (f.use_case, None)))
-                for f in reused
-            }
-        ),
+        [j.label for j in todo],
+        sorted({f.owner.label for f in reused if f.owner is not None}),
         list(done.artifacts),
     )
-
-
-def _label(adapter: str | None, use_case: str | None, group: str | None = None) -> str:
-    """How ``build --json`` names a job: the adapter, ``usecase:NAME``, ``group:NAME`` (a group's
-    quantization section) or ``default``."""
-    if group and not use_case:
-        return f"group:{group}"
-    return f"usecase:{use_case}" if use_case else adapter or "default"
 
 
 def _use_case_jobs(
@@ -332,19 +329,29 @@ def _use_case_jobs(
             everyone = tuple(m for _, m, _, _ in by_group[group])
             blob = blob | {"group": [group, [b["members"] for _, _, _, b in by_group[group]]]}
         key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
-        kind = "use_case_super_section" if share else "use_case_section"
-        jobs.append(SectionJob(None, key, groups, kind, share, enc, uc, members, group, everyone))
+        jobs.append(
+            SectionJob(
+                SectionOwner.use_case(uc),
+                SectionKind.of(OwnerType.USE_CASE, share),
+                key,
+                groups,
+                enc,
+                use_case=uc,
+                members=members,
+                group=group,
+                group_members=everyone,
+            )
+        )
     int_inputs = any(dtypes.int_bits(ap.dtype) for ap in base.attachment_points)
     for group, items in sorted(by_group.items()) if int_inputs else ():
         qblob: dict[str, Any] = {"quant_section": group, "members": [b for _, _, _, b in items]}
         key = hashlib.sha256(json.dumps(qblob, sort_keys=True).encode()).hexdigest()
         jobs.append(
             SectionJob(
-                None,
+                SectionOwner.group(group),
+                SectionKind.GROUP_QUANT,
                 key,
                 groups,
-                "group_quant_section",
-                share,
                 group=group,
                 group_members=tuple(m for _, m, _, _ in items),
             )
@@ -386,21 +393,10 @@ def _reuse(reg: Registry, jobs: list[SectionJob], out: Path, force: bool) -> tup
                 break
             if src != dest:
                 place(src, dest, link=False)
-            files.append(
-                OutFile(
-                    rel,
-                    a.kind,
-                    list(a.graphs),
-                    a.adapter_id,
-                    j.adapter.name if j.adapter else None,
-                    j.cache_key,
-                    a.sha256,
-                    a.size,
-                    use_case_id=j.use_case.id if j.use_case else None,
-                    use_case=j.use_case.name if j.use_case else None,
-                    group=a.group,
-                )
-            )
+            # the record's owner is the job's: an adapter's name may have changed since (a rename
+            # keeps its content, so its cache key and files)
+            owner = j.owner if a.owner is not None and a.owner.type is j.owner.type else a.owner
+            files.append(OutFile(rel, a.kind, list(a.graphs), owner, j.cache_key, a.sha256, a.size))
         if files and len(files) == len(arts):
             reused += files
         else:

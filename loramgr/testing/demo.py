@@ -142,7 +142,7 @@ def c_runtime(plan: Path, out: Path) -> str | None:
     print("\n## 6. the plan on the device: runtime-c's `loramgr-plan` (C99 + cJSON) reads the same plan")
     src = Path(__file__).resolve().parents[2] / "runtime-c"
     if not src.is_dir() or shutil.which("cmake") is None or not Path("/usr/include/cjson/cJSON.h").exists():
-        print("  skipped: needs the source tree's runtime-c/, cmake and libcjson-dev (`bash .ci/run` installs them)")
+        print("  skipped: needs the source tree's runtime-c/, cmake and libcjson-dev (scripts/demo.sh installs them)")
         return None
     build = out / "runtime-c-build"
     for cmd in (

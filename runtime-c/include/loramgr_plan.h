@@ -39,6 +39,24 @@ typedef struct {
 
 typedef struct lmp_plan lmp_plan; /* opaque */
 
+/* Whose a section is (the plan's section "owner": {"type", "name"}). */
+typedef enum {
+    LMP_OWNER_ADAPTER = 0,
+    LMP_OWNER_USE_CASE = 1,
+    LMP_OWNER_GROUP = 2,  /* a group's quantization-only section */
+    LMP_OWNER_DEFAULT = 3 /* the all-zero default adapter */
+} lmp_owner_type;
+
+/* What a section is (the plan's section "kind"). */
+typedef enum {
+    LMP_SECTION = 0,                /* "section": one adapter's, for one graph */
+    LMP_SUPER_SECTION = 1,          /* "super_section": one adapter's, for several graphs */
+    LMP_DEFAULT_SECTION = 2,        /* "default_section" */
+    LMP_USE_CASE_SECTION = 3,       /* "use_case_section" */
+    LMP_USE_CASE_SUPER_SECTION = 4, /* "use_case_super_section" */
+    LMP_GROUP_QUANT_SECTION = 5     /* "group_quant_section" */
+} lmp_section_kind;
+
 typedef struct {
     const char *name;           /* e.g. "prefill+decode" */
     const char *path;           /* resolved against the plan's directory */
@@ -48,6 +66,9 @@ typedef struct {
     int shared;                 /* 1: one section serves several graphs (super adapter) */
     const char *const *graphs;  /* the graphs it is applied to */
     size_t n_graphs;
+    lmp_section_kind kind;      /* the plan's "kind" (derived from where it is listed in older plans) */
+    lmp_owner_type owner_type;  /* the plan's "owner": always the entry that lists the section */
+    const char *owner_name;     /* adapter, use case or group name; "default" for the default adapter */
 } lmp_section;
 
 typedef struct {
@@ -87,6 +108,9 @@ const char *lmp_context_name(const lmp_plan *plan, size_t i);
  */
 lmp_status lmp_sections(const lmp_plan *plan, const char *name, const lmp_section **out, size_t *count,
                         lmp_error *err);
+/* The plan's spelling of a section kind / owner type ("super_section", "use_case", ...); NULL if out of range. */
+const char *lmp_section_kind_name(lmp_section_kind kind);
+const char *lmp_owner_type_name(lmp_owner_type type);
 /* The section to apply to one graph. */
 lmp_status lmp_section_for(const lmp_plan *plan, const char *name, const char *graph, const lmp_section **out,
                            lmp_error *err);

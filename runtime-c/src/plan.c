@@ -139,6 +139,61 @@ static long graph_index(const lmp_plan *p, const char *name) {
     return -1;
 }
 
+static const char *const SECTION_KINDS[] = {"section",          "super_section",          "default_section",
+                                            "use_case_section", "use_case_super_section", "group_quant_section"};
+static const char *const OWNER_TYPES[] = {"adapter", "use_case", "group", "default"};
+
+static int index_of(const char *const *names, int n, const char *s) {
+    int i;
+    for (i = 0; s && i < n; i++)
+        if (strcmp(names[i], s) == 0) return i;
+    return -1;
+}
+
+const char *lmp_section_kind_name(lmp_section_kind kind) {
+    return (int)kind >= 0 && (int)kind < 6 ? SECTION_KINDS[kind] : NULL;
+}
+
+const char *lmp_owner_type_name(lmp_owner_type type) {
+    return (int)type >= 0 && (int)type < 4 ? OWNER_TYPES[type] : NULL;
+}
+
+/* A section's kind and owner: read where the plan says them (and they must be the listing entry's,
+ * as loramgr.runtime checks), derived from the entry in plans written before sections carried them. */
+static lmp_status parse_owner(lmp_plan *p, const cJSON *s, const char *who, const lmp_entry *e, lmp_section *sec,
+                              lmp_error *err) {
+    static const lmp_owner_type owner_of[] = {LMP_OWNER_ADAPTER, LMP_OWNER_USE_CASE, LMP_OWNER_DEFAULT,
+                                              LMP_OWNER_GROUP}; /* by entry kind */
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(s, "kind"), *owner = cJSON_GetObjectItemCaseSensitive(s, "owner");
+    lmp_owner_type t = owner_of[e->kind];
+    int k;
+    sec->owner_type = t;
+    sec->owner_name = e->name;
+    if (t == LMP_OWNER_ADAPTER) sec->kind = sec->shared ? LMP_SUPER_SECTION : LMP_SECTION;
+    else if (t == LMP_OWNER_USE_CASE) sec->kind = sec->shared ? LMP_USE_CASE_SUPER_SECTION : LMP_USE_CASE_SECTION;
+    else sec->kind = t == LMP_OWNER_GROUP ? LMP_GROUP_QUANT_SECTION : LMP_DEFAULT_SECTION;
+    if (kind) {
+        k = cJSON_IsString(kind) ? index_of(SECTION_KINDS, 6, kind->valuestring) : -1;
+        if (k < 0) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a section's kind is unknown", p->path, who);
+        if (!((t == LMP_OWNER_ADAPTER && (k == LMP_SECTION || k == LMP_SUPER_SECTION)) ||
+              (t == LMP_OWNER_USE_CASE && (k == LMP_USE_CASE_SECTION || k == LMP_USE_CASE_SUPER_SECTION)) ||
+              (t == LMP_OWNER_GROUP && k == LMP_GROUP_QUANT_SECTION) || (t == LMP_OWNER_DEFAULT && k == LMP_DEFAULT_SECTION)))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a section of kind %s is listed under a %s", p->path, who,
+                            SECTION_KINDS[k], OWNER_TYPES[t]);
+        sec->kind = (lmp_section_kind)k;
+    }
+    if (owner && !cJSON_IsNull(owner)) {
+        const char *name = str_of(owner, "name");
+        k = index_of(OWNER_TYPES, 4, str_of(owner, "type"));
+        if (!cJSON_IsObject(owner) || k != (int)t)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a section is not owned by this %s", p->path, who, OWNER_TYPES[t]);
+        if (t != LMP_OWNER_DEFAULT && (!name || strcmp(name, e->name) != 0))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a section is owned by %.80s", p->path, who,
+                            name ? name : "(no name)");
+    }
+    return LMP_OK;
+}
+
 static lmp_status parse_sections(lmp_plan *p, const cJSON *arr, const char *who, lmp_entry *e, lmp_error *err) {
     size_t i = 0, n;
     const cJSON *s;
@@ -163,6 +218,7 @@ static lmp_status parse_sections(lmp_plan *p, const cJSON *arr, const char *who,
         }
         sec->n_graphs = ng;
         sec->shared = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "shared")) ? 1 : 0;
+        if ((st = parse_owner(p, s, who, e, sec, err))) return st;
     }
     e->n_sections = n;
     return LMP_OK;

@@ -65,7 +65,7 @@ static cJSON *channel_json(const lmp_channel *c) {
 }
 
 static cJSON *section_json(const lmp_section *s) {
-    cJSON *o = cJSON_CreateObject(), *gs = cJSON_CreateArray();
+    cJSON *o = cJSON_CreateObject(), *gs = cJSON_CreateArray(), *owner;
     size_t k;
     cJSON_AddStringToObject(o, "name", s->name);
     for (k = 0; k < s->n_graphs; k++) cJSON_AddItemToArray(gs, cJSON_CreateString(s->graphs[k]));
@@ -74,6 +74,10 @@ static cJSON *section_json(const lmp_section *s) {
     cJSON_AddStringToObject(o, "sha256", s->sha256);
     cJSON_AddItemToObject(o, "size", number((double)s->size));
     cJSON_AddBoolToObject(o, "shared", s->shared);
+    cJSON_AddStringToObject(o, "kind", lmp_section_kind_name(s->kind));
+    owner = cJSON_AddObjectToObject(o, "owner");
+    cJSON_AddStringToObject(owner, "type", lmp_owner_type_name(s->owner_type));
+    cJSON_AddStringToObject(owner, "name", s->owner_name);
     return o;
 }
 

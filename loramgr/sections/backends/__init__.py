@@ -12,32 +12,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from loramgr.records import Adapter, Base, EncodingSet, UseCase
+from loramgr.records import Adapter, Base, EncodingSet, SectionKind, SectionOwner, UseCase
 from loramgr.sections.layout import OutFile as OutFile  # the contract's file record, kept with the output layout
 
 
 @dataclass(frozen=True)
 class SectionJob:
-    """One adapter (or the default adapter, ``adapter is None``) to turn into sections."""
+    """One owner's sections to build: an adapter's, the default adapter's, a use case's (its adapters'
+    ranks concatenated, slot order) or a group's quantization-only section."""
 
-    adapter: Adapter | None
+    owner: SectionOwner
+    kind: SectionKind
     cache_key: str
     groups: dict[str, list[str]]  # section name -> graphs it serves
-    kind: str  # "section" | "super_section" | "default_section"
-    share: bool = False  # super adapters: one section per group of graphs
     encodings: EncodingSet = field(default_factory=EncodingSet)  # build inputs: quant_overrides, int sections
-    use_case: UseCase | None = None  # a use case's job: its adapters' ranks concatenated, slot order
+    adapter: Adapter | None = None  # an adapter's job: its record
+    use_case: UseCase | None = None  # a use case's job: its record
     members: tuple[Adapter, ...] = ()  # the use case's adapters, by slot
-    group: str | None = None  # a grouped use case's group, or the group of a "group_quant_section" job
+    group: str | None = None  # the group a use case's (or a group's own) sections belong to
     group_members: tuple[tuple[Adapter, ...], ...] = ()  # every use case of the group: its adapters
 
     @property
+    def share(self) -> bool:
+        """Super sections: one section per group of graphs (``build --share-adapters``)."""
+        return self.kind.shared or any(len(g) > 1 for g in self.groups.values())
+
+    @property
     def label(self) -> str:
-        if self.use_case is not None:
-            return f"use case {self.use_case.name}"
-        if self.group is not None:
-            return f"group {self.group}"
-        return self.adapter.ref if self.adapter else "default adapter"
+        return self.owner.label
+
+    def out_file(self, rel_path: str, graphs: list[str], **kw: Any) -> OutFile:
+        """A section file of this job (its kind, owner and cache key)."""
+        return OutFile(rel_path, self.kind, list(graphs), self.owner, self.cache_key, **kw)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from loramgr.records import Adapter, Base
+from loramgr.records import Adapter, Base, SectionKind
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 
 
@@ -72,7 +72,7 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
         names = set().union(*(by_graph[g] for g in graphs))
         if scales:
             names |= {k for k in inputs if k.endswith("_scale") and k[: -len("_scale")] in names}
-        if job.kind == "group_quant_section":
+        if job.kind is SectionKind.GROUP_QUANT:
             names = {k for k in names if k.endswith("_scale")}
         names &= set(inputs)
         rel = f"sections/{folder}/{section}.onnx_adapter"
@@ -83,22 +83,7 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
         write_section(
             p, {k: inputs[k] for k in sorted(names)}, adapter_version(job.adapter), model_version(base.fingerprint)
         )
-        out.append(
-            OutFile(
-                rel,
-                job.kind,
-                list(graphs),
-                job.adapter.id if job.adapter else None,
-                job.adapter.name if job.adapter else None,
-                job.cache_key,
-                sha256_file(p),
-                p.stat().st_size,
-                use_case_id=job.use_case.id if job.use_case else None,
-                use_case=job.use_case.name if job.use_case else None,
-                group=job.group if job.kind == "group_quant_section" else None,
-                staged=staged,
-            )
-        )
+        out.append(job.out_file(rel, list(graphs), sha256=sha256_file(p), size=p.stat().st_size, staged=staged))
     return out
 
 

@@ -24,11 +24,12 @@ from typing import Any
 import yaml
 
 from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
-from loramgr.records import Adapter, Base
+from loramgr.records import Adapter, ArtifactKind, Base, FileKind, OwnerType, SectionKind, SectionOwner
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 from loramgr.sections.backends.qairt_common import (
     CONVERTER,
     GENERATOR,
+    IMPORTED,
     IMPORTER,
     MODES,
     QUANTIZED,
@@ -121,7 +122,7 @@ class QairtBackend:
                 hint="build with --lora-version 3 (or --backend ort)",
             )
         adapter_jobs = [j for j in jobs if j.adapter is not None]
-        default_job = next((j for j in jobs if j.adapter is None), None)
+        default_job = next((j for j in jobs if j.owner.type is OwnerType.DEFAULT), None)
         share = any(j.share for j in jobs)
         ucs = use_case_names(_adapter(j) for j in adapter_jobs)
         root = tools_dir(ctx)
@@ -171,7 +172,10 @@ class QairtBackend:
         )
         if not dlc.is_file():
             raise ExternalToolError(CONVERTER, f"exited 0 but did not write {dlc}")
-        return dlc, [OutFile(f"qairt/{g}/{wl.name}", "weight_list", [g]), OutFile(f"qairt/{g}/{dlc.name}", "dlc", [g])]
+        return dlc, [
+            OutFile(f"qairt/{g}/{wl.name}", FileKind.WEIGHT_LIST, [g]),
+            OutFile(f"qairt/{g}/{dlc.name}", FileKind.DLC, [g]),
+        ]
 
     def _import_graph(
         self,
@@ -203,11 +207,13 @@ class QairtBackend:
                 metadata={"loramgr.adapter": a.ref, "loramgr.sha256": a.sha256},
             )
             case = {"name": uc, "model_name": str(ctx.graph_paths[g]), "lora_weights": f"{uc}.safetensors"}
-            files.append(OutFile(f"qairt/{g}/{uc}.safetensors", "prepared_weights", [g], a.id, a.name))
+            files.append(
+                OutFile(f"qairt/{g}/{uc}.safetensors", FileKind.PREPARED_WEIGHTS, [g], SectionOwner.adapter(a))
+            )
             if j.encodings:
                 (gdir / f"{uc}.encodings").write_text(json.dumps(j.encodings.to_aimet(), indent=1, sort_keys=True))
                 case["quant_overrides"] = f"{uc}.encodings"
-                files.append(OutFile(f"qairt/{g}/{uc}.encodings", "encodings", [g], a.id, a.name))
+                files.append(OutFile(f"qairt/{g}/{uc}.encodings", FileKind.ENCODINGS, [g], SectionOwner.adapter(a)))
             elif quantized:
                 raise IncompatibleError(
                     a.ref,
@@ -217,7 +223,7 @@ class QairtBackend:
             cases.append(case)
         cfg = gdir / "lora_importer_config.yaml"
         cfg.write_text(yaml.safe_dump({"use_case": cases}, sort_keys=False))
-        files.append(OutFile(f"qairt/{g}/{cfg.name}", "importer_config", [g]))
+        files.append(OutFile(f"qairt/{g}/{cfg.name}", FileKind.IMPORTER_CONFIG, [g]))
         out = gdir / "imported"
         args: list[Any] = [
             "--input_network",
@@ -234,22 +240,15 @@ class QairtBackend:
         self.sdk.invoke(IMPORTER, args, cwd=gdir)
         listing = out / "lora_output_files.yaml"
         entries = self.read_output_files(listing, g, ucs.values())
-        files.append(OutFile(f"qairt/{g}/imported/{listing.name}", "importer_output", [g]))
+        files.append(OutFile(f"qairt/{g}/imported/{listing.name}", FileKind.IMPORTER_OUTPUT, [g]))
         by_uc = {v: k for k, v in ucs.items()}
         for e in entries:
             for key in ("weights", "encodings"):
                 if e.get(key):
                     rel = Path(e[key]).relative_to(root.resolve()).as_posix()
                     aid = by_uc[e["name"]]
-                    files.append(
-                        OutFile(
-                            f"qairt/{rel}",
-                            "imported_" + key,
-                            [g],
-                            aid,
-                            next(_adapter(j).name for j in adapter_jobs if _adapter(j).id == aid),
-                        )
-                    )
+                    owner = next(j.owner for j in adapter_jobs if _adapter(j).id == aid)
+                    files.append(OutFile(f"qairt/{rel}", IMPORTED[key], [g], owner))
                     e[key] = rel
         return entries, files
 
@@ -330,20 +329,22 @@ class QairtBackend:
         if self.htp_config:
             args += ["--config_file", self.htp_config]
         self.sdk.invoke(GENERATOR, args, cwd=root)
-        files = [OutFile(f"qairt/{cfg.name}", "adapter_weight_config", graphs)]
+        files = [OutFile(f"qairt/{cfg.name}", FileKind.ADAPTER_WEIGHT_CONFIG, graphs)]
         shared = share and len(graphs) > 1
         for uc, j in named:
             folder = f"usecases/{j.use_case.name}" if j.use_case is not None else _adapter(j).ref
-            kind = ("use_case_" if j.use_case is not None else "") + ("super_section" if shared else "section")
+            kind = SectionKind.of(j.owner.type, shared)
             for src, gs in self._sections(gen, ctx, graphs, uc, shared):
                 files.append(self._take(src, f"sections/{folder}/{src.name}", kind, gs, j, work))
         if default_job is not None:
             for src, gs in self._sections(gen, ctx, graphs, "default_adapter", shared):
-                files.append(self._take(src, f"sections/default/{src.name}", "default_section", gs, default_job, work))
+                files.append(
+                    self._take(src, f"sections/default/{src.name}", SectionKind.DEFAULT, gs, default_job, work)
+                )
             ctx_bin = gen / f"{ctx}.bin"
             if not ctx_bin.is_file():
                 raise ExternalToolError(GENERATOR, f"exited 0 but did not write the context binary {ctx_bin}")
-            files.append(self._take(ctx_bin, f"contexts/{ctx}.bin", "context_binary", graphs, default_job, work))
+            files.append(self._take(ctx_bin, f"contexts/{ctx}.bin", FileKind.CONTEXT_BINARY, graphs, default_job, work))
         return files
 
     @staticmethod
@@ -367,22 +368,12 @@ class QairtBackend:
         return [(found[0], list(graphs))]
 
     @staticmethod
-    def _take(src: Path, rel: str, kind: str, graphs: list[str], job: SectionJob, work: Path) -> OutFile:
+    def _take(src: Path, rel: str, kind: ArtifactKind, graphs: list[str], job: SectionJob, work: Path) -> OutFile:
         """Move a tool's output into the work directory, from where the build places it atomically."""
         dest = work / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), dest)
-        a, uc = job.adapter, job.use_case
-        return OutFile(
-            rel,
-            kind,
-            list(graphs),
-            a.id if a else None,
-            a.name if a else None,
-            job.cache_key,
-            use_case_id=uc.id if uc else None,
-            use_case=uc.name if uc else None,
-        )
+        return OutFile(rel, kind, list(graphs), job.owner if isinstance(kind, SectionKind) else None, job.cache_key)
 
 
 def _adapter(job: SectionJob) -> Adapter:

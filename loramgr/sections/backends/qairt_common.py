@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from loramgr.records import Adapter, Base
+from loramgr.records import Adapter, Base, FileKind
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 from loramgr.sections.layout import section_groups
 from loramgr.store import sha256_file
@@ -22,6 +22,8 @@ IMPORTER = "qairt-lora-importer"
 GENERATOR = "qnn-context-binary-generator"
 CONVERTER = "qairt-converter"
 QUANTIZED = ("int8", "int16")
+#: the importer's per-use-case outputs (``lora_output_files.yaml`` keys) and the file kinds they are kept as
+IMPORTED = {"weights": FileKind.IMPORTED_WEIGHTS, "encodings": FileKind.IMPORTED_ENCODINGS}
 
 
 def use_case_names(adapters: Iterable[Adapter]) -> dict[int, str]:

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import yaml
 
 from loramgr.errors import ExternalToolError, IncompatibleError
-from loramgr.records import Adapter, Base
+from loramgr.records import Adapter, Base, FileKind, OwnerType, SectionKind, SectionOwner
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 from loramgr.sections.backends.qairt_common import (
     CONVERTER,
     GENERATOR,
+    IMPORTED,
     IMPORTER,
     QUANTIZED,
     contexts_of,
@@ -181,7 +182,7 @@ def build_v3(
         for _, graph_files in per_graph:
             files += graph_files
         named = [(u.name, u.job) for u in specs]
-        default_job = next((j for j in jobs if j.adapter is None and j.use_case is None), None)
+        default_job = next((j for j in jobs if j.owner.type is OwnerType.DEFAULT), None)
         share = any(j.share for j in jobs)
         for ctx_files in pool.map(
             lambda c: be.generate(c[0], c[1], root, work, imported, named, default_job, share),
@@ -233,10 +234,10 @@ def group_quant_sections(base: Base, specs: list[UseCaseSpec], root: Path, work:
                 files.append(
                     OutFile(
                         dest.relative_to(work).as_posix(),
-                        "group_quant_section",
+                        SectionKind.GROUP_QUANT,
                         [g],
+                        SectionOwner.group(group),
                         cache_key=key,
-                        group=group,
                     )
                 )
     return files
@@ -266,9 +267,9 @@ def write_creator_inputs(
     model = onnx.load(str(src), load_external_data=False)
     points = strip_lora(model, [(ap.module_path, ap.tensor_a) for ap in base.points_of(g)], g)
     rel = f"qairt/{g}/creator"
-    files = [OutFile(f"{rel}/{e.location}", "creator_input", [g]) for e in graph.external_data]
+    files = [OutFile(f"{rel}/{e.location}", FileKind.CREATOR_INPUT, [g]) for e in graph.external_data]
     onnx.save_model(model, str(cdir / f"{BASE_USE_CASE}.onnx"))
-    files.append(OutFile(f"{rel}/{BASE_USE_CASE}.onnx", "creator_input", [g]))
+    files.append(OutFile(f"{rel}/{BASE_USE_CASE}.onnx", FileKind.CREATOR_INPUT, [g]))
     use_cases: list[dict[str, Any]] = [
         {"name": BASE_USE_CASE, "adapter_names": [], "model_name": f"{BASE_USE_CASE}.onnx"}
     ]
@@ -289,14 +290,14 @@ def write_creator_inputs(
             size_threshold=1024,
         )
         entry: dict[str, Any] = {"name": u.name, "adapter_names": u.adapter_names, "model_name": f"{u.name}.onnx"}
-        files.append(OutFile(f"{rel}/{u.name}.onnx", "creator_input", [g]))
+        files.append(OutFile(f"{rel}/{u.name}.onnx", FileKind.CREATOR_INPUT, [g]))
         if (cdir / f"{u.name}.lora.data").exists():
-            files.append(OutFile(f"{rel}/{u.name}.lora.data", "creator_input", [g]))
+            files.append(OutFile(f"{rel}/{u.name}.lora.data", FileKind.CREATOR_INPUT, [g]))
         overrides = quant_overrides(u.job.encodings.to_aimet(), mode) if u.job.encodings else None
         if overrides:
             (cdir / f"{u.name}.encodings").write_text(json.dumps(overrides, indent=1, sort_keys=True))
             entry["quant_overrides"] = f"{u.name}.encodings"
-            files.append(OutFile(f"{rel}/{u.name}.encodings", "encodings", [g]))
+            files.append(OutFile(f"{rel}/{u.name}.encodings", FileKind.ENCODINGS, [g]))
         use_cases.append(entry)
         adapters.update(
             (n, m) for n, m in zip(u.adapter_names, u.members, strict=True) if set(ranks[m.id]) & set(points)
@@ -312,11 +313,11 @@ def write_creator_inputs(
             "target_operator_names": [p.op_name for m, p in points.items() if m in mine],
         }
         (cdir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-        files.append(OutFile(f"{rel}/{name}.json", "creator_input", [g], a.id, a.name))
+        files.append(OutFile(f"{rel}/{name}.json", FileKind.CREATOR_INPUT, [g], SectionOwner.adapter(a)))
         adapter_entries.append({"name": name, "lora_config": f"{name}.json"})
     cfg = {"adapter": adapter_entries, "use-case": use_cases}
     (cdir / "lora_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    files.append(OutFile(f"{rel}/lora_config.yaml", "lora_creator_config", [g]))
+    files.append(OutFile(f"{rel}/lora_config.yaml", FileKind.LORA_CREATOR_CONFIG, [g]))
     return files, included
 
 
@@ -350,7 +351,7 @@ def run_tools(
         if not p.is_file():
             raise ExternalToolError(CREATOR, f"exited 0 but did not write {p}")
     rel = f"qairt/{g}/creator_out"
-    files = [OutFile(f"{rel}/{n}", "creator_output", [g]) for n in made]
+    files = [OutFile(f"{rel}/{n}", FileKind.CREATOR_OUTPUT, [g]) for n in made]
     dlc = gdir / f"{g}.dlc"
     be.sdk.invoke(
         CONVERTER,
@@ -375,7 +376,7 @@ def run_tools(
         dlc = qdlc
     if not dlc.is_file():
         raise ExternalToolError(CONVERTER if not quantized else QUANTIZER, f"exited 0 but did not write {dlc}")
-    files.append(OutFile(f"qairt/{g}/{dlc.name}", "dlc", [g]))
+    files.append(OutFile(f"qairt/{g}/{dlc.name}", FileKind.DLC, [g]))
     # the importer too runs beside its config (the creator's lora_importer_config.yaml)
     args: list[Any] = [] if mode == "none" else ["--input_network", "base_model.onnx"]
     args += [
@@ -391,11 +392,11 @@ def run_tools(
     be.sdk.invoke(IMPORTER, args, cwd=out)
     listing = gdir / "imported" / "lora_output_files.yaml"
     entries = be.read_output_files(listing, g, [u.name for u in specs])
-    files.append(OutFile(f"qairt/{g}/imported/{listing.name}", "importer_output", [g]))
+    files.append(OutFile(f"qairt/{g}/imported/{listing.name}", FileKind.IMPORTER_OUTPUT, [g]))
     for e in entries:
         e["graph"] = g  # one importer run per graph: its use cases are this graph's
         for key in ("weights", "encodings"):
             if e.get(key):
                 e[key] = Path(e[key]).relative_to(root.resolve()).as_posix()
-                files.append(OutFile(f"qairt/{e[key]}", "imported_" + key, [g]))
+                files.append(OutFile(f"qairt/{e[key]}", IMPORTED[key], [g]))
     return entries, files
