@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL server for the tests: its own data directory, its own port on 127.0.0.1,
 trust auth, stopped (and deleted) at the end. As root, the server runs as the ``postgres`` user
-(initdb refuses root). ``scripts/test.sh`` (the README's test command) installs the server from Debian packages when it is missing."""
+(initdb refuses root). ``scripts/test.sh`` (the README's test command) installs the server from Debian
+packages when it is missing."""
 
 from __future__ import annotations
 
