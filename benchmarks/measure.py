@@ -5,7 +5,7 @@ interleaved (a, b, a, b, ...) after a warm-up of each, so both see the same cach
 machine noise; each figure is the median of the trials, with min and max, and the ratio's spread is
 taken over the paired trials. A row is either a ``goal`` row (a ratio, or an absolute figure, with a
 goal; it carries ``pass``) or a ``report`` row (a figure shown for context; it carries no ``pass``).
-Every row has a stable ``id`` that tests and the README refer to.
+Every row has a stable ``id`` that tests and docs/benchmarks.md refer to.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def fmt(v: float, unit: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """The Markdown table the README shows (ratio with its spread over paired trials)."""
+    """The Markdown table docs/benchmarks.md shows (ratio with its spread over paired trials)."""
     head = ["id", "benchmark", "baseline", "baseline", "loramgr", "ratio (min-max)", "goal", "pass"]
     lines = [head, ["---"] * len(head)]
     for r in rows:

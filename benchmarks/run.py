@@ -5,7 +5,7 @@
 Method (benchmarks/measure.py): A/B trials interleaved after a warm-up of each side, medians with
 min/max and the spread of the paired ratios; goal rows carry ``pass``, report rows do not. --quick
 uses small sizes (CI, a few minutes) and fails only when a benchmark is broken, never on a missed
-goal: goals are judged on a full run (README).
+goal: goals are judged on a full run (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from benchmarks.lookups import bench_lookups  # noqa: E402
 from benchmarks.measure import Row, interleave, self_timed, table  # noqa: E402
 from benchmarks.models import lm  # noqa: E402
 
-#: every row id a full or quick run writes (tests check them; the README table is keyed by them)
+#: every row id a full or quick run writes (tests check them; the docs/benchmarks.md table is keyed by them)
 ROW_IDS = (
     "register_copy",
     "register_link",

@@ -1,4 +1,4 @@
-"""The ``lora`` block of a Genie dialog config, from a plan (DESIGN.md sections 4 and 7), and the
+"""The ``lora`` block of a Genie dialog config, from a plan (docs/conventions.md and docs/qairt-lora-v3.md), and the
 run-option files of ONNX Runtime's QNN EP.
 
 Genie rejects unknown keys, so the block is built from an explicit key list and checked against it;

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loramgr import __version__
 from loramgr.errors import IntegrityError, InternalError, UsageError
 from loramgr.records import Artifact, Base, FileKind, JsonRecord, OwnerType, SectionKind
 from loramgr.store import atomic_write, sha256_file
+from loramgr.version import __version__
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry

@@ -1,7 +1,7 @@
 """Generate docs/cli.md from the CLI's own ``--help`` texts.
 
 python scripts/cli_docs.py          # rewrite docs/cli.md
-python scripts/cli_docs.py --check  # exit 1 when docs/cli.md is stale (tests/test_docs.py runs this)
+python scripts/cli_docs.py --check  # exit 1 when docs/cli.md is stale (tests/test_house.py runs this)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A STAND-IN for the QAIRT SDK, made by the tests: the real SDK is proprietary and not installable
 here. Its tools are small Python scripts that record their argv and cwd to ``calls.jsonl`` and
-write the outputs the QAIRT contract documents (DESIGN.md sections 4 and 7: converter, quantizer,
+write the outputs the QAIRT contract documents (docs/conventions.md and docs/qairt-lora-v3.md: converter, quantizer,
 importer, context-binary generator, and the LoRA v3 model creator), checking their inputs the way
 those sections say the real tools do, so the qairt backend is tested by contract: argv, YAML, JSON,
 files, exit codes. Nothing it writes runs on a device.
@@ -165,7 +165,7 @@ if not SKIP:
 CREATOR = (
     COMMON
     + r"""
-# qairt-lora-model-creator (DESIGN.md section 7): checks the config as section 7 says the tool does,
+# qairt-lora-model-creator (docs/qairt-lora-v3.md): checks the config as section 7 says the tool does,
 # finds each use case's MatMul -> Mul -> MatMul branches at the adapters' target operators, and
 # writes base_model.onnx, lora_tensor_names.txt, <use case>.safetensors and lora_importer_config.yaml
 import numpy as np, onnx, yaml

@@ -1,5 +1,5 @@
 """The benchmark script in --quick mode runs end to end: CI fails on a broken benchmark, never on a
-missed goal (goals are judged on the full run the README shows). What is checked here is that every
+missed goal (goals are judged on the full run docs/benchmarks.md shows). What is checked here is that every
 row exists with a finite figure, that report rows make no pass claim, and that the cold-switch subject
 really reads its section (a no-op benchmark would pass any goal)."""
 

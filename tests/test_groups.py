@@ -179,8 +179,8 @@ def test_c_driver_skips_the_group_section_inside_a_group(grouped, tmp_path):
 
 
 def test_qairt_refuses_groups_it_cannot_build(grouped, monkeypatch):
-    """Quantization-only sections need a generator switch public material does not show (DESIGN.md
-    section 7): the v3 flow asks, and when the tool writes none it stops with exit 7 naming what is
+    """Quantization-only sections need a generator switch public material does not show (docs/qairt-lora-v3.md,
+    an [inf] point): the v3 flow asks, and when the tool writes none it stops with exit 7 naming what is
     missing; it never writes such a file itself."""
     from tests.standin_sdk import make_standin_sdk
 

@@ -70,6 +70,9 @@ def test_shape_mismatch(base, tmp_path):
     t = synth.adapter_tensors(base.mps, 8, d=32)
     registered(synth.write_adapter(tmp_path / "narrow", t, synth.peft_config(8, 16, ["q_proj", "v_proj"])))
     check_refused("narrow@1", "shape_mismatch", ["in 32", "in 64"])
+    # the table shows the message as text: rich must not take "[in 32, out 64]" for markup
+    shown = invoke("validate", "narrow@1", "--base", "tiny").stdout
+    assert "[in 32" in shown and "[in 64" in shown, shown
 
 
 def test_precision_loss_on_fp16_base(tmp_path):

@@ -2,7 +2,7 @@
 
 Each command parses options, calls one library function and prints its result (a table, or JSON
 with ``--json``). Library errors are translated here, in :func:`main`, and nowhere else: one line
-``loramgr: error: <what>: <why>`` on stderr and the error class's exit code (DESIGN.md §5).
+``loramgr: error: <what>: <why>`` on stderr and the error class's exit code (docs/conventions.md, "Errors").
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from loramgr import __version__
 from loramgr.config import Settings
+from loramgr.version import __version__
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -101,12 +101,14 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     """A readable table on a terminal, plain aligned text otherwise (rich handles both)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=title, show_lines=False, header_style="bold")
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        # cells are data, never markup: "[in 896, out 896]" must print as it is
+        t.add_row(*[Text("" if v is None else str(v)) for v in r])
     Console(width=None if sys.stdout.isatty() else 160).print(t)
 
 

@@ -6,7 +6,7 @@ Every graph is one part of ``prefill`` or ``decode`` (batch 1, static shapes, as
   ``past_key_values.<layer>.key|value [1, kv_heads, P, head_dim]``;
 - LoRA inputs ``<module_path>.lora_A.weight [in, R]`` / ``.lora_B.weight [R, out]`` per attachment
   point, zero by default (= the base model), and ``lora_alpha``; with alpha slots (use cases)
-  ``lora_alpha [1, N]`` and ``<module_path>.lora_indices [1, R]`` (DESIGN.md section 4);
+  ``lora_alpha [1, N]`` and ``<module_path>.lora_indices [1, R]`` (docs/conventions.md);
 - outputs ``logits`` (last part) or ``hidden_states_out``, and ``present.<layer>.key|value
   [1, kv_heads, q, head_dim]`` (the new entries only: the runtime writes them into its cache).
 

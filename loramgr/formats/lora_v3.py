@@ -1,4 +1,4 @@
-"""The QNN LoRA v3 model creator's ONNX inputs, made from a LoRA-ready graph (DESIGN.md section 7).
+"""The QNN LoRA v3 model creator's ONNX inputs, made from a LoRA-ready graph (docs/qairt-lora-v3.md).
 
 The creator takes N + 1 models of one base: the base without LoRA branches, and one model per use
 case whose branches hold that use case's real-rank weights as initializers,

@@ -2,7 +2,7 @@
 
 A LoRA-ready graph exposes, for every attachment point, the graph inputs
 ``<module_path>.lora_A.weight`` ``[in, r]`` and ``<module_path>.lora_B.weight`` ``[r, out]``
-(ONNX Runtime / Olive convention, DESIGN.md §4), and an alpha input (``lora_alpha``, shape ``[1]``).
+(ONNX Runtime / Olive convention, docs/conventions.md), and an alpha input (``lora_alpha``, shape ``[1]``).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def _scaling_terms(adapter: Adapter) -> dict[str, Any]:
 
 def _checked(adapter: Adapter, base: Base) -> tuple[AdapterFile, Any]:
     """The adapter's file and its compatibility check, refusing what validation would refuse."""
-    from loramgr.validation import check_adapter
+    from loramgr.lora.rules import check_adapter
 
     f = AdapterFile(adapter)
     c = check_adapter(adapter, base, f.load)

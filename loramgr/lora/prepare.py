@@ -1,6 +1,6 @@
 """Pure numpy functions that turn one PEFT adapter into a base's canonical LoRA inputs.
 
-This is the only implementation of these rules (DESIGN.md §4); build, calibrate, verify and export
+This is the only implementation of these rules (docs/conventions.md); build, calibrate, verify and export
 all reuse it:
 
 * PEFT stores ``lora_A`` ``[r, in]`` and ``lora_B`` ``[out, r]`` (also for GPT-2 ``Conv1D`` bases with

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from loramgr.lora.rules import Check, Problem, check_adapter, group_rule
 from loramgr.records import Adapter, Base
-from loramgr.validation import Check, Problem, check_adapter, group_rule
 
 
 def module_ranks(adapter: Adapter, check: Check) -> dict[str, int]:

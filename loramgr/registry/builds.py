@@ -17,7 +17,7 @@ from loramgr.registry import rows
 from loramgr.registry.models import AdapterRow, ArtifactRow, BaseRow, BuildRow, UseCaseRow, utcnow
 
 if TYPE_CHECKING:
-    from loramgr.registry.api import Registry
+    from loramgr.registry.core import RegistryCore
 
 
 def _alive(pid: int | None) -> bool:
@@ -35,7 +35,7 @@ def _alive(pid: int | None) -> bool:
 class Builds:
     """``reg.builds``: the build and artifact rows of a registry."""
 
-    def __init__(self, reg: Registry) -> None:
+    def __init__(self, reg: RegistryCore) -> None:
         self.reg = reg
 
     def recover_stale(self, base_id: int, *, holding_lock: bool = True) -> list[tuple[int, str]]:

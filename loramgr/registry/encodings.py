@@ -21,7 +21,7 @@ from loramgr.registry import rows
 from loramgr.registry.models import EncodingRow
 
 if TYPE_CHECKING:
-    from loramgr.registry.api import Registry
+    from loramgr.registry.core import RegistryCore
 
 
 def tensor_names(base: Base) -> tuple[set[str], set[str]]:
@@ -71,7 +71,7 @@ class EncodingsImported(JsonRecord):
 class Encodings:
     """``reg.encodings``: the encoding rows of a registry."""
 
-    def __init__(self, reg: Registry) -> None:
+    def __init__(self, reg: RegistryCore) -> None:
         self.reg = reg
 
     @staticmethod

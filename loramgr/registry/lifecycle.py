@@ -20,7 +20,7 @@ from loramgr.registry import rows
 from loramgr.registry.models import EventRow, PlanRow
 
 if TYPE_CHECKING:
-    from loramgr.registry.api import Registry
+    from loramgr.registry.core import RegistryCore
 
 #: allowed ``promote`` targets and the stages they may come from
 PROMOTIONS = {"deployed": ("built",), "built": ("validated",)}
@@ -49,7 +49,7 @@ def _active_plans_with(s: Session, adapter_id: int) -> list[PlanRow]:
 class Lifecycle:
     """``reg.lifecycle``: stage changes, plan records, history."""
 
-    def __init__(self, reg: Registry) -> None:
+    def __init__(self, reg: RegistryCore) -> None:
         self.reg = reg
 
     def promote(self, ref: str, to: str) -> StageChange:

@@ -28,7 +28,7 @@ from loramgr.registry.models import AdapterRow, ArtifactRow, BuildRow, GraphRow,
 from loramgr.store import sha256_file
 
 if TYPE_CHECKING:
-    from loramgr.registry.api import Registry
+    from loramgr.registry.core import RegistryCore
 
 DEFAULT_GRACE_S = 3600.0
 MAX_DUMP_BYTES = 4 << 30
@@ -98,7 +98,7 @@ class ExportWritten(JsonRecord):
 class Maintenance:
     """``reg.maintenance``: store hygiene and whole-registry dumps."""
 
-    def __init__(self, reg: Registry) -> None:
+    def __init__(self, reg: RegistryCore) -> None:
         self.reg = reg
 
     def referenced(self, include_retired: bool = True) -> dict[str, str]:

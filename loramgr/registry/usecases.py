@@ -18,8 +18,8 @@ from loramgr.registry import rows
 from loramgr.registry.models import AdapterRow, BaseRow, UseCaseAdapterRow, UseCaseRow
 
 if TYPE_CHECKING:
-    from loramgr.registry.api import Registry
-    from loramgr.validation import Problem
+    from loramgr.lora.rules import Problem
+    from loramgr.registry.core import RegistryCore
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class UseCaseReport(JsonRecord):
 class UseCases:
     """``reg.use_cases``."""
 
-    def __init__(self, reg: Registry) -> None:
+    def __init__(self, reg: RegistryCore) -> None:
         self.reg = reg
 
     def _records(self, s: Session, q: Any) -> list[UseCase]:

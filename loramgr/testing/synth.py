@@ -1,7 +1,7 @@
 """Small synthetic LoRA-ready graphs and PEFT-layout adapters, for the demo, tests and benchmarks.
 
 The graph computes, for every attachment point ``i``, ``out_i = x @ W_i + lora_alpha * (x @ A_i) @ B_i``
-with canonical LoRA input names (DESIGN.md §4) and zero defaults, so a run without adapter is the
+with canonical LoRA input names (docs/conventions.md) and zero defaults, so a run without adapter is the
 base. :func:`reference` computes the same thing from PEFT-layout tensors in numpy.
 """
 

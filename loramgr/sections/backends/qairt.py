@@ -1,4 +1,4 @@
-"""QAIRT backend: drives the SDK's own tools by subprocess (DESIGN.md section 4, "QAIRT contract").
+"""QAIRT backend: drives the SDK's own tools by subprocess (docs/conventions.md, "QAIRT tools").
 
 Per graph: the base DLC (given with ``--dlc GRAPH=PATH``, else converted here with
 ``qairt-converter --lora_weight_list``), each adapter's prepared weights as ``<use_case>.safetensors``

@@ -1,4 +1,4 @@
-"""The QNN LoRA v3 flow of the qairt backend (``build --backend qairt --lora-version 3``; DESIGN.md §7).
+"""The QNN LoRA v3 flow of the qairt backend (``build --backend qairt --lora-version 3``; docs/qairt-lora-v3.md).
 
 Per graph with attachment points, under ``qairt/<graph>/``:
 
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import yaml
 
 from loramgr.errors import ExternalToolError, IncompatibleError
+from loramgr.lora.rules import Problem
 from loramgr.records import Adapter, Base, FileKind, OwnerType, SectionKind, SectionOwner
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 from loramgr.sections.backends.qairt_common import (
@@ -46,7 +47,6 @@ from loramgr.sections.backends.qairt_common import (
     tools_dir,
     use_case_names,
 )
-from loramgr.validation import Problem
 
 if TYPE_CHECKING:
     from loramgr.formats.lora_v3 import Branch
@@ -109,10 +109,10 @@ def use_cases_of(jobs: list[SectionJob], adapter_names: dict[int, str]) -> list[
 
 
 def refusals(base: Base, specs: list[UseCaseSpec], mode: str, ranks: dict[int, dict[str, int]]) -> list[Problem]:
-    """What the SDK would refuse (§7 stated errors), found before any tool runs: the use cases' slot
-    and rank checks (as ``usecase create`` makes them), and encodings the mode cannot take. ``ranks``:
-    adapter id -> attachment point -> rank. (A base without alpha slots never gets here: the backend's
-    ``check`` refuses it.)"""
+    """What the SDK would refuse (its stated errors, docs/qairt-lora-v3.md), found before any tool runs:
+    the use cases' slot and rank checks (as ``usecase create`` makes them), and encodings the mode
+    cannot take. ``ranks``: adapter id -> attachment point -> rank. (A base without alpha slots never
+    gets here: the backend's ``check`` refuses it.)"""
     from loramgr import dtypes
     from loramgr.lora.usecase import slot_problems, summed_rank_problems
 
@@ -196,7 +196,7 @@ def build_v3(
 
 
 #: How the generator is asked for quantization-only sections (one per group, QNN LoRA v3 grouped
-#: LoRA) was NOT found in public material (DESIGN.md section 7 [inf]; the QNN API has the section kind
+#: LoRA) was NOT found in public material (docs/qairt-lora-v3.md, an [inf] point; the QNN API has the section kind
 #: QNN_CONTEXT_SECTION_UPDATABLE_QUANT_PARAMS since 2.27). This is the one place that depends on it:
 #: loramgr looks for ``<graph>_<group>.bin`` beside the use cases' sections (the naming of every other
 #: section) and stops with exit 7 when the generator wrote none; it never writes such a file itself.
