@@ -227,7 +227,12 @@ def bench_plan_scale(tmp: Path, n: int, lookups: int) -> list[Row]:
     reg.close()
     doc = json.loads(path.read_text())
     one = doc["adapters"][0]
-    doc["adapters"] = [one | {"name": f"a{i:06d}", "ref": f"a{i:06d}@1"} for i in range(n)]
+
+    def named(i: int) -> dict[str, Any]:  # a section is owned by its entry's adapter: rename both
+        secs = [sec | {"owner": sec["owner"] | {"name": f"a{i:06d}"}} for sec in one["sections"]]
+        return one | {"name": f"a{i:06d}", "ref": f"a{i:06d}@1", "sections": secs}
+
+    doc["adapters"] = [named(i) for i in range(n)]
     big = path.with_name("plan-100k.json")
     big.write_text(json.dumps(doc))
     loads = []

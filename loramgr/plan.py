@@ -240,8 +240,61 @@ def make_plan(
             "default_adapter": _steps(base, dsecs, alpha_tensor, [1.0] * (base.max_adapters or 1), False)[1:],
         },
     }
+    targets = _targets(rec, base, root)
+    if targets:
+        doc["targets"] = targets
     validate_plan(doc)
     return doc, path
+
+
+def _targets(rec: Any, base: Base, root: Path) -> dict[str, Any]:
+    """``targets[NAME]``: what a device of that SoC loads (``path``: the graph's context model,
+    weight-shared when the build made one; ``files``: every context ``.bin`` it needs) and, for a
+    shared ``path``, ``unshared_path`` / ``unshared_files``: the graph compiled alone, which the x86
+    simulator can load. One build, one QNN version: a plan never mixes them."""
+    from loramgr.sections.backends.qnn_ep import SHARED, UNSHARED, parse_context_rel
+    from loramgr.targets import find_target
+
+    by: dict[tuple[str, str], list[Artifact]] = {}
+    for a in rec.artifacts:
+        if a.kind in (FileKind.EP_CONTEXT_MODEL, FileKind.EP_CONTEXT_BINARY):
+            where = parse_context_rel(_rel(a.path, Path(rec.out_dir)))
+            if where is not None:
+                by.setdefault(where, []).append(a)
+    out: dict[str, Any] = {}
+    for name in sorted({t for t, _ in by}):
+        t = find_target(name)
+        graphs: dict[str, Any] = {}
+        for g in base.graph_names:
+            entry: dict[str, Any] = {}
+            for variant, key in ((UNSHARED, "unshared"), (SHARED, "shared")):
+                arts = by.get((name, variant), [])
+                model = next((a for a in arts if a.kind is FileKind.EP_CONTEXT_MODEL and a.graphs == (g,)), None)
+                if model is None:
+                    continue
+                bins = [
+                    {"path": _rel(a.path, root), "sha256": a.sha256, "size": a.size}
+                    for a in arts
+                    if a.kind is FileKind.EP_CONTEXT_BINARY and g in a.graphs
+                ]
+                entry[key] = {"path": _rel(model.path, root), "sha256": model.sha256, "size": model.size, "files": bins}
+            if "shared" in entry:
+                graphs[g] = entry["shared"] | {
+                    "unshared_path": entry["unshared"]["path"],
+                    "unshared_sha256": entry["unshared"]["sha256"],
+                    "unshared_size": entry["unshared"]["size"],
+                    "unshared_files": entry["unshared"]["files"],
+                }
+            elif "unshared" in entry:
+                graphs[g] = entry["unshared"]
+        out[name] = {
+            "soc_model": t.soc_model,
+            "htp_arch": t.htp_arch,
+            "qnn_version": rec.sdk_version,
+            "precision": "fp16" if base.precision in ("fp32", "fp16") else base.precision,
+            "graphs": graphs,
+        }
+    return out
 
 
 def _use_cases(

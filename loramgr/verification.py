@@ -28,8 +28,12 @@ from loramgr.records import Adapter, Base, JsonRecord
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
     from loramgr.runtime import Plan
+    from loramgr.runtime.ort import Htp
 
 FP32_TOL, FP16_TOL = 1e-4, 2e-2
+#: A SoC's float path on HTP computes in fp16 (the QNN EP with a soc_model): logits vs PEFT fp32 are held
+#: to a relative error (max |diff| over max |logit|) and top-1 agreement; docs/htp.md says why these values.
+HTP_FP16_REL, HTP_FP16_TOP1 = 3e-2, 0.9
 
 
 def _diff(got: np.ndarray, want: np.ndarray) -> float:
@@ -66,6 +70,8 @@ class VerifyRow(JsonRecord):
     cosine: float
     tolerance: float
     ok: bool
+    rel_error: float | None = None  # --device htp: max |diff| / max |reference|
+    top1_agreement: float | None = None  # --device htp: share of positions whose argmax agrees
 
 
 @dataclass(frozen=True)
@@ -142,11 +148,11 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
             return logits
 
 
-def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None) -> np.ndarray:
+def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None, htp: Htp | None) -> np.ndarray:
     from loramgr.runtime.generate import _run_chain
     from loramgr.runtime.ort import lm_chains
 
-    pre, _ = lm_chains(plan, name, alpha)
+    pre, _ = lm_chains(plan, name, alpha, htp=htp)
     n = ids.shape[1]
     return _run_chain(
         pre,
@@ -238,7 +244,9 @@ def _reference_for(
     return next((d for m, d in factors.items() if m.endswith("." + module) or module.endswith("." + m)), None)
 
 
-def _sections_check(plan: Plan, name: str, members: list[tuple[Adapter, float]], base: Base) -> tuple[float, float]:
+def _sections_check(
+    plan: Plan, name: str, members: list[tuple[Adapter, float]], base: Base, htp: Htp | None = None
+) -> tuple[float, float]:
     """(max abs diff, min cosine) of an adapter or a use case (``members``: adapters by slot with their
     alphas): each section's effective delta against the raw PEFT factors (:func:`peft_factors`), and
     each graph run through the plan against the same graph fed A/B built from those raw factors."""
@@ -254,7 +262,7 @@ def _sections_check(plan: Plan, name: str, members: list[tuple[Adapter, float]],
         points = base.points_of(graph)
         refs = {ap.module_path: [_reference_for(f, ap.module_path) for f in factors] for ap in points}
         sec = entry.section_for(graph)
-        if plan.doc["backend"] == "ort":
+        if plan.doc["backend"] in ("ort", "qnn-ep"):
             from loramgr.sections.backends.ort import read_section
 
             _, _, params = read_section(plan.verified(sec))
@@ -270,7 +278,7 @@ def _sections_check(plan: Plan, name: str, members: list[tuple[Adapter, float]],
                     np.zeros_like(got),
                 )
                 worst = max(worst, _diff(got, want))
-        s = LoraSession(plan, graph=graph)
+        s = LoraSession(plan, graph=graph, htp=htp)
         if any(ap.dtype in ("int8", "int16") for ap in points):
             continue  # integer LoRA inputs cannot take float reference tensors; the sections were compared above
         feeds = _feeds(s.session, rng)
@@ -314,8 +322,12 @@ def verify(
     input_ids: list[int] | None = None,
     alpha: float | None = None,
     mode: str = "auto",
+    htp: Htp | None = None,
 ) -> Verification:
-    """Compare each adapter of the plan with its reference; returns rows and an overall ``ok``."""
+    """Compare each adapter of the plan with its reference; returns rows and an overall ``ok``.
+    ``htp``: the plan's compiled target runs on Qualcomm's HTP backend. The SoC's own numerics (fp16)
+    are held to a relative error and top-1 agreement (``HTP_FP16_REL``, ``HTP_FP16_TOP1``), the
+    simulator's fp32 mode (``htp.fp32``) to the fp32 tolerance."""
     from loramgr.runtime import Plan
 
     plan = Plan.load(plan_path)
@@ -326,7 +338,12 @@ def verify(
         mode = "peft" if hf and Path(hf, "config.json").is_file() and _peft_available() else "sections"
     if mode == "peft" and not (hf and _peft_available()):
         raise IncompatibleError("verify --mode peft", "needs the [export] extra and the base's HF directory (--hf-dir)")
+    if htp is not None:
+        plan.target(htp.target)  # exit 3 before any work when the plan lacks the target
+    soc = htp is not None and not htp.fp32
     tol = tolerance if tolerance is not None else (FP16_TOL if base.precision == "fp16" else FP32_TOL)
+    if soc and tolerance is None:
+        tol = HTP_FP16_REL
     names = adapters or [*plan.adapters, *plan.use_cases]
     rows = []
     for name in names:
@@ -339,12 +356,17 @@ def verify(
                 export.get("vocab_size") or 2**31
             )
             n = ids.shape[1]
-            got = _prefill_logits(plan, name, ids, alpha)
+            got = _prefill_logits(plan, name, ids, alpha, htp)
             assert hf is not None
             want = _peft_logits(hf, members, ids, base.precision)
             diff = _diff(got[:, :n], want)
             cos = _cos(got[:, :n], want)
+            if soc:
+                rel = diff / max(float(np.abs(want).max()), 1e-30)
+                top1 = float((got[:, :n].argmax(-1) == want.argmax(-1)).mean())
+                rows.append(VerifyRow(entry.ref, mode, diff, cos, tol, rel <= tol and top1 >= HTP_FP16_TOP1, rel, top1))
+                continue
         else:
-            diff, cos = _sections_check(plan, name, members, base)
+            diff, cos = _sections_check(plan, name, members, base, htp)
         rows.append(VerifyRow(entry.ref, mode, diff, cos, tol, bool(diff <= tol)))
     return Verification(str(plan_path), mode, all(r.ok for r in rows), rows)

@@ -21,6 +21,7 @@ from loramgr.cli import (  # noqa: F401
     plan_cmds,
     registry_cmds,
     runtime_cmds,
+    target_cmds,
     usecase_cmds,
     validate_cmds,
 )

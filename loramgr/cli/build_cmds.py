@@ -14,10 +14,17 @@ from loramgr.records import Artifact, OwnerType
 @click.option("--all", "all_", is_flag=True, help="Every validated adapter of the base (the default without REFS).")
 @click.option(
     "--backend",
-    type=click.Choice(["ort", "qairt"]),
+    type=click.Choice(["ort", "qairt", "qnn-ep"]),
     default="ort",
     show_default=True,
-    help="ort: .onnx_adapter sections (runs anywhere); qairt: the QAIRT SDK tools.",
+    help="ort: .onnx_adapter sections (runs anywhere); qairt: the QAIRT SDK tools; qnn-ep: the base "
+    "compiled for HTP targets (ONNX Runtime's QNN EP, the [qnn] extra) with .onnx_adapter sections.",
+)
+@click.option(
+    "--target",
+    "targets",
+    metavar="SOC[,SOC...]",
+    help="qnn-ep: the SoCs to compile for, e.g. sm8750,sc8380xp (`loramgr target list`).",
 )
 @click.option(
     "--share-adapters",
@@ -81,6 +88,7 @@ def build(
     base_ref: str,
     all_: bool,
     backend: str,
+    targets: str | None,
     share_adapters: bool,
     jobs: int,
     out_dir: str | None,
@@ -104,6 +112,8 @@ def build(
 
     if backend != "qairt" and (dlcs or htp_config or lora_version != 2 or quant_updatable):
         raise UsageError("--dlc/--htp-config/--lora-version/--quant-updatable", "only apply to --backend qairt")
+    if targets and backend != "qnn-ep":
+        raise UsageError(f"--target {targets}", "applies to --backend qnn-ep")
     if quant_updatable and lora_version != 3:
         raise UsageError(f"--quant-updatable {quant_updatable}", "applies to --lora-version 3")
     if lora_version == 3 and dlcs:
@@ -118,6 +128,8 @@ def build(
             "quant_updatable": quant_updatable,
         }
         if backend == "qairt"
+        else {"targets": targets}
+        if backend == "qnn-ep"
         else {}
     )
     res = run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from loramgr.cli.common import Ctx, cli, emit_json, json_option, pass_ctx, table
@@ -41,6 +43,21 @@ def _alpha(text: str | None) -> float | dict[str, float] | None:
     return out
 
 
+def _htp(device: str, target: str | None, htp_fp32: bool) -> Any:
+    """The --device/--target/--htp-fp32 triple as the runtime's ``Htp`` (None: the CPU)."""
+    from loramgr.errors import UsageError
+
+    if device != "htp":
+        if target or htp_fp32:
+            raise UsageError("--target/--htp-fp32", "apply to --device htp")
+        return None
+    if not target:
+        raise UsageError("--device htp", "needs --target (a target the plan was built for)")
+    from loramgr.runtime.ort import Htp
+
+    return Htp(target, htp_fp32)
+
+
 @cli.command("run")
 @click.option("--plan", "plan_path", required=True, type=click.Path(readable=False, dir_okay=False), help="plan.json.")
 @click.option("--adapter", default="default", show_default=True, help="Adapter name (or `default`: the base).")
@@ -60,6 +77,19 @@ def _alpha(text: str | None) -> float | dict[str, float] | None:
     "memory; ONNX Runtime's weight pre-packing off: prefill ~1.4x, decode ~1.1x slower); the default adapter then "
     "runs the graph without its LoRA branches, over the same weights.",
 )
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "htp"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: ONNX Runtime's CPU; htp: Qualcomm's HTP backend (the [qnn] extra; on x86 its simulator).",
+)
+@click.option("--target", help="htp: the compiled target of the plan to run (e.g. sm8750).")
+@click.option(
+    "--htp-fp32",
+    is_flag=True,
+    help="htp: the plan's own graphs in the simulator's fp32 mode instead of the target's SoC numerics.",
+)
 @json_option
 def run_cmd(
     plan_path: str,
@@ -69,17 +99,21 @@ def run_cmd(
     input_ids: str,
     steps: int,
     share_weights: bool,
+    device: str,
+    target: str | None,
+    htp_fp32: bool,
     as_json: bool,
 ) -> None:
     """Greedy tokens through the plan on the ONNX Runtime reference runtime (prefill, then decode
-    with the KV cache when the plan has a decode graph)."""
+    with the KV cache when the plan has a decode graph), or with --device htp on a compiled target."""
     from loramgr.runtime.ort import generate
 
     if use_case and adapter != "default":
         raise click.UsageError("give --adapter or --use-case, not both")
     prompt = _ids(input_ids)
     alphas = _alpha(alpha)
-    gen = generate(plan_path, prompt, steps, use_case or adapter, alphas, share_weights=share_weights)
+    htp = _htp(device, target, htp_fp32)
+    gen = generate(plan_path, prompt, steps, use_case or adapter, alphas, share_weights=share_weights, htp=htp)
     res = {
         "adapter": use_case or adapter,
         "use_case": use_case,
@@ -87,7 +121,7 @@ def run_cmd(
         "input_ids": prompt,
         "tokens": gen.tokens,
         "graphs": gen.graphs,
-    }
+    } | ({"device": "htp", "target": target, "htp_fp32": htp_fp32} if htp else {})
     if as_json:
         emit_json(res)
     else:
@@ -114,6 +148,19 @@ def run_cmd(
 )
 @click.option("--tolerance", type=float, help="Max abs diff allowed (default 1e-4 fp32, 2e-2 fp16).")
 @click.option("--input-ids", "input_ids", help="Prompt for the peft mode (default: a fixed sequence).")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "htp"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: ONNX Runtime's CPU; htp: Qualcomm's HTP backend (the [qnn] extra; on x86 its simulator).",
+)
+@click.option("--target", help="htp: the compiled target of the plan to run (e.g. sm8750).")
+@click.option(
+    "--htp-fp32",
+    is_flag=True,
+    help="htp: the plan's own graphs in the simulator's fp32 mode instead of the target's SoC numerics.",
+)
 @json_option
 @pass_ctx
 def verify_cmd(
@@ -124,9 +171,13 @@ def verify_cmd(
     mode: str,
     tolerance: float | None,
     input_ids: str | None,
+    device: str,
+    target: str | None,
+    htp_fp32: bool,
     as_json: bool,
 ) -> None:
-    """Check every adapter of a plan against a reference; exit 5 when one is beyond tolerance."""
+    """Check every adapter of a plan against a reference; exit 5 when one is beyond tolerance. With
+    --device htp, the compiled target runs on Qualcomm's HTP backend (docs/htp.md has the criteria)."""
     from loramgr.errors import IncompatibleError
     from loramgr.verification import verify
 
@@ -138,16 +189,25 @@ def verify_cmd(
         tolerance=tolerance,
         mode=mode,
         input_ids=_ids(input_ids) if input_ids else None,
+        htp=_htp(device, target, htp_fp32),
     )
     if as_json:
         if res.ok:
             emit_json(res)
     else:
+        soc = any(r.rel_error is not None for r in res.adapters)
         table(
-            f"verify {plan_path} ({res.mode})",
-            ["adapter", "max abs diff", "cosine", "tolerance", "ok"],
+            f"verify {plan_path} ({res.mode}{', HTP ' + target if target else ''})",
+            ["adapter", "max abs diff", "cosine", *(["rel error", "top-1"] if soc else []), "tolerance", "ok"],
             [
-                (r.adapter, f"{r.max_abs_diff:.2e}", f"{r.cosine:.6f}", f"{r.tolerance:.0e}", "yes" if r.ok else "NO")
+                (
+                    r.adapter,
+                    f"{r.max_abs_diff:.2e}",
+                    f"{r.cosine:.6f}",
+                    *([f"{r.rel_error:.2e}", f"{r.top1_agreement:.3f}"] if soc else []),
+                    f"{r.tolerance:.0e}",
+                    "yes" if r.ok else "NO",
+                )
                 for r in res.adapters
             ],
         )

@@ -308,6 +308,7 @@ def _export_one(
     import torch
 
     from loramgr.export.generic import GenericForward
+    from loramgr.export.htp_clean import htp_clean
     from loramgr.export.model import Gpt2Forward
     from loramgr.export.onnx_io import add_lora_defaults, strip_dropout
 
@@ -338,6 +339,7 @@ def _export_one(
     slots = {n: tuple(a.shape) for n, a in zip(fwd.input_names, args, strict=True) if n.endswith(".lora_indices")}
     add_lora_defaults(proto, shapes, "lora_alpha" if spec.targets else None, spec.max_adapters, slots)
     strip_dropout(proto)
+    htp_clean(proto)  # the same values, in ops Qualcomm's HTP compiles (export/htp_clean.py)
     if quantized_lora:
         from loramgr.export.onnx_io import quantize_lora_inputs
 

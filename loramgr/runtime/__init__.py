@@ -337,6 +337,35 @@ class Plan:
                 self.verified(self.file(e))
         return self.verified(self.file(g))
 
+    @property
+    def targets(self) -> dict[str, Any]:
+        """HTP targets the base was compiled for (``build --backend qnn-ep``): name -> entry."""
+        t = self.doc.get("targets") or {}
+        return t if isinstance(t, dict) else {}
+
+    def target(self, name: str) -> dict[str, Any]:
+        try:
+            t = self.targets[name]
+        except KeyError:
+            have = ", ".join(self.targets) or "none: build with --backend qnn-ep --target"
+            raise PlanLookupError(f"target {name}", f"is not in the plan (have: {have})") from None
+        if not isinstance(t, dict) or not isinstance(t.get("graphs"), dict):
+            raise PlanFormatError(str(self.root), f"target {name!r} is malformed")
+        return t
+
+    def target_graph_file(self, target: str, graph: str, *, shared: bool) -> Path:
+        """The compiled graph of ``target`` (``shared``: the weight-shared context a device loads;
+        otherwise the graph compiled alone, which the x86 simulator loads), its context files checked."""
+        g = self.target(target)["graphs"].get(graph)
+        if not isinstance(g, dict):
+            raise PlanLookupError(f"graph {graph}", f"was not compiled for target {target}")
+        with malformed(str(self.root)):
+            unshared = not shared and "unshared_path" in g
+            key = "unshared_" if unshared else ""
+            for f in g[f"{key}files"]:
+                self.verified(self.file(f))
+            return self.verified(self.file({k: g[f"{key}{k}"] for k in ("path", "sha256", "size")}))
+
     def adapter(self, name: str) -> AdapterEntry:
         if name in ("default", "default_adapter"):
             return self.default_adapter

@@ -12,6 +12,8 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +26,26 @@ if TYPE_CHECKING:
     from loramgr.runtime.generate import Generation
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Htp:
+    """Run on Qualcomm's HTP backend (ONNX Runtime's QNN EP; on x86 its simulator of the SoC):
+    ``target``'s compiled graphs with that SoC's numerics, or with ``fp32`` the plan's own graphs in
+    the simulator's fp32 mode (no SoC numerics: a check of the graph's logic)."""
+
+    target: str
+    fp32: bool = False
+
+    def session(self, plan: Plan, graph: str) -> tuple[Path, Any]:
+        """(the graph file, session options) for ``graph`` of ``plan``."""
+        from loramgr.runtime import qnn
+
+        soc = int(plan.target(self.target)["soc_model"])
+        if self.fp32:
+            return plan.graph_file(graph), qnn.session_options(None)
+        path = plan.target_graph_file(self.target, graph, shared=qnn.simulator_can_load_shared())
+        return path, qnn.session_options(soc)
 
 
 @contextlib.contextmanager
@@ -48,6 +70,7 @@ class LoraSession:
         session_options: Any = None,
         weights: SharedWeights | None = None,
         fast_default: bool = True,
+        htp: Htp | None = None,
     ) -> None:
         """``weights``: one memory-mapped copy of the base's weights shared with the other sessions
         built with it (:mod:`loramgr.runtime.weights`); None: this session loads its own.
@@ -64,7 +87,11 @@ class LoraSession:
         if session_options is None:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
-        self.graph_file = self.plan.graph_file(self.graph)
+        if htp is not None:
+            weights, fast_default = None, False
+            self.graph_file, session_options = htp.session(self.plan, self.graph)
+        else:
+            self.graph_file = self.plan.graph_file(self.graph)
         self._weights = weights  # the session's initializers point into its mappings: keep them alive
         self._providers = list(providers)
         self._twin_like = session_options  # the twin copies its basic settings
@@ -74,7 +101,9 @@ class LoraSession:
             if weights is not None:
                 session_options = weights.session_options(self.graph, session_options)
             self.session = ort.InferenceSession(
-                str(self.graph_file), sess_options=session_options, providers=list(providers)
+                str(self.graph_file),
+                sess_options=session_options,
+                **({} if htp is not None else {"providers": list(providers)}),
             )
         # inputs with a default initializer (LoRA inputs, alpha) are listed as overridable initializers
         self._inputs = {i.name: i for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
@@ -310,7 +339,12 @@ Alpha = float | dict[str, float] | None  # one value for every slot, or per adap
 
 
 def lm_chains(
-    plan: Plan | str, adapter: str = "default", alpha: Alpha = None, *, share_weights: bool = False
+    plan: Plan | str,
+    adapter: str = "default",
+    alpha: Alpha = None,
+    *,
+    share_weights: bool = False,
+    htp: Htp | None = None,
 ) -> tuple[list[Any], list[Any] | None]:
     """Prefill and decode chains of an exported LM plan (graphs by kind, parts in plan order) as
     :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` (or a use case) on one
@@ -322,10 +356,10 @@ def lm_chains(
 
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     pre, dec = _lm_graphs(plan)
-    weights = SharedWeights(plan) if share_weights else None
+    weights = SharedWeights(plan) if share_weights and htp is None else None
 
     def runner(graph: str) -> Runner:
-        s = LoraSession(plan, graph=graph, weights=weights)
+        s = LoraSession(plan, graph=graph, weights=weights, htp=htp)
         if "input_ids" not in s.input_names and "hidden_states" not in s.input_names:
             raise UsageError(f"graph {graph}", "is not an exported LM graph (no input_ids / hidden_states input)")
         s.apply(adapter)
@@ -347,6 +381,7 @@ def generate(
     alpha: Alpha = None,
     *,
     share_weights: bool = False,
+    htp: Htp | None = None,
 ) -> Generation:
     """``loramgr run``: greedy tokens through the plan. The adapter (or use case), the token ids and the
     length are checked against the plan before any session is created."""
@@ -358,7 +393,9 @@ def generate(
         entry.slot_of(name)  # every named adapter is in the entry (exit 3 otherwise)
     vocab, room = lm_limits(plan)
     check_request(prompt, steps, vocab=vocab, room=room)
-    pre, dec = lm_chains(plan, adapter, alpha, share_weights=share_weights)
+    if htp is not None:
+        plan.target(htp.target)  # exit 3 before any session when the plan lacks the target
+    pre, dec = lm_chains(plan, adapter, alpha, share_weights=share_weights, htp=htp)
     gen = greedy(pre, dec, prompt, steps, vocab=vocab)
     gen.graphs = {"prefill": len(pre), "decode": len(dec or [])}
     return gen

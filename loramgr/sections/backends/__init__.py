@@ -93,6 +93,10 @@ def get_backend(name: str, **opts: Any) -> Backend:
         from loramgr.sections.backends.qairt import QairtBackend
 
         return QairtBackend(**opts)
+    if name == "qnn-ep":
+        from loramgr.sections.backends.qnn_ep import QnnEpBackend
+
+        return QnnEpBackend(**opts)
     from loramgr.errors import UsageError
 
-    raise UsageError(f"--backend {name}", "must be ort or qairt")
+    raise UsageError(f"--backend {name}", "must be ort, qairt or qnn-ep")

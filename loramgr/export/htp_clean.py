@@ -1,0 +1,88 @@
+"""Rewrites that make an exported graph compile on Qualcomm's HTP backend, applied to every graph
+``base export`` writes. Each is exact algebra (or within one rounding) on the same values.
+
+Found by bisecting the demo's tiny Llama on the QNN EP (onnxruntime-qnn 2.7, QNN 2.51), CPU fallback
+off: the finalize failed with ``QNN_COMMON_ERROR_MEM_ALLOC`` (code 1002) at RMSNorm. The exporter
+writes RMSNorm as ``x * Reciprocal(Sqrt(mean(Pow(x, 2)) + eps))``; HTP fuses that multiply-by-rsqrt
+into its own RmsNorm kernel, and that kernel fails to finalize at these shapes. ``x / Sqrt(...)``
+is the same value and is not fused; ``Pow(x, 2)`` becomes ``Mul(x, x)``, which HTP runs natively.
+The same norm pattern is in every family the export takes (Llama, Qwen, Gemma's ``1 + w`` norms,
+Qwen3's per-head q/k norms), so the passes match the pattern, not a family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _producers(g: Any) -> dict[str, Any]:
+    return {o: n for n in g.node for o in n.output}
+
+
+def _const(g: Any, name: str, producers: dict[str, Any]) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    for t in g.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    p = producers.get(name)
+    if p is not None and p.op_type == "Constant" and p.attribute and p.attribute[0].name == "value":
+        return numpy_helper.to_array(p.attribute[0].t)
+    return None
+
+
+def rsqrt_to_div(model: Any) -> int:
+    """``Mul(x, Reciprocal(Sqrt(a)))`` -> ``Div(x, Sqrt(a))`` wherever every user of the reciprocal is
+    a Mul; returns how many reciprocals went."""
+    g = model.graph
+    prod = _producers(g)
+    users: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    done = 0
+    for rec in [n for n in g.node if n.op_type == "Reciprocal"]:
+        sq = prod.get(rec.input[0])
+        mults = users.get(rec.output[0], [])
+        if sq is None or sq.op_type != "Sqrt" or not mults or any(m.op_type != "Mul" for m in mults):
+            continue
+        if any(o.name == rec.output[0] for o in g.output):
+            continue
+        for m in mults:
+            other = m.input[1] if m.input[0] == rec.output[0] else m.input[0]
+            m.op_type = "Div"
+            del m.input[:]
+            m.input.extend([other, sq.output[0]])
+        g.node.remove(rec)
+        done += 1
+    return done
+
+
+def pow2_to_mul(model: Any) -> int:
+    """``Pow(x, 2)`` -> ``Mul(x, x)``; returns how many."""
+    g = model.graph
+    prod = _producers(g)
+    done = 0
+    for n in g.node:
+        if n.op_type == "Pow":
+            e = _const(g, n.input[1], prod)
+            if e is not None and e.size == 1 and float(e.reshape(-1)[0]) == 2.0:
+                x = n.input[0]
+                n.op_type = "Mul"
+                del n.input[:]
+                n.input.extend([x, x])
+                done += 1
+    return done
+
+
+def htp_clean(model: Any) -> dict[str, int]:
+    """Every rewrite, in order; returns how often each applied (unused constants are dropped)."""
+    done = {"rsqrt_to_div": rsqrt_to_div(model), "pow2_to_mul": pow2_to_mul(model)}
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return done

@@ -1,0 +1,192 @@
+"""Qualcomm's HTP backend through ONNX Runtime's QNN plugin EP (the ``[qnn]`` extra, ``onnxruntime-qnn``).
+
+The one module that imports ``onnxruntime_qnn``: it registers the plugin EP once per process, builds
+the session options (HTP backend, a SoC's ``soc_model``, CPU fallback off so a graph either runs wholly
+on HTP or fails), compiles graphs into EPContext models and reports the QNN version the backend was
+built from. On x86 the HTP backend is Qualcomm's simulator of the SoC (its numerics, not its speed);
+the same calls on a Snapdragon machine run on the NPU.
+
+Measured with onnxruntime-qnn 2.7 (QNN 2.51) and onnxruntime 1.32: without a ``soc_model`` the
+simulator computes in fp32; with one it uses that SoC's fp16 float path. A context holding several
+graphs' shared weights (``ep.share_ep_contexts``) does not load on x86 (the process dies in the QNN
+library), so only :func:`simulator_can_load_shared` decides whether to try.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import platform
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
+
+EP_NAME = "QNNExecutionProvider"
+INSTALL_HINT = "pip install 'loramgr[qnn]' (onnxruntime-qnn: x86_64 Linux/Windows and Windows on Snapdragon)"
+
+
+@functools.lru_cache(maxsize=1)
+def _module() -> Any:
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        raise UsageError(
+            "the HTP backend",
+            f"needs onnxruntime-qnn, which is not installed here ({platform.machine()})",
+            hint=INSTALL_HINT,
+        ) from None
+    return onnxruntime_qnn
+
+
+def available() -> bool:
+    """True when the QNN EP can be used in this process."""
+    try:
+        devices()
+    except UsageError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """File descriptor 1 to /dev/null for a while: Qualcomm's HTP library prints a line about its
+    thread-local configuration on stdout when it is first loaded, which would corrupt ``--json``."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@functools.lru_cache(maxsize=1)
+def _htp_library() -> ctypes.CDLL:
+    """``libQnnHtp.so``, loaded once and quietly; the EP's own later load reuses this handle."""
+    with _quiet_stdout():
+        return ctypes.CDLL(_module().get_qnn_htp_path())
+
+
+@functools.lru_cache(maxsize=1)
+def devices() -> list[Any]:
+    """The QNN EP's devices, registering the plugin library once per process."""
+    import onnxruntime as ort
+
+    mod = _module()
+    _htp_library()
+    if not any(d.ep_name == EP_NAME for d in ort.get_ep_devices()):
+        try:
+            ort.register_execution_provider_library(EP_NAME, mod.get_library_path())
+        except Exception as e:  # noqa: BLE001 - ORT raises plain Exception/RuntimeError subclasses
+            raise UsageError("the HTP backend", f"the QNN EP did not register: {e}", hint=INSTALL_HINT) from None
+    found = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
+    if not found:
+        raise UsageError("the HTP backend", "the QNN EP registered no device on this machine", hint=INSTALL_HINT)
+    return found
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32), ("patch", ctypes.c_uint32)]
+
+
+class _ApiVersion(ctypes.Structure):
+    _fields_ = [("core", _Version), ("backend", _Version)]
+
+
+_GetBuildId = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.POINTER(ctypes.c_char_p))
+
+
+class _Interface(ctypes.Structure):
+    """The head of QNN's ``QnnInterface_t`` (QnnInterface.h): enough to reach ``backendGetBuildId``."""
+
+    _fields_ = [
+        ("backendId", ctypes.c_uint32),
+        ("providerName", ctypes.c_char_p),
+        ("apiVersion", _ApiVersion),
+        ("propertyHasCapability", ctypes.c_void_p),
+        ("backendCreate", ctypes.c_void_p),
+        ("backendSetConfig", ctypes.c_void_p),
+        ("backendGetApiVersion", ctypes.c_void_p),
+        ("backendGetBuildId", _GetBuildId),
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def qnn_version() -> str:
+    """The QNN SDK build the HTP backend library comes from (``2.51.0.260929181845``): what a context
+    binary records as ``ep_sdk_version`` and what the same-SDK rule compares."""
+    try:
+        dll = _htp_library()
+        provs = ctypes.POINTER(ctypes.POINTER(_Interface))()
+        n = ctypes.c_uint32()
+        if dll.QnnInterface_getProviders(ctypes.byref(provs), ctypes.byref(n)) != 0 or n.value < 1:
+            raise OSError("QnnInterface_getProviders failed")
+        bid = ctypes.c_char_p()
+        if provs[0].contents.backendGetBuildId(ctypes.byref(bid)) != 0 or not bid.value:
+            raise OSError("backendGetBuildId failed")
+        return bid.value.decode().lstrip("v")
+    except (OSError, AttributeError, ValueError):
+        from onnxruntime_qnn import build_and_package_info
+
+        return str(build_and_package_info.qnn_version)
+
+
+def simulator_can_load_shared() -> bool:
+    """Weight-shared contexts load on Snapdragon devices, not in the x86 simulator."""
+    return platform.machine().lower() not in ("x86_64", "amd64")
+
+
+def session_options(soc_model: int | None, *, config: dict[str, str] | None = None) -> Any:
+    """Session options for the HTP backend: the SoC's numerics (``soc_model``; None: the simulator's
+    fp32 mode), CPU fallback disabled, extra session config entries (``ep.context_*``)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    opts = {"backend_type": "htp"} | ({"soc_model": str(soc_model)} if soc_model is not None else {})
+    so.add_provider_for_devices(devices(), opts)
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(k, v)
+    return so
+
+
+def session(model: str | Path, soc_model: int | None) -> Any:
+    """An ONNX Runtime session wholly on HTP (a graph HTP cannot place fails, naming the reason)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(model), sess_options=session_options(soc_model))
+    except Exception as e:  # noqa: BLE001 - ORT's errors are plain RuntimeError subclasses
+        raise IncompatibleError(str(model), f"does not run wholly on HTP: {_first_line(e)}") from None
+
+
+def compile_model(
+    model: str | Path, out: str | Path, soc_model: int, *, share: bool = False, last: bool = False
+) -> None:
+    """Compile ``model`` into the EPContext model ``out`` (and its ``<stem>_qnn.bin`` beside it, unless
+    shared). ``share``: the context is shared with the graphs compiled before it in this process,
+    until the one marked ``last``."""
+    import onnxruntime as ort
+
+    cfg = {"ep.context_enable": "1", "ep.context_file_path": str(out), "ep.context_embed_mode": "0"}
+    if share:
+        cfg["ep.share_ep_contexts"] = "1"
+        if last:
+            cfg["ep.stop_share_ep_contexts"] = "1"
+    try:
+        ort.InferenceSession(str(model), sess_options=session_options(soc_model, config=cfg))
+    except Exception as e:  # noqa: BLE001
+        raise ExternalToolError("the QNN HTP compiler", f"{model}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:400]

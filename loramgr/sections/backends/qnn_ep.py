@@ -1,0 +1,224 @@
+"""``build --backend qnn-ep --target T[,T...]``: the base compiled for Qualcomm's HTP, per target SoC,
+into EPContext models (ONNX Runtime's QNN EP), and every section as an ``.onnx_adapter`` file that feeds
+the compiled graphs' LoRA inputs.
+
+The sections are the ``ort`` backend's (the compiled graphs keep the base's LoRA inputs by name). The
+contexts are compiled once per base x target x QNN version: they belong to the default adapter's job,
+whose cache key depends on neither the adapters nor the use cases, so registering, changing or removing
+adapters never recompiles them. Per target, ``targets/<T>/``:
+
+- ``shared/<graph>_ctx.onnx`` + one ``.bin``: every graph in one context, their weights stored once
+  (``ep.share_ep_contexts``): what a device loads. Only with two or more graphs.
+- ``unshared/<graph>_ctx.onnx`` + ``<graph>_ctx_qnn.bin``: each graph compiled alone, which the x86
+  simulator can load (it cannot load a weight-shared context).
+
+A base input with a default initializer (LoRA A/B, the slot map, alpha) would be dropped from the
+compiled model's inputs, and the compiled graph would then refuse to load; so each graph is compiled
+with those inputs required, and the compiled model gets the same defaults back as initializers: its
+LoRA inputs stay optional and an ``.onnx_adapter`` (``RunOptions.add_active_adapter``) feeds them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from loramgr.errors import UsageError
+from loramgr.kinds import OwnerType
+from loramgr.records import Base, FileKind
+from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
+from loramgr.sections.backends.ort import OrtBackend
+from loramgr.store import sha256_file
+from loramgr.targets import Target, parse_targets
+
+#: where a target's compiled files go, relative to the build's output directory
+TARGETS_DIR = "targets"
+SHARED, UNSHARED = "shared", "unshared"
+
+
+def context_rel(target: str, variant: str, name: str) -> str:
+    """``targets/<target>/<shared|unshared>/<name>``: the one place the layout is spelled."""
+    return f"{TARGETS_DIR}/{target}/{variant}/{name}"
+
+
+def parse_context_rel(rel: str) -> tuple[str, str] | None:
+    """(target, variant) of a path :func:`context_rel` made, or None."""
+    parts = Path(rel).parts
+    if len(parts) == 4 and parts[0] == TARGETS_DIR and parts[2] in (SHARED, UNSHARED):
+        return parts[1], parts[2]
+    return None
+
+
+class QnnEpBackend(OrtBackend):
+    """Sections as ``.onnx_adapter`` files (the ort backend's) plus the base compiled per target."""
+
+    name = "qnn-ep"
+
+    def __init__(self, targets: str | None = None) -> None:
+        super().__init__()
+        if not targets:
+            raise UsageError("--backend qnn-ep", "needs --target (e.g. sm8750)", hint="`loramgr target list`")
+        from loramgr.runtime import qnn
+
+        self.targets: list[Target] = parse_targets(targets)
+        self.qnn_version = qnn.qnn_version()  # exit 2 naming the pip install when the extra is missing
+        self.sdk_version = self.qnn_version
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        names = ",".join(t.name for t in self.targets)
+        return f"onnxruntime-{ort.__version__}+qnn-{self.qnn_version}+{names}"
+
+    def check(self, base: Base) -> None:
+        """Integer LoRA inputs feed DequantizeLinear on the CPU reference; the HTP path takes float
+        bases (fp32 or fp16) whose graphs it can place wholly, which the compile itself checks."""
+        from loramgr import dtypes
+
+        if any(dtypes.int_bits(ap.dtype) for ap in base.attachment_points):
+            raise UsageError(
+                f"base {base.ref}",
+                "has integer LoRA inputs; --backend qnn-ep compiles float bases (fp32, fp16)",
+                hint="export the base without --quantized-lora for an HTP target",
+            )
+
+    def build(
+        self, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
+    ) -> list[OutFile]:
+        files = super().build(ctx, jobs, work, n_jobs=n_jobs, progress=progress)
+        default = next((j for j in jobs if j.owner.type is OwnerType.DEFAULT), None)
+        if default is not None:  # the contexts are the default job's: compiled when its key is new
+            files += self.compile(ctx, work, default.cache_key)
+        return files
+
+    def compile(self, ctx: BuildContext, work: Path, cache_key: str) -> list[OutFile]:
+        """Every graph of the base for every target, unshared and (two graphs or more) shared."""
+        graphs = ctx.base.graph_names
+        out: list[OutFile] = []
+        staged = {g: _required_inputs_copy(ctx.graph_paths[g]) for g in graphs}
+        try:
+            for t in self.targets:
+                variants = [(UNSHARED, False)] + ([(SHARED, True)] if len(graphs) > 1 else [])
+                for variant, share in variants:
+                    for i, g in enumerate(graphs):
+                        rel = context_rel(t.name, variant, f"{g}_ctx.onnx")
+                        dest = work / rel
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        _compile_checked(staged[g][0], dest, t, g, share=share, last=i == len(graphs) - 1)
+                        _restore_defaults(dest, staged[g][1])
+                        out.append(_out(work, rel, FileKind.EP_CONTEXT_MODEL, [g], cache_key))
+                    for b in sorted(
+                        {_context_bin(work / context_rel(t.name, variant, f"{g}_ctx.onnx")) for g in graphs}
+                    ):
+                        users = [
+                            g for g in graphs if _context_bin(work / context_rel(t.name, variant, f"{g}_ctx.onnx")) == b
+                        ]
+                        out.append(
+                            _out(work, context_rel(t.name, variant, b), FileKind.EP_CONTEXT_BINARY, users, cache_key)
+                        )
+                    self.log.append(f"compiled {', '.join(graphs)} for {t.name} ({variant}, QNN {self.qnn_version})")
+        finally:
+            for path, _ in staged.values():
+                path.unlink(missing_ok=True)
+        return out
+
+
+def _out(work: Path, rel: str, kind: FileKind, graphs: list[str], cache_key: str) -> OutFile:
+    p = work / rel
+    return OutFile(rel, kind, graphs, None, cache_key, sha256_file(p), p.stat().st_size)
+
+
+def _required_inputs_copy(graph: Path) -> tuple[Path, list[Any]]:
+    """A copy of ``graph`` beside it (so its external data resolves) whose inputs with a default
+    initializer have lost that default; returns the copy and the defaults (TensorProtos)."""
+    import onnx
+
+    m = onnx.load(str(graph), load_external_data=False)
+    inputs = {i.name for i in m.graph.input}
+    defaults = [t for t in m.graph.initializer if t.name in inputs]
+    keep = [t for t in m.graph.initializer if t.name not in inputs]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    copy = graph.with_name(f".qnn-{os.getpid()}-{graph.name}")
+    onnx.save(m, str(copy))
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in defaults):
+        from onnx.external_data_helper import load_external_data_for_tensor
+
+        for t in defaults:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                load_external_data_for_tensor(t, str(graph.parent))
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
+    return copy, defaults
+
+
+def _restore_defaults(ctx_model: Path, defaults: list[Any]) -> None:
+    """Give the compiled model's inputs their defaults back (inline: they are small)."""
+    import onnx
+
+    m = onnx.load(str(ctx_model), load_external_data=False)
+    have = {t.name for t in m.graph.initializer}
+    inputs = {i.name for i in m.graph.input}
+    m.graph.initializer.extend(t for t in defaults if t.name not in have and t.name in inputs)
+    onnx.save(m, str(ctx_model))
+
+
+def _context_bin(ctx_model: Path) -> str:
+    """The ``.bin`` an EPContext model loads (its nodes' ``ep_cache_context``), relative to it."""
+    import onnx
+
+    m = onnx.load(str(ctx_model), load_external_data=False)
+    for n in m.graph.node:
+        if n.op_type == "EPContext":
+            for a in n.attribute:
+                if a.name == "ep_cache_context":
+                    return str(a.s.decode())
+    raise UsageError(str(ctx_model), "the QNN compiler wrote no EPContext node")
+
+
+def _compile_checked(model: Path, dest: Path, t: Target, graph: str, *, share: bool, last: bool) -> None:
+    """Compile, and when HTP cannot place the whole graph say which op of which node it could not."""
+    from loramgr.errors import ExternalToolError
+    from loramgr.runtime import qnn
+
+    try:
+        qnn.compile_model(model, dest, t.soc_model, share=share, last=last)
+    except ExternalToolError as e:
+        raise UsageError(
+            f"graph {graph}",
+            f"does not compile wholly for HTP target {t.name}: {_placement(model, t) or e.why}",
+            hint="re-export the base with `loramgr base export` (its graphs are HTP-clean), or change the graph",
+        ) from None
+    import onnx
+
+    m = onnx.load(str(dest), load_external_data=False)
+    if any(n.op_type != "EPContext" for n in m.graph.node):  # never: CPU fallback is off
+        raise UsageError(f"graph {graph}", f"is not wholly on HTP for {t.name}")
+
+
+def _placement(model: Path, t: Target) -> str | None:
+    """The nodes HTP leaves to the CPU: compiled once more with CPU fallback allowed, the EPContext
+    model then keeps them as ordinary nodes."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from loramgr.runtime import qnn
+
+    with tempfile.TemporaryDirectory(prefix="loramgr-htp-") as d:
+        so = qnn.session_options(
+            t.soc_model, config={"ep.context_enable": "1", "ep.context_file_path": f"{d}/m_ctx.onnx"}
+        )
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "0")
+        try:
+            ort.InferenceSession(str(model), sess_options=so)
+            m = onnx.load(f"{d}/m_ctx.onnx", load_external_data=False)
+        except Exception:  # noqa: BLE001 - the placement is a hint; the compile error stands without it
+            return None
+        left = [n for n in m.graph.node if n.op_type != "EPContext"]
+        if not left:
+            return None
+        shown = ", ".join(f"op {n.op_type} (node {n.name or n.output[0]})" for n in left[:3])
+        return f"HTP cannot place {len(left)} node(s): {shown}"
