@@ -6,6 +6,9 @@ off: the finalize failed with ``QNN_COMMON_ERROR_MEM_ALLOC`` (code 1002) at RMSN
 writes RMSNorm as ``x * Reciprocal(Sqrt(mean(Pow(x, 2)) + eps))``; HTP fuses that multiply-by-rsqrt
 into its own RmsNorm kernel, and that kernel fails to finalize at these shapes. ``x / Sqrt(...)``
 is the same value and is not fused; ``Pow(x, 2)`` becomes ``Mul(x, x)``, which HTP runs natively.
+In the simulator's fp32 mode (``--htp-fp32``) a tanh-approximated Gelu fails the same way, so it is
+written as the sigmoid form it equals. The export itself writes the mask bias as a product and the
+alpha-slot pick as a one-hot MatMul for the same reason (an fp32 Where / Gather there).
 The same norm pattern is in every family the export takes (Llama, Qwen, Gemma's ``1 + w`` norms,
 Qwen3's per-head q/k norms), so the passes match the pattern, not a family.
 """
@@ -77,9 +80,67 @@ def pow2_to_mul(model: Any) -> int:
     return done
 
 
+def gelu_tanh_to_sigmoid(model: Any) -> int:
+    """``Gelu(x, approximate="tanh")`` -> ``x * Sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))``: exact, as
+    ``0.5 (1 + tanh z) = sigmoid(2 z)``. HTP fuses both the op and its written-out tanh form into a
+    Gelu kernel that fails to finalize in the simulator's fp32 mode; the sigmoid form is not fused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    done = 0
+    for n in list(g.node):
+        approx = next((a.s for a in n.attribute if a.name == "approximate"), b"none")
+        if n.op_type != "Gelu" or approx != b"tanh":
+            continue
+        p = f"{n.name or n.output[0]}/htp_gelu"
+        dtype = _elem_type(model, n.input[0])
+        np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+        g.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(0.044715, np_dtype), f"{p}/k"),
+                numpy_helper.from_array(np.array(1.0, np_dtype), f"{p}/one"),
+                numpy_helper.from_array(np.array(2 * np.sqrt(2 / np.pi), np_dtype), f"{p}/c"),
+            ]
+        )
+        x = n.input[0]
+        new = [
+            helper.make_node("Mul", [x, x], [f"{p}/x2"], name=f"{p}/x2"),
+            helper.make_node("Mul", [f"{p}/x2", f"{p}/k"], [f"{p}/kx2"], name=f"{p}/kx2"),
+            helper.make_node("Add", [f"{p}/kx2", f"{p}/one"], [f"{p}/s"], name=f"{p}/s"),
+            helper.make_node("Mul", [x, f"{p}/s"], [f"{p}/xs"], name=f"{p}/xs"),
+            helper.make_node("Mul", [f"{p}/xs", f"{p}/c"], [f"{p}/z"], name=f"{p}/z"),
+            helper.make_node("Sigmoid", [f"{p}/z"], [f"{p}/sig"], name=f"{p}/sig"),
+            helper.make_node("Mul", [x, f"{p}/sig"], [n.output[0]], name=f"{p}/out"),
+        ]
+        at = list(g.node).index(n)
+        g.node.remove(n)
+        for j, m in enumerate(new):
+            g.node.insert(at + j, m)
+        done += 1
+    return done
+
+
+def _elem_type(model: Any, name: str) -> int:
+    """The element type of a value (float32 when shape inference cannot tell)."""
+    import onnx
+
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        if vi.name == name:
+            return int(vi.type.tensor_type.elem_type)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in inferred.graph.value_info:
+        if vi.name == name:
+            return int(vi.type.tensor_type.elem_type)
+    return int(onnx.TensorProto.FLOAT)
+
+
 def htp_clean(model: Any) -> dict[str, int]:
     """Every rewrite, in order; returns how often each applied (unused constants are dropped)."""
-    done = {"rsqrt_to_div": rsqrt_to_div(model), "pow2_to_mul": pow2_to_mul(model)}
+    done = {
+        "rsqrt_to_div": rsqrt_to_div(model),
+        "pow2_to_mul": pow2_to_mul(model),
+        "gelu_tanh_to_sigmoid": gelu_tanh_to_sigmoid(model),
+    }
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
     keep = [t for t in g.initializer if t.name in used]

@@ -65,7 +65,11 @@ def lora_branch(
     """``y + alpha * (x @ A) @ B``; with alpha slots ``y + ((x @ A) * alpha[indices]) @ B``."""
     xa = torch.matmul(x, a)
     if idx is not None and alpha is not None:
-        return y + torch.matmul(xa * torch.index_select(alpha, 1, idx[0]), b)
+        # alpha[indices] as alpha @ one_hot(indices): the same values (one product per column), and a
+        # MatMul where a Gather of fp32 values fails to finalize in the HTP simulator's fp32 mode
+        slots = torch.arange(alpha.shape[1], dtype=idx.dtype).reshape(-1, 1)
+        picked = torch.matmul(alpha, (slots == idx[0].reshape(1, -1)).to(alpha.dtype))
+        return y + torch.matmul(xa * picked, b)
     branch = torch.matmul(xa, b)
     return y + (branch if alpha is None else branch * alpha)
 
@@ -84,9 +88,9 @@ def mask_bias(mask: torch.Tensor, position_ids: torch.Tensor, past_len: int, win
         qpos = position_ids.reshape(q, 1)
         kpos = torch.cat([torch.arange(past_len, dtype=qpos.dtype), position_ids.reshape(q)]).reshape(1, -1)
         allowed = allowed & ((qpos - kpos) < window)[None, None]
-    zero = torch.zeros((), dtype=torch.float32)
-    neg = torch.full((), torch.finfo(torch.float32).min, dtype=torch.float32)
-    return torch.where(allowed, zero, neg)
+    # 0 where allowed, the fp32 minimum elsewhere, as a product rather than a Where: the same values, and
+    # an fp32 Where fails to finalize in the HTP simulator's fp32 mode (export/htp_clean.py)
+    return (~allowed).to(torch.float32) * torch.finfo(torch.float32).min
 
 
 class GraphModule(nn.Module):

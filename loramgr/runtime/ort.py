@@ -37,15 +37,17 @@ class Htp:
     target: str
     fp32: bool = False
 
-    def session(self, plan: Plan, graph: str) -> tuple[Path, Any]:
-        """(the graph file, session options) for ``graph`` of ``plan``."""
+    def open(self, plan: Plan, graph: str) -> tuple[Path, Any]:
+        """(the graph file, an ONNX Runtime session on HTP) for ``graph`` of ``plan``."""
         from loramgr.runtime import qnn
 
         soc = int(plan.target(self.target)["soc_model"])
         if self.fp32:
-            return plan.graph_file(graph), qnn.session_options(None)
+            path = plan.graph_file(graph)
+            with qnn.fp32_simulator_graph(path) as model:
+                return path, qnn.session(model, None, name=path)
         path = plan.target_graph_file(self.target, graph, shared=qnn.simulator_can_load_shared())
-        return path, qnn.session_options(soc)
+        return path, qnn.session(path, soc)
 
 
 @contextlib.contextmanager
@@ -89,7 +91,7 @@ class LoraSession:
             session_options.log_severity_level = 3  # LoRA inputs with defaults are expected, not warnings
         if htp is not None:
             weights, fast_default = None, False
-            self.graph_file, session_options = htp.session(self.plan, self.graph)
+            self.graph_file, self.session = htp.open(self.plan, self.graph)
         else:
             self.graph_file = self.plan.graph_file(self.graph)
         self._weights = weights  # the session's initializers point into its mappings: keep them alive
@@ -97,14 +99,13 @@ class LoraSession:
         self._twin_like = session_options  # the twin copies its basic settings
         self._twin: Twin | None = None
         self._twin_tried = not (fast_default and weights is not None)
-        with _ort_errors(self.graph_file, "load this graph"):
-            if weights is not None:
-                session_options = weights.session_options(self.graph, session_options)
-            self.session = ort.InferenceSession(
-                str(self.graph_file),
-                sess_options=session_options,
-                **({} if htp is not None else {"providers": list(providers)}),
-            )
+        if htp is None:
+            with _ort_errors(self.graph_file, "load this graph"):
+                if weights is not None:
+                    session_options = weights.session_options(self.graph, session_options)
+                self.session = ort.InferenceSession(
+                    str(self.graph_file), sess_options=session_options, providers=list(providers)
+                )
         # inputs with a default initializer (LoRA inputs, alpha) are listed as overridable initializers
         self._inputs = {i.name: i for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
         self.input_names = list(self._inputs)

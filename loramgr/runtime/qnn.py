@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
+from loramgr.errors import ExternalToolError, UsageError
 
 EP_NAME = "QNNExecutionProvider"
 INSTALL_HINT = "pip install 'loramgr[qnn]' (onnxruntime-qnn: x86_64 Linux/Windows and Windows on Snapdragon)"
@@ -81,6 +81,9 @@ def devices() -> list[Any]:
 
     mod = _module()
     _htp_library()
+    # a graph HTP cannot place is an exception with the reason; ORT's default logger would also print
+    # it, as a second, multi-line message
+    ort.set_default_logger_severity(4)
     if not any(d.ep_name == EP_NAME for d in ort.get_ep_devices()):
         try:
             ort.register_execution_provider_library(EP_NAME, mod.get_library_path())
@@ -149,7 +152,7 @@ def session_options(soc_model: int | None, *, config: dict[str, str] | None = No
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     opts = {"backend_type": "htp"} | ({"soc_model": str(soc_model)} if soc_model is not None else {})
     so.add_provider_for_devices(devices(), opts)
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
@@ -158,14 +161,16 @@ def session_options(soc_model: int | None, *, config: dict[str, str] | None = No
     return so
 
 
-def session(model: str | Path, soc_model: int | None) -> Any:
-    """An ONNX Runtime session wholly on HTP (a graph HTP cannot place fails, naming the reason)."""
+def session(model: str | Path, soc_model: int | None, *, name: str | Path | None = None) -> Any:
+    """An ONNX Runtime session wholly on HTP; a graph HTP cannot place is refused with exit 2 naming
+    the reason (``name``: the file to name, when ``model`` is a working copy of it)."""
     import onnxruntime as ort
 
     try:
         return ort.InferenceSession(str(model), sess_options=session_options(soc_model))
     except Exception as e:  # noqa: BLE001 - ORT's errors are plain RuntimeError subclasses
-        raise IncompatibleError(str(model), f"does not run wholly on HTP: {_first_line(e)}") from None
+        mode = "in the simulator's fp32 mode" if soc_model is None else f"for soc_model {soc_model}"
+        raise UsageError(str(name or model), f"does not run wholly on HTP {mode}: {_first_line(e)}") from None
 
 
 def compile_model(
@@ -185,6 +190,53 @@ def compile_model(
         ort.InferenceSession(str(model), sess_options=session_options(soc_model, config=cfg))
     except Exception as e:  # noqa: BLE001
         raise ExternalToolError("the QNN HTP compiler", f"{model}: {_first_line(e)}") from None
+
+
+@contextlib.contextmanager
+def fp32_simulator_graph(graph: Path) -> Iterator[Path]:
+    """``graph`` for the simulator's fp32 mode, which cannot finalize a Gather of fp32 values (the
+    token embedding): a copy beside it (its external data resolves) where each such Gather is the
+    same lookup as a one-hot MatMul, removed again once the caller has loaded it. V x D multiply-adds
+    per token: a check of the graph's logic in simulation, never what a device runs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(graph), load_external_data=False)
+    g = m.graph
+    tables = {t.name: t for t in g.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2}
+    changed = 0
+    for n in list(g.node):
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        if n.op_type != "Gather" or axis != 0 or n.input[0] not in tables:
+            continue
+        p = f"{n.name or n.output[0]}/onehot"
+        rows = int(tables[n.input[0]].dims[0])
+        g.initializer.extend(
+            [numpy_helper.from_array(np.arange(rows, dtype=np.int32), f"{p}/rows"),
+             numpy_helper.from_array(np.array([-1], np.int64), f"{p}/last")]
+        )  # fmt: skip
+        new = [
+            helper.make_node("Cast", [n.input[1]], [f"{p}/ids"], to=TensorProto.INT32, name=f"{p}/ids"),
+            helper.make_node("Unsqueeze", [f"{p}/ids", f"{p}/last"], [f"{p}/col"], name=f"{p}/col"),
+            helper.make_node("Equal", [f"{p}/col", f"{p}/rows"], [f"{p}/eq"], name=f"{p}/eq"),
+            helper.make_node("Cast", [f"{p}/eq"], [f"{p}/hot"], to=TensorProto.FLOAT, name=f"{p}/hot"),
+            helper.make_node("MatMul", [f"{p}/hot", n.input[0]], [n.output[0]], name=f"{p}/mm"),
+        ]
+        at = list(g.node).index(n)
+        g.node.remove(n)
+        for j, node in enumerate(new):
+            g.node.insert(at + j, node)
+        changed += 1
+    if not changed:
+        yield graph
+        return
+    copy = graph.with_name(f".htp-fp32-{os.getpid()}-{graph.name}")
+    onnx.save(m, str(copy))
+    try:
+        yield copy
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def _first_line(e: BaseException) -> str:
