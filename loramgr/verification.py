@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 FP32_TOL, FP16_TOL = 1e-4, 2e-2
 #: A SoC's float path on HTP computes in fp16 (the QNN EP with a soc_model): logits vs PEFT fp32 are held
 #: to a relative error (max |diff| over max |logit|) and top-1 agreement; docs/htp.md says why these values.
-HTP_FP16_REL, HTP_FP16_TOP1 = 3e-2, 0.9
+HTP_FP16_REL, HTP_FP16_TOP1 = 3e-2, 0.8
 
 
 def _diff(got: np.ndarray, want: np.ndarray) -> float:

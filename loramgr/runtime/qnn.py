@@ -53,18 +53,25 @@ def available() -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """File descriptor 1 to /dev/null for a while: Qualcomm's HTP library prints a line about its
-    thread-local configuration on stdout when it is first loaded, which would corrupt ``--json``."""
-    sys.stdout.flush()
-    saved = os.dup(1)
+def redirect_fd(fd: int, to: int) -> Iterator[None]:
+    """File descriptor ``fd`` (1 or 2) sent to ``to`` for a while: native libraries write there
+    directly, past Python's ``sys.stdout`` / ``sys.stderr``."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    saved = os.dup(fd)
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
-            yield
+        os.dup2(to, fd)
+        yield
     finally:
-        os.dup2(saved, 1)
+        os.dup2(saved, fd)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Qualcomm's HTP library prints a line about its thread-local configuration on stdout when it is
+    first loaded, which would corrupt ``--json``: stdout goes to /dev/null meanwhile."""
+    with open(os.devnull, "wb") as null, redirect_fd(1, null.fileno()):
+        yield
 
 
 @functools.lru_cache(maxsize=1)
@@ -146,16 +153,32 @@ def simulator_can_load_shared() -> bool:
     return platform.machine().lower() not in ("x86_64", "amd64")
 
 
-def session_options(soc_model: int | None, *, config: dict[str, str] | None = None) -> Any:
+#: whether this process has created an HTP device with a SoC's numerics (see :func:`session_options`)
+_SOC_USED: list[int] = []
+
+
+def session_options(soc_model: int | None, *, config: dict[str, str] | None = None, cpu_fallback: bool = False) -> Any:
     """Session options for the HTP backend: the SoC's numerics (``soc_model``; None: the simulator's
-    fp32 mode), CPU fallback disabled, extra session config entries (``ep.context_*``)."""
+    fp32 mode), CPU fallback disabled, extra session config entries (``ep.context_*``).
+
+    Measured: once a process has used a ``soc_model``, a later session without one still gets fp16
+    numerics (the backend keeps its device), so the fp32 mode is refused in such a process rather
+    than giving fp16 results under an fp32 name."""
     import onnxruntime as ort
 
+    if soc_model is None and _SOC_USED:
+        raise UsageError(
+            "the HTP simulator's fp32 mode",
+            f"this process already used soc_model {_SOC_USED[0]}, whose fp16 numerics the backend keeps",
+            hint="run the fp32 check (--htp-fp32) in a process of its own",
+        )
+    if soc_model is not None and not _SOC_USED:
+        _SOC_USED.append(soc_model)
     so = ort.SessionOptions()
     so.log_severity_level = 4
     opts = {"backend_type": "htp"} | ({"soc_model": str(soc_model)} if soc_model is not None else {})
     so.add_provider_for_devices(devices(), opts)
-    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "0" if cpu_fallback else "1")
     for k, v in (config or {}).items():
         so.add_session_config_entry(k, v)
     return so

@@ -20,6 +20,7 @@ LoRA inputs stay optional and an ``.onnx_adapter`` (``RunOptions.add_active_adap
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJo
 from loramgr.sections.backends.ort import OrtBackend
 from loramgr.store import sha256_file
 from loramgr.targets import Target, parse_targets
+
+log = logging.getLogger("loramgr")
 
 #: where a target's compiled files go, relative to the build's output directory
 TARGETS_DIR = "targets"
@@ -198,27 +201,40 @@ def _compile_checked(model: Path, dest: Path, t: Target, graph: str, *, share: b
 
 
 def _placement(model: Path, t: Target) -> str | None:
-    """The nodes HTP leaves to the CPU: compiled once more with CPU fallback allowed, the EPContext
-    model then keeps them as ordinary nodes."""
+    """The nodes the QNN EP refuses, with its reason: a session with CPU fallback allowed and verbose
+    logging, whose "Validation FAILED" lines name op type, node and why (ONNX Runtime has no API for a
+    graph's partition, so its log is read)."""
+    import re
     import tempfile
 
-    import onnx
     import onnxruntime as ort
 
     from loramgr.runtime import qnn
 
-    with tempfile.TemporaryDirectory(prefix="loramgr-htp-") as d:
-        so = qnn.session_options(
-            t.soc_model, config={"ep.context_enable": "1", "ep.context_file_path": f"{d}/m_ctx.onnx"}
-        )
-        so.add_session_config_entry("session.disable_cpu_ep_fallback", "0")
+    with tempfile.TemporaryFile() as err:
+        so = qnn.session_options(t.soc_model, cpu_fallback=True)
+        so.log_severity_level, so.log_verbosity_level = 0, 1
+        ort.set_default_logger_severity(0)
         try:
-            ort.InferenceSession(str(model), sess_options=so)
-            m = onnx.load(f"{d}/m_ctx.onnx", load_external_data=False)
-        except Exception:  # noqa: BLE001 - the placement is a hint; the compile error stands without it
-            return None
-        left = [n for n in m.graph.node if n.op_type != "EPContext"]
-        if not left:
-            return None
-        shown = ", ".join(f"op {n.op_type} (node {n.name or n.output[0]})" for n in left[:3])
-        return f"HTP cannot place {len(left)} node(s): {shown}"
+            with qnn.redirect_fd(2, err.fileno()):
+                ort.InferenceSession(str(model), sess_options=so)
+        except Exception as e:  # noqa: BLE001 - the placement is a hint; the compile error stands without it
+            log.debug("no placement report for %s: %s", model, e)
+        finally:
+            ort.set_default_logger_severity(4)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    # the EP validates a graph more than once: each node once
+    found = list(dict.fromkeys(re.findall(r"Operator type: (\S+) Node name: (\S*) .*?\n\s*REASON : ([^\n]*)", text)))
+    if not found:
+        return None
+    kinds: dict[tuple[str, str], list[str]] = {}
+    for op, name, why in found:
+        kinds.setdefault((op, why.strip()[:160]), []).append(name or "(unnamed)")
+    shown = "; ".join(
+        f"op {op} (node {names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''}): {why}"
+        for (op, why), names in list(kinds.items())[:3]
+    )
+    if any("Cannot get shape" in why for _, why in kinds):
+        shown += " [HTP needs static shapes: export the graph with fixed input shapes]"
+    return f"HTP cannot place {len(found)} node(s): {shown}"
