@@ -136,6 +136,24 @@ def test_incremental_rebuild_one_of_ten(tmp_path):
     assert len(forced["rebuilt"]) == 11
 
 
+def test_build_takes_new_adapters_that_fit_and_leaves_out_the_rest(tmp_path):
+    """Without names, a build covers the base's validated adapters and the ones registered since that
+    fit it (register, then build); one that does not fit is left out with a warning, never built."""
+    mps = synth.module_paths()
+    synth.write_base(tmp_path / "b.onnx", mps)
+    assert invoke("base", "register", tmp_path / "b.onnx", "--name", "tiny").exit_code == 0
+    for name, r in (("fits", 4), ("wide", 32)):  # rank 32 > the base's max rank 16
+        d = synth.write_adapter(tmp_path / name, synth.adapter_tensors(mps, r), synth.peft_config(r, 8, ["q_proj"]))
+        assert invoke("register", d, "--name", name).exit_code == 0
+    res = invoke("build", "--base", "tiny", "-o", tmp_path / "out", "--json")
+    assert res.exit_code == 0 and sorted(res.json["rebuilt"]) == ["default", "fits@1"], res.stderr
+    assert "wide@1 is not built" in res.stderr
+    assert invoke("show", "fits", "--json").json["status"] == "built"
+    assert invoke("show", "wide", "--json").json["status"] == "registered"
+    # named, an adapter that does not fit is still an error
+    assert invoke("build", "--base", "tiny", "wide", "-o", tmp_path / "out").exit_code == 5
+
+
 def test_build_refuses_incompatible_group(ctx2):
     tmp, _, _ = ctx2
     t = synth.adapter_tensors(synth.module_paths(), 32, seed=3)

@@ -184,6 +184,7 @@ def test_a_new_adapter_never_recompiles_the_context(b):
     assert r.json["ok"]
 
 
+@pytest.mark.parametrize("built", ["llama"], indirect=True)  # the refusals are the same for every family
 def test_refusals_name_the_cause(b, tmp_path, monkeypatch):
     """A graph HTP cannot place is refused at build with exit 2 naming op, node and reason (an Erf in an
     exported graph; a graph with dynamic shapes), nothing compiled left; an unknown SoC, a missing
@@ -195,8 +196,6 @@ def test_refusals_name_the_cause(b, tmp_path, monkeypatch):
     from loramgr.testing import synth
 
     family, built_tmp, _ = b
-    if family != "llama":
-        pytest.skip("the refusals are the same for every family")
     monkeypatch.setenv("LORAMGR_HOME", str(tmp_path / "home"))
     m = onnx.load(str(built_tmp / "onnx" / "decode.onnx"))  # the weights inline: a small single file
     logits = next(o for o in m.graph.output if o.name == "logits")

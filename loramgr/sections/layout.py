@@ -56,13 +56,21 @@ def section_groups(base: Base, share: bool) -> dict[str, list[str]]:
     return {"+".join(gs): gs for gs in by_set.values()}
 
 
-def select_adapters(reg: Registry, base: Base, refs: list[str], all_: bool) -> list[str]:
+def select_adapters(reg: Registry, base: Base, refs: list[str], all_: bool, *, unvalidated: bool = False) -> list[str]:
     """The adapters a build (or calibration) covers: the named ones, or with ``all_`` / none named
-    every validated, non-retired adapter of the base."""
+    every validated, non-retired adapter of the base. ``unvalidated``: also the adapters never
+    validated yet (status ``registered``) unless registered for another base (``--base``); the caller
+    checks them and leaves out those that do not fit (so ``register`` then ``build`` works)."""
     if refs and not all_:
         return list(dict.fromkeys(refs))
     validated = reg.validated_adapter_ids(base.id)
-    chosen = [a.ref for a in reg.adapters() if a.id in validated and a.status != "retired"]
+    listing = reg.adapters()
+    chosen = [a.ref for a in listing if a.id in validated and a.status != "retired"]
+    if unvalidated:
+        others = {n for b in reg.bases() if b.id != base.id for n in (b.name, b.ref)} - {base.name}
+        chosen += [
+            a.ref for a in listing if a.status == "registered" and a.id not in validated and a.base_hint not in others
+        ]
     if all_:
         chosen = list(dict.fromkeys(list(refs) + chosen))
     if not chosen:

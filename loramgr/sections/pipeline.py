@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr import dtypes
-from loramgr.errors import ConflictError, IncompatibleError, LoramgrError
+from loramgr.errors import ConflictError, IncompatibleError, LoramgrError, NotFoundError
 from loramgr.gcpause import gc_paused
 from loramgr.records import (
     DEFAULT_OWNER,
@@ -166,13 +166,29 @@ def build(
     from loramgr.weightlist import write_weight_lists
 
     base = reg.base(base_ref)
-    chosen = select_adapters(reg, base, list(refs or []), all_)
+    auto = not refs or all_  # no adapter named: the base's validated adapters, and new ones that fit
+    chosen = select_adapters(reg, base, list(refs or []), all_, unvalidated=auto)
     records = reg.adapter_many(chosen)  # fetched once; validation and jobs share them
     for rec in records.values():
         if rec.status == "retired":
             raise ConflictError(f"adapter {rec.ref}", "is retired and is not built any more")
     # a build checks the group in memory; `loramgr validate` is what records validations
     report = validate(reg, chosen, base.ref, record=False, records=records, base=base)
+    if not report.compatible and auto:
+        validated = reg.validated_adapter_ids(base.id)
+        fresh = {r for r in chosen if records[r].id not in validated and r not in (refs or [])}
+        for drop in ({a.adapter for a in report.adapters if not a.compatible} & fresh, fresh):
+            if not drop or report.compatible:
+                continue
+            for r in sorted(drop):
+                logging.getLogger("loramgr").warning(
+                    "adapter %s is not built for %s: it does not fit (see `loramgr validate`)", r, base.ref
+                )
+            chosen = [r for r in chosen if r not in drop]
+            records = {r: records[r] for r in chosen}
+            report = validate(reg, chosen, base.ref, record=False, records=records, base=base)
+            if report.compatible:
+                break
     if not report.compatible:
         raise IncompatibleError(
             ", ".join(report.incompatible) or base.ref,
@@ -180,6 +196,8 @@ def build(
             + "; ".join(f"{p.code} ({p.subject})" for a in report.adapters for p in a.problems)[:500],
             details=report.to_json(),
         )
+    if not chosen:
+        raise NotFoundError(f"base {base.ref}", "has no adapter that fits", hint="`loramgr validate` says why")
     be = get_backend(backend, **backend_opts)
     be.check(base)  # e.g. the SDK version must equal the base's, before any build row exists
     out = Path(out_dir or reg.settings.home / "builds" / base.ref).absolute()
