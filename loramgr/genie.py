@@ -24,14 +24,17 @@ GROUP_KEYS = {"version", "name", "members", "quant-bin-sections"}
 
 
 def check_block(block: dict[str, Any]) -> None:
-    """Refuse what Genie would refuse: unknown or missing keys, empty section lists, groups naming
-    adapters the block does not have."""
+    """Refuse what Genie would refuse, and what its parser lets through but a runtime cannot resolve:
+    unknown or missing keys, empty section lists, two adapters of one name, groups naming adapters
+    the block does not have."""
     if not LORA_KEYS <= set(block) <= LORA_KEYS | OPTIONAL_LORA_KEYS or block["lora-version"] not in (2, 3):
         raise ValueError(f"lora block keys {sorted(block)}: expected {sorted(LORA_KEYS)} (+ groups)")
     for a in block["adapters"]:
         if set(a) != ADAPTER_KEYS or not a["bin-sections"] or not all(isinstance(p, str) for p in a["bin-sections"]):
             raise ValueError(f"adapter entry {a.get('name')!r} is not a valid Genie adapter")
     names = {a["name"] for a in block["adapters"]}
+    if len(names) != len(block["adapters"]):
+        raise ValueError("two adapter entries share a name (Genie's parser accepts it; applyLora could not choose)")
     for g in block.get("groups", []):
         if set(g) != GROUP_KEYS or not set(g["members"]) <= names:
             raise ValueError(f"group entry {g.get('name')!r} is not a valid Genie group")
@@ -134,11 +137,73 @@ def write_qnn_ep_configs(plan_path: str | Path, out_dir: str | Path) -> list[Pat
     return written
 
 
+def dialog_config(block: dict[str, Any], ctx_bins: list[str]) -> dict[str, Any]:
+    """A whole Genie dialog config (basic dialog, HTP engine, the model's context binaries) with the
+    ``lora`` block where Genie reads it, ``engine.model.binary.lora``: what a device app starts from,
+    and what Genie's own parser is given to check a block loramgr wrote."""
+    return {
+        "dialog": {
+            "version": 1,
+            "type": "basic",
+            "context": {"version": 1, "size": 4096, "n-vocab": 32000, "bos-token": 1, "eos-token": 2},
+            "tokenizer": {"version": 1, "path": "tokenizer.json"},
+            "engine": {
+                "version": 1,
+                "n-threads": 3,
+                "backend": {
+                    "version": 1,
+                    "type": "QnnHtp",
+                    "QnnHtp": {
+                        "version": 1,
+                        "spill-fill-bufsize": 0,
+                        "mmap-budget": 0,
+                        "use-mmap": False,
+                        "cpu-mask": "0xe0",
+                        "poll": True,
+                    },
+                },
+                "model": {
+                    "version": 1,
+                    "type": "binary",
+                    "binary": {"version": 1, "ctx-bins": list(ctx_bins) or ["model.bin"], "lora": block},
+                },
+            },
+        }
+    }
+
+
+def check_with_genie(block: dict[str, Any], ctx_bins: list[str]) -> bool:
+    """Genie's own parser (the ``[qnn]`` extra's ``libGenie.so``) on the block inside a dialog config.
+    A block loramgr wrote that Genie refuses is a bug in loramgr (exit 1). False: no parser here."""
+    from loramgr.errors import InternalError, UsageError
+    from loramgr.runtime import qnn
+
+    try:
+        qnn.devices()
+    except UsageError:
+        return False
+    status, said = qnn.genie_parse(json.dumps(dialog_config(block, ctx_bins)))
+    if status != 0:
+        raise InternalError("genie config", f"Genie {qnn.genie_version()} refuses the lora block ({status}): {said}")
+    return True
+
+
+def target_ctx_bins(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> list[str]:
+    """The context binaries of the plan's first HTP target, relative to ``out_dir``."""
+    for t in (plan.get("targets") or {}).values():
+        files = {f["path"] for g in t["graphs"].values() for f in g["files"]}
+        return [Path(os.path.relpath(plan_dir / f, out_dir)).as_posix() for f in sorted(files)]
+    return []
+
+
 def write_genie_config(plan_path: str | Path, out: str | Path) -> Path:
-    """Write ``{"lora": <block>}`` for a written plan to ``out`` (atomically); returns its absolute path."""
+    """Write ``{"lora": <block>}`` for a written plan to ``out`` (atomically), after Genie's own parser
+    accepted it inside a dialog config when the ``[qnn]`` extra is installed; returns its path."""
     from loramgr.store import atomic_write
 
     plan_path, g = Path(plan_path), Path(out).absolute()
     doc = json.loads(plan_path.read_text())
-    atomic_write(g, (json.dumps({"lora": lora_block(doc, plan_path.parent, g.parent)}, indent=2) + "\n").encode())
+    block = lora_block(doc, plan_path.parent, g.parent)
+    check_with_genie(block, target_ctx_bins(doc, plan_path.parent, g.parent))
+    atomic_write(g, (json.dumps({"lora": block}, indent=2) + "\n").encode())
     return g

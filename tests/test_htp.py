@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,3 +268,35 @@ def test_target_list_and_every_target_is_known_to_qnn(tmp_path):
         assert f"soc_type={t.name.upper()};arch={arch}".encode() in binary, t
     with pytest.raises(ExternalToolError):  # the QNN backend's own refusal of an unknown SoC
         qnn.compile_model(tmp_path / "add.onnx", tmp_path / "bad_ctx.onnx", 9999)
+
+
+def test_genie_parser_checks_the_lora_blocks_loramgr_writes():
+    """Genie's own parser (the wheel's libGenie.so): the block `plan --genie-config` writes (the golden
+    v2 block, and the same as lora-version 3 with a group) is accepted inside a dialog config with
+    context binaries; what Genie refuses it refuses with -8 and says why, and a refused block that
+    loramgr wrote would be a bug (exit 1). `plan --genie-config` runs this check itself (test_qairt,
+    test_groups write v2, v3 and grouped configs through it)."""
+    import copy
+
+    from loramgr.errors import InternalError
+    from loramgr.genie import check_block, check_with_genie, dialog_config
+    from loramgr.runtime import qnn
+
+    assert qnn.genie_version().startswith("1.")
+    block = json.loads((Path(__file__).parent / "golden" / "genie_lora.json").read_text())["lora"]
+    check_block(block)
+    assert check_with_genie(block, ["ctx_0.bin"]) is True
+    v3 = copy.deepcopy(block) | {"lora-version": 3}
+    names = [a["name"] for a in v3["adapters"]]
+    v3["groups"] = [{"version": 1, "name": "g", "members": names, "quant-bin-sections": ["g.bin"]}]
+    check_block(v3)
+    assert check_with_genie(v3, ["ctx_0.bin", "ctx_1.bin"]) is True
+    for bad in (
+        block | {"colour": "red"},
+        block | {"lora-version": 7},
+        block | {"adapters": [{k: v for k, v in block["adapters"][0].items() if k != "name"}]},
+    ):
+        status, said = qnn.genie_parse(json.dumps(dialog_config(bad, ["ctx_0.bin"])))
+        assert status == -8 and said, (bad, status)
+        with pytest.raises(InternalError):
+            check_with_genie(bad, ["ctx_0.bin"])

@@ -262,6 +262,44 @@ def fp32_simulator_graph(graph: Path) -> Iterator[Path]:
         copy.unlink(missing_ok=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _genie() -> ctypes.CDLL:
+    """``libGenie.so`` from the wheel (its RPATH finds its own dependencies)."""
+    lib = ctypes.CDLL(str(Path(_module().__file__).parent / "libGenie.so"))
+    lib.GenieDialogConfig_createFromJson.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    lib.GenieDialogConfig_createFromJson.restype = ctypes.c_int32
+    lib.GenieDialogConfig_free.argtypes = [ctypes.c_void_p]
+    lib.GenieDialogConfig_free.restype = ctypes.c_int32
+    for part in ("Major", "Minor", "Patch"):
+        getattr(lib, f"Genie_getApi{part}Version").restype = ctypes.c_uint32
+    return lib
+
+
+def genie_version() -> str:
+    """The Genie API version of the wheel's ``libGenie.so`` (``1.21.0``)."""
+    lib = _genie()
+    return ".".join(str(getattr(lib, f"Genie_getApi{p}Version")()) for p in ("Major", "Minor", "Patch"))
+
+
+def genie_parse(config_json: str) -> tuple[int, str]:
+    """Genie's own parser on a dialog config (``GenieDialogConfig_createFromJson``): its status (0:
+    accepted; -7 malformed JSON; -8 refused by its schema) and what it printed about a refusal (Genie
+    writes the reason to stderr, not to a logger). It checks the structure, not that files exist."""
+    import tempfile
+
+    lib = _genie()
+    handle = ctypes.c_void_p()
+    with tempfile.TemporaryFile() as err:
+        with redirect_fd(2, err.fileno()):
+            status = int(lib.GenieDialogConfig_createFromJson(config_json.encode(), ctypes.byref(handle)))
+            ctypes.CDLL(None).fflush(None)
+        err.seek(0)
+        said = " ".join(err.read().decode(errors="replace").split())
+    if status == 0 and handle.value:
+        lib.GenieDialogConfig_free(handle)
+    return status, said[:400]
+
+
 def _first_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text[:400]
