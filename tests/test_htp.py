@@ -300,3 +300,39 @@ def test_genie_parser_checks_the_lora_blocks_loramgr_writes():
         assert status == -8 and said, (bad, status)
         with pytest.raises(InternalError):
             check_with_genie(bad, ["ctx_0.bin"])
+
+
+@pytest.mark.parametrize("built", ["qwen3"], indirect=True)
+def test_the_c_library_reads_the_targets_as_python_does(b, tmp_path):
+    """The C library's lmp_targets / lmp_target_graph (through its loramgr-plan tool, under valgrind)
+    give every target's compiled graphs and context files as the Python runtime resolves them."""
+    from loramgr.runtime import Plan, PlanFormatError
+    from tests.test_c_runtime import _build
+
+    family, tmp, _ = b
+    tool = _build(tmp_path / "c") / "loramgr-plan"
+    plan_path = tmp / "out" / "plan.json"
+    p = subprocess.run(
+        ["valgrind", "-q", "--leak-check=full", "--error-exitcode=9", str(tool), "targets", str(plan_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)["targets"]
+    py = Plan.load(plan_path)
+    assert [t["name"] for t in got] == list(py.targets) == [TARGET]
+    t = got[0]
+    assert (t["soc_model"], t["htp_arch"], t["qnn_version"]) == (69, 79, py.target(TARGET)["qnn_version"])
+    for g, c in t["graphs"].items():
+        assert c["path"] == str(py.target_graph_file(TARGET, g, shared=True))
+        assert c["unshared_path"] == str(py.target_graph_file(TARGET, g, shared=False))
+        want = py.target(TARGET)["graphs"][g]
+        assert c["files"] == [str(py.root / f["path"]) for f in want["files"]]
+        assert c["unshared_files"] == [str(py.root / f["path"]) for f in want["unshared_files"]]
+    # a target path leaving the plan's directory is refused by both readers
+    doc = json.loads(plan_path.read_text())
+    doc["targets"][TARGET]["graphs"]["decode"]["files"][0]["path"] = "../../../etc/passwd"
+    bad = plan_path.with_name("bad-target.json")
+    bad.write_text(json.dumps(doc))
+    assert subprocess.run([str(tool), "targets", str(bad)], capture_output=True).returncode == 4
+    with pytest.raises(PlanFormatError, match="escapes"):
+        Plan.load(bad)

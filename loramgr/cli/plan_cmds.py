@@ -120,7 +120,15 @@ def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json
         res: dict[str, object] = {
             "adapter": e.ref,
             "sections": [
-                {"name": s.name, "graphs": list(s.graphs), "path": str(s.path), "size": s.size} for s in e.sections()
+                {
+                    "name": s.name,
+                    "kind": s.kind.value if s.kind else None,
+                    "owner": {"type": s.owner.type.value, "name": s.owner.name} if s.owner else None,
+                    "graphs": list(s.graphs),
+                    "path": str(s.path),
+                    "size": s.size,
+                }
+                for s in e.sections()
             ],
             "io_encodings": e.io_encodings(),
             "steps": e.steps(),
@@ -128,7 +136,16 @@ def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json
         if use_case:
             res |= {"use_case": name, "slots": e.adapters, "alphas": e.alphas, "group": p.use_case(name).group}
     else:
-        res = {"adapters": list(p.adapters), "use_cases": list(p.use_cases), "graphs": list(p.graphs), "rules": p.rules}
+        res = {
+            "adapters": list(p.adapters),
+            "use_cases": list(p.use_cases),
+            "graphs": list(p.graphs),
+            "rules": p.rules,
+            "targets": {
+                n: {k: t[k] for k in ("soc_model", "htp_arch", "qnn_version", "precision")}
+                for n, t in p.targets.items()
+            },
+        }
     if as_json:
         emit_json(res)
     elif name:
@@ -140,8 +157,11 @@ def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json
             )
         table(
             f"sections of {e.ref}",
-            ["section", "graphs", "size", "path"],
-            [(s.name, "+".join(s.graphs), human_size(s.size), str(s.path)) for s in e.sections()],
+            ["section", "kind", "graphs", "size", "path"],
+            [
+                (s.name, s.kind.value if s.kind else "", "+".join(s.graphs), human_size(s.size), str(s.path))
+                for s in e.sections()
+            ],
         )
         table(
             "steps",
@@ -153,4 +173,13 @@ def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json
             f"adapters: {', '.join(p.adapters)}\n"
             f"use cases: {', '.join(p.use_cases) or 'none'}\ngraphs: {', '.join(p.graphs)}"
         )
+        if p.targets:
+            table(
+                "HTP targets",
+                ["target", "soc_model", "htp_arch", "QNN", "graphs (device: shared context)"],
+                [
+                    (n, t["soc_model"], f"v{t['htp_arch']}", t["qnn_version"], ", ".join(sorted(t["graphs"])))
+                    for n, t in p.targets.items()
+                ],
+            )
         table("rules", ["rule", "value"], sorted(p.rules.items()))

@@ -226,6 +226,7 @@ class Plan:
             self.file(g)
             for e in g.get("external_data", []):
                 self.file(e)
+        self._target_files()  # so are the compiled targets' (the C reader refuses them at open too)
         entries = [AdapterEntry(self, a) for a in doc["adapters"]]
         counts = collections.Counter(e.name for e in entries)  # a bare name works when it is unique
         self._by_key: dict[str, AdapterEntry] = {}
@@ -406,12 +407,13 @@ class Plan:
         return list(self.doc["reset_steps"][method])
 
     def files(self) -> list[FileRef]:
-        """Every file the plan references (graphs, external data, sections)."""
+        """Every file the plan references (graphs, external data, sections, compiled targets)."""
         out: list[FileRef] = []
         with malformed(str(self.root)):
             for g in self.base["graphs"]:
                 out.append(self.file(g))
                 out += [self.file(e) for e in g.get("external_data", [])]
+        out += self._target_files()
         for key in self.adapters:
             out += self.adapter(key).sections()
         for uc in self._use_cases.values():
@@ -423,6 +425,19 @@ class Plan:
         for f in out:
             seen.setdefault(f.path, f)
         return list(seen.values())
+
+    def _target_files(self) -> list[FileRef]:
+        """The compiled targets' models and context files, every path resolved (and so checked)."""
+        out: list[FileRef] = []
+        with malformed(str(self.root)):
+            for name in self.targets:
+                for g in self.target(name)["graphs"].values():
+                    out.append(self.file(g))
+                    out += [self.file(f) for f in g["files"]]
+                    if "unshared_path" in g:
+                        out.append(self.file({k: g[f"unshared_{k}"] for k in ("path", "sha256", "size")}))
+                        out += [self.file(f) for f in g["unshared_files"]]
+        return out
 
     def verify(self) -> list[Path]:
         return [self.verified(f) for f in self.files()]

@@ -71,6 +71,22 @@ typedef struct {
     const char *owner_name;     /* adapter, use case or group name; "default" for the default adapter */
 } lmp_section;
 
+/* An HTP target the base was compiled for (`build --backend qnn-ep`): the plan's targets[name]. */
+typedef struct {
+    const char *name;        /* a SoC part number, e.g. "sm8750" */
+    int soc_model;           /* QNN's soc_model */
+    int htp_arch;            /* e.g. 79 */
+    const char *qnn_version; /* the QNN build that compiled it */
+    const char *precision;   /* the numerics the SoC computes in, e.g. "fp16" */
+} lmp_target;
+
+/* One graph compiled for a target: the EPContext model and the context .bin files it loads. */
+typedef struct {
+    lmp_section model;          /* name = the graph */
+    const lmp_section *files;   /* the context binaries */
+    size_t n_files;
+} lmp_compiled;
+
 typedef struct {
     int bitwidth;
     int symmetric; /* 1 when AIMET's is_symmetric is true */
@@ -108,6 +124,12 @@ const char *lmp_context_name(const lmp_plan *plan, size_t i);
  */
 lmp_status lmp_sections(const lmp_plan *plan, const char *name, const lmp_section **out, size_t *count,
                         lmp_error *err);
+/* The plan's HTP targets, in plan order. */
+lmp_status lmp_targets(const lmp_plan *plan, const lmp_target **out, size_t *count, lmp_error *err);
+/* GRAPH compiled for TARGET. shared=1: what a device loads (the weight-shared context when the build
+ * made one); shared=0: the graph compiled alone (the x86 simulator cannot load a weight-shared one). */
+lmp_status lmp_target_graph(const lmp_plan *plan, const char *target, const char *graph, int shared,
+                            const lmp_compiled **out, lmp_error *err);
 /* The plan's spelling of a section kind / owner type ("super_section", "use_case", ...); NULL if out of range. */
 const char *lmp_section_kind_name(lmp_section_kind kind);
 const char *lmp_owner_type_name(lmp_owner_type type);

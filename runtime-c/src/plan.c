@@ -369,6 +369,8 @@ static lmp_status parse_graphs(lmp_plan *p, const cJSON *base, lmp_error *err) {
     return LMP_OK;
 }
 
+static lmp_status parse_targets(lmp_plan *p, const cJSON *doc, lmp_error *err);
+
 /* groups (quantization sections shared by grouped use cases): entries of their own, linked from members */
 static lmp_status parse_groups(lmp_plan *p, const cJSON *doc, lmp_error *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "groups"), *g;
@@ -476,7 +478,112 @@ static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
     }
     p->n_use_cases = n;
     if ((s = parse_groups(p, doc, err))) return s;
+    if ((s = parse_targets(p, doc, err))) return s;
     return parse_entry(p, cJSON_GetObjectItemCaseSensitive(doc, "default_adapter"), &p->dflt, LMP_DEFAULT, err);
+}
+
+/* {path, sha256, size} entries of a compiled graph's files */
+static lmp_status parse_files(lmp_plan *p, const cJSON *arr, const char *what, lmp_compiled *c, lmp_error *err) {
+    size_t i = 0, n;
+    const cJSON *f;
+    lmp_status s;
+    if (!cJSON_IsArray(arr)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: files must be a list", p->path, what);
+    n = (size_t)cJSON_GetArraySize(arr);
+    c->files = (const lmp_section *)lmp_alloc(p, (n ? n : 1) * sizeof(lmp_section));
+    if (!c->files) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    cJSON_ArrayForEach(f, arr) {
+        lmp_section *sec = (lmp_section *)&c->files[i++];
+        memset(sec, 0, sizeof *sec);
+        if ((s = parse_file(p, f, what, sec, err))) return s;
+    }
+    c->n_files = n;
+    return LMP_OK;
+}
+
+/* targets (build --backend qnn-ep): per target, every graph compiled shared (what a device loads)
+ * and alone (unshared_*), with the context files each needs; paths checked like every other. */
+static lmp_status parse_targets(lmp_plan *p, const cJSON *doc, lmp_error *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "targets"), *t;
+    size_t n, i = 0, g;
+    lmp_status s;
+    if (!v || cJSON_IsNull(v)) return LMP_OK;
+    if (!cJSON_IsObject(v)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: targets must be an object", p->path);
+    n = (size_t)cJSON_GetArraySize(v);
+    p->targets = (lmp_target_entry *)lmp_alloc(p, (n ? n : 1) * sizeof *p->targets);
+    p->target_list = (lmp_target *)lmp_alloc(p, (n ? n : 1) * sizeof *p->target_list);
+    if (!p->targets || !p->target_list) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    cJSON_ArrayForEach(t, v) {
+        lmp_target_entry *e = &p->targets[i];
+        const cJSON *graphs = cJSON_GetObjectItemCaseSensitive(t, "graphs");
+        double soc, arch;
+        memset(e, 0, sizeof *e);
+        if (!safe_name(t->string) || !cJSON_IsObject(t) || !cJSON_IsObject(graphs) ||
+            !finite_number(cJSON_GetObjectItemCaseSensitive(t, "soc_model"), &soc) ||
+            !finite_number(cJSON_GetObjectItemCaseSensitive(t, "htp_arch"), &arch) || soc < 0 || soc > 1e6 ||
+            arch < 0 || arch > 1e6)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: target %.80s is malformed", p->path, t->string ? t->string : "");
+        e->target.name = t->string;
+        e->target.soc_model = (int)soc;
+        e->target.htp_arch = (int)arch;
+        e->target.qnn_version = str_of(t, "qnn_version");
+        e->target.precision = str_of(t, "precision");
+        e->shared = (lmp_compiled *)lmp_alloc(p, (p->n_graphs ? p->n_graphs : 1) * sizeof(lmp_compiled));
+        e->alone = (lmp_compiled *)lmp_alloc(p, (p->n_graphs ? p->n_graphs : 1) * sizeof(lmp_compiled));
+        if (!e->shared || !e->alone) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+        memset(e->shared, 0, p->n_graphs * sizeof(lmp_compiled));
+        memset(e->alone, 0, p->n_graphs * sizeof(lmp_compiled));
+        for (g = 0; g < p->n_graphs; g++) {
+            const cJSON *c = cJSON_GetObjectItemCaseSensitive(graphs, p->graphs[g].name);
+            if (!c) continue;
+            if ((s = parse_file(p, c, "a compiled graph", &e->shared[g].model, err))) return s;
+            e->shared[g].model.name = p->graphs[g].name;
+            if ((s = parse_files(p, cJSON_GetObjectItemCaseSensitive(c, "files"), "a compiled graph", &e->shared[g], err)))
+                return s;
+            if (cJSON_GetObjectItemCaseSensitive(c, "unshared_path")) {
+                cJSON *alone = cJSON_CreateObject();
+                if (!alone) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+                cJSON_AddItemReferenceToObject(alone, "path", cJSON_GetObjectItemCaseSensitive(c, "unshared_path"));
+                cJSON_AddItemReferenceToObject(alone, "sha256", cJSON_GetObjectItemCaseSensitive(c, "unshared_sha256"));
+                cJSON_AddItemReferenceToObject(alone, "size", cJSON_GetObjectItemCaseSensitive(c, "unshared_size"));
+                s = parse_file(p, alone, "a compiled graph", &e->alone[g].model, err);
+                cJSON_Delete(alone);
+                if (s) return s;
+                e->alone[g].model.name = p->graphs[g].name;
+                if ((s = parse_files(p, cJSON_GetObjectItemCaseSensitive(c, "unshared_files"), "a compiled graph",
+                                     &e->alone[g], err)))
+                    return s;
+            } else {
+                e->alone[g] = e->shared[g];
+            }
+        }
+        p->target_list[i] = e->target;
+        i++;
+    }
+    p->n_targets = n;
+    return LMP_OK;
+}
+
+lmp_status lmp_targets(const lmp_plan *p, const lmp_target **out, size_t *count, lmp_error *err) {
+    if (!p || !out || !count) return lmp_fail(err, LMP_ERR_USAGE, "lmp_targets: plan, out and count are required");
+    *out = p->target_list;
+    *count = p->n_targets;
+    return LMP_OK;
+}
+
+lmp_status lmp_target_graph(const lmp_plan *p, const char *target, const char *graph, int shared,
+                            const lmp_compiled **out, lmp_error *err) {
+    size_t i;
+    long g;
+    if (!p || !target || !graph || !out)
+        return lmp_fail(err, LMP_ERR_USAGE, "lmp_target_graph: plan, target, graph and out are required");
+    for (i = 0; i < p->n_targets && strcmp(p->targets[i].target.name, target) != 0; i++) {
+    }
+    if (i == p->n_targets) return lmp_fail(err, LMP_ERR_NOT_FOUND, "target %.80s: not in the plan", target);
+    g = graph_index(p, graph);
+    if (g < 0 || !(shared ? p->targets[i].shared : p->targets[i].alone)[g].model.path)
+        return lmp_fail(err, LMP_ERR_NOT_FOUND, "graph %.80s: not compiled for target %.80s", graph, target);
+    *out = &(shared ? p->targets[i].shared : p->targets[i].alone)[g];
+    return LMP_OK;
 }
 
 static char *read_all(const char *path, long *size, lmp_error *err, lmp_status *st) {

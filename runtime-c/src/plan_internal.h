@@ -30,6 +30,11 @@ typedef struct {
     lmp_section file;
 } lmp_graph;
 
+typedef struct {
+    lmp_target target;
+    lmp_compiled *shared, *alone; /* per graph of the plan, in graph order; alone NULL when not given */
+} lmp_target_entry;
+
 struct lmp_plan {
     cJSON *doc;
     char *path, *dir;
@@ -49,6 +54,9 @@ struct lmp_plan {
     const char *alpha_tensor;
     double alpha_default;
     const cJSON *reset_steps;
+    lmp_target_entry *targets;
+    lmp_target *target_list;
+    size_t n_targets;
     void **allocs; /* everything allocated for the handle, freed by lmp_close */
     size_t n_allocs, cap_allocs;
 };

@@ -16,7 +16,7 @@
 #include "plan_internal.h" /* the steps' raw JSON: this tool prints them as the plan holds them */
 
 static int usage(void) {
-    fputs("usage: loramgr-plan adapters PLAN | sections PLAN NAME [GRAPH] | encoding PLAN NAME TENSOR |\n"
+    fputs("usage: loramgr-plan adapters PLAN | targets PLAN | sections PLAN NAME [GRAPH] | encoding PLAN NAME TENSOR |\n"
           "                    steps PLAN NAME | switch PLAN [FROM] NAME | verify PLAN\n",
           stderr);
     return LMP_ERR_USAGE;
@@ -113,6 +113,45 @@ int main(int argc, char **argv) {
         cJSON_AddItemToObject(o, "graphs", names(lmp_graph_name, lmp_graph_count(p), p));
         cJSON_AddItemToObject(o, "contexts", names(lmp_context_name, lmp_context_count(p), p));
         rc = emit(o);
+    } else if (strcmp(cmd, "targets") == 0 && argc == 3) {
+        /* every target and, per graph, what a device loads (shared) and what the simulator loads (alone) */
+        const lmp_target *ts = NULL;
+        size_t n = 0, i, g, k;
+        cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+        rc = (int)lmp_targets(p, &ts, &n, &err);
+        for (i = 0; !rc && i < n; i++) {
+            cJSON *t = cJSON_CreateObject(), *graphs = cJSON_CreateObject();
+            cJSON_AddStringToObject(t, "name", ts[i].name);
+            cJSON_AddItemToObject(t, "soc_model", number(ts[i].soc_model));
+            cJSON_AddItemToObject(t, "htp_arch", number(ts[i].htp_arch));
+            cJSON_AddStringToObject(t, "qnn_version", ts[i].qnn_version ? ts[i].qnn_version : "");
+            for (g = 0; g < lmp_graph_count(p); g++) {
+                const lmp_compiled *c[2];
+                cJSON *entry = cJSON_CreateObject();
+                int shared;
+                if (lmp_target_graph(p, ts[i].name, lmp_graph_name(p, g), 1, &c[1], NULL) ||
+                    lmp_target_graph(p, ts[i].name, lmp_graph_name(p, g), 0, &c[0], NULL)) {
+                    cJSON_Delete(entry);
+                    continue;
+                }
+                for (shared = 1; shared >= 0; shared--) {
+                    cJSON *files = cJSON_CreateArray();
+                    for (k = 0; k < c[shared]->n_files; k++) cJSON_AddItemToArray(files, cJSON_CreateString(c[shared]->files[k].path));
+                    cJSON_AddStringToObject(entry, shared ? "path" : "unshared_path", c[shared]->model.path);
+                    cJSON_AddItemToObject(entry, shared ? "files" : "unshared_files", files);
+                }
+                cJSON_AddItemToObject(graphs, lmp_graph_name(p, g), entry);
+            }
+            cJSON_AddItemToObject(t, "graphs", graphs);
+            cJSON_AddItemToArray(arr, t);
+        }
+        cJSON_AddItemToObject(o, "targets", arr);
+        if (rc) {
+            cJSON_Delete(o);
+            rc = fail(&err);
+        } else {
+            rc = emit(o);
+        }
     } else if (strcmp(cmd, "sections") == 0 && (argc == 4 || argc == 5)) {
         const lmp_section *secs = NULL;
         size_t n = 0, i;
