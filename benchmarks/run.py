@@ -28,6 +28,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.htp import bench_htp  # noqa: E402
 from benchmarks.lookups import bench_lookups  # noqa: E402
 from benchmarks.measure import Row, interleave, self_timed, table  # noqa: E402
 from benchmarks.models import lm  # noqa: E402
@@ -64,6 +65,11 @@ ROW_IDS = (
     "build_base_bytes",
     "run_rss_real_size",
     "run_rss_real_size_unshared",
+    "htp_compile_s",
+    "htp_compile_s_large",
+    "htp_context_bytes_shared",
+    "htp_switch_vs_new_session",
+    "htp_fp16_top1_agreement",
 )
 
 
@@ -286,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 *bench_export_scale(tmp, ((64, 2), (128, 2)) if q else ((256, 4), (1024, 8))),
             ],
             "real size": lambda: bench_real_size(tmp, q),
+            "htp": lambda: bench_htp(tmp, q),
         }
         for label in STEPS:
             if label in only:
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases", "scale", "real size")
+STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases", "scale", "htp", "real size")
 
 
 def machine() -> dict[str, Any]:
