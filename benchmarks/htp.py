@@ -29,7 +29,7 @@ TARGET = "sm8750"
 
 def _base(tmp: Path, home: Path, hidden: int, layers: int, name: str) -> Path:
     """A Llama of that size exported with two alpha slots, two PEFT adapters and a use case of both."""
-    from loramgr.testing.synth_hf import peft_adapter
+    from loramgr.export.tiny import peft_adapter
 
     hf = llama(tmp, hidden, layers)
     from transformers import AutoModelForCausalLM

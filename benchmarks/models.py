@@ -103,7 +103,7 @@ def session(path: Path) -> Any:
 
 def lora_setup(tmp: Path, hf: Path, rank: int) -> tuple[Path, Path, list[str]]:
     """Export (prefill + decode), register 2 PEFT adapters, build --share-adapters, plan."""
-    from loramgr.testing.synth_hf import peft_adapter
+    from loramgr.export.tiny import peft_adapter
 
     home = tmp / "home-lora"
     man = export(hf, tmp / "onnx", ["q_proj", "k_proj", "v_proj", "o_proj"], rank, "prefill=16,decode=1", 64)

@@ -45,7 +45,7 @@ def bench_real_size(tmp: Path, quick: bool) -> list[Row]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from loramgr.testing.synth_hf import peft_adapter
+    from loramgr.export.tiny import peft_adapter
 
     shape = QUICK if quick else LLAMA_3_2_1B
     free = shutil.disk_usage(tmp).free

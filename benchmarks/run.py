@@ -184,7 +184,7 @@ def bench_rebuild(tmp: Path, n: int, d: int, layers: int, rounds: int) -> list[R
 
 # -- parity ------------------------------------------------------------------------------------------------------
 def bench_parity(tmp: Path) -> list[Row]:
-    from loramgr.testing.synth_hf import peft_adapter, tiny_llama
+    from loramgr.export.tiny import peft_adapter, tiny_llama
 
     home = tmp / "home-parity"
     tiny_llama().save_pretrained(tmp / "hf-tiny")

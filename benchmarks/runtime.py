@@ -289,9 +289,9 @@ def bench_use_cases(tmp: Path, hidden: int, layers: int, rank: int, rounds: int)
 
     from benchmarks.models import lm
     from loramgr.export import export_base
+    from loramgr.export.tiny import peft_adapter
     from loramgr.runtime import Plan
     from loramgr.runtime.ort import LoraSession
-    from loramgr.testing.synth_hf import peft_adapter
 
     hf = llama(tmp, hidden, layers)
     home = tmp / "home-uc"

@@ -272,7 +272,7 @@ def bench_plan_scale(tmp: Path, n: int, lookups: int) -> list[Row]:
 def bench_export_scale(tmp: Path, sizes: tuple[tuple[int, int], ...]) -> list[Row]:
     """``loramgr base export`` (a CLI process) wall time and peak RSS for tiny Llamas of two sizes
     (hidden, layers), prefill + decode graphs."""
-    from loramgr.testing.synth_hf import tiny_family
+    from loramgr.export.tiny import tiny_family
 
     rows = []
     for label, (hidden, layers) in zip(("small", "large"), sizes, strict=True):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from loramgr.testing.synth_hf import FAMILIES, peft_adapter, tiny_family
+from loramgr.export.tiny import FAMILIES, peft_adapter, tiny_family
 from tests.conftest import invoke
 from tests.test_export import hf_greedy, prefill_logits, runner, same_greedy
 
@@ -135,3 +135,22 @@ def test_generic_path_refusals(tmp_path):
     r = run(gemma, "q_proj")
     assert r.exit_code == 2 and "bidirectional" in r.stderr
     assert not (gemma / "o").exists() and not (llama / "o").exists()
+
+
+def test_demo_model_gives_a_newcomer_a_model_to_try(tmp_path):
+    """`loramgr demo-model FAMILY -o DIR`: a tiny seeded HF model and PEFT adapters, which `base export`
+    and `register` then take as they are; unknown families and non-empty directories are refused."""
+    r = invoke("demo-model", "qwen3", "-o", tmp_path / "try", "--json")
+    assert r.exit_code == 0, r.stderr
+    res = r.json
+    assert res["family"] == "qwen3" and len(res["adapters"]) == 2
+    export(Path(res["model"]), tmp_path / "onnx", tuple(res["target_modules"]))
+    for i, ad in enumerate(res["adapters"]):
+        assert invoke("register", ad, "--name", f"a{i}").exit_code == 0
+        assert invoke("validate", f"a{i}", "--base", "b").exit_code == 0
+    a0 = json.loads((Path(res["adapters"][0]) / "adapter_config.json").read_text())
+    a1 = json.loads((Path(res["adapters"][1]) / "adapter_config.json").read_text())
+    assert a0["target_modules"] and sorted(a0["target_modules"]) == sorted(a1["target_modules"])
+    r = invoke("demo-model", "nope", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "qwen3" in r.stderr
+    assert invoke("demo-model", "llama", "-o", tmp_path / "try").exit_code == 2  # not empty

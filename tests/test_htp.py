@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loramgr.testing.synth_hf import FAMILIES, peft_adapter, tiny_family
+from loramgr.export.tiny import FAMILIES, peft_adapter, tiny_family
 from tests.conftest import invoke
 from tests.test_export import hf_greedy, same_greedy
 

@@ -127,36 +127,19 @@ def base_export(
 def demo_model(ctx: Ctx, family: str, out_dir: str, seed: int, adapters: int, as_json: bool) -> None:
     """Write a tiny seeded Hugging Face model of FAMILY (and PEFT adapters for it) to try loramgr without
     a model hub: OUT/model, OUT/adapter-N. FAMILY: llama, gpt2, or a family `base export` is tested on."""
-    import copy
     from pathlib import Path
 
-    from loramgr.errors import UsageError
     from loramgr.export import quiet_transformers
-    from loramgr.testing import synth_hf
+    from loramgr.export.tiny import write_demo_model
 
-    families = sorted([*synth_hf.FAMILIES, "gpt2"])
-    if family not in families:
-        raise UsageError(f"demo-model {family}", f"unknown family; one of: {', '.join(families)}")
     quiet_transformers()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"-o {out}", "exists and is not empty")
-    targets: tuple[str, ...]
-    if family == "gpt2":
-        model, targets = synth_hf.tiny_gpt2(), ("c_attn",)
-    else:
-        model, targets = synth_hf.tiny_family(family, seed), synth_hf.FAMILIES[family][3]
-    model.save_pretrained(out / "model")
-    made = []
-    for i in range(adapters):  # PEFT wraps the model it is given: each adapter gets its own copy
-        synth_hf.peft_adapter(
-            copy.deepcopy(model), out / f"adapter-{i}", seed=seed + 1 + i, target_modules=list(targets), r=8
-        )
-        made.append(str(out / f"adapter-{i}"))
-    res = {"family": family, "model": str(out / "model"), "adapters": made, "target_modules": list(targets)}
+    res = write_demo_model(family, out, seed=seed, adapters=adapters)
     if as_json:
         emit_json(res)
         return
+    targets = res.target_modules
+    made = res.adapters
     click.echo(f"wrote {out / 'model'} and {len(made)} adapter(s); next:")
     click.echo(
         f"  loramgr base export {out / 'model'} --name {family}-tiny --target-modules {','.join(targets)} "

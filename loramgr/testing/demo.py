@@ -38,7 +38,7 @@ def main() -> None:
 
     inputs = out / "inputs"
     print("\n## 0. a tiny Hugging Face Llama (hidden 64, 2 layers) and PEFT adapters for it, made locally")
-    from loramgr.testing.synth_hf import peft_adapter, tiny_llama
+    from loramgr.export.tiny import peft_adapter, tiny_llama
 
     tiny_llama().save_pretrained(inputs / "hf")
     adapters = {"chat-r8": (8, 16, 1), "summarize-r4": (4, 8, 2), "code-r16": (16, 16, 3)}

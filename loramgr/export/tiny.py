@@ -1,12 +1,15 @@
-"""Tiny Hugging Face models and PEFT adapters for the demo, tests and benchmarks (needs the
-``[export]`` extra). Seeded, no model hub: everything is made locally in a second."""
+"""Tiny Hugging Face models and PEFT adapters: ``loramgr demo-model``, the demo, tests and benchmarks
+(needs the ``[export]`` extra). Seeded, no model hub: everything is made locally in a second."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from loramgr.records import JsonRecord
 
 
 def tiny_llama() -> Any:
@@ -103,3 +106,38 @@ def tiny_family(family: str, seed: int = 0, **overrides: Any) -> Any:
             if "norm" in name or name.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class DemoModel(JsonRecord):
+    """What ``loramgr demo-model --json`` prints."""
+
+    family: str
+    model: str
+    adapters: list[str]
+    target_modules: list[str]
+
+
+def write_demo_model(family: str, out: Path, *, seed: int = 0, adapters: int = 2) -> DemoModel:
+    """A tiny seeded model of ``family`` at ``out/model`` and ``adapters`` PEFT adapters for it at
+    ``out/adapter-N`` (rank 8 on the family's usual targets): something to try loramgr on."""
+    import copy
+
+    from loramgr.errors import UsageError
+
+    families = sorted([*FAMILIES, "gpt2"])
+    if family not in families:
+        raise UsageError(f"demo-model {family}", f"unknown family; one of: {', '.join(families)}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"-o {out}", "exists and is not an empty directory")
+    targets: tuple[str, ...]
+    if family == "gpt2":
+        model, targets = tiny_gpt2(), ("c_attn",)
+    else:
+        model, targets = tiny_family(family, seed), FAMILIES[family][3]
+    model.save_pretrained(out / "model")
+    made = []
+    for i in range(adapters):  # PEFT wraps the model it is given: each adapter gets its own copy
+        peft_adapter(copy.deepcopy(model), out / f"adapter-{i}", seed=seed + 1 + i, target_modules=list(targets), r=8)
+        made.append(str(out / f"adapter-{i}"))
+    return DemoModel(family, str(out / "model"), made, list(targets))
