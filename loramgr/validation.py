@@ -110,7 +110,9 @@ def validate(
     results = []
     for ref, c in checks.items():
         if record:
-            registry.record_validation(found[ref].id, base.id, c.ok, [p.to_json() for p in c.problems])
+            registry.record_validation(
+                found[ref].id, base.id, c.ok, [p.to_json() for p in c.problems], [w.to_json() for w in c.warnings]
+            )
         results.append(AdapterReport(ref, c.ok, c.rank, list(c.problems), list(c.warnings)))
     ok = all(r.compatible for r in results) and (group is None or not group.problems)
     return Report(base.ref, base.max_rank, base.precision, ok, results, group)

@@ -64,6 +64,9 @@ def test_target_missing(base):
     registered(d)
     rep = check_refused("kp@1", "target_missing", ["k_proj"])
     assert {w["code"] for w in rep["adapters"][0]["warnings"]} >= {"zero_filled"}
+    # the history keeps the warnings with the problems (it once recorded a warned run as problems=[])
+    ev = [e for e in invoke("history", "kp", "--json").json if e["action"] == "validate"][-1]["details"]
+    assert ev["problems"] == ["target_missing"] and "zero_filled" in ev["warnings"]
 
 
 def test_shape_mismatch(base, tmp_path):

@@ -190,6 +190,9 @@ def export_base(
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
     gspecs = parse_graphs(graphs)
     ctx = context_len or min(max_pos, max(256, 2 * max(q for _, q in gspecs)))
+    too_long = [f"{g}={q}" for g, q in gspecs if q > max_pos]
+    if too_long:  # the graph itself, whatever the context length
+        raise UsageError(f"--graphs {','.join(too_long)}", f"longer than the model's {max_pos} positions")
     if any(q > ctx for _, q in gspecs) or ctx > max_pos:
         raise UsageError(f"--context-len {ctx}", f"must be >= every graph's length and <= {max_pos}")
     isz = torch.finfo(dtype).bits // 8

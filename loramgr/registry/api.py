@@ -558,8 +558,16 @@ class Registry:
             return [rows.base(b) for b in s.scalars(q)]
 
     # -- validation ---------------------------------------------------------------------------------
-    def record_validation(self, adapter_id: int, base_id: int, ok: bool, problems: list[dict[str, Any]]) -> None:
-        """Keep the outcome; a pass moves a ``registered`` adapter to ``validated``."""
+    def record_validation(
+        self,
+        adapter_id: int,
+        base_id: int,
+        ok: bool,
+        problems: list[dict[str, Any]],
+        warnings: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Keep the outcome; a pass moves a ``registered`` adapter to ``validated``. The history event
+        lists the problem codes and the warning codes (a pass that warned says so)."""
 
         def write(s: Session) -> None:
             s.add(ValidationRow(adapter_id=adapter_id, base_id=base_id, ok=ok, problems=problems))
@@ -572,7 +580,13 @@ class Registry:
                 a.status = "validated"
                 self.event(s, "status", subject, old="registered", new="validated", base=f"{b.name}@{b.version}")
             self.event(
-                s, "validate", subject, base=f"{b.name}@{b.version}", ok=ok, problems=[p["code"] for p in problems]
+                s,
+                "validate",
+                subject,
+                base=f"{b.name}@{b.version}",
+                ok=ok,
+                problems=[p["code"] for p in problems],
+                warnings=[w["code"] for w in warnings or []],
             )
 
         self.retrying(write)

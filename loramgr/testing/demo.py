@@ -134,7 +134,48 @@ def main() -> None:
     run_plan(plan)
     tool = c_runtime(plan, out)
     groups_v3(inputs, out, tool)
+    htp(out)
     print("\ndemo finished")
+
+
+def htp(out: Path) -> None:
+    """Qualcomm's HTP backend (the [qnn] extra): the demo base compiled for the Snapdragon 8 Elite,
+    two adapters and the use case verified on it, adapters switched on one session. On x86 this is
+    Qualcomm's simulator of the SoC: its numerics, not its speed."""
+    print("\n## 8. Qualcomm HTP (x86 simulation): compile the base for sm8750, verify and switch adapters on it")
+    try:
+        import onnxruntime_qnn  # noqa: F401
+    except ImportError:
+        print("  skipped: needs onnxruntime-qnn (pip install 'loramgr[qnn]'; x86_64 and Windows on Snapdragon)")
+        return
+    sh("target", "list")
+    target_dir = out / "build-htp"
+    sh("build", "--base", "tiny", "--backend", "qnn-ep", "--target", "sm8750", "-o", target_dir)
+    sh("plan", "--base", "tiny")
+    plan = target_dir / "plan.json"
+    sh("plan-show", plan)
+    sh("verify", "--plan", plan, "--device", "htp", "--target", "sm8750", "--adapter", "chat-r8",
+       "--adapter", "summarize-r4", "--adapter", "assistant")  # fmt: skip
+    sh("run", "--plan", plan, "--adapter", "chat-r8", "--input-ids", "5,17,99,3", "--steps", "8",
+       "--device", "htp", "--target", "sm8750")  # fmt: skip
+    import numpy as np
+
+    from loramgr.runtime import Plan
+    from loramgr.runtime.ort import Htp, LoraSession
+
+    p = Plan.load(plan)
+    s = LoraSession(p, "prefill", htp=Htp("sm8750"))
+    n = int(p.graphs["prefill"]["inputs"]["input_ids"]["shape"][1])
+    feeds = {
+        "input_ids": (np.arange(n, dtype=np.int64)[None] * 7 + 3) % 128,
+        "attention_mask": np.ones((1, n), np.int64),
+        "position_ids": np.arange(n, dtype=np.int64)[None],
+    }
+    print("one HTP session, adapters switched per run (no new session, no recompile):")
+    for name in ("chat-r8", "code-r16", "assistant", "default"):
+        s.apply(name)
+        logits = s.run(feeds)[0]
+        print(f"  {name:<14} last-position top token {int(logits[0, -1].argmax()):4d}")
 
 
 def c_runtime(plan: Path, out: Path) -> str | None:
