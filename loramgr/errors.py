@@ -14,6 +14,9 @@ class LoramgrError(Exception):
 
     exit_code = 1
     kind = "error"
+    #: the command already printed its machine-readable result (``validate --json``'s report): the CLI
+    #: then adds only the one stderr line, not the JSON error object
+    reported = False
 
     def __init__(self, what: str, why: str | None = None, *, hint: str | None = None, details: Any = None) -> None:
         self.what = str(what)

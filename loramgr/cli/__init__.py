@@ -32,7 +32,7 @@ from loramgr.errors import InternalError, Interrupted, LoramgrError, UsageError,
 def _fail(err: LoramgrError, want_json: bool) -> None:
     """The one way a command fails: a JSON object on stdout with ``--json``, one line on stderr, the
     error class's exit code."""
-    if want_json:
+    if want_json and not err.reported:
         emit_json(err.to_json())
     click.echo(f"loramgr: error: {err.message}", err=True)
     sys.exit(err.exit_code)

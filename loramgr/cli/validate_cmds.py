@@ -52,9 +52,7 @@ def validate(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, as_json
             f"incompatible with base {report.base} ({', '.join(report.codes)})",
             details=report.to_json(),
         )
-        if as_json:  # the report above is the machine-readable output; only the line goes to stderr
-            click.echo(f"loramgr: error: {err.message}", err=True)
-            raise SystemExit(err.exit_code)
+        err.reported = as_json  # the report above is the machine-readable output; only the line goes to stderr
         raise err
 
 

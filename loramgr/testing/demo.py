@@ -172,10 +172,15 @@ def htp(out: Path) -> None:
         "position_ids": np.arange(n, dtype=np.int64)[None],
     }
     print("one HTP session, adapters switched per run (no new session, no recompile):")
+    s.apply("default")
+    base = s.run(feeds)[0]
     for name in ("chat-r8", "code-r16", "assistant", "default"):
         s.apply(name)
         logits = s.run(feeds)[0]
-        print(f"  {name:<14} last-position top token {int(logits[0, -1].argmax()):4d}")
+        print(
+            f"  {name:<14} last-position top token {int(logits[0, -1].argmax()):4d}, "
+            f"max |logits - base| {float(np.abs(logits - base).max()):.4f}"
+        )
 
 
 def c_runtime(plan: Path, out: Path) -> str | None:
