@@ -321,3 +321,20 @@ def test_valgrind_clean_on_the_normal_path(build, plan):
         env=dict(os.environ, LMP_TEST_PLAN=str(plan)),
     )
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_the_shared_library_exports_exactly_the_public_header(build):
+    """LMP_API marks every function of include/loramgr_plan.h; the shared library exports those and no
+    internal helper (hidden visibility), and the loramgr-plan tool is built on the public header alone."""
+    import re
+
+    header = (SRC / "include" / "loramgr_plan.h").read_text()
+    public = set(re.findall(r"^LMP_API [^(]*?\b(lmp_\w+)\(", header, re.M))
+    declared = set(re.findall(r"^[a-z][^;(]*?\b(lmp_\w+)\(", header, re.M))
+    assert public and declared == set(), declared  # no public function without LMP_API
+    nm = subprocess.run(
+        ["nm", "-D", "--defined-only", str(build / "libloramgr_plan.so")], capture_output=True, text=True
+    )
+    exported = {line.split()[-1] for line in nm.stdout.splitlines() if " T " in line}
+    assert exported == public, (exported - public, public - exported)
+    assert '"plan_internal.h"' not in (SRC / "tools" / "loramgr_plan_cli.c").read_text()

@@ -2,7 +2,8 @@
  * loramgr_plan.h -- read a loramgr plan.json on the device: sections, encodings, steps, checksums,
  * and a switch driver that calls the device code's own QNN / Genie functions through callbacks.
  *
- * C99 and stdio only (no threads, no POSIX): the same sources build with the Android NDK and MSVC.
+ * C99, the C library (stdio, no threads, no POSIX) and cJSON: the same sources build with the Android NDK
+ * and MSVC.
  * A plan is parsed once by lmp_open(); every query after that only reads the handle, so several
  * threads may query one handle at once. Strings and arrays returned by queries live as long as the
  * handle. Every call that can fail returns an lmp_status and, when `err` is not NULL, fills it with
@@ -19,6 +20,22 @@ extern "C" {
 #endif
 
 #define LMP_VERSION "0.1.0"
+
+/* LMP_API marks the public functions: exported from the shared library (built with LMP_BUILDING and
+ * hidden visibility for everything else), imported by its users; nothing for the static library. */
+#if defined(LMP_STATIC)
+#define LMP_API
+#elif defined(_WIN32)
+#ifdef LMP_BUILDING
+#define LMP_API __declspec(dllexport)
+#else
+#define LMP_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) || defined(__clang__)
+#define LMP_API __attribute__((visibility("default")))
+#else
+#define LMP_API
+#endif
 
 /* Status codes: the same numbers as the loramgr CLI's exit codes. */
 typedef enum {
@@ -100,70 +117,76 @@ typedef struct {
 } lmp_encoding;
 
 /* -- open / close ------------------------------------------------------------------------------ */
-lmp_status lmp_open(const char *path, lmp_plan **out, lmp_error *err);
+LMP_API lmp_status lmp_open(const char *path, lmp_plan **out, lmp_error *err);
 /* A plan already in memory (e.g. an Android asset); its paths resolve against `dir`. */
-lmp_status lmp_open_memory(const char *json, size_t size, const char *dir, lmp_plan **out, lmp_error *err);
-void lmp_close(lmp_plan *plan);
-int lmp_schema_version(const lmp_plan *plan);
-const char *lmp_plan_dir(const lmp_plan *plan);
-const char *lmp_backend(const lmp_plan *plan);
+LMP_API lmp_status lmp_open_memory(const char *json, size_t size, const char *dir, lmp_plan **out, lmp_error *err);
+LMP_API void lmp_close(lmp_plan *plan);
+LMP_API int lmp_schema_version(const lmp_plan *plan);
+LMP_API const char *lmp_plan_dir(const lmp_plan *plan);
+LMP_API const char *lmp_backend(const lmp_plan *plan);
 
 /* -- listings (index 0 .. count-1; out of range: NULL) ------------------------------------------ */
-size_t lmp_adapter_count(const lmp_plan *plan);
-const char *lmp_adapter_name(const lmp_plan *plan, size_t i); /* the name a lookup accepts */
-size_t lmp_use_case_count(const lmp_plan *plan);               /* schema 2 */
-const char *lmp_use_case_name(const lmp_plan *plan, size_t i);
-size_t lmp_graph_count(const lmp_plan *plan);
-const char *lmp_graph_name(const lmp_plan *plan, size_t i);
-size_t lmp_context_count(const lmp_plan *plan);
-const char *lmp_context_name(const lmp_plan *plan, size_t i);
+LMP_API size_t lmp_adapter_count(const lmp_plan *plan);
+LMP_API const char *lmp_adapter_name(const lmp_plan *plan, size_t i); /* the name a lookup accepts */
+LMP_API size_t lmp_use_case_count(const lmp_plan *plan);               /* schema 2 */
+LMP_API const char *lmp_use_case_name(const lmp_plan *plan, size_t i);
+LMP_API size_t lmp_graph_count(const lmp_plan *plan);
+LMP_API const char *lmp_graph_name(const lmp_plan *plan, size_t i);
+LMP_API size_t lmp_context_count(const lmp_plan *plan);
+LMP_API const char *lmp_context_name(const lmp_plan *plan, size_t i);
+
+/* NAME's ref (NAME@VERSION for an adapter; the name for a use case; "default"), and its steps as the
+ * plan holds them, as a JSON array text the caller frees with lmp_free. */
+LMP_API lmp_status lmp_entry_ref(const lmp_plan *plan, const char *name, const char **ref, lmp_error *err);
+LMP_API lmp_status lmp_steps_json(const lmp_plan *plan, const char *name, char **json, lmp_error *err);
+LMP_API void lmp_free(void *p);
 
 /*
  * Lookups by NAME: an adapter's name (or NAME@VERSION), a use case's name, or "default" for the
  * all-zero default adapter.
  */
-lmp_status lmp_sections(const lmp_plan *plan, const char *name, const lmp_section **out, size_t *count,
+LMP_API lmp_status lmp_sections(const lmp_plan *plan, const char *name, const lmp_section **out, size_t *count,
                         lmp_error *err);
 /* The plan's HTP targets, in plan order. */
-lmp_status lmp_targets(const lmp_plan *plan, const lmp_target **out, size_t *count, lmp_error *err);
+LMP_API lmp_status lmp_targets(const lmp_plan *plan, const lmp_target **out, size_t *count, lmp_error *err);
 /* GRAPH compiled for TARGET. shared=1: what a device loads (the weight-shared context when the build
  * made one); shared=0: the graph compiled alone (the x86 simulator cannot load a weight-shared one). */
-lmp_status lmp_target_graph(const lmp_plan *plan, const char *target, const char *graph, int shared,
+LMP_API lmp_status lmp_target_graph(const lmp_plan *plan, const char *target, const char *graph, int shared,
                             const lmp_compiled **out, lmp_error *err);
 /* The plan's spelling of a section kind / owner type ("super_section", "use_case", ...); NULL if out of range. */
-const char *lmp_section_kind_name(lmp_section_kind kind);
-const char *lmp_owner_type_name(lmp_owner_type type);
+LMP_API const char *lmp_section_kind_name(lmp_section_kind kind);
+LMP_API const char *lmp_owner_type_name(lmp_owner_type type);
 /* The section to apply to one graph. */
-lmp_status lmp_section_for(const lmp_plan *plan, const char *name, const char *graph, const lmp_section **out,
+LMP_API lmp_status lmp_section_for(const lmp_plan *plan, const char *name, const char *graph, const lmp_section **out,
                            lmp_error *err);
 /* The I/O tensor encoding to set after applying NAME (activation encodings). */
-lmp_status lmp_io_encoding(const lmp_plan *plan, const char *name, const char *tensor, const lmp_encoding **out,
+LMP_API lmp_status lmp_io_encoding(const lmp_plan *plan, const char *name, const char *tensor, const lmp_encoding **out,
                            lmp_error *err);
-size_t lmp_io_encoding_count(const lmp_plan *plan, const char *name);
-const lmp_encoding *lmp_io_encoding_at(const lmp_plan *plan, const char *name, size_t i);
+LMP_API size_t lmp_io_encoding_count(const lmp_plan *plan, const char *name);
+LMP_API const lmp_encoding *lmp_io_encoding_at(const lmp_plan *plan, const char *name, size_t i);
 /* A LoRA weight's encoding (param encodings; per channel). */
-lmp_status lmp_weight_encoding(const lmp_plan *plan, const char *name, const char *tensor,
+LMP_API lmp_status lmp_weight_encoding(const lmp_plan *plan, const char *name, const char *tensor,
                                const lmp_encoding **out, lmp_error *err);
 /* The alpha input's name (NULL when the base has none) and its default value. */
-const char *lmp_alpha_tensor(const lmp_plan *plan);
-double lmp_alpha_default(const lmp_plan *plan);
+LMP_API const char *lmp_alpha_tensor(const lmp_plan *plan);
+LMP_API double lmp_alpha_default(const lmp_plan *plan);
 /* Slots of NAME: adapter names and their default alphas (one slot for a plain adapter). */
-lmp_status lmp_slots(const lmp_plan *plan, const char *name, const char *const **adapters, const double **alphas,
+LMP_API lmp_status lmp_slots(const lmp_plan *plan, const char *name, const char *const **adapters, const double **alphas,
                      size_t *count, lmp_error *err);
 
 /* -- integrity ----------------------------------------------------------------------------------- */
 /* Read the file and compare its size and sha256 with the plan: LMP_ERR_INTEGRITY on a mismatch. */
-lmp_status lmp_verify_section(const lmp_plan *plan, const lmp_section *section, lmp_error *err);
+LMP_API lmp_status lmp_verify_section(const lmp_plan *plan, const lmp_section *section, lmp_error *err);
 /* Every file the plan names (graphs, external data, sections); `checked` counts them. */
-lmp_status lmp_verify_all(const lmp_plan *plan, size_t *checked, lmp_error *err);
+LMP_API lmp_status lmp_verify_all(const lmp_plan *plan, size_t *checked, lmp_error *err);
 /* SHA-256 of a buffer, as 64 hex digits plus NUL. */
-void lmp_sha256_hex(const void *data, size_t size, char out[65]);
+LMP_API void lmp_sha256_hex(const void *data, size_t size, char out[65]);
 
 /* -- quantization (AIMET: x = scale * (q + offset)) --------------------------------------------- */
-int64_t lmp_quantize(const lmp_channel *enc, double x);   /* rounded, clipped to 0 .. 2^bitwidth - 1 */
-double lmp_dequantize(const lmp_channel *enc, int64_t q);
-void lmp_quantize_array(const lmp_channel *enc, const float *x, int32_t *q, size_t n);
-void lmp_dequantize_array(const lmp_channel *enc, const int32_t *q, float *x, size_t n);
+LMP_API int64_t lmp_quantize(const lmp_channel *enc, double x);   /* rounded, clipped to 0 .. 2^bitwidth - 1 */
+LMP_API double lmp_dequantize(const lmp_channel *enc, int64_t q);
+LMP_API void lmp_quantize_array(const lmp_channel *enc, const float *x, int32_t *q, size_t n);
+LMP_API void lmp_dequantize_array(const lmp_channel *enc, const int32_t *q, float *x, size_t n);
 
 /* -- the switch driver ----------------------------------------------------------------------------- */
 /*
@@ -189,17 +212,17 @@ typedef struct {
 #define LMP_SWITCH_CREATE_CONTEXT 1u
 #define LMP_SWITCH_EXECUTE 2u
 
-lmp_status lmp_switch(const lmp_plan *plan, const char *name, const lmp_callbacks *cb, unsigned flags,
+LMP_API lmp_status lmp_switch(const lmp_plan *plan, const char *name, const lmp_callbacks *cb, unsigned flags,
                       lmp_error *err);
 /* lmp_switch from the entry FROM (NULL: nothing applied yet) to NAME: a grouped use case's group
  * quantization section (steps marked "when": "group_changes") is skipped when FROM is of the same
  * group, so switching inside a group applies only the weights section. lmp_switch applies it always. */
-lmp_status lmp_switch_from(const lmp_plan *plan, const char *from, const char *name, const lmp_callbacks *cb,
+LMP_API lmp_status lmp_switch_from(const lmp_plan *plan, const char *from, const char *name, const lmp_callbacks *cb,
                            unsigned flags, lmp_error *err);
 /* The group of use case NAME (NULL: not grouped or not a use case). */
-const char *lmp_group_of(const lmp_plan *plan, const char *name);
+LMP_API const char *lmp_group_of(const lmp_plan *plan, const char *name);
 /* Back to the base model: "default_adapter" (apply the default adapter's sections) or "alpha_zero". */
-lmp_status lmp_reset(const lmp_plan *plan, const char *method, const lmp_callbacks *cb, lmp_error *err);
+LMP_API lmp_status lmp_reset(const lmp_plan *plan, const char *method, const lmp_callbacks *cb, lmp_error *err);
 
 #ifdef __cplusplus
 }

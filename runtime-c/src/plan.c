@@ -719,6 +719,31 @@ const char *lmp_group_of(const lmp_plan *p, const char *name) {
     return e && e->group ? e->group->name : NULL;
 }
 
+lmp_status lmp_entry_ref(const lmp_plan *p, const char *name, const char **ref, lmp_error *err) {
+    const lmp_entry *e = NULL;
+    lmp_status s;
+    if (!ref) return lmp_fail(err, LMP_ERR_USAGE, "lmp_entry_ref: ref is required");
+    if ((s = lmp_entry_or_fail(p, name, &e, err))) return s;
+    *ref = e->ref;
+    return LMP_OK;
+}
+
+lmp_status lmp_steps_json(const lmp_plan *p, const char *name, char **json, lmp_error *err) {
+    const lmp_entry *e = NULL;
+    lmp_status s;
+    if (!json) return lmp_fail(err, LMP_ERR_USAGE, "lmp_steps_json: json is required");
+    *json = NULL;
+    if ((s = lmp_entry_or_fail(p, name, &e, err))) return s;
+    *json = e->steps ? cJSON_PrintUnformatted(e->steps) : NULL;
+    if (!*json) {
+        *json = (char *)malloc(3);
+        if (*json) memcpy(*json, "[]", 3);
+    }
+    return *json ? LMP_OK : lmp_fail(err, LMP_ERR_IO, "out of memory");
+}
+
+void lmp_free(void *ptr) { free(ptr); }
+
 lmp_status lmp_entry_or_fail(const lmp_plan *p, const char *name, const lmp_entry **e, lmp_error *err) {
     if (!p || !name) return lmp_fail(err, LMP_ERR_USAGE, "plan and name are required");
     *e = lmp_find(p, name);

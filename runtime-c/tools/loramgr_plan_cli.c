@@ -12,8 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "loramgr_plan.h"
-#include "plan_internal.h" /* the steps' raw JSON: this tool prints them as the plan holds them */
 
 static int usage(void) {
     fputs("usage: loramgr-plan adapters PLAN | targets PLAN | sections PLAN NAME [GRAPH] | encoding PLAN NAME TENSOR |\n"
@@ -155,8 +156,8 @@ int main(int argc, char **argv) {
     } else if (strcmp(cmd, "sections") == 0 && (argc == 4 || argc == 5)) {
         const lmp_section *secs = NULL;
         size_t n = 0, i;
-        const lmp_entry *e = NULL;
-        rc = (int)lmp_entry_or_fail(p, argv[3], &e, &err);
+        const char *ref = NULL;
+        rc = (int)lmp_entry_ref(p, argv[3], &ref, &err);
         if (!rc && argc == 5) {
             rc = (int)lmp_section_for(p, argv[3], argv[4], &secs, &err);
             n = 1;
@@ -167,7 +168,7 @@ int main(int argc, char **argv) {
             rc = fail(&err);
         } else {
             cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
-            cJSON_AddStringToObject(o, "adapter", e->ref);
+            cJSON_AddStringToObject(o, "adapter", ref);
             for (i = 0; i < n; i++) cJSON_AddItemToArray(arr, section_json(&secs[i]));
             cJSON_AddItemToObject(o, "sections", arr);
             rc = emit(o);
@@ -186,14 +187,17 @@ int main(int argc, char **argv) {
             rc = fail(&err);
         }
     } else if (strcmp(cmd, "steps") == 0 && argc == 4) {
-        const lmp_entry *e = NULL;
-        rc = (int)lmp_entry_or_fail(p, argv[3], &e, &err);
+        const char *ref = NULL;
+        char *steps = NULL;
+        rc = (int)lmp_entry_ref(p, argv[3], &ref, &err);
+        if (!rc) rc = (int)lmp_steps_json(p, argv[3], &steps, &err);
         if (rc) {
             rc = fail(&err);
         } else {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "adapter", e->ref);
-            cJSON_AddItemToObject(o, "steps", e->steps ? cJSON_Duplicate(e->steps, 1) : cJSON_CreateArray());
+            cJSON *o = cJSON_CreateObject(), *parsed = cJSON_Parse(steps);
+            cJSON_AddStringToObject(o, "adapter", ref);
+            cJSON_AddItemToObject(o, "steps", parsed ? parsed : cJSON_CreateArray());
+            lmp_free(steps);
             rc = emit(o);
         }
     } else if (strcmp(cmd, "switch") == 0 && (argc == 4 || argc == 5)) {
