@@ -257,7 +257,7 @@ def _targets(rec: Any, base: Base, root: Path) -> dict[str, Any]:
 
     by: dict[tuple[str, str], list[Artifact]] = {}
     for a in rec.artifacts:
-        if a.kind in (FileKind.EP_CONTEXT_MODEL, FileKind.EP_CONTEXT_BINARY):
+        if a.kind in (FileKind.EP_CONTEXT_MODEL, FileKind.EP_CONTEXT_BINARY, FileKind.EP_ENCODINGS):
             where = parse_context_rel(_rel(a.path, Path(rec.out_dir)))
             if where is not None:
                 by.setdefault(where, []).append(a)
@@ -287,13 +287,17 @@ def _targets(rec: Any, base: Base, root: Path) -> dict[str, Any]:
                 }
             elif "unshared" in entry:
                 graphs[g] = entry["unshared"]
+        enc = next((a for a in by.get((name, UNSHARED), []) if a.kind is FileKind.EP_ENCODINGS), None)
         out[name] = {
             "soc_model": t.soc_model,
             "htp_arch": t.htp_arch,
             "qnn_version": rec.sdk_version,
-            "precision": "fp16" if base.precision in ("fp32", "fp16") else base.precision,
+            # a quantized target: its QDQ scheme; a float one computes in the SoC's fp16
+            "precision": json.loads(Path(enc.path).read_text())["scheme"] if enc else "fp16",
             "graphs": graphs,
         }
+        if enc is not None:  # the LoRA inputs' encodings: what a runtime checks a new adapter against
+            out[name]["encodings"] = {"path": _rel(enc.path, root), "sha256": enc.sha256, "size": enc.size}
     return out
 
 

@@ -414,6 +414,7 @@ class FileKind(str, Enum):
     LORA_CREATOR_CONFIG = "lora_creator_config"
     EP_CONTEXT_MODEL = "ep_context_model"  # qnn-ep: a compiled EPContext model (per target)
     EP_CONTEXT_BINARY = "ep_context_binary"  # qnn-ep: the context .bin it loads
+    EP_ENCODINGS = "ep_encodings"  # qnn-ep, a quantized target: its LoRA inputs' encodings
 
 
 ArtifactKind = SectionKind | FileKind

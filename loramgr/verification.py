@@ -34,6 +34,9 @@ FP32_TOL, FP16_TOL = 1e-4, 2e-2
 #: A SoC's float path on HTP computes in fp16 (the QNN EP with a soc_model): logits vs PEFT fp32 are held
 #: to a relative error (max |diff| over max |logit|) and top-1 agreement; docs/htp.md says why these values.
 HTP_FP16_REL, HTP_FP16_TOP1 = 3e-2, 0.8
+#: A quantized HTP target (QDQ activations/weights): logits vs PEFT fp32 by cosine (and the same top-1
+#: agreement); docs/htp.md gives the measurements behind the bounds.
+HTP_QDQ_COSINE = {"qdq-u16u8": 0.99, "qdq-u8u8": 0.98}
 
 
 def _diff(got: np.ndarray, want: np.ndarray) -> float:
@@ -326,8 +329,9 @@ def verify(
 ) -> Verification:
     """Compare each adapter of the plan with its reference; returns rows and an overall ``ok``.
     ``htp``: the plan's compiled target runs on Qualcomm's HTP backend. The SoC's own numerics (fp16)
-    are held to a relative error and top-1 agreement (``HTP_FP16_REL``, ``HTP_FP16_TOP1``), the
-    simulator's fp32 mode (``htp.fp32``) to the fp32 tolerance."""
+    are held to a relative error and top-1 agreement (``HTP_FP16_REL``, ``HTP_FP16_TOP1``), a quantized
+    target to a cosine (``HTP_QDQ_COSINE``, with the tolerance column holding it) and the same top-1
+    agreement, the simulator's fp32 mode (``htp.fp32``) to the fp32 tolerance."""
     from loramgr.runtime import Plan
 
     plan = Plan.load(plan_path)
@@ -338,12 +342,12 @@ def verify(
         mode = "peft" if hf and Path(hf, "config.json").is_file() and _peft_available() else "sections"
     if mode == "peft" and not (hf and _peft_available()):
         raise IncompatibleError("verify --mode peft", "needs the [export] extra and the base's HF directory (--hf-dir)")
-    if htp is not None:
-        plan.target(htp.target)  # exit 3 before any work when the plan lacks the target
+    scheme = plan.target(htp.target)["precision"] if htp is not None else None  # exit 3 when it lacks it
     soc = htp is not None and not htp.fp32
+    qdq_cos = HTP_QDQ_COSINE.get(str(scheme)) if soc else None
     tol = tolerance if tolerance is not None else (FP16_TOL if base.precision == "fp16" else FP32_TOL)
     if soc and tolerance is None:
-        tol = HTP_FP16_REL
+        tol = qdq_cos if qdq_cos is not None else HTP_FP16_REL
     names = adapters or [*plan.adapters, *plan.use_cases]
     rows = []
     for name in names:
@@ -364,7 +368,8 @@ def verify(
             if soc:
                 rel = diff / max(float(np.abs(want).max()), 1e-30)
                 top1 = float((got[:, :n].argmax(-1) == want.argmax(-1)).mean())
-                rows.append(VerifyRow(entry.ref, mode, diff, cos, tol, rel <= tol and top1 >= HTP_FP16_TOP1, rel, top1))
+                close = cos >= tol if qdq_cos is not None else rel <= tol  # quantized: cosine; fp16: relative
+                rows.append(VerifyRow(entry.ref, mode, diff, cos, tol, close and top1 >= HTP_FP16_TOP1, rel, top1))
                 continue
         else:
             diff, cos = _sections_check(plan, name, members, base, htp)

@@ -336,3 +336,59 @@ def test_the_c_library_reads_the_targets_as_python_does(b, tmp_path):
     assert subprocess.run([str(tool), "targets", str(bad)], capture_output=True).returncode == 4
     with pytest.raises(PlanFormatError, match="escapes"):
         Plan.load(bad)
+
+
+@pytest.mark.parametrize("built", ["llama"], indirect=True)
+@pytest.mark.parametrize("scheme", ["qdq-u16u8", "qdq-u8u8"])
+def test_quantized_target_covers_its_adapters_and_refuses_one_that_clips(b, scheme, tmp_path):
+    """`--precision qdq-u16u8|u8u8`: the base quantized for HTP (ONNX Runtime's QNN quantization),
+    calibrated over every adapter and the use case; wholly on HTP; every adapter and the use case
+    verified against PEFT fp32 by cosine; the LoRA inputs' encodings in the plan cover each adapter's
+    own tensors. A later adapter whose LoRA weights fall outside them is refused for the target
+    (exit 5, naming tensor and range) instead of being clipped."""
+    import onnx
+
+    from loramgr.lora.inputs import section_inputs
+    from loramgr.registry.api import Registry
+    from loramgr.sections.backends import qdq
+
+    family, tmp, _ = b
+    out = tmp / f"out-{scheme}"
+    r = ok(
+        "build", "--base", "b", "--backend", "qnn-ep", "--target", TARGET, "--precision", scheme, "-o", out, "--json"
+    )
+    assert {a["kind"] for a in r.json["artifacts"]} >= {"ep_context_model", "ep_encodings"}
+    ok("plan", "--base", "b", "-o", out / "plan.json")
+    plan = json.loads((out / "plan.json").read_text())
+    t = plan["targets"][TARGET]
+    assert t["precision"] == scheme and t["encodings"]["path"].endswith("qdq_encodings.json")
+    for g in t["graphs"].values():
+        m = onnx.load(str(out / g["unshared_path"]), load_external_data=False)
+        assert {n.op_type for n in m.graph.node} == {"EPContext"}
+    v = ok("verify", "--plan", out / "plan.json", "--device", "htp", "--target", TARGET, "--json").json
+    want = {"qdq-u16u8": 0.99, "qdq-u8u8": 0.98}[scheme]
+    assert {r["adapter"] for r in v["adapters"]} == {"ad0@1", "ad1@1", "both"}
+    assert all(r["ok"] and r["cosine"] >= want for r in v["adapters"]), v
+    # the encodings hold every registered adapter's own tensors (an independent min/max over them)
+    enc = qdq.read_encodings(out / t["encodings"]["path"])
+    reg = Registry()
+    base = reg.base("b")
+    for ref in ("ad0@1", "ad1@1"):
+        params = section_inputs(reg.adapter(ref), base)
+        for per in enc.values():
+            for name, e in per.items():
+                if name in params:
+                    assert (
+                        e.rmin - e.scale <= float(params[name].min()) and float(params[name].max()) <= e.rmax + e.scale
+                    )
+    # an adapter registered later, ten times stronger than any calibrated one, is refused for the target
+    seed = 40 + list(qdq.SCHEMES).index(scheme)  # other bytes per scheme: registering is content-addressed
+    peft_adapter(
+        tiny_family(family), tmp_path / "big", seed=seed, r=8, lora_alpha=400, target_modules=["q_proj", "v_proj"]
+    )
+    ok("register", tmp_path / "big", "--name", f"big-{scheme}")
+    ok("validate", f"big-{scheme}", "--base", "b")
+    r = invoke("build", "--base", "b", "--backend", "qnn-ep", "--target", TARGET, "--precision", scheme, "-o", out)
+    assert r.exit_code == 5 and ".lora_B.weight [" in r.stderr and "outside" in r.stderr, r.stderr
+    assert not list(out.rglob(f"*big-{scheme}*"))  # nothing of it written
+    ok("retire", f"big-{scheme}")

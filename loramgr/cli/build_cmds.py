@@ -75,9 +75,10 @@ from loramgr.records import Artifact, OwnerType
 )
 @click.option(
     "--precision",
-    type=click.Choice(["int8", "int16"]),
-    help="Quantize the adapters' weights with their "
-    "encodings (computed when calibration has not run); default: the base's precision.",
+    type=click.Choice(["int8", "int16", "qdq-u16u8", "qdq-u8u8"]),
+    help="int8/int16: quantize the adapters' weights with their encodings (computed when calibration has "
+    "not run); qdq-u16u8/qdq-u8u8 (qnn-ep): the base quantized for HTP (activations/weights), calibrated over "
+    "every adapter of the build; default: the base's precision.",
 )
 @click.option("--force", is_flag=True, help="Rebuild even what is unchanged.")
 @json_option
@@ -114,6 +115,11 @@ def build(
         raise UsageError("--dlc/--htp-config/--lora-version/--quant-updatable", "only apply to --backend qairt")
     if targets and backend != "qnn-ep":
         raise UsageError(f"--target {targets}", "applies to --backend qnn-ep")
+    quantize = None
+    if precision and precision.startswith("qdq-"):
+        if backend != "qnn-ep":
+            raise UsageError(f"--precision {precision}", "applies to --backend qnn-ep (a quantized HTP target)")
+        quantize, precision = precision, None
     if quant_updatable and lora_version != 3:
         raise UsageError(f"--quant-updatable {quant_updatable}", "applies to --lora-version 3")
     if lora_version == 3 and dlcs:
@@ -128,7 +134,7 @@ def build(
             "quant_updatable": quant_updatable,
         }
         if backend == "qairt"
-        else {"targets": targets}
+        else {"targets": targets, "quantize": quantize}
         if backend == "qnn-ep"
         else {}
     )

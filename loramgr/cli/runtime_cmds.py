@@ -205,7 +205,7 @@ def verify_cmd(
                     f"{r.max_abs_diff:.2e}",
                     f"{r.cosine:.6f}",
                     *([f"{r.rel_error:.2e}", f"{r.top1_agreement:.3f}"] if soc else []),
-                    f"{r.tolerance:.0e}",
+                    f"{r.tolerance:g}",
                     "yes" if r.ok else "NO",
                 )
                 for r in res.adapters

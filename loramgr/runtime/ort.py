@@ -108,6 +108,10 @@ class LoraSession:
                 )
         # inputs with a default initializer (LoRA inputs, alpha) are listed as overridable initializers
         self._inputs = {i.name: i for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
+        # a quantized HTP graph keeps its LoRA inputs required (QNN refuses defaults there): ONNX Runtime's
+        # Python API then refuses add_active_adapter, so the sections' tensors are fed as inputs
+        required = {i.name for i in self.session.get_inputs()}
+        self._fed_sections = any(".lora_" in n for n in required)
         self.input_names = list(self._inputs)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.alpha_tensor = self.plan.alpha.get("tensor")
@@ -136,9 +140,15 @@ class LoraSession:
                 self._cache.move_to_end(key)
                 return hit[0]
         path = self.plan.verified(sec)
-        ad = self._ort.LoraAdapter()
-        with _ort_errors(path, "load this section"):
-            ad.Load(str(path))
+        ad: Any
+        if self._fed_sections:  # the section's tensors, to feed the graph's required LoRA inputs
+            with _ort_errors(path, "load this section"):
+                params = self._ort.AdapterFormat.read_adapter(str(path)).get_parameters()
+                ad = {k: np.array(v.numpy(), copy=True) for k, v in params.items()}
+        else:
+            ad = self._ort.LoraAdapter()
+            with _ort_errors(path, "load this section"):
+                ad.Load(str(path))
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:  # another thread loaded it meanwhile: share one object
@@ -213,9 +223,12 @@ class LoraSession:
         # keep a Python reference for the whole run: RunOptions holds only a raw pointer, and an LRU
         # eviction in another thread must not free the adapter mid-run
         adapter_objs = [*self._group_loaded(entry), self._loaded(entry)]
-        for obj in adapter_objs:  # a group's scales, then the use case's codes: disjoint inputs
-            ro.add_active_adapter(obj)
         feeds = dict(feeds)
+        for obj in adapter_objs:  # a group's scales, then the use case's codes: disjoint inputs
+            if isinstance(obj, dict):
+                feeds.update({k: v for k, v in obj.items() if k in self._inputs})
+            else:
+                ro.add_active_adapter(obj)
         if self._has_alpha and self.alpha_tensor not in feeds:
             feeds[self.alpha_tensor] = self.alpha_value(alphas)
         with _ort_errors(self.graph_file, f"run this graph with {entry.ref}"):

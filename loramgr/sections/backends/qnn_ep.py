@@ -28,7 +28,7 @@ from typing import Any
 from loramgr.errors import UsageError
 from loramgr.kinds import OwnerType
 from loramgr.records import Base, FileKind
-from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
+from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob, qdq
 from loramgr.sections.backends.ort import OrtBackend
 from loramgr.store import sha256_file
 from loramgr.targets import Target, parse_targets
@@ -38,6 +38,7 @@ log = logging.getLogger("loramgr")
 #: where a target's compiled files go, relative to the build's output directory
 TARGETS_DIR = "targets"
 SHARED, UNSHARED = "shared", "unshared"
+ENCODINGS_FILE = "qdq_encodings.json"  # a quantized target's LoRA input encodings
 
 
 def context_rel(target: str, variant: str, name: str) -> str:
@@ -58,13 +59,16 @@ class QnnEpBackend(OrtBackend):
 
     name = "qnn-ep"
 
-    def __init__(self, targets: str | None = None) -> None:
+    def __init__(self, targets: str | None = None, quantize: str | None = None) -> None:
         super().__init__()
         if not targets:
             raise UsageError("--backend qnn-ep", "needs --target (e.g. sm8750)", hint="`loramgr target list`")
         from loramgr.runtime import qnn
 
+        if quantize is not None:
+            qdq.check_scheme(quantize)
         self.targets: list[Target] = parse_targets(targets)
+        self.quantize = quantize  # None: the SoC's float path; else a QDQ scheme (qdq.SCHEMES)
         self.qnn_version = qnn.qnn_version()  # exit 2 naming the pip install when the extra is missing
         self.sdk_version = self.qnn_version
 
@@ -72,7 +76,9 @@ class QnnEpBackend(OrtBackend):
         import onnxruntime as ort
 
         names = ",".join(t.name for t in self.targets)
-        return f"onnxruntime-{ort.__version__}+qnn-{self.qnn_version}+{names}"
+        return f"onnxruntime-{ort.__version__}+qnn-{self.qnn_version}+{names}" + (
+            f"+{self.quantize}" if self.quantize else ""
+        )
 
     def check(self, base: Base) -> None:
         """Integer LoRA inputs feed DequantizeLinear on the CPU reference; the HTP path takes float
@@ -89,18 +95,42 @@ class QnnEpBackend(OrtBackend):
     def build(
         self, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
     ) -> list[OutFile]:
-        files = super().build(ctx, jobs, work, n_jobs=n_jobs, progress=progress)
         default = next((j for j in jobs if j.owner.type is OwnerType.DEFAULT), None)
+        files: list[OutFile] = []
         if default is not None:  # the contexts are the default job's: compiled when its key is new
-            files += self.compile(ctx, work, default.cache_key)
-        return files
+            files += self.compile(ctx, work, default.cache_key, jobs)
+        if self.quantize:  # every adapter and use case must fit the quantized LoRA inputs, before any file
+            enc_file = next((work / f.rel_path for f in files if f.kind is FileKind.EP_ENCODINGS), None)
+            self._check_ranges(ctx, jobs, enc_file)
+        return super().build(ctx, jobs, work, n_jobs=n_jobs, progress=progress) + files
 
-    def compile(self, ctx: BuildContext, work: Path, cache_key: str) -> list[OutFile]:
-        """Every graph of the base for every target, unshared and (two graphs or more) shared."""
+    def _check_ranges(self, ctx: BuildContext, jobs: list[SectionJob], enc_file: Path | None) -> None:
+        """Refuse (exit 5) an adapter or use case whose LoRA tensors the targets' encodings would clip."""
+        for t in self.targets:
+            path = enc_file or ctx.out / context_rel(t.name, UNSHARED, ENCODINGS_FILE)
+            if not path.is_file():
+                raise UsageError(str(path), "the quantized target's encodings are missing", hint="build with --force")
+            enc = qdq.read_encodings(path)
+            for j in jobs:
+                params = _job_inputs(ctx.base, j)
+                problems = [p for g in enc.values() for p in qdq.out_of_range(params, g)]
+                qdq.refuse_out_of_range(j.owner.label, t.name, sorted(set(problems)))
+
+    def compile(self, ctx: BuildContext, work: Path, cache_key: str, jobs: list[SectionJob]) -> list[OutFile]:
+        """Every graph of the base for every target, unshared and (two graphs or more) shared; with a
+        QDQ scheme, the graphs quantized first (calibrated over every job's LoRA tensors)."""
         graphs = ctx.base.graph_names
         out: list[OutFile] = []
         staged = {g: _required_inputs_copy(ctx.graph_paths[g]) for g in graphs}
         try:
+            quantized: dict[str, Path] = {}
+            if self.quantize:
+                quantized, enc = self._quantize(ctx, work, staged, jobs)
+                for t in self.targets:
+                    rel = context_rel(t.name, UNSHARED, ENCODINGS_FILE)
+                    (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                    qdq.write_encodings(work / rel, self.quantize, enc)
+                    out.append(_out(work, rel, FileKind.EP_ENCODINGS, list(graphs), cache_key))
             for t in self.targets:
                 variants = [(UNSHARED, False)] + ([(SHARED, True)] if len(graphs) > 1 else [])
                 for variant, share in variants:
@@ -108,8 +138,10 @@ class QnnEpBackend(OrtBackend):
                         rel = context_rel(t.name, variant, f"{g}_ctx.onnx")
                         dest = work / rel
                         dest.parent.mkdir(parents=True, exist_ok=True)
-                        _compile_checked(staged[g][0], dest, t, g, share=share, last=i == len(graphs) - 1)
-                        _restore_defaults(dest, staged[g][1])
+                        src = quantized.get(g, staged[g][0])
+                        _compile_checked(src, dest, t, g, share=share, last=i == len(graphs) - 1)
+                        if not quantized:  # QNN refuses optional inputs on a QDQ graph: those stay required
+                            _restore_defaults(dest, staged[g][1])
                         out.append(_out(work, rel, FileKind.EP_CONTEXT_MODEL, [g], cache_key))
                     for b in sorted(
                         {_context_bin(work / context_rel(t.name, variant, f"{g}_ctx.onnx")) for g in graphs}
@@ -124,7 +156,48 @@ class QnnEpBackend(OrtBackend):
         finally:
             for path, _ in staged.values():
                 path.unlink(missing_ok=True)
+                path.with_name(f"{path.name}.q.onnx").unlink(missing_ok=True)
         return out
+
+    def _quantize(
+        self, ctx: BuildContext, work: Path, staged: dict[str, tuple[Path, list[Any]]], jobs: list[SectionJob]
+    ) -> tuple[dict[str, Path], dict[str, dict[str, qdq.Encoding]]]:
+        """The QDQ graphs (in the work directory) and their LoRA inputs' encodings per graph."""
+        import onnx
+
+        assert self.quantize is not None
+        base = ctx.base
+        float_q: dict[str, tuple[str, Path]] = {}
+        for g, (copy, _) in staged.items():
+            m = onnx.load(str(copy), load_external_data=False)
+            qdq.clamp_mask(m, qdq.MASK_FILL[self.quantize])
+            q_src = copy.with_name(f"{copy.name}.q.onnx")
+            onnx.save(m, str(q_src))
+            float_q[g] = (base.graph(g).kind, q_src)
+        lora_sets = [_job_inputs(base, j) for j in jobs if j.owner.type is not OwnerType.DEFAULT]
+        lora_sets.append(_job_inputs(base, next(j for j in jobs if j.owner.type is OwnerType.DEFAULT)))
+        vocab = int((base.export or {}).get("vocab_size") or 2)
+        feeds = qdq.calibration_feeds(float_q, lora_sets, vocab)
+        names = sorted({n for ap in base.attachment_points for n in ap.tensors} | {base.alpha_tensor or ""} - {""})
+        out: dict[str, Path] = {}
+        enc: dict[str, dict[str, qdq.Encoding]] = {}
+        for g, (_, src) in float_q.items():
+            dest = work / ".qdq" / f"{g}.onnx"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            qdq.quantize_graph(src, dest, feeds[g], self.quantize, base.alpha_tensor)
+            out[g] = dest
+            enc[g] = qdq.lora_encodings(dest, names)
+        self.log.append(f"quantized {', '.join(out)} as {self.quantize} over {len(lora_sets)} LoRA sets")
+        return out, enc
+
+
+def _job_inputs(base: Base, job: SectionJob) -> dict[str, Any]:
+    """The LoRA tensors a job's sections hold (what a runtime feeds the compiled graph)."""
+    from loramgr.lora.inputs import section_inputs, use_case_inputs
+
+    if job.use_case is not None:
+        return use_case_inputs(list(job.members), base, job.encodings)
+    return section_inputs(job.adapter, base, job.encodings)
 
 
 def _out(work: Path, rel: str, kind: FileKind, graphs: list[str], cache_key: str) -> OutFile:
