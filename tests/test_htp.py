@@ -203,6 +203,10 @@ def test_refusals_name_the_cause(b, tmp_path, monkeypatch):
     m.graph.node.append(helper.make_node("Erf", ["logits"], ["logits_erf"], name="the_erf"))
     logits.name = "logits_erf"
     onnx.save(m, str(tmp_path / "erf.onnx"))
+    r = invoke("base", "register", tmp_path / "erf.onnx", "--name", "e", "--htp-target", "sm8750")
+    assert r.exit_code == 2 and "op Erf (node the_erf)" in r.stderr, r.stderr  # third-party ONNX, checked first
+    assert invoke("list", "bases", "--json").json == []  # nothing registered
+    ok("base", "register", built_tmp / "onnx" / "decode.onnx", "--name", "clean", "--htp-target", "sm8750,sc8380xp")
     ok("base", "register", tmp_path / "erf.onnx", "--name", "e")
     ok("register", built_tmp / "ad0", "--name", "a")
     ok("validate", "a", "--base", "e")

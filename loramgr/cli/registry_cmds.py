@@ -165,6 +165,13 @@ def base_group() -> None:
     help="An intermediate tensor to calibrate per adapter besides the graph I/O; repeatable.",
 )
 @click.option("--link", is_flag=True, help="Hard-link graph files into the store instead of copying.")
+@click.option(
+    "--htp-target",
+    "htp_targets",
+    metavar="SOC[,SOC...]",
+    help="Refuse (exit 2, naming op and node) graphs Qualcomm's HTP cannot compile wholly for these SoCs, "
+    "before anything is registered (the [qnn] extra; `build --backend qnn-ep` checks the same).",
+)
 @json_option
 @pass_ctx
 def base_register(
@@ -181,6 +188,7 @@ def base_register(
     allow_empty: bool,
     quant_points: tuple[str, ...],
     link: bool,
+    htp_targets: str | None,
     as_json: bool,
 ) -> None:
     """Register a LoRA-ready base: one ONNX graph, or several with --graph NAME=PATH."""
@@ -191,6 +199,13 @@ def base_register(
     if onnx_path and graphs:
         raise UsageError("base register", "give either one ONNX file or --graph options, not both")
     pairs = [(Path(onnx_path).stem, onnx_path)] if onnx_path else list(parse_kv(graphs, "--graph").items())
+    if htp_targets:
+        from loramgr.sections.backends.qnn_ep import check_placement
+        from loramgr.targets import parse_targets
+
+        for t in parse_targets(htp_targets):
+            for graph, path in pairs:
+                check_placement(Path(path), graph, t)
     rec, created = ctx.registry.register_base(
         pairs,
         name=name,

@@ -253,6 +253,42 @@ def _context_bin(ctx_model: Path) -> str:
     raise UsageError(str(ctx_model), "the QNN compiler wrote no EPContext node")
 
 
+def check_placement(graph_path: Path, graph: str, t: Target) -> None:
+    """Refuse (exit 2, naming op, node and reason) a graph HTP cannot compile wholly for ``t``: the
+    compile a build would make, into a scratch directory, with its inputs' defaults dropped as there."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="loramgr-htp-check-") as d:
+        # the user's graph stays untouched: a scratch copy, its external data files beside it (ONNX
+        # Runtime refuses a data file reached through a symbolic link out of the model's directory)
+        m = onnx.load(str(graph_path), load_external_data=False)
+        inputs = {i.name for i in m.graph.input}
+        keep = [x for x in m.graph.initializer if x.name not in inputs]  # the inputs' defaults dropped
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(keep)
+        for x in keep:
+            for e in x.external_data:
+                if e.key == "location" and not (Path(d) / e.value).exists():
+                    _link_or_copy(graph_path.parent / e.value, Path(d) / e.value)
+        copy = Path(d) / graph_path.name
+        onnx.save(m, str(copy))
+        (Path(d) / "ctx").mkdir()
+        _compile_checked(copy, Path(d) / "ctx" / "g_ctx.onnx", t, graph, share=False, last=True)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    import os
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)  # same file system: no bytes copied
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def _compile_checked(model: Path, dest: Path, t: Target, graph: str, *, share: bool, last: bool) -> None:
     """Compile, and when HTP cannot place the whole graph say which op of which node it could not."""
     from loramgr.errors import ExternalToolError
