@@ -94,6 +94,15 @@ def test_dora(base):
     check_refused("dora@1", "dora")
 
 
+def test_layer_replication_is_named_as_such(base):
+    """PEFT's layer_replication adapters target layer copies the base graph does not have: the problem
+    names that cause (it was once only target_missing, with a re-export hint that could not help)."""
+    d, _ = base.adapter("rep", layer_replication=[[0, 2], [1, 2]])
+    registered(d)
+    rep = check_refused("rep@1", "layer_replication", ["layer_replication"])
+    assert "retrain without it" in json.dumps(rep)
+
+
 def test_dora_magnitude_tensor(base, tmp_path):
     t = synth.adapter_tensors(base.mps, 8)
     t["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"] = np.ones(64, np.float32)

@@ -93,5 +93,14 @@ def weight_list(ctx: Ctx, base_ref: str, output: str | None, fmt: str, include_a
                 click.echo(f"# graph {g}")
                 click.echo(render(names), nl=False)
     else:
+        by_file: dict[str, list[str]] = {}
         for g, f in res.files.items():
-            click.echo(f"{g}: {f} ({len(res.lists[g])} names)")
+            by_file.setdefault(f, []).append(g)
+        for f, graphs in by_file.items():  # one file serves every graph that shares the list
+            n = len(res.lists[graphs[0]])
+            click.echo(f"{f}: {n} names, for graph{'s' if len(graphs) > 1 else ''} {', '.join(graphs)}")
+        if any(n.endswith(".lora_indices") for names in res.lists.values() for n in names):
+            click.echo(
+                "(the *.lora_indices names are the alpha-slot maps of a base with --max-adapters: updatable "
+                "like the LoRA weights, they tell each rank column which adapter's alpha scales it)"
+            )

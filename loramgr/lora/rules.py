@@ -34,6 +34,7 @@ CODES = {
     "dora": "DoRA magnitude vectors cannot be applied by a LoRA-v2 base",
     "modules_to_save": "full weights (modules_to_save) cannot be applied as a LoRA delta",
     "lora_bias": "LoRA bias terms cannot be applied as a LoRA delta",
+    "layer_replication": "the adapter was trained on a model whose layers PEFT replicated (layer_replication)",
     "alpha_unknown": "lora_alpha is unknown (no adapter_config.json and no --lora-alpha)",
     "unmatched_tensor": "a tensor that is not part of any LoRA pair",
     "retired": "the adapter or base is retired",
@@ -144,6 +145,15 @@ def check_adapter(
         )
     if cfg.get("bias") not in (None, "none"):
         c.error("lora_bias", f"bias={cfg['bias']!r} trains bias terms", ref, "retrain with bias='none'")
+    replication = cfg.get("layer_replication") or (cfg.get("extra") or {}).get("layer_replication")
+    if replication:
+        c.error(
+            "layer_replication",
+            f"layer_replication {str(replication)[:80]} stacks copies of the base's layers, which the base"
+            " graph does not have",
+            ref,
+            "export a base from the model with its layers replicated as PEFT builds it, or retrain without it",
+        )
 
     by_module: dict[str, dict[str, TensorInfo]] = {}
     for t in adapter.tensor_list():
