@@ -39,9 +39,9 @@ def llama(tmp: Path, hidden: int, layers: int) -> Path:
 
 
 def export(hf: Path, out: Path, targets: list[str], rank: int, graphs: str, ctx: int) -> dict[str, Any]:
-    from loramgr.export import export_base
+    from loramgr.export import ExportOptions, export_base
 
-    return export_base(hf, out, targets=targets, max_rank=rank, graphs=graphs, context_len=ctx)
+    return export_base(hf, out, ExportOptions(targets=targets, max_rank=rank, graphs=graphs, context_len=ctx))
 
 
 def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:

@@ -288,7 +288,7 @@ def bench_use_cases(tmp: Path, hidden: int, layers: int, rank: int, rounds: int)
     from transformers import AutoModelForCausalLM
 
     from benchmarks.models import lm
-    from loramgr.export import export_base
+    from loramgr.export import ExportOptions, export_base
     from loramgr.export.tiny import peft_adapter
     from loramgr.runtime import Plan
     from loramgr.runtime.ort import LoraSession
@@ -297,7 +297,9 @@ def bench_use_cases(tmp: Path, hidden: int, layers: int, rank: int, rounds: int)
     home = tmp / "home-uc"
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
     man = export_base(
-        hf, tmp / "onnx-uc", targets=targets, max_rank=3 * rank, graphs="decode=1", context_len=64, max_adapters=3
+        hf,
+        tmp / "onnx-uc",
+        ExportOptions(targets=targets, max_rank=3 * rank, graphs="decode=1", context_len=64, max_adapters=3),
     )
     args = [a for g in man["graphs"] for a in ("--graph", f"{g['name']}={tmp / 'onnx-uc' / g['file']}")]
     lm(home, "base", "register", "--name", "uc", *args)

@@ -76,17 +76,14 @@ def same_greedy(tokens: list[int], ref_tokens: list[int], ref_rows: list[np.ndar
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    from loramgr.export import export_base
+    from loramgr.export import ExportOptions, export_base
 
     tmp = tmp_path_factory.mktemp("llama")
     tiny_llama().save_pretrained(tmp / "hf")
     man = export_base(
         tmp / "hf",
         tmp / "onnx",
-        targets=["q_proj", "v_proj"],
-        max_rank=16,
-        graphs=f"prefill={S},decode=1",
-        context_len=CTX,
+        ExportOptions(targets=["q_proj", "v_proj"], max_rank=16, graphs=f"prefill={S},decode=1", context_len=CTX),
     )
     return tmp, man
 
@@ -169,18 +166,20 @@ def test_llama_greedy_with_kv_cache_matches_hf(llama, tmp_path):
 
 
 def test_llama_parts_chain_exactly(llama, tmp_path):
-    from loramgr.export import export_base
+    from loramgr.export import ExportOptions, export_base
 
     tmp, _ = llama
     limit = 170_000  # a layer is 162 KB: embeddings | layer 0 | layer 1 | head
     man = export_base(
         tmp / "hf",
         tmp_path / "parts",
-        targets=["q_proj", "v_proj"],
-        max_rank=16,
-        graphs=f"prefill={S},decode=1",
-        context_len=CTX,
-        max_part_bytes=limit,
+        ExportOptions(
+            targets=["q_proj", "v_proj"],
+            max_rank=16,
+            graphs=f"prefill={S},decode=1",
+            context_len=CTX,
+            max_part_bytes=limit,
+        ),
     )
     assert len(man["parts"]) >= 3
     assert all(p["data_bytes"] <= limit for p in man["parts"])
@@ -249,10 +248,14 @@ def test_gpt2_cli_export_registers_and_matches_peft(tmp_path):
 
 
 def test_fp16_export_runs_close_to_fp32(llama, tmp_path):
-    from loramgr.export import export_base
+    from loramgr.export import ExportOptions, export_base
 
     tmp, _ = llama
-    export_base(tmp / "hf", tmp_path / "h", targets=["q_proj"], max_rank=4, graphs=f"prefill={S}", precision="fp16")
+    export_base(
+        tmp / "hf",
+        tmp_path / "h",
+        ExportOptions(targets=["q_proj"], max_rank=4, graphs=f"prefill={S}", precision="fp16"),
+    )
     m = onnx.load(str(tmp_path / "h" / "prefill.onnx"), load_external_data=False)
     a = next(i for i in m.graph.input if i.name.endswith("q_proj.lora_A.weight"))
     assert a.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16

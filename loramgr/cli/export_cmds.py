@@ -78,15 +78,11 @@ def base_export(
     Every target projection gets `<module>.lora_A.weight [in, R]` / `.lora_B.weight [R, out]` graph
     inputs (zero defaults) and one `lora_alpha` input; prefill/decode graphs share weights on disk.
     """
-    from loramgr.export import export_and_register, parse_bytes
+    from loramgr.export import ExportOptions, export_and_register, parse_bytes
 
     targets = [t.strip() for t in target_modules.split(",") if t.strip()]
     say = None if as_json else (lambda s: print(s, file=sys.stderr, flush=True))
-    res = export_and_register(
-        None if no_register else ctx.registry,
-        hf_dir,
-        out_dir,
-        name=name,
+    options = ExportOptions(
         targets=targets,
         max_rank=max_rank,
         graphs=graphs,
@@ -95,6 +91,13 @@ def base_export(
         max_part_bytes=parse_bytes(max_part_bytes),
         quantized_lora=int(quantized_lora) if quantized_lora else None,
         max_adapters=max_adapters,
+    )
+    res = export_and_register(
+        None if no_register else ctx.registry,
+        hf_dir,
+        out_dir,
+        options,
+        name=name,
         sdk_version=sdk_version,
         progress=say,
     )

@@ -126,23 +126,40 @@ def _bytes(mod: Any, dtype_size: int) -> int:
     return int(sum(p.numel() for p in mod.parameters())) * dtype_size
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``base export`` makes of a model: the options of the command, in one record.
+
+    ``max_adapters`` N adds alpha slots (use cases: several adapters at once): ``lora_alpha`` becomes
+    ``[1, N]`` and every attachment point takes an int64 ``<module>.lora_indices [1, R]`` mapping its
+    rank columns to slots; ``quantized_lora`` 8/16 makes the LoRA inputs integer codes with scales."""
+
+    targets: list[str]
+    max_rank: int
+    graphs: str = DEFAULT_GRAPHS
+    context_len: int | None = None
+    precision: str = "fp32"
+    max_part_bytes: int = 2 * 10**9
+    quantized_lora: int | None = None
+    max_adapters: int | None = None
+
+
 def export_base(
     hf_dir: str | Path,
     out_dir: str | Path,
+    options: ExportOptions,
     *,
-    targets: list[str],
-    max_rank: int,
-    graphs: str = DEFAULT_GRAPHS,
-    context_len: int | None = None,
-    precision: str = "fp32",
-    max_part_bytes: int = 2 * 10**9,
-    quantized_lora: int | None = None,
-    max_adapters: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Export; returns the manifest (also written as ``OUT/export.json``). ``max_adapters`` N adds
-    alpha slots (use cases: several adapters at once): ``lora_alpha`` becomes ``[1, N]`` and every
-    attachment point takes an int64 ``<module>.lora_indices [1, R]`` mapping its rank columns to slots."""
+    """Export; returns the manifest (also written as ``OUT/export.json``)."""
+    o = options
+    targets, max_rank, graphs, context_len = o.targets, o.max_rank, o.graphs, o.context_len
+    precision, max_part_bytes, quantized_lora, max_adapters = (
+        o.precision,
+        o.max_part_bytes,
+        o.quantized_lora,
+        o.max_adapters,
+    )
     try:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -366,16 +383,9 @@ def export_and_register(
     reg: Registry | None,
     hf_dir: str | Path,
     out_dir: str | Path,
+    options: ExportOptions,
     *,
     name: str,
-    targets: list[str],
-    max_rank: int,
-    graphs: str = DEFAULT_GRAPHS,
-    context_len: int | None = None,
-    precision: str = "fp32",
-    max_part_bytes: int = 2 * 10**9,
-    quantized_lora: int | None = None,
-    max_adapters: int | None = None,
     sdk_version: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
@@ -386,19 +396,8 @@ def export_and_register(
     from loramgr.names import check_name
 
     check_name(name, "base name")
-    man = export_base(
-        hf_dir,
-        out_dir,
-        targets=targets,
-        max_rank=max_rank,
-        graphs=graphs,
-        context_len=context_len,
-        precision=precision,
-        max_part_bytes=max_part_bytes,
-        quantized_lora=quantized_lora,
-        max_adapters=max_adapters,
-        progress=progress,
-    )
+    man = export_base(hf_dir, out_dir, options, progress=progress)
+    max_rank, quantized_lora, precision = options.max_rank, options.quantized_lora, options.precision
     base = None
     if reg is not None:
         out = Path(out_dir)

@@ -67,6 +67,29 @@ class BuildResult(JsonRecord):
     artifacts: list[Artifact]
 
 
+def _common(base: Base, backend_id: str, share: bool, groups: dict[str, list[str]]) -> dict[str, Any]:
+    """What every job's cache key covers: the layout, the base's exact graphs and precision, the
+    backend and its version, sharing and the section groups. The one recipe; each kind of job adds
+    its owner's content (:func:`cache_key`, :func:`_use_case_jobs`)."""
+    return {
+        "layout": LAYOUT_VERSION,
+        "base": base.fingerprint,
+        "precision": base.precision,
+        "backend": backend_id,
+        "share": share,
+        "groups": groups,
+    }
+
+
+def _digest(blob: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _members(adapters: tuple[Adapter, ...]) -> list[list[Any]]:
+    """Adapters' content identities, as use-case keys hold them."""
+    return [[m.sha256, m.config_sha256, m.lora_alpha, m.name, m.version] for m in adapters]
+
+
 def cache_key(
     base: Base,
     adapter: Adapter | None,
@@ -75,25 +98,9 @@ def cache_key(
     share: bool,
     groups: dict[str, list[str]],
 ) -> str:
-    blob = {
-        "layout": LAYOUT_VERSION,
-        "base": base.fingerprint,
-        "precision": base.precision,
-        "backend": backend_id,
-        "share": share,
-        "groups": groups,
-        "adapter": None
-        if adapter is None
-        else [
-            adapter.sha256,
-            adapter.config_sha256,
-            adapter.lora_alpha,
-            adapter.name,
-            adapter.version,
-            encodings.to_aimet() if encodings else None,
-        ],
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+    """An adapter's (or, with None, the default adapter's) job key."""
+    owner = None if adapter is None else [*_members((adapter,))[0], encodings.to_aimet() if encodings else None]
+    return _digest(_common(base, backend_id, share, groups) | {"adapter": owner})
 
 
 @contextlib.contextmanager
@@ -322,15 +329,9 @@ def _use_case_jobs(
             log.warning("use case %s is not built: an adapter of it is retired", uc.name)
             continue
         enc = dataclasses.replace(reg.encodings.get(base.id, None, use_case_id=uc.id), sources=())
-        blob: dict[str, Any] = {
-            "layout": LAYOUT_VERSION,
-            "base": base.fingerprint,
-            "precision": base.precision,
-            "backend": backend_id,
-            "share": share,
-            "groups": groups,
+        blob = _common(base, backend_id, share, groups) | {
             "use_case": [uc.name, uc.hot],
-            "members": [[m.sha256, m.config_sha256, m.lora_alpha, m.name, m.version] for m in members],
+            "members": _members(members),
             "encodings": enc.to_aimet() if enc else None,
         }
         built.append((uc, members, enc, blob))
@@ -346,7 +347,7 @@ def _use_case_jobs(
         if group:
             everyone = tuple(m for _, m, _, _ in by_group[group])
             blob = blob | {"group": [group, [b["members"] for _, _, _, b in by_group[group]]]}
-        key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+        key = _digest(blob)
         jobs.append(
             SectionJob(
                 SectionOwner.use_case(uc),
@@ -362,8 +363,7 @@ def _use_case_jobs(
         )
     int_inputs = any(dtypes.int_bits(ap.dtype) for ap in base.attachment_points)
     for group, items in sorted(by_group.items()) if int_inputs else ():
-        qblob: dict[str, Any] = {"quant_section": group, "members": [b for _, _, _, b in items]}
-        key = hashlib.sha256(json.dumps(qblob, sort_keys=True).encode()).hexdigest()
+        key = _digest({"quant_section": group, "members": [b for _, _, _, b in items]})
         jobs.append(
             SectionJob(
                 SectionOwner.group(group),
