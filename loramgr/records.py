@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from loramgr.formats.peft import LoraConfig, Scaling
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.kinds import OwnerType, SectionKind
 
@@ -145,7 +146,7 @@ class Adapter(JsonRecord):
     source_uri: str
     created_at: str
     store_path: Path
-    peft_config: Mapping[str, Any] | None = None
+    peft_config: LoraConfig | None = None  # the parsed adapter_config.json (None: registered without one)
     tensors: tuple[TensorInfo, ...] | None = None
     config_json: str | None = None  # adapter_config.json exactly as registered (None: registered without one)
 
@@ -154,8 +155,20 @@ class Adapter(JsonRecord):
         return ref_of(self.name, self.version)
 
     def config(self, key: str, default: Any = None) -> Any:
-        """One field of the stored ``adapter_config.json`` (``None``/default without a config)."""
-        return (self.peft_config or {}).get(key, default)
+        """One field of the stored ``adapter_config.json`` (``None``/default without a config); fields
+        loramgr does not model come from the config's ``extra``."""
+        if self.peft_config is None:
+            return default
+        if key in LoraConfig.__dataclass_fields__ and key != "extra":
+            return getattr(self.peft_config, key)
+        return self.peft_config.extra.get(key, default)
+
+    @property
+    def scaling(self) -> Scaling:
+        """PEFT's scaling terms for this adapter (its registered ``lora_alpha``; check_adapter
+        refuses an adapter without one before anything scales it)."""
+        cfg = self.peft_config or LoraConfig()
+        return cfg.scaling(float(self.lora_alpha if self.lora_alpha is not None else 0.0))
 
     @property
     def use_rslora(self) -> bool:
@@ -200,7 +213,7 @@ class Adapter(JsonRecord):
             "store_path": str(self.store_path),
         }
         if full if full is not None else self.tensors is not None:
-            rec["peft_config"] = _plain(self.peft_config)
+            rec["peft_config"] = self.peft_config.to_json() if self.peft_config else None
             rec["tensor_list"] = [
                 {"key": t.key, "dtype": t.dtype, "shape": list(t.shape), "offsets": [t.begin, t.end]}
                 for t in self.tensor_list()

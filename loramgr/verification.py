@@ -193,10 +193,8 @@ _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<m>.+)\.lora_(?:embedding_)
 
 
 def _pattern(patterns: dict[str, Any], module: str) -> Any:
-    """PEFT's rank_pattern / alpha_pattern lookup: an exact key, else the first regex key matching the
-    module path's tail."""
-    if module in patterns:
-        return patterns[module]
+    """PEFT's rank_pattern / alpha_pattern lookup, restated here for the reference: the first key in
+    the config's order whose regex matches the module path's tail (peft/utils/other.py get_pattern_key)."""
     return next((v for k, v in patterns.items() if re.match(rf"(.*\.)?({k})$", module)), None)
 
 

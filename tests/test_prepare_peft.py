@@ -120,6 +120,17 @@ def test_llama_ranks_rslora_patterns(tmp_path):
             dict(r=8, lora_alpha=8, target_modules=t, use_rslora=True),
             dict(r=8, lora_alpha=16, target_modules=t, alpha_pattern={"v_proj": 4}, rank_pattern={"q_proj": 4}),
             dict(r=4, lora_alpha=8, target_modules=["q_proj"]),  # v_proj zero-filled
+            # PEFT takes the FIRST matching pattern key in the config's order (PEFT writes the file with
+            # sorted keys, so the order is the same in memory and after from_pretrained here): layer 0's
+            # v_proj gets alpha 4 / rank 4, not the exact key's 64 / 16 (loramgr once preferred the exact
+            # key: logits off by ~3, exit 0)
+            dict(
+                r=8,
+                lora_alpha=16,
+                target_modules=t,
+                alpha_pattern={".*v_proj": 4, "model.layers.0.self_attn.v_proj": 64},
+                rank_pattern={".*v_proj": 4, "model.layers.0.self_attn.v_proj": 16},
+            ),
         ],
         "llama",
     )
@@ -141,14 +152,18 @@ def test_gpt2_conv1d_fan_in_fan_out(tmp_path):
 
 
 def test_pure_prepare_rules():
-    from loramgr.lora.prepare import canonical_pair, pattern_value, prepare, scaling
+    from loramgr.formats.peft import Scaling, pattern_key
+    from loramgr.lora.prepare import canonical_pair, prepare
     from loramgr.records import AttachmentPoint
 
-    assert scaling("m.q_proj", 8, 16) == 2.0
-    assert scaling("m.q_proj", 16, 8, use_rslora=True) == 2.0
-    assert scaling("model.layers.0.self_attn.v_proj", 8, 16, config_r=8, alpha_pattern={"v_proj": 4}) == 0.5
-    assert pattern_value({r"layers\.0\..*q_proj": 2}, "model.layers.0.self_attn.q_proj") == 2
-    assert pattern_value({"q_proj": 2}, "model.layers.0.self_attn.k_proj") is None
+    assert Scaling(16).factor("m.q_proj", 8) == 2.0
+    assert Scaling(8, use_rslora=True).factor("m.q_proj", 16) == 2.0
+    assert Scaling(16, 8, alpha_pattern={"v_proj": 4}).factor("model.layers.0.self_attn.v_proj", 8) == 0.5
+    assert pattern_key([r"layers\.0\..*q_proj"], "model.layers.0.self_attn.q_proj") == r"layers\.0\..*q_proj"
+    assert pattern_key(["q_proj"], "model.layers.0.self_attn.k_proj") is None
+    # PEFT's precedence: the first matching key in the config's order, an exact one has none of its own
+    both = {"k_proj": 8.0, "model.layers.0.self_attn.k_proj": 64.0}
+    assert Scaling(16, 8, alpha_pattern=both).factor("model.layers.0.self_attn.k_proj", 8) == 1.0
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.arange(8, dtype=np.float32).reshape(4, 2)
     ca, cb = canonical_pair(a, b, 0.5, 4, np.float32)
@@ -160,5 +175,5 @@ def test_pure_prepare_rules():
     with pytest.raises(ValueError):
         canonical_pair(a, b, 1.0, 1, np.float32)
     t = AttachmentPoint("m", "m.lora_A.weight", "m.lora_B.weight", 3, 4, 4, "float32")
-    p = prepare([t], {}, lambda k: None, lora_alpha=1.0, precision="fp16")
+    p = prepare([t], {}, lambda k: None, scaling=Scaling(1.0), precision="fp16")
     assert p.tensors["m.lora_A.weight"].dtype == np.float16 and not p.tensors["m.lora_B.weight"].any()

@@ -292,7 +292,8 @@ def test_embedding_lora_prepares_like_peft():
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from loramgr.lora.prepare import canonical_pair, scaling
+    from loramgr.formats.peft import Scaling
+    from loramgr.lora.prepare import canonical_pair
 
     class Emb(torch.nn.Module):
         def __init__(self) -> None:
@@ -314,5 +315,5 @@ def test_embedding_lora_prepares_like_peft():
         with_lora = model(ids).numpy()
         with model.disable_adapter():
             base = model(ids).numpy()
-    ca, cb = canonical_pair(A, B, scaling("embed", 4, 8.0), 8, np.float32)
+    ca, cb = canonical_pair(A, B, Scaling(8.0).factor("embed", 4), 8, np.float32)
     assert np.abs(ca[ids.numpy()] @ cb - (with_lora - base)).max() < 1e-5

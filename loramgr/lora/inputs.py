@@ -35,25 +35,13 @@ def prepared_with_ranks(adapter: Adapter, base: Base) -> tuple[dict[str, np.ndar
     validation would refuse.
     """
     f, c = _checked(adapter, base)
-    tensors = prepare(targets_of(base), c.pairs, f.load, precision=base.precision, **_scaling_terms(adapter)).tensors
+    tensors = prepare(targets_of(base), c.pairs, f.load, precision=base.precision, scaling=adapter.scaling).tensors
     from loramgr.lora.usecase import module_ranks, single_indices
 
     ranks = module_ranks(adapter, c)
     if base.max_adapters:  # alone on a base with alpha slots: its columns -> slot 0, padding -> the zero slot
         tensors |= single_indices(base, ranks)
     return tensors, ranks
-
-
-def _scaling_terms(adapter: Adapter) -> dict[str, Any]:
-    """The adapter's config terms PEFT's scaling uses, by the names ``prepare`` and ``scaling`` take."""
-    assert adapter.lora_alpha is not None  # check_adapter refuses alpha_unknown
-    return {
-        "lora_alpha": float(adapter.lora_alpha),
-        "config_r": adapter.config("r"),
-        "use_rslora": adapter.use_rslora,
-        "rank_pattern": adapter.config("rank_pattern"),
-        "alpha_pattern": adapter.config("alpha_pattern"),
-    }
 
 
 def _checked(adapter: Adapter, base: Base) -> tuple[AdapterFile, Any]:
@@ -83,15 +71,13 @@ def real_rank_branches(members: list[Adapter], base: Base) -> dict[str, Any]:
     the members' PEFT A and B (unscaled) rank-concatenated in slot order, and each column's scaling.
     Returns module path -> :class:`loramgr.formats.lora_v3.Branch`."""
     from loramgr.formats.lora_v3 import Branch
-    from loramgr.lora.prepare import scaling
 
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
     for adapter in members:
         f, c = _checked(adapter, base)
-        terms = _scaling_terms(adapter)
         for module, (ka, kb) in c.pairs.items():
             a, b = f.load(ka).astype(np.float32), f.load(kb).astype(np.float32)  # [r, in], [out, r]
-            parts.setdefault(module, []).append((a.T, b.T, scaling(module, a.shape[0], **terms)))
+            parts.setdefault(module, []).append((a.T, b.T, adapter.scaling.factor(module, a.shape[0])))
     return {
         m: Branch(
             np.concatenate([a for a, _, _ in ps], axis=1),

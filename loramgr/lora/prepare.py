@@ -15,14 +15,13 @@ all reuse it:
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from loramgr.formats.peft import Scaling
 from loramgr.records import AttachmentPoint
 
 NP_DTYPE = {"fp32": np.float32, "fp16": np.float16, "float32": np.float32, "float16": np.float16}
@@ -32,34 +31,6 @@ NP_DTYPE = {"fp32": np.float32, "fp16": np.float16, "float32": np.float32, "floa
 class Prepared:
     tensors: dict[str, np.ndarray]
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)  # module -> rank, scaling, source module
-
-
-def pattern_value(patterns: Mapping[str, Any], module: str) -> Any | None:
-    """PEFT's rule for ``rank_pattern`` / ``alpha_pattern``: exact key, else a regex matching the
-    module path's tail (``(.*\\.)?(key)$``)."""
-    if module in patterns:
-        return patterns[module]
-    for key, val in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return val
-    return None
-
-
-def scaling(
-    module: str,
-    rank: int,
-    lora_alpha: float,
-    *,
-    config_r: int | None = None,
-    use_rslora: bool = False,
-    rank_pattern: Mapping[str, int] | None = None,
-    alpha_pattern: Mapping[str, float] | None = None,
-) -> float:
-    """The factor PEFT multiplies the LoRA branch by, for one module."""
-    r = pattern_value(rank_pattern or {}, module) or config_r or rank
-    alpha = pattern_value(alpha_pattern or {}, module)
-    alpha = lora_alpha if alpha is None else alpha
-    return float(alpha) / (math.sqrt(r) if use_rslora else r)
 
 
 def canonical_pair(
@@ -88,12 +59,8 @@ def prepare(
     pairs: Mapping[str, tuple[str, str]],
     load: Callable[[str], np.ndarray],
     *,
-    lora_alpha: float,
+    scaling: Scaling,
     precision: str = "fp32",
-    config_r: int | None = None,
-    use_rslora: bool = False,
-    rank_pattern: Mapping[str, int] | None = None,
-    alpha_pattern: Mapping[str, float] | None = None,
 ) -> Prepared:
     """Canonical inputs for every target of the base.
 
@@ -106,15 +73,7 @@ def prepare(
         if t.module_path in pairs:
             ka, kb = pairs[t.module_path]
             a, b = load(ka), load(kb)
-            s = scaling(
-                t.module_path,
-                a.shape[0],
-                lora_alpha,
-                config_r=config_r,
-                use_rslora=use_rslora,
-                rank_pattern=rank_pattern,
-                alpha_pattern=alpha_pattern,
-            )
+            s = scaling.factor(t.module_path, a.shape[0])
             ca, cb = canonical_pair(a, b, s, t.rank, dtype)
             out.modules[t.module_path] = {"rank": int(a.shape[0]), "scaling": s}
         else:

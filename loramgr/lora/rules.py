@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from loramgr import dtypes
+from loramgr.formats.peft import LoraConfig
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.lora.mapping import AttachmentIndex, parse_key, target_matches
 from loramgr.records import Adapter, Base, JsonRecord
@@ -112,7 +113,7 @@ def check_adapter(
     ``index``: the base's attachment index, when checking many adapters against one base.
     """
     c = Check()
-    cfg: Mapping[str, Any] = adapter.peft_config or {}
+    cfg = adapter.peft_config or LoraConfig()
     aps = {ap.module_path: ap for ap in base.attachment_points}
     index = index or AttachmentIndex(aps)
     max_rank = int(base.max_rank)
@@ -129,23 +130,23 @@ def check_adapter(
             ref,
             "register it again with --lora-alpha A, or from its PEFT directory",
         )
-    if cfg.get("use_dora"):
+    if cfg.use_dora:
         c.error(
             "dora",
             "use_dora is true: DoRA rescales the base weight, which a LoRA-v2 base cannot do",
             ref,
             "merge the DoRA adapter offline, or retrain as plain LoRA",
         )
-    if cfg.get("modules_to_save"):
+    if cfg.modules_to_save:
         c.error(
             "modules_to_save",
-            f"modules_to_save {cfg['modules_to_save']} ships full weights",
+            f"modules_to_save {cfg.modules_to_save} ships full weights",
             ref,
             "bake those modules into the base, or retrain without modules_to_save",
         )
-    if cfg.get("bias") not in (None, "none"):
-        c.error("lora_bias", f"bias={cfg['bias']!r} trains bias terms", ref, "retrain with bias='none'")
-    replication = cfg.get("layer_replication") or (cfg.get("extra") or {}).get("layer_replication")
+    if cfg.bias not in (None, "none"):
+        c.error("lora_bias", f"bias={cfg.bias!r} trains bias terms", ref, "retrain with bias='none'")
+    replication = cfg.extra.get("layer_replication")
     if replication:
         c.error(
             "layer_replication",
@@ -218,7 +219,7 @@ def check_adapter(
         ap = aps[ap_path]
         if (in_f, out_f) != (ap.in_features, ap.out_features):
             hint = "is this adapter for another model size?"
-            if cfg.get("fan_in_fan_out") and (in_f, out_f) == (ap.out_features, ap.in_features):
+            if cfg.fan_in_fan_out and (in_f, out_f) == (ap.out_features, ap.in_features):
                 hint = "the adapter's lora tensors look transposed; PEFT keeps [r, in]/[out, r] even for Conv1D"
             c.error(
                 "shape_mismatch",
@@ -253,8 +254,8 @@ def check_adapter(
             leaf,
             f"export the base with {leaf} in --target-modules, or retrain without it",
         )
-    if isinstance(cfg.get("target_modules"), list):
-        for leaf in cfg["target_modules"]:
+    if isinstance(cfg.target_modules, list):
+        for leaf in cfg.target_modules:
             if (
                 leaf not in missing_targets
                 and not any(target_matches(m, [leaf]) for m in aps)
@@ -265,7 +266,7 @@ def check_adapter(
                 )
 
     if precision == "fp16" and load is not None and c.pairs and not c.problems:
-        _check_fp16(c, adapter, cfg, load)
+        _check_fp16(c, adapter, load)
 
     if c.rank and c.rank < max_rank:
         c.warn("rank_padded", f"rank {c.rank} zero-padded to {max_rank} (exact)", ref)
@@ -281,21 +282,13 @@ def check_adapter(
     return c
 
 
-def _check_fp16(c: Check, adapter: Adapter, cfg: Mapping[str, Any], load: Callable[[str], np.ndarray]) -> None:
+def _check_fp16(c: Check, adapter: Adapter, load: Callable[[str], np.ndarray]) -> None:
     """Values of the prepared (scaled) tensors must fit fp16; bf16 adapters can exceed its range."""
-    from loramgr.lora.prepare import canonical_pair, fp16_overflow, scaling
+    from loramgr.lora.prepare import canonical_pair, fp16_overflow
 
     for module, (ka, kb) in c.pairs.items():
         a, b = load(ka), load(kb)
-        s = scaling(
-            module,
-            a.shape[0],
-            float(adapter.lora_alpha or 1.0),
-            config_r=cfg.get("r"),
-            use_rslora=bool(cfg.get("use_rslora")),
-            rank_pattern=cfg.get("rank_pattern"),
-            alpha_pattern=cfg.get("alpha_pattern"),
-        )
+        s = adapter.scaling.factor(module, a.shape[0])
         ca, cb = canonical_pair(a, b, s, a.shape[0], np.float32)
         worst = max(fp16_overflow(ca), fp16_overflow(cb))
         if worst:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loramgr.formats.peft import LoraConfig
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.records import (
     DEFAULT_OWNER,
@@ -145,7 +146,7 @@ def adapter(
         source_uri=a.source_uri,
         created_at=iso(a.created_at),
         store_path=store_path,
-        peft_config=a.peft_config,
+        peft_config=LoraConfig.from_json(a.peft_config) if isinstance(a.peft_config, dict) else None,
         tensors=tensors,
         config_json=a.config_json,
     )
