@@ -362,14 +362,14 @@ def test_runtime_input_is_checked_against_the_plan_before_any_session(llama, tmp
 def test_verify_sections_catches_wrong_sections(llama, tmp_path, monkeypatch):
     """The sections reference is computed from the raw PEFT file: a scaling bug in loramgr's own
     preparation (doubled here while building) is caught, which a reference reusing it could not do."""
-    from loramgr.lora import prepare
+    from loramgr.formats.peft import Scaling
 
     tmp, man = llama
     peft_adapter(tiny_llama(), tmp_path / "ad", seed=9, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
     register_and_prepare(tmp_path, tmp / "onnx", man, tmp_path / "ad")
-    real = prepare.scaling
+    real = Scaling.factor
     with monkeypatch.context() as m:
-        m.setattr(prepare, "scaling", lambda *a, **k: 2 * real(*a, **k))
+        m.setattr(Scaling, "factor", lambda self, *a: 2 * real(self, *a))
         assert invoke("build", "--base", "exp", "-o", tmp_path / "out").exit_code == 0
     assert invoke("plan", "--base", "exp").exit_code == 0
     r = invoke("verify", "--plan", tmp_path / "out" / "plan.json", "--mode", "sections")

@@ -371,7 +371,7 @@ def test_quantized_target_covers_its_adapters_and_refuses_one_that_clips(b, sche
         assert {n.op_type for n in m.graph.node} == {"EPContext"}
     v = ok("verify", "--plan", out / "plan.json", "--device", "htp", "--target", TARGET, "--json").json
     want = {"qdq-u16u8": 0.99, "qdq-u8u8": 0.98}[scheme]
-    assert {r["adapter"] for r in v["adapters"]} == {"ad0@1", "ad1@1", "both"}
+    assert {r["adapter"] for r in v["adapters"]} >= {"ad0@1", "ad1@1", "both"}  # (and ad2, once registered)
     assert all(r["ok"] and r["cosine"] >= want for r in v["adapters"]), v
     # the encodings hold every registered adapter's own tensors (an independent min/max over them)
     enc = qdq.read_encodings(out / t["encodings"]["path"])
