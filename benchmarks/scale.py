@@ -208,7 +208,7 @@ def bench_plan_scale(tmp: Path, n: int, lookups: int) -> list[Row]:
     built plan whose one adapter entry is repeated under ``n`` names (each pointing at the same
     section file), so the figures are of the loader and the index, not of building 100k adapters."""
     from loramgr.config import Settings
-    from loramgr.plan import write_plan
+    from loramgr.deploy.plan import write_plan
     from loramgr.registry.api import Registry
     from loramgr.runtime import Plan
     from loramgr.sections.pipeline import build

@@ -27,11 +27,11 @@ _EXPORTS = {
     "Settings": "loramgr.config",
     "validate": "loramgr.validation",
     "build": "loramgr.sections.pipeline",
-    "write_plan": "loramgr.plan",
+    "write_plan": "loramgr.deploy.plan",
     "calibrate": "loramgr.calibration",
     "verify": "loramgr.verification",
-    "write_bundle": "loramgr.bundle",
-    "check_bundle": "loramgr.bundle",
+    "write_bundle": "loramgr.deploy.bundle",
+    "check_bundle": "loramgr.deploy.bundle",
     "Plan": "loramgr.runtime",
     "Adapter": "loramgr.records",
     "Base": "loramgr.records",
@@ -53,9 +53,10 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from loramgr.bundle import check_bundle, write_bundle
     from loramgr.calibration import calibrate
     from loramgr.config import Settings
+    from loramgr.deploy.bundle import check_bundle, write_bundle
+    from loramgr.deploy.plan import write_plan
     from loramgr.errors import (
         ConflictError,
         ExternalToolError,
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
         StorageError,
         UsageError,
     )
-    from loramgr.plan import write_plan
     from loramgr.records import Adapter, Artifact, AttachmentPoint, Base, Build, EncodingSet, Event, Graph
     from loramgr.registry.api import Registry, register
     from loramgr.runtime import Plan

@@ -35,7 +35,7 @@ MAX_SAMPLES = 100_000
 
 
 def load_data(path: str | Path) -> tuple[str, Any]:
-    from loramgr.files import regular_file
+    from loramgr.infra.files import regular_file
 
     p = Path(path)
     if regular_file(p, "calibration file", missing_ok=True) is None:
@@ -194,9 +194,9 @@ def calibrate(
     quiet: bool = False,
 ) -> Calibration:
     """Compute and store encodings for the base (default adapter) and each selected adapter."""
+    from loramgr.infra.progress import Progress
     from loramgr.lora.inputs import prepared_inputs, prepared_with_ranks, section_inputs
     from loramgr.lora.usecase import concat_inputs
-    from loramgr.progress import Progress
     from loramgr.sections.layout import materialize_graphs, select_adapters
 
     if act_bits not in (8, 16) or weight_bits not in (8, 16):

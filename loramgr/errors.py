@@ -27,10 +27,11 @@ class LoramgrError(Exception):
 
     @property
     def message(self) -> str:
+        """One line, whatever a library's text put inside it (tarfile's errors hold newlines)."""
         msg = self.what if self.why is None else f"{self.what}: {self.why}"
         if self.hint:
             msg += f" ({self.hint})"
-        return msg
+        return " ".join(msg.split())
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.kind, "exit_code": self.exit_code, "message": self.message}

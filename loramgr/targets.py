@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from loramgr.errors import UsageError
 
@@ -67,6 +68,26 @@ TARGETS: tuple[Target, ...] = (
     Target("sxr2330p", 75, 79, ()),
     Target("sxr2230p", 53, 69, ("Snapdragon XR2 Gen 2",)),
 )
+
+
+# -- where a build puts a target's compiled files -------------------------------------------------------
+#: where a target's compiled files go, relative to the build's output directory
+TARGETS_DIR = "targets"
+SHARED, UNSHARED = "shared", "unshared"
+ENCODINGS_FILE = "qdq_encodings.json"  # a quantized target's LoRA input encodings
+
+
+def context_rel(target: str, variant: str, name: str) -> str:
+    """``targets/<target>/<shared|unshared>/<name>``: the one place the layout is spelled."""
+    return f"{TARGETS_DIR}/{target}/{variant}/{name}"
+
+
+def parse_context_rel(rel: str) -> tuple[str, str] | None:
+    """(target, variant) of a path :func:`context_rel` made, or None."""
+    parts = Path(rel).parts
+    if len(parts) == 4 and parts[0] == TARGETS_DIR and parts[2] in (SHARED, UNSHARED):
+        return parts[1], parts[2]
+    return None
 
 
 #: where QNN 2.51's compiler writes another architecture into the context than the published one

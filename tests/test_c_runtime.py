@@ -124,7 +124,7 @@ def _expected_calls(py_plan, name: str) -> list[str]:
             calls += [f"set_io_encoding:{t}" for t in entry.io_encodings()]
         elif s["op"] == "set_alpha":
             values = s["values"] if "values" in s else [s["value"]]
-            calls.append(f"set_alpha:{s['tensor']}={values[0]:g}" + (",..." if len(values) > 1 else ""))
+            calls.append(f"set_alpha:{s['tensor']}=" + ",".join(f"{v:g}" for v in values))  # every slot
         elif s["op"] == "execute":
             calls.append("execute")
     return calls

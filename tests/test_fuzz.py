@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -74,12 +75,16 @@ def mutate_json(doc, path: list, value):
 json_mutation = st.tuples(st.lists(st.integers(0, 50), max_size=4), json_values)
 
 
-def refuse_only_loramgr_errors(fn, *args) -> bool:
+def refuse_only_loramgr_errors(fn, *args, names: str | None = None) -> Any:
+    """``fn(*args)``'s result, or None when it refused the input as loramgr refuses: a LoramgrError
+    whose one-line message names the input (``names``, default the first argument). Anything else
+    (a traceback-worthy exception) fails the test."""
     try:
-        fn(*args)
-        return True
-    except LoramgrError:
-        return False
+        return fn(*args)
+    except LoramgrError as e:
+        assert "\n" not in e.message and len(e.message) < 2000, e.message
+        assert str(names if names is not None else args[0]) in e.message, (e.message, args[0])
+        return None
 
 
 # -- targets -------------------------------------------------------------------------------------------
@@ -140,7 +145,11 @@ def test_fuzz_safetensors_register(seeds, tmp_path, home, registry, muts):
 def test_fuzz_peft_config(seeds, m):
     from loramgr.formats.peft import parse_config
 
-    refuse_only_loramgr_errors(parse_config, mutate_json(seeds["config"], *m), "adapter_config.json")
+    cfg = refuse_only_loramgr_errors(
+        parse_config, mutate_json(seeds["config"], *m), "adapter_config.json", names="adapter_config.json"
+    )
+    if cfg is not None:  # accepted: a config whose own JSON form parses back to the same record
+        assert parse_config({**cfg.extra, **{k: v for k, v in cfg.to_json().items() if k != "extra"}}, "x") == cfg
 
 
 @SETTINGS
@@ -148,7 +157,8 @@ def test_fuzz_peft_config(seeds, m):
 def test_fuzz_peft_config_arbitrary(doc):
     from loramgr.formats.peft import parse_config
 
-    refuse_only_loramgr_errors(parse_config, doc, "adapter_config.json")
+    cfg = refuse_only_loramgr_errors(parse_config, doc, "adapter_config.json", names="adapter_config.json")
+    assert cfg is None or (cfg.r is None or 0 < cfg.r) and isinstance(cfg.use_rslora, bool)
 
 
 @SETTINGS
@@ -158,7 +168,7 @@ def test_fuzz_onnx_inspection(seeds, tmp_path, muts):
 
     f = tmp_path / "fuzz.onnx"
     f.write_bytes(mutate(seeds["onnx"], muts))
-    refuse_only_loramgr_errors(inspect_graph, f)
+    refuse_only_loramgr_errors(inspect_graph, f)  # accepted or refused naming the file, never a traceback
 
 
 ENC = {
@@ -200,7 +210,11 @@ def test_fuzz_aimet_encodings(tmp_path, m, raw):
 
     f = tmp_path / "enc.json"
     f.write_bytes(mutate(json.dumps(mutate_json(ENC, *m)).encode(), raw))
-    refuse_only_loramgr_errors(load, f)
+    doc = refuse_only_loramgr_errors(load, f)
+    if doc is not None:  # accepted: every scale it holds is a finite, positive number
+        scales = [e["scale"] for kind in ("activation_encodings", "param_encodings")
+                  for entries in (doc.get(kind) or {}).values() for e in entries if "scale" in e]  # fmt: skip
+        assert all(isinstance(x, (int, float)) and 0 < float(x) < float("inf") for x in scales), scales
 
 
 @pytest.fixture(scope="module")
@@ -261,12 +275,15 @@ def test_fuzz_plan_loader(built_plan, m, raw):
 @SETTINGS
 @given(muts=st.lists(mutation, min_size=1, max_size=3))
 def test_fuzz_bundle_reader(built_plan, tmp_path, muts):
-    from loramgr.bundle import check_bundle
+    from loramgr.deploy.bundle import check_bundle
 
     _, bundle = built_plan
     f = tmp_path / "fuzz.tar"
-    f.write_bytes(mutate(bundle.read_bytes(), muts))
-    refuse_only_loramgr_errors(check_bundle, f)
+    data = mutate(bundle.read_bytes(), muts)
+    f.write_bytes(data)
+    res = refuse_only_loramgr_errors(check_bundle, f)
+    if data == bundle.read_bytes():
+        assert res is not None  # a mutation that changed nothing leaves a valid bundle
 
 
 def test_fuzz_counts_documented():

@@ -72,7 +72,7 @@ def test_wheel_has_only_loramgr_with_migrations_and_schema_and_init_works(tmp_pa
         assert zipfile.ZipFile(whl).read(top_level[0]).decode().split() == ["loramgr"]
     assert any(n.startswith("loramgr/registry/migrations/versions/0001_") for n in names)
     assert "loramgr/registry/migrations/env.py" in names
-    assert "loramgr/schemas/plan.schema.json" in names and "loramgr/py.typed" in names
+    assert "loramgr/deploy/schemas/plan.schema.json" in names and "loramgr/py.typed" in names
     assert "loramgr/testing/data/demo_calib.jsonl" in names  # the demo's calibration set
     # a fresh venv with the wheel installed (dependencies come from the test's own environment through a
     # path entry, not from this checkout: the checkout's editable finder is not activated there)

@@ -282,8 +282,8 @@ def test_genie_parser_checks_the_lora_blocks_loramgr_writes():
     test_groups write v2, v3 and grouped configs through it)."""
     import copy
 
+    from loramgr.deploy.genie import check_block, check_with_genie, dialog_config
     from loramgr.errors import InternalError
-    from loramgr.genie import check_block, check_with_genie, dialog_config
     from loramgr.runtime import qnn
 
     assert qnn.genie_version().startswith("1.")

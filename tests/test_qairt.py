@@ -292,7 +292,7 @@ def test_given_dlc_skips_conversion_and_incremental(q, tmp_path):
 def test_genie_config_golden(q):
     """The Genie `lora` block of a super-adapter build equals the golden file byte for byte; an
     unshared build of a 2-graph context is refused (Genie wants one bin-section per context)."""
-    from loramgr.genie import check_block
+    from loramgr.deploy.genie import check_block
 
     tmp, _ = q
     assert build(tmp, "--share-adapters").exit_code == 0

@@ -106,7 +106,7 @@ def _enospc(*a, **k):
 
 
 def test_disk_full_during_register(tmp_path, home, monkeypatch):
-    import loramgr.hashcopy as hashcopy
+    import loramgr.infra.hashcopy as hashcopy
 
     d = _adapter(tmp_path)
     with pytest.MonkeyPatch.context() as mp:

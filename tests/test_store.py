@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import loramgr.hashcopy as hashcopy
-from loramgr.store import Store
+import loramgr.infra.hashcopy as hashcopy
+from loramgr.infra.store import Store
 
 
 def _source(path: Path, size: int, seed: int = 0) -> bytes:

@@ -73,7 +73,7 @@ def test_refusals_list_every_problem_and_write_nothing(slots, home):
     assert invoke("base", "register", tmp / "plain.onnx", "--name", "plain").exit_code == 0
     assert invoke("validate", "A", "--base", "plain").exit_code == 0
     r = invoke("usecase", "create", "x", "--base", "plain", "A")
-    assert r.exit_code == 5 and "no_alpha_slots" in r.stderr
+    assert r.exit_code == 5 and "no_alpha_slots" in r.stderr and "--max-adapters N" in r.stderr  # the fix, too
     assert invoke("usecase", "create", "ok", "--base", "slots", "A", "C", "--alphas", "1,nan").exit_code == 2
     assert invoke("usecase", "list", "--json").json == [] and "history" not in store_files(home)
 

@@ -42,8 +42,8 @@ def plan(
 
     Paths in the plan are relative to its directory; every file carries sha256 and size.
     """
+    from loramgr.deploy.plan import schema, write_plan
     from loramgr.errors import UsageError
-    from loramgr.plan import schema, write_plan
 
     if show_schema:
         emit_json(schema())
@@ -76,7 +76,7 @@ def bundle(cctx: click.Context, plan_path: str | None, out: str | None, as_dir: 
     """
     if cctx.invoked_subcommand is not None:
         return
-    from loramgr.bundle import write_bundle
+    from loramgr.deploy.bundle import write_bundle
     from loramgr.errors import UsageError
 
     if not plan_path or not out:
@@ -93,7 +93,7 @@ def bundle(cctx: click.Context, plan_path: str | None, out: str | None, as_dir: 
 @json_option
 def bundle_check(path: str, as_json: bool) -> None:
     """Verify a bundle (tar or directory): safe paths, regular files, every checksum (exit 8 on mismatch)."""
-    from loramgr.bundle import check_bundle
+    from loramgr.deploy.bundle import check_bundle
 
     res = check_bundle(path)
     if as_json:

@@ -77,7 +77,7 @@ def weight_list(ctx: Ctx, base_ref: str, output: str | None, fmt: str, include_a
 
     One file for all graphs when they share attachment points, else one per graph (FILE.<graph>.txt).
     """
-    from loramgr.weightlist import render, write_weight_lists
+    from loramgr.deploy.weightlist import render, write_weight_lists
 
     base = ctx.registry.base(base_ref)
     res = write_weight_lists(base, output, include_alpha=include_alpha, fmt=fmt)

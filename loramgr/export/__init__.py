@@ -93,7 +93,7 @@ def _first_line(e: BaseException) -> str:
 def check_hf_dir(hf: Path) -> None:
     """A local Hugging Face model directory loramgr may load: a readable ``config.json`` object that
     needs no remote code."""
-    from loramgr.files import read_text, readable_dir
+    from loramgr.infra.files import read_text, readable_dir
 
     readable_dir(hf, "Hugging Face model directory")
     if not (hf / "config.json").exists():

@@ -115,7 +115,7 @@ def parse(doc: Any, source: str) -> dict[str, Any]:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    from loramgr.files import read_text
+    from loramgr.infra.files import read_text
 
     p = Path(path)
     if not p.exists():

@@ -85,7 +85,7 @@ def inspect_graph(path: str | os.PathLike[str]) -> GraphInfo:
     """Read a graph's signature and attachment points; tensors stored externally are not loaded."""
     import onnx
 
-    from loramgr.files import regular_file
+    from loramgr.infra.files import regular_file
 
     p = Path(path)
     if regular_file(p, "ONNX file", missing_ok=True) is None:

@@ -185,7 +185,7 @@ def load_config(path: str | Path) -> LoraConfig:
 def load_config_text(path: str | Path) -> tuple[LoraConfig, str]:
     """The parsed config and the file's text as it is (kept by the registry: ``verify`` gives PEFT
     the user's own file, not loramgr's reading of it)."""
-    from loramgr.files import read_text
+    from loramgr.infra.files import read_text
 
     p = Path(path)
     text = read_text(p, MAX_CONFIG_BYTES, "adapter config")

@@ -107,7 +107,7 @@ def _int_list(v: Any) -> bool:
 
 def read_header(path: str | os.PathLike[str]) -> Header:
     """Parse and fully check the header of a safetensors file without touching tensor bytes."""
-    from loramgr.files import regular_file
+    from loramgr.infra.files import regular_file
 
     p = Path(path)
     regular_file(p, "safetensors file")

@@ -10,6 +10,7 @@ to :mod:`loramgr.validation`, which wires them to the registry and records the o
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -100,6 +101,12 @@ def _first(items: Iterable[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" … (+{len(items) - n})" if len(items) > n else "")
 
 
+#: checks already made in this process, by what they depend on (a build validates its adapters, then
+#: prepares their inputs: one check each, not two); bounded, oldest out first
+_MEMO: OrderedDict[tuple[Any, ...], Check] = OrderedDict()
+_MEMO_SIZE = 4096
+
+
 def check_adapter(
     adapter: Adapter,
     base: Base,
@@ -110,8 +117,27 @@ def check_adapter(
 
     ``adapter`` is a full record (tensor list and PEFT config). ``load`` reads a tensor's values; it
     is used only when the precision check needs values (a wider dtype than the base's precision).
-    ``index``: the base's attachment index, when checking many adapters against one base.
+    ``index``: the base's attachment index, when checking many adapters against one base. The result
+    is the same object for the same adapter content and base graphs within a process: read only.
     """
+    key = (
+        adapter.ref, adapter.sha256, adapter.config_sha256, adapter.lora_alpha, adapter.status,
+        base.ref, base.fingerprint, base.precision, base.status, load is not None,
+    )  # fmt: skip
+    if base.fingerprint is not None and key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    c = _check_adapter(adapter, base, load, index)
+    if base.fingerprint is not None:
+        _MEMO[key] = c
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return c
+
+
+def _check_adapter(
+    adapter: Adapter, base: Base, load: Callable[[str], np.ndarray] | None, index: AttachmentIndex | None
+) -> Check:
     c = Check()
     cfg = adapter.peft_config or LoraConfig()
     aps = {ap.module_path: ap for ap in base.attachment_points}

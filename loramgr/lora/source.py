@@ -73,7 +73,7 @@ def _inside(child: Path, parent: Path, what: Path) -> Path:
 
 def open_source(path: str | os.PathLike[str]) -> AdapterSource:
     """Resolve PATH into the weights file, its optional PEFT config and the checked header."""
-    from loramgr.files import readable_dir, regular_file
+    from loramgr.infra.files import readable_dir, regular_file
 
     p = Path(path)
     try:

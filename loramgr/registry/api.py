@@ -38,6 +38,7 @@ from loramgr.errors import (
 )
 from loramgr.formats.peft import MAX_ALPHA, finite_alpha
 from loramgr.formats.safetensors import FiniteScan
+from loramgr.infra.store import Store, StoredObject
 from loramgr.names import check_name, check_version
 from loramgr.records import ADAPTER_STATUSES, Adapter, Base, EncodingSet
 from loramgr.registry import db, rows
@@ -55,7 +56,6 @@ from loramgr.registry.models import (
     ValidationRow,
 )
 from loramgr.registry.usecases import UseCases
-from loramgr.store import Store, StoredObject
 
 T = TypeVar("T")
 log = logging.getLogger("loramgr")

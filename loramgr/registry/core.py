@@ -15,9 +15,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from loramgr.config import Settings
+from loramgr.infra.store import Store
 from loramgr.records import Adapter, Base
 from loramgr.registry.models import AdapterRow
-from loramgr.store import Store
 
 T = TypeVar("T")
 

@@ -22,10 +22,10 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from loramgr.errors import ConflictError, InvalidInputError
+from loramgr.infra.store import sha256_file
 from loramgr.records import JsonRecord
 from loramgr.registry.importcheck import check_rows
 from loramgr.registry.models import AdapterRow, ArtifactRow, BuildRow, GraphRow, Model
-from loramgr.store import sha256_file
 
 if TYPE_CHECKING:
     from loramgr.registry.core import RegistryCore
@@ -323,7 +323,7 @@ class Maintenance:
 
     def export_to(self, out: str | Path) -> ExportWritten:
         """Write the export to ``out`` atomically."""
-        from loramgr.store import atomic_write
+        from loramgr.infra.store import atomic_write
 
         doc = self.export()
         atomic_write(out, dumps(doc).encode())
@@ -331,7 +331,7 @@ class Maintenance:
 
     def import_from(self, path: str | Path) -> dict[str, int]:
         """Read an export file (strict JSON) and import it."""
-        from loramgr.files import read_text
+        from loramgr.infra.files import read_text
 
         try:
             doc = json.loads(read_text(path, MAX_DUMP_BYTES, "registry dump"))

@@ -60,8 +60,8 @@ def show_adapter(settings: Settings, ref: str) -> Adapter | None:
         return None
     finally:
         con.close()
+    from loramgr.infra.store import Store
     from loramgr.registry import rows
-    from loramgr.store import Store
 
     return rows.adapter(a, Store(settings.store_dir).path_for(a.sha256), tensors=tensors)
 

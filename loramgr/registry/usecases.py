@@ -92,6 +92,7 @@ class UseCases:
             raise IncompatibleError(
                 f"use case {name}",
                 f"cannot be made on base {base.ref}: {first.message} ({', '.join(codes)})",
+                hint=first.hint or None,  # e.g. re-export the base with --max-adapters N
                 details=report.to_json(),
             )
         ids = [self.reg.adapter(r).id for r in refs]

@@ -29,7 +29,7 @@ from loramgr.runtime.errors import PlanFormatError, PlanIntegrityError, PlanLook
 from loramgr.runtime.structure import check_structure, malformed
 
 try:
-    from loramgr.gcpause import gc_paused
+    from loramgr.infra.gcpause import gc_paused
 except ImportError:  # pragma: no cover - runtime vendored alone: no pause
 
     def gc_paused(fn: Any) -> Any:  # type: ignore[misc]
@@ -254,7 +254,7 @@ class Plan:
     @classmethod
     @gc_paused
     def load(cls, path: str | os.PathLike[str]) -> Plan:
-        from loramgr.files import read_bytes
+        from loramgr.infra.files import read_bytes
 
         p = Path(path).absolute()
         if not p.exists():

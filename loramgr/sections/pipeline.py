@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from loramgr import dtypes
 from loramgr.errors import ConflictError, IncompatibleError, LoramgrError, NotFoundError
-from loramgr.gcpause import gc_paused
+from loramgr.infra.gcpause import gc_paused
+from loramgr.infra.store import sha256_file
 from loramgr.records import (
     DEFAULT_OWNER,
     Adapter,
@@ -41,7 +42,6 @@ from loramgr.records import (
 )
 from loramgr.sections.backends import BuildContext, OutFile, SectionJob, get_backend
 from loramgr.sections.layout import materialize_graphs, place, section_groups, select_adapters
-from loramgr.store import sha256_file
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -141,7 +141,7 @@ class _Progress:
     """Build progress: one step per section job."""
 
     def __init__(self, total: int, quiet: bool) -> None:
-        from loramgr.progress import Progress
+        from loramgr.infra.progress import Progress
 
         self.p = Progress(total, "building sections", quiet)
 
@@ -169,8 +169,8 @@ def build(
     **backend_opts: Any,
 ) -> BuildResult:
     """Build sections for the selected adapters of a base (and its default adapter)."""
+    from loramgr.deploy.weightlist import write_weight_lists
     from loramgr.validation import validate
-    from loramgr.weightlist import write_weight_lists
 
     base = reg.base(base_ref)
     auto = not refs or all_  # no adapter named: the base's validated adapters, and new ones that fit

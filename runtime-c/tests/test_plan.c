@@ -101,8 +101,10 @@ static int r_apply(void *u, const lmp_section *s, const unsigned char *b, size_t
 }
 static int r_enc(void *u, const lmp_encoding *e) { rec((recorder *)u, "set_io_encoding", e->tensor); return 0; }
 static int r_alpha(void *u, const char *t, const float *v, size_t n) {
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s=%g%s", t, (double)v[0], n > 1 ? ",..." : "");
+    char buf[512];
+    size_t i, at = (size_t)snprintf(buf, sizeof buf, "%s=", t);
+    for (i = 0; i < n && at < sizeof buf; i++) /* every slot: a wrong later slot must not pass */
+        at += (size_t)snprintf(buf + at, sizeof buf - at, "%s%g", i ? "," : "", (double)v[i]);
     rec((recorder *)u, "set_alpha", buf);
     return 0;
 }

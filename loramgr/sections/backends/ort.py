@@ -51,8 +51,8 @@ def read_section(path: str | Path) -> tuple[int, int, dict[str, Any]]:
 
 
 def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
+    from loramgr.infra.store import sha256_file
     from loramgr.lora.inputs import grouped_inputs, section_inputs, use_case_inputs
-    from loramgr.store import sha256_file
 
     scales = True  # a section carries the LoRA inputs' scales, except a grouped use case's
     if job.group is not None:  # grouped: the members' integer codes, or the group's scales alone

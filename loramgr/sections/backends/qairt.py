@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
+from loramgr.infra.store import sha256_file
 from loramgr.records import Adapter, ArtifactKind, Base, FileKind, OwnerType, SectionKind, SectionOwner
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 from loramgr.sections.backends.qairt_common import (
@@ -40,7 +41,6 @@ from loramgr.sections.backends.qairt_common import (
     use_case_names,
 )
 from loramgr.sections.backends.sdk import Sdk
-from loramgr.store import sha256_file
 
 
 class QairtBackend:
@@ -148,7 +148,7 @@ class QairtBackend:
 
     def _dlc(self, ctx: BuildContext, g: str, gdir: Path) -> tuple[Path, list[OutFile]]:
         """The graph's DLC: the one given, or converted from the ONNX graph with its weight list."""
-        from loramgr.weightlist import render, weight_lists
+        from loramgr.deploy.weightlist import render, weight_lists
 
         dlc = gdir / f"{g}.dlc"
         if g in self.dlcs:
@@ -189,7 +189,7 @@ class QairtBackend:
         """Write the importer inputs for graph ``g`` and run ``qairt-lora-importer`` on them."""
         from safetensors.numpy import save_file
 
-        from loramgr.weightlist import weight_lists
+        from loramgr.deploy.weightlist import weight_lists
 
         gdir = root / g
         gdir.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
+from loramgr.infra.store import sha256_file
 from loramgr.records import Adapter, Base, FileKind
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 from loramgr.sections.layout import section_groups
-from loramgr.store import sha256_file
 
 MODES = ("none", "adapter_only", "all")  # QNN LoRA v3 quant_updatable_mode
 IMPORTER = "qairt-lora-importer"

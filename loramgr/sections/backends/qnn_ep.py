@@ -26,32 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from loramgr.errors import UsageError
+from loramgr.infra.store import sha256_file
 from loramgr.kinds import OwnerType
 from loramgr.records import Base, FileKind
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob, qdq
 from loramgr.sections.backends.ort import OrtBackend
-from loramgr.store import sha256_file
-from loramgr.targets import Target, parse_targets
+from loramgr.targets import ENCODINGS_FILE, SHARED, UNSHARED, Target, context_rel, parse_targets
 
 log = logging.getLogger("loramgr")
-
-#: where a target's compiled files go, relative to the build's output directory
-TARGETS_DIR = "targets"
-SHARED, UNSHARED = "shared", "unshared"
-ENCODINGS_FILE = "qdq_encodings.json"  # a quantized target's LoRA input encodings
-
-
-def context_rel(target: str, variant: str, name: str) -> str:
-    """``targets/<target>/<shared|unshared>/<name>``: the one place the layout is spelled."""
-    return f"{TARGETS_DIR}/{target}/{variant}/{name}"
-
-
-def parse_context_rel(rel: str) -> tuple[str, str] | None:
-    """(target, variant) of a path :func:`context_rel` made, or None."""
-    parts = Path(rel).parts
-    if len(parts) == 4 and parts[0] == TARGETS_DIR and parts[2] in (SHARED, UNSHARED):
-        return parts[1], parts[2]
-    return None
 
 
 class QnnEpBackend(OrtBackend):

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import IntegrityError, InternalError, UsageError
+from loramgr.infra.store import atomic_write, sha256_file
 from loramgr.records import Artifact, Base, FileKind, JsonRecord, OwnerType, SectionKind
-from loramgr.store import atomic_write, sha256_file
 from loramgr.version import __version__
 
 if TYPE_CHECKING:
@@ -252,8 +252,7 @@ def _targets(rec: Any, base: Base, root: Path) -> dict[str, Any]:
     weight-shared when the build made one; ``files``: every context ``.bin`` it needs) and, for a
     shared ``path``, ``unshared_path`` / ``unshared_files``: the graph compiled alone, which the x86
     simulator can load. One build, one QNN version: a plan never mixes them."""
-    from loramgr.sections.backends.qnn_ep import SHARED, UNSHARED, parse_context_rel
-    from loramgr.targets import find_target
+    from loramgr.targets import SHARED, UNSHARED, find_target, parse_context_rel
 
     by: dict[tuple[str, str], list[Artifact]] = {}
     for a in rec.artifacts:
@@ -379,18 +378,18 @@ def write_plan(
     doc, path = make_plan(reg, base_ref, build_id, out)
     genie = None
     if genie_config is not None:
-        from loramgr.genie import lora_block
+        from loramgr.deploy.genie import lora_block
 
         lora_block(doc, path.parent, Path(genie_config).absolute().parent)  # refuse before writing anything
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
     sha = sha256_file(path)
     if genie_config is not None:
-        from loramgr.genie import write_genie_config
+        from loramgr.deploy.genie import write_genie_config
 
         genie = str(write_genie_config(path, genie_config))
     ep_files = []
     if qnn_ep_configs is not None:
-        from loramgr.genie import write_qnn_ep_configs
+        from loramgr.deploy.qnn_ep import write_qnn_ep_configs
 
         ep_files = [str(p) for p in write_qnn_ep_configs(path, qnn_ep_configs)]
     base = reg.base(base_ref)

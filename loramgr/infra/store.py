@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loramgr import hashcopy
 from loramgr.errors import IntegrityError, InvalidInputError
-from loramgr.hashcopy import CHUNK
+from loramgr.infra import hashcopy
+from loramgr.infra.hashcopy import CHUNK
 
 _HEX = set("0123456789abcdef")
 

@@ -1,5 +1,4 @@
-"""The ``lora`` block of a Genie dialog config, from a plan (docs/conventions.md and docs/qairt-lora-v3.md), and the
-run-option files of ONNX Runtime's QNN EP.
+"""The ``lora`` block of a Genie dialog config, from a plan (docs/conventions.md and docs/qairt-lora-v3.md).
 
 Genie rejects unknown keys, so the block is built from an explicit key list and checked against it;
 it wants one bin-section per context binary, in context order, for every adapter. LoRA v2 (``lora-
@@ -82,7 +81,7 @@ def lora_block(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> dict[str,
         "alpha-tensor-name": alpha,
         "adapters": adapters,
     }
-    groups = _quant_groups(plan)
+    groups = quant_groups(plan)
     if groups:
         block["groups"] = [
             {
@@ -97,44 +96,10 @@ def lora_block(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> dict[str,
     return block
 
 
-def _quant_groups(plan: dict[str, Any]) -> list[dict[str, Any]]:
+def quant_groups(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The plan's groups that have quantization sections. A group of float LoRA inputs has none (its
     members share nothing to apply): for Genie and the QNN EP its use cases are plain ones."""
     return [g for g in plan.get("groups") or [] if g.get("sections")]
-
-
-def write_qnn_ep_configs(plan_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """For ONNX Runtime's QNN EP (run option ``qnn.lora_config``): one text file per (graph, adapter or
-    use case), ``<entry>.<graph>.txt``, whose first line is ``<graph>;<absolute section path>``.
-
-    The EP applies one section per run; a grouped use case switches in two runs, the group's
-    quantization section first, so its files come in order as ``<entry>.<graph>.1-quant.txt`` and
-    ``<entry>.<graph>.2-weights.txt``. Paths are absolute: the EP reads them as given."""
-    from loramgr.names import check_name
-
-    plan_path = Path(plan_path).absolute()
-    doc = json.loads(plan_path.read_text())
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    group_of = {m: g for g in _quant_groups(doc) for m in g["members"]}
-    written = []
-    entries = [(a["name"], a["sections"]) for a in doc["adapters"]] + [
-        (u["name"], u["sections"]) for u in doc.get("use_cases", [])
-    ]
-    for name, sections in entries:
-        check_name(name, "adapter or use-case name")
-        for s in sections:
-            for graph in s["graphs"]:
-                files = [("", s)]
-                g = group_of.get(name)
-                if g:
-                    q = next(x for x in g["sections"] if graph in x["graphs"])
-                    files = [(".1-quant", q), (".2-weights", s)]
-                for suffix, sec in files:
-                    p = out / f"{name}.{graph}{suffix}.txt"
-                    p.write_text(f"{graph};{(plan_path.parent / sec['path']).resolve()}\n")
-                    written.append(p)
-    return written
 
 
 def dialog_config(block: dict[str, Any], ctx_bins: list[str]) -> dict[str, Any]:
@@ -199,7 +164,7 @@ def target_ctx_bins(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> list
 def write_genie_config(plan_path: str | Path, out: str | Path) -> Path:
     """Write ``{"lora": <block>}`` for a written plan to ``out`` (atomically), after Genie's own parser
     accepted it inside a dialog config when the ``[qnn]`` extra is installed; returns its path."""
-    from loramgr.store import atomic_write
+    from loramgr.infra.store import atomic_write
 
     plan_path, g = Path(plan_path), Path(out).absolute()
     doc = json.loads(plan_path.read_text())

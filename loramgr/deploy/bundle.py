@@ -44,7 +44,7 @@ def _members(plan: Plan, plan_path: Path) -> list[tuple[str, Path]]:
 
 
 def _sums(items: list[tuple[str, Path]]) -> bytes:
-    from loramgr.store import sha256_file
+    from loramgr.infra.store import sha256_file
 
     return "".join(f"{sha256_file(p)}  {name}\n" for name, p in items).encode()
 
@@ -157,8 +157,8 @@ def _check_plan_paths(data: bytes | None, listed: set[str], where: str) -> None:
 
 def check_bundle(path: str | Path) -> BundleChecked:
     """Verify a bundle tar or directory: safe member names, regular files only, every checksum."""
-    from loramgr.files import read_bytes, readable_dir, regular_file
-    from loramgr.store import sha256_file
+    from loramgr.infra.files import read_bytes, readable_dir, regular_file
+    from loramgr.infra.store import sha256_file
 
     path = Path(path)
     digests: dict[str, str] = {}

@@ -53,7 +53,7 @@ def write_weight_lists(
     with ``out=None`` nothing is written."""
     import json
 
-    from loramgr.store import atomic_write
+    from loramgr.infra.store import atomic_write
 
     lists = weight_lists(base, include_alpha)
     unique = {tuple(v) for v in lists.values()}
