@@ -88,12 +88,20 @@ def _alpha_step(base: Base, alpha_tensor: str, alphas: list[float]) -> dict[str,
     return {"op": "set_alpha", "tensor": alpha_tensor, "values": values}
 
 
+def _apply(s: dict[str, Any]) -> dict[str, Any]:
+    """The ``apply_section`` step of a section entry: which file, for which graphs, and (as the entry
+    says) what it is and whose, so a runtime that reads only the steps knows it too."""
+    return {"op": "apply_section", "section": s["name"], "path": s["path"], "graphs": s["graphs"]} | {
+        k: s[k] for k in ("kind", "owner") if s.get(k) is not None
+    }
+
+
 def _steps(
     base: Base, sections: list[dict[str, Any]], alpha_tensor: str | None, alphas: list[float], encodings: bool
 ) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = [{"op": "create_context", "graphs": base.graph_names, "once": True}]
     for s in sections:
-        steps.append({"op": "apply_section", "section": s["name"], "path": s["path"], "graphs": s["graphs"]})
+        steps.append(_apply(s))
     steps.append({"op": "update_io_encodings", "required": encodings})
     if alpha_tensor:
         steps.append(_alpha_step(base, alpha_tensor, alphas))
@@ -344,8 +352,7 @@ def _use_cases(
             groups.setdefault(uc.group, []).append(uc.name)
             entry["group"] = uc.group
             quant = [
-                {"op": "apply_section", "section": q["name"], "path": q["path"], "graphs": q["graphs"],
-                 "group": uc.group, "when": "group_changes"}
+                _apply(q) | {"group": uc.group, "when": "group_changes"}
                 for q in sections_of(by_group.get(uc.group, []))
             ]  # fmt: skip
             entry["steps"] = steps[:1] + quant + steps[1:]
