@@ -43,6 +43,28 @@ def _alpha(text: str | None) -> float | dict[str, float] | None:
     return out
 
 
+def _device_options(f: Any) -> Any:
+    """--device / --target / --htp-fp32, the same for `run` and `verify` (read with :func:`_htp`)."""
+    options = [
+        click.option(
+            "--device",
+            type=click.Choice(["cpu", "htp"]),
+            default="cpu",
+            show_default=True,
+            help="cpu: ONNX Runtime's CPU; htp: Qualcomm's HTP backend (the [qnn] extra; on x86 its simulator).",
+        ),
+        click.option("--target", help="htp: the compiled target of the plan to run (e.g. sm8750)."),
+        click.option(
+            "--htp-fp32",
+            is_flag=True,
+            help="htp: the plan's own graphs in the simulator's fp32 mode instead of the target's SoC numerics.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _htp(device: str, target: str | None, htp_fp32: bool) -> Any:
     """The --device/--target/--htp-fp32 triple as the runtime's ``Htp`` (None: the CPU)."""
     from loramgr.errors import UsageError
@@ -77,19 +99,7 @@ def _htp(device: str, target: str | None, htp_fp32: bool) -> Any:
     "memory; ONNX Runtime's weight pre-packing off: prefill ~1.4x, decode ~1.1x slower); the default adapter then "
     "runs the graph without its LoRA branches, over the same weights.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "htp"]),
-    default="cpu",
-    show_default=True,
-    help="cpu: ONNX Runtime's CPU; htp: Qualcomm's HTP backend (the [qnn] extra; on x86 its simulator).",
-)
-@click.option("--target", help="htp: the compiled target of the plan to run (e.g. sm8750).")
-@click.option(
-    "--htp-fp32",
-    is_flag=True,
-    help="htp: the plan's own graphs in the simulator's fp32 mode instead of the target's SoC numerics.",
-)
+@_device_options
 @json_option
 def run_cmd(
     plan_path: str,
@@ -148,19 +158,7 @@ def run_cmd(
 )
 @click.option("--tolerance", type=float, help="Max abs diff allowed (default 1e-4 fp32, 2e-2 fp16).")
 @click.option("--input-ids", "input_ids", help="Prompt for the peft mode (default: a fixed sequence).")
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "htp"]),
-    default="cpu",
-    show_default=True,
-    help="cpu: ONNX Runtime's CPU; htp: Qualcomm's HTP backend (the [qnn] extra; on x86 its simulator).",
-)
-@click.option("--target", help="htp: the compiled target of the plan to run (e.g. sm8750).")
-@click.option(
-    "--htp-fp32",
-    is_flag=True,
-    help="htp: the plan's own graphs in the simulator's fp32 mode instead of the target's SoC numerics.",
-)
+@_device_options
 @json_option
 @pass_ctx
 def verify_cmd(
