@@ -78,15 +78,19 @@ class QnnEpBackend(OrtBackend):
         self, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
     ) -> list[OutFile]:
         default = next((j for j in jobs if j.owner.type is OwnerType.DEFAULT), None)
+        # a quantized target calibrates over, and checks, each job's LoRA tensors: prepared once here
+        params = {j.cache_key: _job_inputs(ctx.base, j) for j in jobs} if self.quantize else {}
         files: list[OutFile] = []
         if default is not None:  # the contexts are the default job's: compiled when its key is new
-            files += self.compile(ctx, work, default.cache_key, jobs)
+            files += self.compile(ctx, work, default.cache_key, jobs, params)
         if self.quantize:  # every adapter and use case must fit the quantized LoRA inputs, before any file
             enc_file = next((work / f.rel_path for f in files if f.kind is FileKind.EP_ENCODINGS), None)
-            self._check_ranges(ctx, jobs, enc_file)
+            self._check_ranges(ctx, jobs, params, enc_file)
         return super().build(ctx, jobs, work, n_jobs=n_jobs, progress=progress) + files
 
-    def _check_ranges(self, ctx: BuildContext, jobs: list[SectionJob], enc_file: Path | None) -> None:
+    def _check_ranges(
+        self, ctx: BuildContext, jobs: list[SectionJob], params: dict[str, dict[str, Any]], enc_file: Path | None
+    ) -> None:
         """Refuse (exit 5) an adapter or use case whose LoRA tensors the targets' encodings would clip."""
         for t in self.targets:
             path = enc_file or ctx.out / context_rel(t.name, UNSHARED, ENCODINGS_FILE)
@@ -94,11 +98,17 @@ class QnnEpBackend(OrtBackend):
                 raise UsageError(str(path), "the quantized target's encodings are missing", hint="build with --force")
             enc = qdq.read_encodings(path)
             for j in jobs:
-                params = _job_inputs(ctx.base, j)
-                problems = [p for g in enc.values() for p in qdq.out_of_range(params, g)]
+                problems = [p for g in enc.values() for p in qdq.out_of_range(params[j.cache_key], g)]
                 qdq.refuse_out_of_range(j.owner.label, t.name, sorted(set(problems)))
 
-    def compile(self, ctx: BuildContext, work: Path, cache_key: str, jobs: list[SectionJob]) -> list[OutFile]:
+    def compile(
+        self,
+        ctx: BuildContext,
+        work: Path,
+        cache_key: str,
+        jobs: list[SectionJob],
+        params: dict[str, dict[str, Any]],
+    ) -> list[OutFile]:
         """Every graph of the base for every target, unshared and (two graphs or more) shared; with a
         QDQ scheme, the graphs quantized first (calibrated over every job's LoRA tensors)."""
         graphs = ctx.base.graph_names
@@ -107,7 +117,7 @@ class QnnEpBackend(OrtBackend):
         try:
             quantized: dict[str, Path] = {}
             if self.quantize:
-                quantized, enc = self._quantize(ctx, work, staged, jobs)
+                quantized, enc = self._quantize(ctx, work, staged, jobs, params)
                 for t in self.targets:
                     rel = context_rel(t.name, UNSHARED, ENCODINGS_FILE)
                     (work / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -125,12 +135,10 @@ class QnnEpBackend(OrtBackend):
                         if not quantized:  # QNN refuses optional inputs on a QDQ graph: those stay required
                             _restore_defaults(dest, staged[g][1])
                         out.append(_out(work, rel, FileKind.EP_CONTEXT_MODEL, [g], cache_key))
-                    for b in sorted(
-                        {_context_bin(work / context_rel(t.name, variant, f"{g}_ctx.onnx")) for g in graphs}
-                    ):
-                        users = [
-                            g for g in graphs if _context_bin(work / context_rel(t.name, variant, f"{g}_ctx.onnx")) == b
-                        ]
+                    # each compiled model read once for the .bin it loads; a shared .bin serves every graph
+                    bins = {g: _context_bin(work / context_rel(t.name, variant, f"{g}_ctx.onnx")) for g in graphs}
+                    for b in sorted(set(bins.values())):
+                        users = [g for g in graphs if bins[g] == b]
                         out.append(
                             _out(work, context_rel(t.name, variant, b), FileKind.EP_CONTEXT_BINARY, users, cache_key)
                         )
@@ -142,7 +150,12 @@ class QnnEpBackend(OrtBackend):
         return out
 
     def _quantize(
-        self, ctx: BuildContext, work: Path, staged: dict[str, tuple[Path, list[Any]]], jobs: list[SectionJob]
+        self,
+        ctx: BuildContext,
+        work: Path,
+        staged: dict[str, tuple[Path, list[Any]]],
+        jobs: list[SectionJob],
+        params: dict[str, dict[str, Any]],
     ) -> tuple[dict[str, Path], dict[str, dict[str, qdq.Encoding]]]:
         """The QDQ graphs (in the work directory) and their LoRA inputs' encodings per graph."""
         import onnx
@@ -156,8 +169,8 @@ class QnnEpBackend(OrtBackend):
             q_src = copy.with_name(f"{copy.name}.q.onnx")
             onnx.save(m, str(q_src))
             float_q[g] = (base.graph(g).kind, q_src)
-        lora_sets = [_job_inputs(base, j) for j in jobs if j.owner.type is not OwnerType.DEFAULT]
-        lora_sets.append(_job_inputs(base, next(j for j in jobs if j.owner.type is OwnerType.DEFAULT)))
+        lora_sets = [params[j.cache_key] for j in jobs if j.owner.type is not OwnerType.DEFAULT]
+        lora_sets.append(params[next(j for j in jobs if j.owner.type is OwnerType.DEFAULT).cache_key])
         vocab = int((base.export or {}).get("vocab_size") or 2)
         feeds = qdq.calibration_feeds(float_q, lora_sets, vocab)
         names = sorted({n for ap in base.attachment_points for n in ap.tensors} | {base.alpha_tensor or ""} - {""})
@@ -193,11 +206,7 @@ def _required_inputs_copy(graph: Path) -> tuple[Path, list[Any]]:
     import onnx
 
     m = onnx.load(str(graph), load_external_data=False)
-    inputs = {i.name for i in m.graph.input}
-    defaults = [t for t in m.graph.initializer if t.name in inputs]
-    keep = [t for t in m.graph.initializer if t.name not in inputs]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+    defaults = _drop_input_defaults(m)
     copy = graph.with_name(f".qnn-{os.getpid()}-{graph.name}")
     onnx.save(m, str(copy))
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in defaults):
@@ -209,6 +218,17 @@ def _required_inputs_copy(graph: Path) -> tuple[Path, list[Any]]:
                 del t.external_data[:]
                 t.data_location = onnx.TensorProto.DEFAULT
     return copy, defaults
+
+
+def _drop_input_defaults(model: Any) -> list[Any]:
+    """Remove the initializers that give graph inputs a default (the compiler would drop those inputs
+    from the compiled model); returns them."""
+    inputs = {i.name for i in model.graph.input}
+    defaults = [t for t in model.graph.initializer if t.name in inputs]
+    keep = [t for t in model.graph.initializer if t.name not in inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return defaults
 
 
 def _restore_defaults(ctx_model: Path, defaults: list[Any]) -> None:
@@ -246,11 +266,8 @@ def check_placement(graph_path: Path, graph: str, t: Target) -> None:
         # the user's graph stays untouched: a scratch copy, its external data files beside it (ONNX
         # Runtime refuses a data file reached through a symbolic link out of the model's directory)
         m = onnx.load(str(graph_path), load_external_data=False)
-        inputs = {i.name for i in m.graph.input}
-        keep = [x for x in m.graph.initializer if x.name not in inputs]  # the inputs' defaults dropped
-        del m.graph.initializer[:]
-        m.graph.initializer.extend(keep)
-        for x in keep:
+        _drop_input_defaults(m)  # as the build does; their values are not needed for the check
+        for x in m.graph.initializer:
             for e in x.external_data:
                 if e.key == "location" and not (Path(d) / e.value).exists():
                     _link_or_copy(graph_path.parent / e.value, Path(d) / e.value)
