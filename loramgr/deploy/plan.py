@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import IntegrityError, InternalError, UsageError
 from loramgr.infra.store import atomic_write, sha256_file
-from loramgr.records import Artifact, Base, FileKind, JsonRecord, OwnerType, SectionKind
+from loramgr.records import Artifact, Base, Build, FileKind, JsonRecord, OwnerType, SectionKind
 from loramgr.version import __version__
 
 if TYPE_CHECKING:
@@ -79,6 +79,11 @@ def _rel(path: str, root: Path) -> str:
     return Path(rel).as_posix()
 
 
+def _file(a: Artifact, root: Path) -> dict[str, Any]:
+    """A plan file entry ``{path, sha256, size}`` of a build's artifact, its path relative to ``root``."""
+    return {"path": _rel(a.path, root), "sha256": a.sha256, "size": a.size}
+
+
 def _alpha_step(base: Base, alpha_tensor: str, alphas: list[float]) -> dict[str, Any]:
     """``set_alpha`` with one value (a scalar alpha), or with alpha slots the whole vector: ``alphas``
     for the first slots, 0 for the rest (their columns are padding)."""
@@ -118,7 +123,7 @@ def _contexts(arts: tuple[Artifact, ...], dsecs: list[dict[str, Any]], root: Pat
         {
             "name": Path(a.path).stem,
             "graphs": list(a.graphs),
-            "binary": {"path": _rel(a.path, root), "sha256": a.sha256, "size": a.size},
+            "binary": _file(a, root),
         }
         for a in bins
     ]
@@ -152,11 +157,7 @@ def make_plan(
                 "size": main.size,
                 "inputs": dict(g.inputs),
                 "outputs": dict(g.outputs),
-                "external_data": [
-                    {"path": _rel(a.path, root), "sha256": a.sha256, "size": a.size}
-                    for a in arts
-                    if a.kind is FileKind.GRAPH_DATA
-                ],
+                "external_data": [_file(a, root) for a in arts if a.kind is FileKind.GRAPH_DATA],
             }
         )
     order = base.graph_names
@@ -255,7 +256,7 @@ def make_plan(
     return doc, path
 
 
-def _targets(rec: Any, base: Base, root: Path) -> dict[str, Any]:
+def _targets(rec: Build, base: Base, root: Path) -> dict[str, Any]:
     """``targets[NAME]``: what a device of that SoC loads (``path``: the graph's context model,
     weight-shared when the build made one; ``files``: every context ``.bin`` it needs) and, for a
     shared ``path``, ``unshared_path`` / ``unshared_files``: the graph compiled alone, which the x86
@@ -279,12 +280,8 @@ def _targets(rec: Any, base: Base, root: Path) -> dict[str, Any]:
                 model = next((a for a in arts if a.kind is FileKind.EP_CONTEXT_MODEL and a.graphs == (g,)), None)
                 if model is None:
                     continue
-                bins = [
-                    {"path": _rel(a.path, root), "sha256": a.sha256, "size": a.size}
-                    for a in arts
-                    if a.kind is FileKind.EP_CONTEXT_BINARY and g in a.graphs
-                ]
-                entry[key] = {"path": _rel(model.path, root), "sha256": model.sha256, "size": model.size, "files": bins}
+                bins = [_file(a, root) for a in arts if a.kind is FileKind.EP_CONTEXT_BINARY and g in a.graphs]
+                entry[key] = _file(model, root) | {"files": bins}
             if "shared" in entry:
                 graphs[g] = entry["shared"] | {
                     "unshared_path": entry["unshared"]["path"],
@@ -304,7 +301,7 @@ def _targets(rec: Any, base: Base, root: Path) -> dict[str, Any]:
             "graphs": graphs,
         }
         if enc is not None:  # the LoRA inputs' encodings: what a runtime checks a new adapter against
-            out[name]["encodings"] = {"path": _rel(enc.path, root), "sha256": enc.sha256, "size": enc.size}
+            out[name]["encodings"] = _file(enc, root)
     return out
 
 
