@@ -513,21 +513,29 @@ class Artifact(JsonRecord):
         """The section's name (sections only)."""
         return section_name(self.graphs) if self.is_section else None
 
+    def owner_of(self, t: OwnerType) -> SectionOwner | None:
+        """The owner when it is of type ``t``."""
+        return self.owner if self.owner is not None and self.owner.type is t else None
+
     def owned_by(self, t: OwnerType) -> str | None:
         """The owner's name when it is of type ``t``."""
-        return self.owner.name if self.owner is not None and self.owner.type is t else None
+        o = self.owner_of(t)
+        return o.name if o else None
 
     @property
     def adapter_id(self) -> int | None:
-        return self.owner.id if self.owner is not None and self.owner.type is OwnerType.ADAPTER else None
+        o = self.owner_of(OwnerType.ADAPTER)
+        return o.id if o else None
 
     @property
     def use_case_id(self) -> int | None:
-        return self.owner.id if self.owner is not None and self.owner.type is OwnerType.USE_CASE else None
+        o = self.owner_of(OwnerType.USE_CASE)
+        return o.id if o else None
 
     @property
     def adapter_ref(self) -> str | None:
-        return self.owner.ref if self.owner is not None and self.owner.type is OwnerType.ADAPTER else None
+        o = self.owner_of(OwnerType.ADAPTER)
+        return o.ref if o else None
 
     def to_json(self) -> dict[str, Any]:
         """The ``build --json`` artifact entry (``use_case`` / ``group`` only on their sections)."""
