@@ -361,11 +361,17 @@ class Plan:
         if not isinstance(g, dict):
             raise PlanLookupError(f"graph {graph}", f"was not compiled for target {target}")
         with malformed(str(self.root)):
-            unshared = not shared and "unshared_path" in g
-            key = "unshared_" if unshared else ""
-            for f in g[f"{key}files"]:
-                self.verified(self.file(f))
-            return self.verified(self.file({k: g[f"{key}{k}"] for k in ("path", "sha256", "size")}))
+            model, files = self._compiled(g, unshared=not shared and "unshared_path" in g)
+        for f in files:
+            self.verified(f)
+        return self.verified(model)
+
+    def _compiled(self, g: dict[str, Any], *, unshared: bool) -> tuple[FileRef, list[FileRef]]:
+        """A compiled graph entry's model and context files: the (weight-shared) ``path`` and ``files``,
+        or the ``unshared_*`` ones."""
+        key = "unshared_" if unshared else ""
+        model = self.file({k: g[f"{key}{k}"] for k in ("path", "sha256", "size")})
+        return model, [self.file(f) for f in g[f"{key}files"]]
 
     def adapter(self, name: str) -> AdapterEntry:
         if name in ("default", "default_adapter"):
@@ -432,11 +438,9 @@ class Plan:
         with malformed(str(self.root)):
             for name in self.targets:
                 for g in self.target(name)["graphs"].values():
-                    out.append(self.file(g))
-                    out += [self.file(f) for f in g["files"]]
-                    if "unshared_path" in g:
-                        out.append(self.file({k: g[f"unshared_{k}"] for k in ("path", "sha256", "size")}))
-                        out += [self.file(f) for f in g["unshared_files"]]
+                    for unshared in (False, True) if "unshared_path" in g else (False,):
+                        model, files = self._compiled(g, unshared=unshared)
+                        out += [model, *files]
         return out
 
     def verify(self) -> list[Path]:
