@@ -25,8 +25,15 @@ import numpy as np
 
 from loramgr import dtypes
 from loramgr.errors import InvalidInputError, UsageError
+from loramgr.formats.onnx_graph import with_extra_outputs
 from loramgr.formats.quant import asymmetric, symmetric_per_channel
+from loramgr.infra.files import regular_file
+from loramgr.infra.progress import Progress
+from loramgr.lora.inputs import prepared_inputs, prepared_with_ranks, section_inputs
+from loramgr.lora.usecase import concat_inputs
 from loramgr.records import Adapter, Base, EncodingSet, FileKind, JsonRecord, UseCase
+from loramgr.runtime.generate import Runner, greedy
+from loramgr.sections.layout import materialize_graphs, select_adapters
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -35,8 +42,6 @@ MAX_SAMPLES = 100_000
 
 
 def load_data(path: str | Path) -> tuple[str, Any]:
-    from loramgr.infra.files import regular_file
-
     p = Path(path)
     if regular_file(p, "calibration file", missing_ok=True) is None:
         raise InvalidInputError(str(p), "no such calibration file")
@@ -112,8 +117,6 @@ def _run_owner(
     progress: Any,
     label: str,
 ) -> None:
-    from loramgr.runtime.generate import Runner, greedy
-
     def call(s: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = {i.name for i in [*s.get_inputs(), *s.get_overridable_initializers()]}
         outs: list[np.ndarray] = s.run(None, feeds | {k: v for k, v in lora.items() if k in names})
@@ -194,11 +197,6 @@ def calibrate(
     quiet: bool = False,
 ) -> Calibration:
     """Compute and store encodings for the base (default adapter) and each selected adapter."""
-    from loramgr.infra.progress import Progress
-    from loramgr.lora.inputs import prepared_inputs, prepared_with_ranks, section_inputs
-    from loramgr.lora.usecase import concat_inputs
-    from loramgr.sections.layout import materialize_graphs, select_adapters
-
     if act_bits not in (8, 16) or weight_bits not in (8, 16):
         raise UsageError("--act-bits/--weight-bits", "must be 8 or 16")
     base = reg.base(base_ref)
@@ -213,8 +211,6 @@ def calibrate(
         paths = {f.graphs[0]: Path(tmp) / f.rel_path for f in files if f.kind is FileKind.GRAPH}
         points = list(base.quantization_points)
         if points:  # expose the declared intermediate tensors as extra outputs of a copy of each graph
-            from loramgr.formats.onnx_graph import with_extra_outputs
-
             for g, p in list(paths.items()):
                 q = p.with_name(f"{p.stem}.calib{p.suffix}")
                 if with_extra_outputs(p, q, points):

@@ -5,6 +5,7 @@ Resolution order: explicit argument (the CLI's ``--home``) > environment > ``~/.
 
 from __future__ import annotations
 
+import getpass
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,6 @@ def actor() -> str:
     if env:
         return env
     try:
-        import getpass
-
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no passwd entry in some containers
         return f"uid:{os.getuid()}"

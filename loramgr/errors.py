@@ -6,6 +6,8 @@ The CLI translates these in exactly one place (``cli.main``) into one line on st
 
 from __future__ import annotations
 
+import errno
+import sys
 from typing import Any
 
 
@@ -127,9 +129,6 @@ def translate(e: BaseException) -> LoramgrError | None:
     """Environmental failures that deserve a clear message instead of "unexpected": disk full,
     read-only filesystems and databases. Matched by type; SQLAlchemy is consulted only when it is
     already imported (a command that never opened the registry cannot have failed in it)."""
-    import errno
-    import sys
-
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         what = e.filename or "disk"
         return StorageError(

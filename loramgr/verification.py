@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from loramgr.errors import IncompatibleError
+from loramgr.export import quiet_transformers
 from loramgr.records import Adapter, Base, JsonRecord
+from loramgr.runtime import Plan
+from loramgr.runtime.generate import _NP, _run_chain
+from loramgr.runtime.ort import LoraSession, lm_chains
+from loramgr.sections.backends.ort import read_section
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -124,8 +130,6 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from loramgr.export import quiet_transformers
-
     quiet_transformers()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
@@ -152,9 +156,6 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
 
 
 def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None, htp: Htp | None) -> np.ndarray:
-    from loramgr.runtime.generate import _run_chain
-    from loramgr.runtime.ort import lm_chains
-
     pre, _ = lm_chains(plan, name, alpha, htp=htp)
     n = ids.shape[1]
     return _run_chain(
@@ -170,8 +171,6 @@ def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None,
 
 def _feeds(session: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Inputs for a graph run: random activations, all-ones masks, positions 0..n-1, zero ids."""
-    from loramgr.runtime.generate import _NP
-
     out = {}
     for i in session.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 2 for d in i.shape]
@@ -203,8 +202,6 @@ def peft_factors(weights: Path, config_json: str | None, lora_alpha: float) -> d
     ``[in, out]``. Computed from the raw PEFT file and its config in these few lines on purpose: the
     reference ``verify --mode sections`` compares loramgr's sections with must not reuse loramgr's
     own preparation."""
-    from safetensors.numpy import load_file
-
     cfg = json.loads(config_json) if config_json else {}
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, value in load_file(str(weights)).items():
@@ -251,8 +248,6 @@ def _sections_check(
     """(max abs diff, min cosine) of an adapter or a use case (``members``: adapters by slot with their
     alphas): each section's effective delta against the raw PEFT factors (:func:`peft_factors`), and
     each graph run through the plan against the same graph fed A/B built from those raw factors."""
-    from loramgr.runtime.ort import LoraSession
-
     factors = [peft_factors(ad.store_path, ad.config_json, float(ad.lora_alpha or 0.0)) for ad, _ in members]
     alphas = [a for _, a in members]
     entry = plan.entry(name)
@@ -264,8 +259,6 @@ def _sections_check(
         refs = {ap.module_path: [_reference_for(f, ap.module_path) for f in factors] for ap in points}
         sec = entry.section_for(graph)
         if plan.doc["backend"] in ("ort", "qnn-ep"):
-            from loramgr.sections.backends.ort import read_section
-
             _, _, params = read_section(plan.verified(sec))
             for ap in points:
                 # with alpha slots each column is scaled by its slot's alpha; without, alpha scales it all
@@ -330,8 +323,6 @@ def verify(
     are held to a relative error and top-1 agreement (``HTP_FP16_REL``, ``HTP_FP16_TOP1``), a quantized
     target to a cosine (``HTP_QDQ_COSINE``, with the tolerance column holding it) and the same top-1
     agreement, the simulator's fp32 mode (``htp.fp32``) to the fp32 tolerance."""
-    from loramgr.runtime import Plan
-
     plan = Plan.load(plan_path)
     base = reg.base(f"{plan.base['name']}@{plan.base['version']}")
     export = base.export or {}

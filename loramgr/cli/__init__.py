@@ -9,22 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import click
 
-# Command modules register themselves on ``cli`` when imported.
-from loramgr.cli import (  # noqa: F401
-    build_cmds,
-    encodings_cmds,
-    export_cmds,
-    lifecycle_cmds,
-    plan_cmds,
-    registry_cmds,
-    runtime_cmds,
-    target_cmds,
-    usecase_cmds,
-    validate_cmds,
-)
 from loramgr.cli.common import cli, emit_json
 from loramgr.errors import InternalError, Interrupted, LoramgrError, UsageError, translate
 
@@ -64,8 +52,6 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="loramgr", standalone_mode=False)
     except LoramgrError as e:
         if debug:
-            import traceback
-
             traceback.print_exc()
         _fail(e, want_json)
     except click.exceptions.Abort:

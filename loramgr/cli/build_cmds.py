@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+from loramgr.errors import UsageError
 from loramgr.records import Artifact, OwnerType
+from loramgr.sections.pipeline import build as run
 
 
-@cli.command()
+@click.command()
 @click.argument("refs", nargs=-1)
 @base_option()
 @click.option("--all", "all_", is_flag=True, help="Every validated adapter of the base (the default without REFS).")
@@ -108,9 +110,6 @@ def build(
     Adapters are validated as a group first (exit 5 on any problem). Unchanged adapters are reused
     (content-hash cache); outputs are moved into place atomically.
     """
-    from loramgr.errors import UsageError
-    from loramgr.sections.pipeline import build as run
-
     if backend != "qairt" and (dlcs or htp_config or lora_version != 2 or quant_updatable):
         raise UsageError("--dlc/--htp-config/--lora-version/--quant-updatable", "only apply to --backend qairt")
     if targets and backend != "qnn-ep":

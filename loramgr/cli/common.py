@@ -1,14 +1,24 @@
-"""Shared CLI plumbing: the root group, one decorator per cross-cutting option, output helpers."""
+"""Shared CLI plumbing: the root group, one decorator per cross-cutting option, output helpers.
+
+The root group names every command by the module that defines it (``_COMMANDS``) and imports that
+module only when the command is run or listed. A command module therefore imports what it calls at
+its top, and a process pays only for the command it runs: ``loramgr show`` imports neither
+SQLAlchemy nor ONNX (the ``cli_show`` row in docs/benchmarks.md), ``loramgr run`` no registry.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from loramgr.config import Settings
 from loramgr.version import __version__
@@ -36,7 +46,64 @@ class Ctx:
         return self._registry
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+#: command name -> "module:attribute" of its click command (modules under loramgr.cli)
+_COMMANDS = {
+    "init": "registry_cmds:init",
+    "db": "registry_cmds:db_group",
+    "register": "registry_cmds:register",
+    "list": "registry_cmds:list_cmd",
+    "show": "show_cmds:show",
+    "validate": "validate_cmds:validate",
+    "weight-list": "validate_cmds:weight_list",
+    "build": "build_cmds:build",
+    "calibrate": "encodings_cmds:calibrate",
+    "encodings": "encodings_cmds:encodings_group",
+    "plan": "plan_cmds:plan",
+    "plan-show": "plan_cmds:plan_show",
+    "bundle": "plan_cmds:bundle",
+    "run": "runtime_cmds:run_cmd",
+    "verify": "runtime_cmds:verify_cmd",
+    "promote": "lifecycle_cmds:promote",
+    "retire": "lifecycle_cmds:retire",
+    "history": "lifecycle_cmds:history",
+    "gc": "lifecycle_cmds:gc",
+    "fsck": "lifecycle_cmds:fsck",
+    "export-registry": "lifecycle_cmds:export_registry",
+    "import-registry": "lifecycle_cmds:import_registry",
+    "usecase": "usecase_cmds:usecase_group",
+    "group": "usecase_cmds:group_group",
+    "target": "target_cmds:target_group",
+    "demo-model": "export_cmds:demo_model",
+}
+_BASE_COMMANDS = {"register": "registry_cmds:base_register", "export": "export_cmds:base_export"}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported from their modules when run or listed (click's
+    "lazily loading subcommands" pattern)."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = self.lazy[cmd_name].partition(":")
+        cmd = getattr(importlib.import_module(f"loramgr.cli.{module}"), attr)
+        if not isinstance(cmd, click.Command):
+            raise TypeError(f"loramgr.cli.{module}.{attr} is not a click command")
+        return cmd
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="loramgr")
 @click.option(
     "--home",
@@ -59,6 +126,11 @@ def cli(ctx: click.Context, home: str | None, debug: bool, lock_timeout: float |
     (per-adapter, super adapters, default adapter), and emit the runtime plan.
     """
     ctx.obj = Ctx(home, debug, lock_timeout)
+
+
+@cli.group("base", cls=LazyGroup, lazy=_BASE_COMMANDS)
+def base_group() -> None:
+    """Base models: LoRA-ready ONNX graphs and their attachment points."""
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -99,10 +171,6 @@ def emit_json(obj: Any) -> None:
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A readable table on a terminal, plain aligned text otherwise (rich handles both)."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     t = Table(title=title, show_lines=False, header_style="bold")
     for c in columns:
         t.add_column(c, overflow="fold")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, base_option, cli, emit_json, json_option, pass_ctx, table
+from loramgr.calibration import calibrate as run
+from loramgr.cli.common import Ctx, base_option, emit_json, json_option, pass_ctx, table
 
 
-@cli.command()
+@click.command()
 @click.argument("refs", nargs=-1)
 @base_option()
 @click.option("--all", "all_", is_flag=True, help="Every validated adapter of the base (the default without REFS).")
@@ -46,8 +47,6 @@ def calibrate(
     as_json: bool,
 ) -> None:
     """Compute per-adapter I/O activation encodings and weight encodings on the reference runtime."""
-    from loramgr.calibration import calibrate as run
-
     res = run(
         ctx.registry,
         base_ref,
@@ -69,7 +68,7 @@ def calibrate(
         )
 
 
-@cli.group("encodings")
+@click.group("encodings")
 def encodings_group() -> None:
     """Per-adapter quantization encodings (AIMET JSON)."""
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, json_option, pass_ctx, table
-from loramgr.cli.registry_cmds import base_group
+from loramgr.cli.common import Ctx, emit_json, json_option, pass_ctx, table
+from loramgr.export import ExportOptions, export_and_register, parse_bytes, quiet_transformers
 
 
-@base_group.command("export")
+@click.command("export")
 @click.argument("hf_dir", type=click.Path(readable=False, exists=True, file_okay=False))
 @click.option("--name", required=True, help="Base model name to register.")
 @click.option(
@@ -78,8 +79,6 @@ def base_export(
     Every target projection gets `<module>.lora_A.weight [in, R]` / `.lora_B.weight [R, out]` graph
     inputs (zero defaults) and one `lora_alpha` input; prefill/decode graphs share weights on disk.
     """
-    from loramgr.export import ExportOptions, export_and_register, parse_bytes
-
     targets = [t.strip() for t in target_modules.split(",") if t.strip()]
     say = None if as_json else (lambda s: print(s, file=sys.stderr, flush=True))
     options = ExportOptions(
@@ -118,7 +117,7 @@ def base_export(
         click.echo(f"registered base {b.ref}: {len(b.attachment_points)} attachment points, max rank {b.max_rank}")
 
 
-@cli.command("demo-model")
+@click.command("demo-model")
 @click.argument("family")
 @click.option(
     "-o", "--out", "out_dir", type=click.Path(readable=False, file_okay=False), required=True, help="Output directory."
@@ -130,9 +129,6 @@ def base_export(
 def demo_model(ctx: Ctx, family: str, out_dir: str, seed: int, adapters: int, as_json: bool) -> None:
     """Write a tiny seeded Hugging Face model of FAMILY (and PEFT adapters for it) to try loramgr without
     a model hub: OUT/model, OUT/adapter-N. FAMILY: llama, gpt2, or a family `base export` is tested on."""
-    from pathlib import Path
-
-    from loramgr.export import quiet_transformers
     from loramgr.export.tiny import write_demo_model
 
     quiet_transformers()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, human_size, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, emit_json, human_size, json_option, pass_ctx, table
+from loramgr.errors import IntegrityError
 
 
-@cli.command()
+@click.command()
 @click.argument("ref")
 @click.option(
     "--to",
@@ -27,7 +28,7 @@ def promote(ctx: Ctx, ref: str, to: str, as_json: bool) -> None:
         click.echo(f"{res.adapter}: {res.status}" + ("" if res.changed else " (unchanged)"))
 
 
-@cli.command()
+@click.command()
 @click.argument("ref")
 @click.option("--force", is_flag=True, help="Retire even though an active plan still lists it.")
 @json_option
@@ -41,7 +42,7 @@ def retire(ctx: Ctx, ref: str, force: bool, as_json: bool) -> None:
         click.echo(f"{res.adapter}: retired" + (" (forced)" if res.forced else ""))
 
 
-@cli.command()
+@click.command()
 @click.argument("ref")
 @json_option
 @pass_ctx
@@ -58,7 +59,7 @@ def history(ctx: Ctx, ref: str, as_json: bool) -> None:
         )
 
 
-@cli.command()
+@click.command()
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
 @click.option("--retired", is_flag=True, help="Also collect the files of retired adapters.")
 @click.option(
@@ -79,7 +80,7 @@ def gc(ctx: Ctx, dry_run: bool, retired: bool, grace: float, as_json: bool) -> N
         )
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--repair",
     is_flag=True,
@@ -96,8 +97,6 @@ def gc(ctx: Ctx, dry_run: bool, retired: bool, grace: float, as_json: bool) -> N
 @pass_ctx
 def fsck(ctx: Ctx, repair: bool, grace: float, as_json: bool) -> None:
     """Re-hash every store file and check every row's file; exit 8 when anything is wrong."""
-    from loramgr.errors import IntegrityError
-
     res = ctx.registry.maintenance.fsck(repair=repair, grace_s=grace)
     if as_json:
         if res.ok:
@@ -125,7 +124,7 @@ def fsck(ctx: Ctx, repair: bool, grace: float, as_json: bool) -> None:
         )  # with --json: the error object carries the report
 
 
-@cli.command("export-registry")
+@click.command("export-registry")
 @click.option("-o", "--out", type=click.Path(readable=False, dir_okay=False), required=True, help="JSON file to write.")
 @json_option
 @pass_ctx
@@ -138,7 +137,7 @@ def export_registry(ctx: Ctx, out: str, as_json: bool) -> None:
         click.echo(f"wrote {out}: {sum(res.rows.values())} rows (schema {res.schema})")
 
 
-@cli.command("import-registry")
+@click.command("import-registry")
 @click.argument("path", type=click.Path(readable=False, dir_okay=False, exists=True))
 @json_option
 @pass_ctx

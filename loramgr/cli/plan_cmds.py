@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, emit_json, human_size, json_option, pass_ctx, table
+from loramgr.deploy.bundle import check_bundle, write_bundle
+from loramgr.deploy.plan import schema, write_plan
+from loramgr.errors import UsageError
+from loramgr.runtime import Plan
 
 
-@cli.command()
+@click.command()
 @base_option(required=False, help="Base model (NAME[@VERSION]); required unless --schema.")
 @click.option("--build", "build_id", type=int, help="Build id (default: the base's newest finished build).")
 @click.option(
@@ -42,9 +46,6 @@ def plan(
 
     Paths in the plan are relative to its directory; every file carries sha256 and size.
     """
-    from loramgr.deploy.plan import schema, write_plan
-    from loramgr.errors import UsageError
-
     if show_schema:
         emit_json(schema())
         return
@@ -63,7 +64,7 @@ def plan(
         )
 
 
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.option("--plan", "plan_path", type=click.Path(readable=False, dir_okay=False), help="plan.json to bundle.")
 @click.option("-o", "--out", type=click.Path(readable=False), help="Bundle file (tar) or, with --dir, directory.")
 @click.option("--dir", "as_dir", is_flag=True, help="Write a directory instead of a tar.")
@@ -76,9 +77,6 @@ def bundle(cctx: click.Context, plan_path: str | None, out: str | None, as_dir: 
     """
     if cctx.invoked_subcommand is not None:
         return
-    from loramgr.deploy.bundle import write_bundle
-    from loramgr.errors import UsageError
-
     if not plan_path or not out:
         raise UsageError("bundle", "give --plan PLAN and -o OUT (or use `loramgr bundle check BUNDLE`)")
     res = write_bundle(plan_path, out, as_dir=as_dir)
@@ -93,8 +91,6 @@ def bundle(cctx: click.Context, plan_path: str | None, out: str | None, as_dir: 
 @json_option
 def bundle_check(path: str, as_json: bool) -> None:
     """Verify a bundle (tar or directory): safe paths, regular files, every checksum (exit 8 on mismatch)."""
-    from loramgr.deploy.bundle import check_bundle
-
     res = check_bundle(path)
     if as_json:
         emit_json(res)
@@ -102,15 +98,13 @@ def bundle_check(path: str, as_json: bool) -> None:
         click.echo(f"{res.bundle}: {res.files} files verified")
 
 
-@cli.command("plan-show")
+@click.command("plan-show")
 @click.argument("plan_path", type=click.Path(readable=False, dir_okay=False))
 @click.option("--adapter", help="Show one adapter's sections, encodings and steps.")
 @click.option("--use-case", "use_case", help="Show one use case: its slots, alphas, sections and steps.")
 @json_option
 def plan_show(plan_path: str, adapter: str | None, use_case: str | None, as_json: bool) -> None:
     """Query a plan through the runtime API (what device code sees)."""
-    from loramgr.runtime import Plan
-
     if adapter and use_case:
         raise click.UsageError("give --adapter or --use-case, not both")
     p = Plan.load(plan_path)

@@ -1,22 +1,25 @@
-"""Registry commands: init, db, register, base register, list, show."""
+"""Registry commands: init, db, register, base register, list."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
-from loramgr.cli.common import Ctx, base_option, cli, emit_json, human_size, json_option, parse_kv, pass_ctx, table
-from loramgr.records import ADAPTER_STATUSES, Adapter, Base
+from loramgr.cli.common import Ctx, base_option, emit_json, human_size, json_option, parse_kv, pass_ctx, table
+from loramgr.errors import UsageError
+from loramgr.records import ADAPTER_STATUSES, Adapter
+from loramgr.registry import db
+from loramgr.sections.backends.qnn_ep import check_placement
+from loramgr.targets import parse_targets
 
 
-@cli.command()
+@click.command()
 @json_option
 @pass_ctx
 def init(ctx: Ctx, as_json: bool) -> None:
     """Create the registry or upgrade it to the newest schema (other commands do this themselves)."""
-    from loramgr.registry import db
-
     engine = db.make_engine(ctx.settings.db_url)
     applied = db.upgrade(engine)
     ctx.settings.store_dir.mkdir(parents=True, exist_ok=True)
@@ -35,7 +38,7 @@ def init(ctx: Ctx, as_json: bool) -> None:
         )
 
 
-@cli.group("db")
+@click.group("db")
 def db_group() -> None:
     """Inspect and upgrade the registry database schema."""
 
@@ -46,8 +49,6 @@ def db_group() -> None:
 @pass_ctx
 def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
     """Apply pending migrations (or list them with --list)."""
-    from loramgr.registry import db
-
     engine = db.make_engine(ctx.settings.db_url)
     if list_only:
         rows = db.migration_status(engine)
@@ -67,7 +68,7 @@ def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
         click.echo(f"applied {', '.join(applied)}" if applied else "already up to date")
 
 
-@cli.command()
+@click.command()
 @click.argument("path", type=click.Path(readable=False, exists=False))
 @click.option("--name", help="Adapter name (default: the file's or directory's stem).")
 @click.option("--version", "version", help="Version label (default: the next integer for this name).")
@@ -125,12 +126,7 @@ def register(
         click.echo(f"already registered as {rec.ref} (sha256 {rec.sha256[:12]})")
 
 
-@cli.group("base")
-def base_group() -> None:
-    """Base models: LoRA-ready ONNX graphs and their attachment points."""
-
-
-@base_group.command("register")
+@click.command("register")
 @click.argument("onnx_path", required=False, type=click.Path(readable=False))
 @click.option("--name", required=True, help="Base model name.")
 @click.option(
@@ -192,17 +188,10 @@ def base_register(
     as_json: bool,
 ) -> None:
     """Register a LoRA-ready base: one ONNX graph, or several with --graph NAME=PATH."""
-    from pathlib import Path
-
-    from loramgr.errors import UsageError
-
     if onnx_path and graphs:
         raise UsageError("base register", "give either one ONNX file or --graph options, not both")
     pairs = [(Path(onnx_path).stem, onnx_path)] if onnx_path else list(parse_kv(graphs, "--graph").items())
     if htp_targets:
-        from loramgr.sections.backends.qnn_ep import check_placement
-        from loramgr.targets import parse_targets
-
         for t in parse_targets(htp_targets):
             for graph, path in pairs:
                 check_placement(Path(path), graph, t)
@@ -249,7 +238,7 @@ def _adapter_rows(rows: list[Adapter]) -> list[tuple[Any, ...]]:
 ADAPTER_COLUMNS = ["adapter", "status", "rank", "alpha", "dtype", "targets", "tensors", "size", "sha256"]
 
 
-@cli.command("list")
+@click.command("list")
 @click.argument("what", type=click.Choice(["adapters", "bases"]), default="adapters")
 @click.option("--status", type=click.Choice(ADAPTER_STATUSES), help="Only adapters with this status.")
 @base_option(required=False, help="Only adapters meant for this base (registered for it or validated against it).")
@@ -284,78 +273,3 @@ def list_cmd(ctx: Ctx, what: str, status: str | None, base_ref: str | None, as_j
                     for r in bases
                 ],
             )
-
-
-@cli.command()
-@click.argument("ref")
-@json_option
-@pass_ctx
-def show(ctx: Ctx, ref: str, as_json: bool) -> None:
-    """Show an adapter or base: NAME (newest version), NAME@VERSION or a sha256 prefix (>= 8 hex)."""
-    from loramgr.registry.quickread import show_adapter
-
-    rec = show_adapter(ctx.settings, ref) or ctx.registry.resolve(ref)
-    if isinstance(rec, Adapter):
-        doc = rec.to_json(full=True)
-        if as_json:
-            emit_json(doc | {"kind": "adapter"})
-            return
-        table(
-            f"adapter {rec.ref}",
-            ["field", "value"],
-            [
-                (k, doc[k])
-                for k in (
-                    "status",
-                    "sha256",
-                    "size",
-                    "rank",
-                    "lora_alpha",
-                    "dtype",
-                    "target_modules",
-                    "use_rslora",
-                    "use_dora",
-                    "fan_in_fan_out",
-                    "base_hint",
-                    "tags",
-                    "source_uri",
-                    "created_at",
-                )
-            ],
-        )
-        table("tensors", ["key", "dtype", "shape"], [(t.key, t.dtype, list(t.shape)) for t in rec.tensor_list()])
-        return
-    assert isinstance(rec, Base)
-    doc = rec.to_json(full=True)
-    if as_json:
-        emit_json(doc | {"kind": "base"})
-        return
-    table(
-        f"base {rec.ref}",
-        ["field", "value"],
-        [
-            (k, doc[k])
-            for k in (
-                "status",
-                "max_rank",
-                "precision",
-                "sdk_version",
-                "alpha_tensor",
-                "quant_updatable_mode",
-                "created_at",
-            )
-        ],
-    )
-    table(
-        "graphs",
-        ["graph", "kind", "size", "sha256", "path"],
-        [(g.name, g.kind, human_size(g.size), g.sha256[:12], g.path) for g in rec.graphs],
-    )
-    table(
-        "attachment points",
-        ["module", "in", "out", "rank", "dtype", "graphs"],
-        [
-            (a.module_path, a.in_features, a.out_features, a.rank, a.dtype, ",".join(a.graphs))
-            for a in rec.attachment_points
-        ],
-    )

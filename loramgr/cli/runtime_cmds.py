@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
 
-from loramgr.cli.common import Ctx, cli, emit_json, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, emit_json, json_option, pass_ctx, table
+from loramgr.errors import IncompatibleError, UsageError
+from loramgr.runtime.ort import Htp, generate
+from loramgr.verification import verify
 
 
 def _ids(text: str) -> list[int]:
@@ -21,8 +25,6 @@ def _ids(text: str) -> list[int]:
 
 def _alpha(text: str | None) -> float | dict[str, float] | None:
     """``0.5`` (every slot) or ``a=0.5,b=1`` (per adapter of a use case); finite numbers only."""
-    import math
-
     if text is None:
         return None
     try:
@@ -67,20 +69,16 @@ def _device_options(f: Any) -> Any:
 
 def _htp(device: str, target: str | None, htp_fp32: bool) -> Any:
     """The --device/--target/--htp-fp32 triple as the runtime's ``Htp`` (None: the CPU)."""
-    from loramgr.errors import UsageError
-
     if device != "htp":
         if target or htp_fp32:
             raise UsageError("--target/--htp-fp32", "apply to --device htp")
         return None
     if not target:
         raise UsageError("--device htp", "needs --target (a target the plan was built for)")
-    from loramgr.runtime.ort import Htp
-
     return Htp(target, htp_fp32)
 
 
-@cli.command("run")
+@click.command("run")
 @click.option("--plan", "plan_path", required=True, type=click.Path(readable=False, dir_okay=False), help="plan.json.")
 @click.option("--adapter", default="default", show_default=True, help="Adapter name (or `default`: the base).")
 @click.option("--use-case", "use_case", help="A use case of the plan: its adapters active together.")
@@ -116,8 +114,6 @@ def run_cmd(
 ) -> None:
     """Greedy tokens through the plan on the ONNX Runtime reference runtime (prefill, then decode
     with the KV cache when the plan has a decode graph), or with --device htp on a compiled target."""
-    from loramgr.runtime.ort import generate
-
     if use_case and adapter != "default":
         raise click.UsageError("give --adapter or --use-case, not both")
     prompt = _ids(input_ids)
@@ -141,7 +137,7 @@ def run_cmd(
         )
 
 
-@cli.command("verify")
+@click.command("verify")
 @click.option("--plan", "plan_path", required=True, type=click.Path(readable=False, dir_okay=False), help="plan.json.")
 @click.option("--adapter", "adapters", multiple=True, help="Adapter(s) to check (default: all in the plan).")
 @click.option(
@@ -181,9 +177,6 @@ def verify_cmd(
 ) -> None:
     """Check every adapter of a plan against a reference; exit 5 when one is beyond tolerance. With
     --device htp, the compiled target runs on Qualcomm's HTP backend (docs/htp.md has the criteria)."""
-    from loramgr.errors import IncompatibleError
-    from loramgr.verification import verify
-
     res = verify(
         ctx.registry,
         plan_path,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import cli, emit_json, json_option, table
+from loramgr.cli.common import emit_json, json_option, table
+from loramgr.targets import TARGETS
 
 
-@cli.group("target", invoke_without_command=True)
+@click.group("target", invoke_without_command=True)
 @click.pass_context
 def target_group(ctx: click.Context) -> None:
     """HTP targets: Snapdragon SoCs by part number (`build --backend qnn-ep --target`)."""
@@ -20,8 +21,6 @@ def target_group(ctx: click.Context) -> None:
 def target_list(as_json: bool) -> None:
     """Every SoC the HTP backend knows: part number, QNN soc_model, HTP architecture, other names
     (from Qualcomm's QNN SDK table of supported Snapdragon devices)."""
-    from loramgr.targets import TARGETS
-
     if as_json:
         emit_json([t.to_json() for t in TARGETS])
         return

@@ -6,7 +6,7 @@ import math
 
 import click
 
-from loramgr.cli.common import Ctx, base_option, cli, emit_json, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, emit_json, json_option, pass_ctx, table
 from loramgr.records import UseCase
 
 
@@ -32,7 +32,7 @@ def _show(uc: UseCase) -> None:
     )
 
 
-@cli.group("usecase", invoke_without_command=True)
+@click.group("usecase", invoke_without_command=True)
 @click.pass_context
 def usecase_group(cctx: click.Context) -> None:
     """Use cases: several adapters active at once (QNN LoRA v3), each scaled by its own alpha slot.
@@ -108,7 +108,7 @@ def usecase_remove(ctx: Ctx, name: str, base_ref: str, as_json: bool) -> None:
         click.echo(f"removed use case {uc.name} from {uc.base}")
 
 
-@cli.group("group", invoke_without_command=True)
+@click.group("group", invoke_without_command=True)
 @click.pass_context
 def group_group(cctx: click.Context) -> None:
     """Groups of use cases that share quantization parameters (QNN LoRA v3 grouped LoRA).

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
-from loramgr.cli.common import Ctx, base_option, cli, emit_json, json_option, pass_ctx, table
+from loramgr.cli.common import Ctx, base_option, emit_json, json_option, pass_ctx, table
+from loramgr.deploy.weightlist import render, write_weight_lists
 from loramgr.errors import IncompatibleError, UsageError
+from loramgr.validation import validate as run
 
 
-@cli.command()
+@click.command()
 @click.argument("refs", nargs=-1)
 @base_option(help="Base model to validate against (NAME[@VERSION]).")
 @click.option("--all", "all_", is_flag=True, help="Also every adapter meant for this base, checked as a group.")
@@ -19,8 +21,6 @@ def validate(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, as_json
 
     A pass is recorded: the adapter becomes `validated` for that base.
     """
-    from loramgr.validation import validate as run
-
     if not refs and not all_:
         raise UsageError("validate", "name at least one adapter, or use --all")
     report = run(ctx.registry, list(refs), base_ref, all_=all_)
@@ -56,7 +56,7 @@ def validate(ctx: Ctx, refs: tuple[str, ...], base_ref: str, all_: bool, as_json
         raise err
 
 
-@cli.command("weight-list")
+@click.command("weight-list")
 @base_option()
 @click.option(
     "-o", "--output", type=click.Path(readable=False, dir_okay=False), help="File to write (default: stdout)."
@@ -77,8 +77,6 @@ def weight_list(ctx: Ctx, base_ref: str, output: str | None, fmt: str, include_a
 
     One file for all graphs when they share attachment points, else one per graph (FILE.<graph>.txt).
     """
-    from loramgr.deploy.weightlist import render, write_weight_lists
-
     base = ctx.registry.base(base_ref)
     res = write_weight_lists(base, output, include_alpha=include_alpha, fmt=fmt)
     if as_json:

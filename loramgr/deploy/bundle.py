@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from loramgr.errors import IntegrityError, InvalidInputError, UsageError
+from loramgr.infra.files import read_bytes, readable_dir, regular_file
+from loramgr.infra.store import sha256_file
 from loramgr.records import JsonRecord
-from loramgr.runtime import Plan
+from loramgr.runtime import Plan, PlanFormatError
 
 SUMS = "SHA256SUMS"
 MAX_META_BYTES = 256 * 1024 * 1024  # SHA256SUMS and plan.json are read into memory
@@ -44,8 +47,6 @@ def _members(plan: Plan, plan_path: Path) -> list[tuple[str, Path]]:
 
 
 def _sums(items: list[tuple[str, Path]]) -> bytes:
-    from loramgr.infra.store import sha256_file
-
     return "".join(f"{sha256_file(p)}  {name}\n" for name, p in items).encode()
 
 
@@ -137,10 +138,6 @@ def _read_members(tar: tarfile.TarFile, path: Path, digests: dict[str, str], kee
 def _check_plan_paths(data: bytes | None, listed: set[str], where: str) -> None:
     """The bundle's plan obeys the plan loader's rules (no absolute, ``..`` or escaping path, valid
     structure) and every file it names is in the bundle."""
-    import json
-
-    from loramgr.runtime import PlanFormatError
-
     if data is None:
         raise IntegrityError(where, "bundle has no plan.json")
     try:
@@ -157,9 +154,6 @@ def _check_plan_paths(data: bytes | None, listed: set[str], where: str) -> None:
 
 def check_bundle(path: str | Path) -> BundleChecked:
     """Verify a bundle tar or directory: safe member names, regular files only, every checksum."""
-    from loramgr.infra.files import read_bytes, readable_dir, regular_file
-    from loramgr.infra.store import sha256_file
-
     path = Path(path)
     digests: dict[str, str] = {}
     keep: dict[str, bytes] = {}

@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from loramgr.errors import IncompatibleError
+from loramgr.errors import IncompatibleError, InternalError, UsageError
+from loramgr.infra.store import atomic_write
+from loramgr.runtime import qnn
 
 LORA_KEYS = {"version", "lora-version", "alpha-tensor-name", "adapters"}
 OPTIONAL_LORA_KEYS = {"groups"}  # lora-version 2 or 3 only
@@ -140,9 +142,6 @@ def dialog_config(block: dict[str, Any], ctx_bins: list[str]) -> dict[str, Any]:
 def check_with_genie(block: dict[str, Any], ctx_bins: list[str]) -> bool:
     """Genie's own parser (the ``[qnn]`` extra's ``libGenie.so``) on the block inside a dialog config.
     A block loramgr wrote that Genie refuses is a bug in loramgr (exit 1). False: no parser here."""
-    from loramgr.errors import InternalError, UsageError
-    from loramgr.runtime import qnn
-
     try:
         qnn.devices()
     except UsageError:
@@ -164,8 +163,6 @@ def target_ctx_bins(plan: dict[str, Any], plan_dir: Path, out_dir: Path) -> list
 def write_genie_config(plan_path: str | Path, out: str | Path) -> Path:
     """Write ``{"lora": <block>}`` for a written plan to ``out`` (atomically), after Genie's own parser
     accepted it inside a dialog config when the ``[qnn]`` extra is installed; returns its path."""
-    from loramgr.infra.store import atomic_write
-
     plan_path, g = Path(plan_path), Path(out).absolute()
     doc = json.loads(plan_path.read_text())
     block = lora_block(doc, plan_path.parent, g.parent)

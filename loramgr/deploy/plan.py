@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loramgr.deploy.genie import lora_block, write_genie_config
+from loramgr.deploy.qnn_ep import write_qnn_ep_configs
 from loramgr.errors import IntegrityError, InternalError, UsageError
 from loramgr.infra.store import atomic_write, sha256_file
 from loramgr.records import Artifact, Base, Build, FileKind, JsonRecord, OwnerType, SectionKind
+from loramgr.targets import SHARED, UNSHARED, find_target, parse_context_rel
 from loramgr.version import __version__
 
 if TYPE_CHECKING:
@@ -261,8 +264,6 @@ def _targets(rec: Build, base: Base, root: Path) -> dict[str, Any]:
     weight-shared when the build made one; ``files``: every context ``.bin`` it needs) and, for a
     shared ``path``, ``unshared_path`` / ``unshared_files``: the graph compiled alone, which the x86
     simulator can load. One build, one QNN version: a plan never mixes them."""
-    from loramgr.targets import SHARED, UNSHARED, find_target, parse_context_rel
-
     by: dict[tuple[str, str], list[Artifact]] = {}
     for a in rec.artifacts:
         if a.kind in (FileKind.EP_CONTEXT_MODEL, FileKind.EP_CONTEXT_BINARY, FileKind.EP_ENCODINGS):
@@ -382,19 +383,13 @@ def write_plan(
     doc, path = make_plan(reg, base_ref, build_id, out)
     genie = None
     if genie_config is not None:
-        from loramgr.deploy.genie import lora_block
-
         lora_block(doc, path.parent, Path(genie_config).absolute().parent)  # refuse before writing anything
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
     sha = sha256_file(path)
     if genie_config is not None:
-        from loramgr.deploy.genie import write_genie_config
-
         genie = str(write_genie_config(path, genie_config))
     ep_files = []
     if qnn_ep_configs is not None:
-        from loramgr.deploy.qnn_ep import write_qnn_ep_configs
-
         ep_files = [str(p) for p in write_qnn_ep_configs(path, qnn_ep_configs)]
     base = reg.base(base_ref)
     refs = [a["ref"] for a in doc["adapters"]] + [s["name"] for u in doc["use_cases"] for s in u["adapters"]]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from loramgr.deploy.genie import quant_groups
+from loramgr.names import check_name
 
 
 def write_qnn_ep_configs(plan_path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -16,8 +17,6 @@ def write_qnn_ep_configs(plan_path: str | Path, out_dir: str | Path) -> list[Pat
     The EP applies one section per run; a grouped use case switches in two runs, the group's
     quantization section first, so its files come in order as ``<entry>.<graph>.1-quant.txt`` and
     ``<entry>.<graph>.2-weights.txt``. Paths are absolute: the EP reads them as given."""
-    from loramgr.names import check_name
-
     plan_path = Path(plan_path).absolute()
     doc = json.loads(plan_path.read_text())
     out = Path(out_dir).absolute()

@@ -6,11 +6,13 @@ graph's tensor names (and has a variable-name bug); the list must name the graph
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loramgr.infra.store import atomic_write
 from loramgr.records import Base, JsonRecord
 
 
@@ -51,10 +53,6 @@ def write_weight_lists(
 ) -> WeightLists:
     """Write one file when every graph has the same list, else one per graph (``<stem>.<graph><suffix>``);
     with ``out=None`` nothing is written."""
-    import json
-
-    from loramgr.infra.store import atomic_write
-
     lists = weight_lists(base, include_alpha)
     unique = {tuple(v) for v in lists.values()}
     files: dict[str, str] = {}

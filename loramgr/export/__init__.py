@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import InvalidInputError, UsageError
+from loramgr.infra.files import read_text, readable_dir
+from loramgr.names import check_name
 from loramgr.records import Base, JsonRecord
 
 if TYPE_CHECKING:
@@ -34,8 +38,6 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "m
 
 def quiet_transformers() -> None:
     """No progress bars or deprecation chatter from transformers in our output."""
-    import warnings
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -53,8 +55,6 @@ def parse_bytes(text: str) -> int:
 def parse_graphs(text: str) -> list[tuple[str, int]]:
     """``prefill=128,decode=1`` -> [("prefill", 128), ("decode", 1)]. A graph named ``prefill...``
     has no KV-cache inputs; every other graph reads a cache of ``context_len - q`` entries."""
-    from loramgr.names import check_name
-
     out: list[tuple[str, int]] = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, _, q = item.partition("=")
@@ -93,8 +93,6 @@ def _first_line(e: BaseException) -> str:
 def check_hf_dir(hf: Path) -> None:
     """A local Hugging Face model directory loramgr may load: a readable ``config.json`` object that
     needs no remote code."""
-    from loramgr.infra.files import read_text, readable_dir
-
     readable_dir(hf, "Hugging Face model directory")
     if not (hf / "config.json").exists():
         raise InvalidInputError(str(hf), "is not a Hugging Face model directory (no config.json)")
@@ -322,9 +320,6 @@ def _skeleton(cfg: Any) -> tuple[Any, Any]:
 def _export_one(
     model: Any, lay: Any, spec: Any, rank: int, dtype: Any, np_dtype: str, quantized_lora: int | None = None
 ) -> Any:
-    import logging
-    import warnings
-
     import torch
 
     from loramgr.export.generic import GenericForward
@@ -393,8 +388,6 @@ def export_and_register(
 
     The registered precision is the LoRA inputs' (``int8``/``int16`` with ``quantized_lora``); a
     multi-part export may have parts without attachment points (embeddings, head)."""
-    from loramgr.names import check_name
-
     check_name(name, "base name")
     man = export_base(hf_dir, out_dir, options, progress=progress)
     max_rank, quantized_lora, precision = options.max_rank, options.quantized_lora, options.precision

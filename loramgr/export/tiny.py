@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from loramgr.errors import UsageError
 from loramgr.records import JsonRecord
 
 
@@ -121,10 +123,6 @@ class DemoModel(JsonRecord):
 def write_demo_model(family: str, out: Path, *, seed: int = 0, adapters: int = 2) -> DemoModel:
     """A tiny seeded model of ``family`` at ``out/model`` and ``adapters`` PEFT adapters for it at
     ``out/adapter-N`` (rank 8 on the family's usual targets): something to try loramgr on."""
-    import copy
-
-    from loramgr.errors import UsageError
-
     families = sorted([*FAMILIES, "gpt2"])
     if family not in families:
         raise UsageError(f"demo-model {family}", f"unknown family; one of: {', '.join(families)}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loramgr.errors import InvalidInputError
+from loramgr.infra.files import read_text
 
 MAX_BYTES = 256 * 1024 * 1024
 SECTIONS = ("activation_encodings", "param_encodings")
@@ -115,8 +116,6 @@ def parse(doc: Any, source: str) -> dict[str, Any]:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    from loramgr.infra.files import read_text
-
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(str(p), "no such file")

@@ -14,6 +14,7 @@ from typing import Any
 
 from loramgr.errors import InvalidInputError
 from loramgr.formats.peft import MAX_RANK
+from loramgr.infra.files import regular_file
 
 SUFFIX_A = ".lora_A.weight"
 SUFFIX_B = ".lora_B.weight"
@@ -84,8 +85,6 @@ def _check_location(model_path: Path, loc: str) -> None:
 def inspect_graph(path: str | os.PathLike[str]) -> GraphInfo:
     """Read a graph's signature and attachment points; tensors stored externally are not loaded."""
     import onnx
-
-    from loramgr.infra.files import regular_file
 
     p = Path(path)
     if regular_file(p, "ONNX file", missing_ok=True) is None:

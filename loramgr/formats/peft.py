@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loramgr.errors import InvalidInputError
+from loramgr.infra.files import read_text
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: the largest LoRA rank loramgr accepts anywhere (configs, tensors, base graphs); real adapters use <= 1024
@@ -185,8 +186,6 @@ def load_config(path: str | Path) -> LoraConfig:
 def load_config_text(path: str | Path) -> tuple[LoraConfig, str]:
     """The parsed config and the file's text as it is (kept by the registry: ``verify`` gives PEFT
     the user's own file, not loramgr's reading of it)."""
-    from loramgr.infra.files import read_text
-
     p = Path(path)
     text = read_text(p, MAX_CONFIG_BYTES, "adapter config")
     try:

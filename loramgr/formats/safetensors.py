@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loramgr.errors import InvalidInputError
+from loramgr.infra.files import regular_file
 
 #: bytes per element of every dtype the safetensors spec defines.
 DTYPE_SIZES: dict[str, int] = {
@@ -107,8 +108,6 @@ def _int_list(v: Any) -> bool:
 
 def read_header(path: str | os.PathLike[str]) -> Header:
     """Parse and fully check the header of a safetensors file without touching tensor bytes."""
-    from loramgr.infra.files import regular_file
-
     p = Path(path)
     regular_file(p, "safetensors file")
     try:

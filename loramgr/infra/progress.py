@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from rich.progress import Progress as RichProgress
+
 
 class Progress:
     def __init__(self, total: int, label: str, quiet: bool = False) -> None:
         self.quiet, self.total, self.done, self.label = quiet, total, 0, label
         self.bar: Any = None
         if not quiet and sys.stderr.isatty():
-            from rich.progress import Progress as RichProgress
-
             self.bar = RichProgress(transient=True)
             self.bar.start()
             self.task = self.bar.add_task(label, total=total)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,6 @@ DEFAULT_MAX_LORA_BYTES = 8 << 30
 
 def max_lora_bytes() -> int:
     """``LORAMGR_MAX_LORA_BYTES`` or the default (8 GiB)."""
-    import os
-
     v = os.environ.get("LORAMGR_MAX_LORA_BYTES", "")
     return int(v) if v.isdigit() else DEFAULT_MAX_LORA_BYTES
 

@@ -13,8 +13,12 @@ import numpy as np
 
 from loramgr import dtypes
 from loramgr.errors import IncompatibleError
+from loramgr.formats.lora_v3 import Branch
+from loramgr.formats.quant import quantize_symmetric, symmetric_per_channel
 from loramgr.lora.loader import AdapterFile
 from loramgr.lora.prepare import default_adapter, prepare
+from loramgr.lora.rules import check_adapter
+from loramgr.lora.usecase import concat_inputs, module_ranks, single_indices
 from loramgr.records import Adapter, AttachmentPoint, Base, EncodingSet
 
 
@@ -36,8 +40,6 @@ def prepared_with_ranks(adapter: Adapter, base: Base) -> tuple[dict[str, np.ndar
     """
     f, c = _checked(adapter, base)
     tensors = prepare(targets_of(base), c.pairs, f.load, precision=base.precision, scaling=adapter.scaling).tensors
-    from loramgr.lora.usecase import module_ranks, single_indices
-
     ranks = module_ranks(adapter, c)
     if base.max_adapters:  # alone on a base with alpha slots: its columns -> slot 0, padding -> the zero slot
         tensors |= single_indices(base, ranks)
@@ -46,8 +48,6 @@ def prepared_with_ranks(adapter: Adapter, base: Base) -> tuple[dict[str, np.ndar
 
 def _checked(adapter: Adapter, base: Base) -> tuple[AdapterFile, Any]:
     """The adapter's file and its compatibility check, refusing what validation would refuse."""
-    from loramgr.lora.rules import check_adapter
-
     f = AdapterFile(adapter)
     c = check_adapter(adapter, base, f.load)
     if not c.ok:
@@ -61,8 +61,6 @@ def _checked(adapter: Adapter, base: Base) -> tuple[AdapterFile, Any]:
 
 def adapter_ranks(adapter: Adapter, base: Base) -> dict[str, int]:
     """Attachment point -> the adapter's rank there (refusing what validation would refuse)."""
-    from loramgr.lora.usecase import module_ranks
-
     return module_ranks(adapter, _checked(adapter, base)[1])
 
 
@@ -70,8 +68,6 @@ def real_rank_branches(members: list[Adapter], base: Base) -> dict[str, Any]:
     """Per attachment point, the use case's branch at its real rank (QNN LoRA v3 creator models):
     the members' PEFT A and B (unscaled) rank-concatenated in slot order, and each column's scaling.
     Returns module path -> :class:`loramgr.formats.lora_v3.Branch`."""
-    from loramgr.formats.lora_v3 import Branch
-
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
     for adapter in members:
         f, c = _checked(adapter, base)
@@ -90,8 +86,6 @@ def real_rank_branches(members: list[Adapter], base: Base) -> dict[str, Any]:
 
 def default_inputs(base: Base) -> dict[str, np.ndarray]:
     """The all-zero default adapter (with alpha slots: every column on the zero slot)."""
-    from loramgr.lora.usecase import single_indices
-
     return default_adapter(targets_of(base), base.precision) | single_indices(base, {})
 
 
@@ -100,8 +94,6 @@ def weight_encodings(
 ) -> EncodingSet:
     """Symmetric per-output-channel encodings of an adapter's prepared weights (what ``build
     --precision int8|int16`` uses when calibration has not stored any)."""
-    from loramgr.formats.quant import symmetric_per_channel
-
     x = prepared if prepared is not None else prepared_inputs(adapter, base)
     return EncodingSet({}, {n: symmetric_per_channel(x[n], bits, axis=1) for n in sorted(base.lora_inputs)})
 
@@ -116,8 +108,6 @@ def section_inputs(
     quantized with the adapter's param encodings; for graphs whose LoRA inputs are integer (``base
     export --quantized-lora``) the integer codes plus ``<input>_scale``, else (float graphs) the
     dequantized values, which reproduces the quantization error exactly."""
-    from loramgr.formats.quant import quantize_symmetric
-
     x = (
         prepared
         if prepared is not None
@@ -149,9 +139,6 @@ def use_case_inputs(members: list[Adapter], base: Base, encodings: EncodingSet |
     """A use case's section: its adapters' prepared inputs rank-concatenated in slot order, with the
     slot maps; integer precisions quantize the concatenation (per output channel, with the use case's
     calibrated weight encodings when there are any)."""
-    from loramgr.formats.quant import symmetric_per_channel
-    from loramgr.lora.usecase import concat_inputs
-
     both = [prepared_with_ranks(a, base) for a in members]
     x = concat_inputs(base, [p for p, _ in both], [r for _, r in both])
     bits = dtypes.int_bits(base.precision)
@@ -169,9 +156,6 @@ def group_encodings(group_members: list[list[Adapter]], base: Base) -> EncodingS
     """A group's shared weight encodings: per LoRA input and output channel, one symmetric scale over
     every member use case's (rank-concatenated) weights, so that one quantization section serves
     them all (QNN LoRA v3 grouped LoRA)."""
-    from loramgr.formats.quant import symmetric_per_channel
-    from loramgr.lora.usecase import concat_inputs
-
     bits = dtypes.int_bits(base.precision)
     if bits is None:
         return EncodingSet()

@@ -21,6 +21,7 @@ from loramgr import dtypes
 from loramgr.formats.peft import LoraConfig
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.lora.mapping import AttachmentIndex, parse_key, target_matches
+from loramgr.lora.prepare import canonical_pair, fp16_overflow
 from loramgr.records import Adapter, Base, JsonRecord
 
 #: code -> one-line description. The codes are a stable contract for scripts, and this table is their
@@ -310,8 +311,6 @@ def _check_adapter(
 
 def _check_fp16(c: Check, adapter: Adapter, load: Callable[[str], np.ndarray]) -> None:
     """Values of the prepared (scaled) tensors must fit fp16; bf16 adapters can exceed its range."""
-    from loramgr.lora.prepare import canonical_pair, fp16_overflow
-
     for module, (ka, kb) in c.pairs.items():
         a, b = load(ka), load(kb)
         s = adapter.scaling.factor(module, a.shape[0])

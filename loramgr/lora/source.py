@@ -14,7 +14,8 @@ from pathlib import Path
 from loramgr.errors import InvalidInputError, NotFoundError
 from loramgr.formats.peft import LoraConfig, load_config_text
 from loramgr.formats.safetensors import FLOAT_DTYPES, Header, read_header, sniff_foreign
-from loramgr.lora.mapping import summarize_targets
+from loramgr.infra.files import readable_dir, regular_file
+from loramgr.lora.mapping import parse_key, summarize_targets
 from loramgr.names import sanitize_stem
 
 WEIGHTS = "adapter_model.safetensors"
@@ -59,8 +60,6 @@ class AdapterSource:
 
 
 def _is_a(key: str) -> bool:
-    from loramgr.lora.mapping import parse_key
-
     return parse_key(key).role == "A"
 
 
@@ -73,8 +72,6 @@ def _inside(child: Path, parent: Path, what: Path) -> Path:
 
 def open_source(path: str | os.PathLike[str]) -> AdapterSource:
     """Resolve PATH into the weights file, its optional PEFT config and the checked header."""
-    from loramgr.infra.files import readable_dir, regular_file
-
     p = Path(path)
     try:
         is_dir = p.is_dir()

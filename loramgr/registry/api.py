@@ -36,9 +36,12 @@ from loramgr.errors import (
     RegistryDamagedError,
     UsageError,
 )
+from loramgr.formats.onnx_graph import node_outputs
 from loramgr.formats.peft import MAX_ALPHA, finite_alpha
 from loramgr.formats.safetensors import FiniteScan
 from loramgr.infra.store import Store, StoredObject
+from loramgr.lora.attachments import inspect_base
+from loramgr.lora.source import open_source
 from loramgr.names import check_name, check_version
 from loramgr.records import ADAPTER_STATUSES, Adapter, Base, EncodingSet
 from loramgr.registry import db, rows
@@ -205,8 +208,6 @@ class Registry:
         could change underneath us), and the adapter row and its encodings are written in one
         transaction. A failure after the copy removes the object again unless another row uses it.
         """
-        from loramgr.lora.source import open_source
-
         src = open_source(path)
         name = check_name(src.default_name if name is None else name, "adapter name")
         if version is not None:
@@ -410,8 +411,6 @@ class Registry:
         details: dict[str, Any] | None = None,
     ) -> tuple[Base, bool]:
         """Register one graph or a multi-graph context (prefill/decode, parts) as a base model."""
-        from loramgr.lora.attachments import inspect_base
-
         name = check_name(name, "base name")
         if version is not None:
             version = check_version(version)
@@ -427,8 +426,6 @@ class Registry:
         )
         points = (details or {}).get("quantization_points") or []
         if points:
-            from loramgr.formats.onnx_graph import node_outputs
-
             known = set().union(*(node_outputs(g.path) for g in spec.graphs))
             missing = sorted(set(points) - known)
             if missing:

@@ -10,16 +10,21 @@ read-to-write lock upgrade.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import create_engine as _ce
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
 
+from loramgr.errors import RegistryDamagedError, StorageError
 from loramgr.registry import SCHEMA_HEAD as SCHEMA_HEAD  # newest revision; a test asserts it is the head
 from loramgr.registry import sqlite_path as sqlite_path
+from loramgr.registry.models import Model
 
 if TYPE_CHECKING:
     from alembic.config import Config  # alembic itself is imported only when a migration is due
@@ -58,8 +63,6 @@ def make_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
     if url.startswith("sqlite"):
         read_only = read_only_sqlite(url)
         if path is not None and read_only:
-            from loramgr.errors import StorageError
-
             if not path.exists():
                 raise StorageError(str(path.parent), "is read-only and holds no registry", hint="check LORAMGR_HOME")
             url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
@@ -67,8 +70,6 @@ def make_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                from loramgr.errors import StorageError
-
                 raise StorageError(str(path.parent), f"cannot create the registry directory ({e.strerror})") from None
         engine = create_engine(url, connect_args={"timeout": busy_ms / 1000})
 
@@ -108,8 +109,6 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
     """Serialise first-use upgrades of several processes (a file lock for SQLite, an advisory lock
     for PostgreSQL)."""
     if engine.dialect.name == "sqlite" and engine.url.database and engine.url.database != ":memory:":
-        import fcntl
-
         lock = Path(engine.url.database).with_suffix(".migrate.lock")
         with open(lock, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -152,24 +151,18 @@ def upgrade(engine: Engine, revision: str = "head") -> list[str]:
 def known_revisions() -> set[str]:
     """Every revision this loramgr's migrations know."""
     from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine as _ce
 
     script = ScriptDirectory.from_config(alembic_config(_ce("sqlite://")))
     return {r.revision for r in script.walk_revisions()}
 
 
 def expected_tables() -> set[str]:
-    from loramgr.registry.models import Model
-
     return set(Model.metadata.tables)
 
 
 def check_database(engine: Engine) -> list[str]:
     """What is wrong with the database as a loramgr registry at the current head (empty: nothing).
     Used at open (cheap) and by ``fsck`` (which adds SQLite's own integrity check)."""
-    from sqlalchemy import inspect
-    from sqlalchemy.exc import DatabaseError
-
     try:
         rev = current_revision(engine)
         tables = set(inspect(engine).get_table_names())
@@ -191,10 +184,6 @@ def check_database(engine: Engine) -> list[str]:
 def ensure_schema(engine: Engine) -> None:
     """Upgrade a registry to the newest schema on first use; refuse a damaged one (exit 10) and one
     that needs an upgrade but cannot be written (exit 9)."""
-    from sqlalchemy.exc import DatabaseError
-
-    from loramgr.errors import RegistryDamagedError, StorageError
-
     where = redact(engine.url.render_as_string(hide_password=False))
     problems = check_database(engine)
     if problems:
@@ -223,6 +212,4 @@ def migration_status(engine: Engine) -> list[dict[str, object]]:
 
 
 def redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)

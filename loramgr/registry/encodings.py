@@ -16,6 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from loramgr.errors import InvalidInputError, NotFoundError, UsageError
+from loramgr.formats.encodings import load
 from loramgr.records import Adapter, Base, EncodingSet, JsonRecord
 from loramgr.registry import rows
 from loramgr.registry.models import EncodingRow
@@ -78,8 +79,6 @@ class Encodings:
     def read_file(path: str | Path, base: Base) -> EncodingSet:
         """An AIMET encodings file, parsed and checked against ``base``'s tensor names (exit 4 on any
         unknown name): done before anything is written."""
-        from loramgr.formats.encodings import load
-
         enc = EncodingSet.from_aimet(load(path))
         check_names(enc, base, str(path))
         return enc

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from loramgr.errors import ConflictError, InvalidInputError
-from loramgr.infra.store import sha256_file
+from loramgr.infra.files import read_text
+from loramgr.infra.store import atomic_write, sha256_file
 from loramgr.records import JsonRecord
+from loramgr.registry import db
 from loramgr.registry.importcheck import check_rows
 from loramgr.registry.models import AdapterRow, ArtifactRow, BuildRow, GraphRow, Model
 
@@ -208,10 +211,6 @@ class Maintenance:
         """The database itself: a readable loramgr registry at a known revision with every table, and
         (SQLite) ``PRAGMA integrity_check``. Opens its own engine, so a damaged registry is reported,
         not raised."""
-        from sqlalchemy.exc import DatabaseError
-
-        from loramgr.registry import db
-
         engine = db.make_engine(self.reg.settings.db_url)
         try:
             problems = db.check_database(engine)
@@ -247,8 +246,6 @@ class Maintenance:
 
     def export(self) -> dict[str, Any]:
         """Every row of every table (parents first), plus the schema revision."""
-        from loramgr.registry import db
-
         tables = {}
         with self.reg.session() as s:
             for t in Model.metadata.sorted_tables:
@@ -264,8 +261,6 @@ class Maintenance:
 
     def import_(self, doc: Any, source: str = "dump") -> dict[str, int]:
         """Load an export into an empty registry (ids preserved; PostgreSQL sequences advanced)."""
-        from loramgr.registry import db
-
         if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("tables"), dict):
             raise InvalidInputError(source, f"not a {EXPORT_FORMAT} file")
         if doc.get("schema") != db.current_revision(self.reg.engine):
@@ -323,16 +318,12 @@ class Maintenance:
 
     def export_to(self, out: str | Path) -> ExportWritten:
         """Write the export to ``out`` atomically."""
-        from loramgr.infra.store import atomic_write
-
         doc = self.export()
         atomic_write(out, dumps(doc).encode())
         return ExportWritten(str(out), doc["schema"], {k: len(v) for k, v in doc["tables"].items()})
 
     def import_from(self, path: str | Path) -> dict[str, int]:
         """Read an export file (strict JSON) and import it."""
-        from loramgr.infra.files import read_text
-
         try:
             doc = json.loads(read_text(path, MAX_DUMP_BYTES, "registry dump"))
         except (ValueError, RecursionError) as e:

@@ -20,8 +20,9 @@ from typing import Any
 
 from loramgr.config import Settings
 from loramgr.formats.safetensors import TensorInfo
+from loramgr.infra.store import Store
 from loramgr.records import Adapter
-from loramgr.registry import SCHEMA_HEAD, SCHEMA_TABLES, sqlite_path
+from loramgr.registry import SCHEMA_HEAD, SCHEMA_TABLES, rows, sqlite_path
 
 _JSON = ("peft_config", "tags")
 
@@ -60,9 +61,6 @@ def show_adapter(settings: Settings, ref: str) -> Adapter | None:
         return None
     finally:
         con.close()
-    from loramgr.infra.store import Store
-    from loramgr.registry import rows
-
     return rows.adapter(a, Store(settings.store_dir).path_for(a.sha256), tensors=tensors)
 
 

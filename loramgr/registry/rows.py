@@ -7,12 +7,14 @@ are imported by the query helpers here, when they run."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr.formats.peft import LoraConfig
 from loramgr.formats.safetensors import TensorInfo
+from loramgr.lora.mapping import group_pairs, module_leaf_names
 from loramgr.records import (
     DEFAULT_OWNER,
     Adapter,
@@ -46,8 +48,6 @@ def tensor_lists(s: Session, adapter_ids: Sequence[int]) -> dict[int, tuple[Tens
     """adapter id -> its tensors (key order), for any number of adapters in one query. Shapes come
     as JSON text and are parsed in one ``json.loads`` (a build of 100 adapters reads ~6,000 rows: one
     parse per row was most of a one-adapter rebuild's time)."""
-    import json
-
     from sqlalchemy import Text, cast, select
 
     from loramgr.registry.models import AdapterTensorRow
@@ -82,8 +82,6 @@ def tensor_counts(s: Session) -> dict[int, int]:
 
 
 def _leaf_targets(keys: Sequence[str]) -> tuple[str, ...]:
-    from loramgr.lora.mapping import group_pairs, module_leaf_names
-
     return tuple(module_leaf_names(group_pairs(list(keys))))
 
 

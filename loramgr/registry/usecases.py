@@ -78,8 +78,6 @@ class UseCases:
         check_name(name, "use case name")
         base = self.reg.base(base_ref)
         if not refs:
-            from loramgr.errors import UsageError
-
             raise UsageError(f"use case {name}", "name at least one adapter")
         alphas = list(alphas) if alphas is not None else [1.0] * len(refs)
         report = self.check(name, base, refs, alphas)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loramgr.infra.files import read_bytes
 from loramgr.kinds import OwnerType, SectionKind
 from loramgr.runtime.errors import PlanFormatError, PlanIntegrityError, PlanLookupError
 from loramgr.runtime.structure import check_structure, malformed
@@ -254,8 +255,6 @@ class Plan:
     @classmethod
     @gc_paused
     def load(cls, path: str | os.PathLike[str]) -> Plan:
-        from loramgr.infra.files import read_bytes
-
         p = Path(path).absolute()
         if not p.exists():
             raise PlanFormatError(str(p), "no such plan file")

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from loramgr.errors import UsageError
+
 _NP = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -81,8 +83,6 @@ def capacity(prefill: list[Runner], decode: list[Runner] | None) -> int:
 def check_request(prompt: Sequence[int], steps: int, *, vocab: int | None, room: int) -> None:
     """Refuse, before any session runs, token ids outside the vocabulary and more tokens than the
     graphs hold (exit 2 naming the limits)."""
-    from loramgr.errors import UsageError
-
     if not prompt:
         raise UsageError("--input-ids", "the prompt is empty")
     if steps < 1:

@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loramgr.runtime import AdapterEntry, Plan, PlanFormatError, PlanLookupError
+from loramgr.errors import UsageError
+from loramgr.formats.quant import dequantize, quantize
+from loramgr.runtime import AdapterEntry, Plan, PlanFormatError, PlanLookupError, qnn
+from loramgr.runtime.fastpath import base_twin
+from loramgr.runtime.generate import Runner, check_request, greedy
 from loramgr.runtime.weights import SharedWeights
 
 if TYPE_CHECKING:
@@ -39,8 +43,6 @@ class Htp:
 
     def open(self, plan: Plan, graph: str) -> tuple[Path, Any]:
         """(the graph file, an ONNX Runtime session on HTP) for ``graph`` of ``plan``."""
-        from loramgr.runtime import qnn
-
         soc = int(plan.target(self.target)["soc_model"])
         if self.fp32:
             path = plan.graph_file(graph)
@@ -247,8 +249,6 @@ class LoraSession:
         return twin
 
     def _make_twin(self) -> Twin | None:
-        from loramgr.runtime.fastpath import base_twin
-
         with self._lock:
             if not self._twin_tried and self._weights is not None:
                 with _ort_errors(self.graph_file, "load this graph without its LoRA branches"):
@@ -297,14 +297,10 @@ class LoraSession:
 
     def quantize(self, tensor: str, x: np.ndarray) -> np.ndarray:
         """Real -> unsigned code with the active adapter's encoding (AIMET: x = scale * (q + offset))."""
-        from loramgr.formats.quant import quantize
-
         return quantize(x, self._encoding(tensor))
 
     def dequantize(self, tensor: str, q: np.ndarray) -> np.ndarray:
         """Unsigned code -> real with the active adapter's encoding."""
-        from loramgr.formats.quant import dequantize
-
         return dequantize(q, self._encoding(tensor))
 
 
@@ -318,8 +314,6 @@ def _lm_graphs(plan: Plan) -> tuple[list[str], list[str]]:
 def lm_limits(plan: Plan) -> tuple[int | None, int]:
     """(vocabulary size or None, tokens the graphs hold) of an exported LM plan, read from the plan's
     recorded graph signatures (no session is created)."""
-    from loramgr.errors import UsageError
-
     pre, dec = _lm_graphs(plan)
     with _plan_shapes(plan):
         first = plan.graphs[pre[0]]["inputs"]
@@ -365,9 +359,6 @@ def lm_chains(
     LoraSession each; ``alpha`` overrides every slot, or (a mapping) the named adapters' slots.
     ``share_weights``: every session reads one memory-mapped copy of the weights (see
     :mod:`loramgr.runtime.weights` for the trade)."""
-    from loramgr.errors import UsageError
-    from loramgr.runtime.generate import Runner
-
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     pre, dec = _lm_graphs(plan)
     weights = SharedWeights(plan) if share_weights and htp is None else None
@@ -399,8 +390,6 @@ def generate(
 ) -> Generation:
     """``loramgr run``: greedy tokens through the plan. The adapter (or use case), the token ids and the
     length are checked against the plan before any session is created."""
-    from loramgr.runtime.generate import check_request, greedy
-
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     entry = plan.entry(adapter)
     for name in alpha if isinstance(alpha, dict) else ():

@@ -20,6 +20,7 @@ import functools
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,8 +286,6 @@ def genie_parse(config_json: str) -> tuple[int, str]:
     """Genie's own parser on a dialog config (``GenieDialogConfig_createFromJson``): its status (0:
     accepted; -7 malformed JSON; -8 refused by its schema) and what it printed about a refusal (Genie
     writes the reason to stderr, not to a logger). It checks the structure, not that files exist."""
-    import tempfile
-
     lib = _genie()
     handle = ctypes.c_void_p()
     with tempfile.TemporaryFile() as err:

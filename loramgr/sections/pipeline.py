@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr import dtypes
+from loramgr.deploy.weightlist import write_weight_lists
 from loramgr.errors import ConflictError, IncompatibleError, LoramgrError, NotFoundError
 from loramgr.infra.gcpause import gc_paused
+from loramgr.infra.progress import Progress
 from loramgr.infra.store import sha256_file
+from loramgr.lora.inputs import weight_encodings
 from loramgr.records import (
     DEFAULT_OWNER,
     Adapter,
@@ -40,8 +43,10 @@ from loramgr.records import (
     SectionOwner,
     UseCase,
 )
-from loramgr.sections.backends import BuildContext, OutFile, SectionJob, get_backend
+from loramgr.sections.backends import BuildContext, OutFile, SectionJob
+from loramgr.sections.backends.choose import get_backend
 from loramgr.sections.layout import materialize_graphs, place, section_groups, select_adapters
+from loramgr.validation import validate
 
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
@@ -141,8 +146,6 @@ class _Progress:
     """Build progress: one step per section job."""
 
     def __init__(self, total: int, quiet: bool) -> None:
-        from loramgr.infra.progress import Progress
-
         self.p = Progress(total, "building sections", quiet)
 
     def __call__(self, job: SectionJob) -> None:
@@ -169,9 +172,6 @@ def build(
     **backend_opts: Any,
 ) -> BuildResult:
     """Build sections for the selected adapters of a base (and its default adapter)."""
-    from loramgr.deploy.weightlist import write_weight_lists
-    from loramgr.validation import validate
-
     base = reg.base(base_ref)
     auto = not refs or all_  # no adapter named: the base's validated adapters, and new ones that fit
     chosen = select_adapters(reg, base, list(refs or []), all_, unvalidated=auto)
@@ -380,8 +380,6 @@ def _use_case_jobs(
 def _encodings(reg: Registry, base: Base, adapters: list[Adapter]) -> dict[int, EncodingSet]:
     """Each adapter's encodings (build inputs: quant_overrides, quantized sections). An integer build
     computes and stores weight encodings when calibration has not."""
-    from loramgr.lora.inputs import weight_encodings
-
     encs = reg.encodings.get_many(base.id, [a.id for a in adapters])
     bits = dtypes.int_bits(base.precision)
     for a in adapters:

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loramgr.runtime import Plan
+
 #: the calibration set the demo ships (package data, so it is there in an installed wheel too)
 CALIBRATION_SET = Path(__file__).parent / "data" / "demo_calib.jsonl"
 
@@ -160,7 +162,6 @@ def htp(out: Path) -> None:
        "--device", "htp", "--target", "sm8750")  # fmt: skip
     import numpy as np
 
-    from loramgr.runtime import Plan
     from loramgr.runtime.ort import Htp, LoraSession
 
     p = Plan.load(plan)
@@ -259,7 +260,6 @@ def run_plan(plan_path: Path) -> None:
     """The Python runtime API: one live session per graph, adapters switched without reloading."""
     import numpy as np
 
-    from loramgr.runtime import Plan
     from loramgr.runtime.ort import LoraSession
 
     plan = Plan.load(plan_path)

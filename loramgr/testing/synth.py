@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 
 def module_paths(mods: Sequence[str] = ("q_proj", "v_proj"), layers: int = 2) -> list[str]:
@@ -123,8 +124,6 @@ def peft_config(r: int, alpha: float, targets: Sequence[str], **extra: Any) -> d
 
 def write_adapter(dirpath: str | Path, tensors: dict[str, np.ndarray], config: dict[str, Any] | None) -> Path:
     """A PEFT adapter directory (``adapter_model.safetensors`` + ``adapter_config.json``)."""
-    from safetensors.numpy import save_file
-
     d = Path(dirpath)
     d.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(d / "adapter_model.safetensors"))

@@ -1,8 +1,9 @@
 """Build backends. A backend turns prepared adapters into section files in a work directory.
 
-:class:`Backend` is the whole contract the pipeline (:mod:`loramgr.sections.pipeline`) relies on:
-no member is probed for with ``hasattr``; a backend without something to say holds the neutral
-value (no SDK version, an empty log).
+This package's ``__init__`` is only the contract every backend imports; the backend is chosen by
+name in :mod:`loramgr.sections.backends.choose`. :class:`Backend` is the whole contract the pipeline
+(:mod:`loramgr.sections.pipeline`) relies on: no member is probed for with ``hasattr``; a backend
+without something to say holds the neutral value (no SDK version, an empty log).
 """
 
 from __future__ import annotations
@@ -82,21 +83,3 @@ class Backend(Protocol):
         self, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
     ) -> list[OutFile]:
         """Write the jobs' sections under ``work``; return them (paths relative to ``work``)."""
-
-
-def get_backend(name: str, **opts: Any) -> Backend:
-    if name == "ort":
-        from loramgr.sections.backends.ort import OrtBackend
-
-        return OrtBackend()
-    if name == "qairt":
-        from loramgr.sections.backends.qairt import QairtBackend
-
-        return QairtBackend(**opts)
-    if name == "qnn-ep":
-        from loramgr.sections.backends.qnn_ep import QnnEpBackend
-
-        return QnnEpBackend(**opts)
-    from loramgr.errors import UsageError
-
-    raise UsageError(f"--backend {name}", "must be ort, qairt or qnn-ep")

@@ -6,13 +6,17 @@ group that shares attachment-point names. ``model_version`` is derived from the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from loramgr.infra.store import sha256_file
+from loramgr.lora.inputs import group_encodings, grouped_inputs, section_inputs, use_case_inputs
 from loramgr.records import Adapter, Base, SectionKind
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 
@@ -51,9 +55,6 @@ def read_section(path: str | Path) -> tuple[int, int, dict[str, Any]]:
 
 
 def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
-    from loramgr.infra.store import sha256_file
-    from loramgr.lora.inputs import grouped_inputs, section_inputs, use_case_inputs
-
     scales = True  # a section carries the LoRA inputs' scales, except a grouped use case's
     if job.group is not None:  # grouped: the members' integer codes, or the group's scales alone
         members = list(job.members) or list(job.group_members[0])
@@ -90,10 +91,6 @@ def _build_one(base: Base, job: SectionJob, work: str) -> list[OutFile]:
 def _with_group_encodings(base: Base, jobs: list[SectionJob]) -> list[SectionJob]:
     """The grouped jobs carry their group's shared encodings, computed once per group for the whole
     build (every member's section and the group's quantization section depend on all members)."""
-    import dataclasses
-
-    from loramgr.lora.inputs import group_encodings
-
     members = {j.group: j.group_members for j in jobs if j.group is not None}  # one entry per group
     encs = {g: group_encodings([list(m) for m in ms], base) for g, ms in members.items()}
     return [dataclasses.replace(j, encodings=encs[j.group]) if j.group is not None else j for j in jobs]
@@ -128,8 +125,6 @@ class OrtBackend:
                 files += _build_one(base, job, str(work))
                 progress(job)
             return files
-        import multiprocessing as mp
-
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn")) as ex:
             futs = [(job, ex.submit(_build_one, base, job, str(work))) for job in jobs]
             for job, fut in futs:

@@ -14,6 +14,7 @@ directory) with relative paths, so each step can be re-run there by hand from th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Iterable
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors.numpy import save_file
 
+from loramgr.deploy.weightlist import render, weight_lists
 from loramgr.errors import ExternalToolError, IncompatibleError, UsageError
 from loramgr.infra.store import sha256_file
 from loramgr.records import Adapter, ArtifactKind, Base, FileKind, OwnerType, SectionKind, SectionOwner
@@ -84,8 +87,6 @@ class QairtBackend:
             | ({"lora_version": 3, "quant_updatable": self.quant_updatable} if self.lora_version == 3 else {}),
             sort_keys=True,
         )
-        import hashlib
-
         return f"qairt-{self.sdk.version}-{hashlib.sha256(extra.encode()).hexdigest()[:12]}"
 
     def check(self, base: Base) -> None:
@@ -148,8 +149,6 @@ class QairtBackend:
 
     def _dlc(self, ctx: BuildContext, g: str, gdir: Path) -> tuple[Path, list[OutFile]]:
         """The graph's DLC: the one given, or converted from the ONNX graph with its weight list."""
-        from loramgr.deploy.weightlist import render, weight_lists
-
         dlc = gdir / f"{g}.dlc"
         if g in self.dlcs:
             shutil.copyfile(self.dlcs[g], dlc)
@@ -187,10 +186,6 @@ class QairtBackend:
         prepared: dict[int, dict[str, Any]],
     ) -> tuple[list[dict[str, Any]], list[OutFile]]:
         """Write the importer inputs for graph ``g`` and run ``qairt-lora-importer`` on them."""
-        from safetensors.numpy import save_file
-
-        from loramgr.deploy.weightlist import weight_lists
-
         gdir = root / g
         gdir.mkdir(parents=True, exist_ok=True)
         base = ctx.base

@@ -23,17 +23,23 @@ can see is made first, all listed at once (exit 5), before any tool runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
+from loramgr import dtypes
 from loramgr.errors import ExternalToolError, IncompatibleError
+from loramgr.formats.lora_v3 import strip_lora, with_use_case
+from loramgr.lora.inputs import adapter_ranks, real_rank_branches
 from loramgr.lora.rules import Problem
+from loramgr.lora.usecase import slot_problems, summed_rank_problems
 from loramgr.records import Adapter, Base, FileKind, OwnerType, SectionKind, SectionOwner
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob
 from loramgr.sections.backends.qairt_common import (
@@ -113,9 +119,6 @@ def refusals(base: Base, specs: list[UseCaseSpec], mode: str, ranks: dict[int, d
     the use cases' slot and rank checks (as ``usecase create`` makes them), and encodings the mode
     cannot take. ``ranks``: adapter id -> attachment point -> rank. (A base without alpha slots never
     gets here: the backend's ``check`` refuses it.)"""
-    from loramgr import dtypes
-    from loramgr.lora.usecase import slot_problems, summed_rank_problems
-
     problems = []
     for u in specs:
         refs = [m.ref for m in u.members]
@@ -147,15 +150,11 @@ def refusals(base: Base, specs: list[UseCaseSpec], mode: str, ranks: dict[int, d
 def build_v3(
     be: V2Steps, ctx: BuildContext, jobs: list[SectionJob], work: Path, *, n_jobs: int, progress: Progress
 ) -> list[OutFile]:
-    from concurrent.futures import ThreadPoolExecutor
-
     base, mode = ctx.base, be.quant_updatable
     adapters = {m.id: m for j in jobs for m in ((j.adapter,) if j.adapter else j.members)}
     specs = use_cases_of(
         [j for j in jobs if j.adapter is not None or j.use_case is not None], use_case_names(adapters.values())
     )
-    from loramgr.lora.inputs import adapter_ranks
-
     ranks = {a.id: adapter_ranks(a, base) for a in adapters.values()}
     problems = refusals(base, specs, mode, ranks)
     if problems:
@@ -167,8 +166,6 @@ def build_v3(
     root = tools_dir(ctx)
     files: list[OutFile] = []
     graphs = [g for g in base.graph_names if base.points_of(g)]
-    from loramgr.lora.inputs import real_rank_branches
-
     branches = {u.name: real_rank_branches(list(u.members), base) for u in specs}  # the same for every graph
     here: dict[str, list[UseCaseSpec]] = {}
     for g in graphs:  # every creator input first: a model loramgr cannot make stops the build before any tool
@@ -209,8 +206,6 @@ GROUP_SECTION_HELP = (
 
 def group_quant_sections(base: Base, specs: list[UseCaseSpec], root: Path, work: Path) -> list[OutFile]:
     """Collect each group's quantization-only sections from the generator's output, or refuse (exit 7)."""
-    import hashlib
-
     groups: dict[str, list[UseCaseSpec]] = {}
     for u in specs:
         if u.job.use_case is not None and u.job.use_case.group:
@@ -255,8 +250,6 @@ def write_creator_inputs(
     """The creator's inputs for graph ``g`` (see the module docstring); returns them and the use cases
     with an attachment point in ``g`` (a part without any of a use case's points has no section of it)."""
     import onnx
-
-    from loramgr.formats.lora_v3 import strip_lora, with_use_case
 
     base = ctx.base
     src = ctx.graph_paths[g]

@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from loramgr.errors import UsageError
+from loramgr import dtypes
+from loramgr.errors import ExternalToolError, UsageError
 from loramgr.infra.store import sha256_file
 from loramgr.kinds import OwnerType
+from loramgr.lora.inputs import section_inputs, use_case_inputs
 from loramgr.records import Base, FileKind
+from loramgr.runtime import qnn
 from loramgr.sections.backends import BuildContext, OutFile, Progress, SectionJob, qdq
 from loramgr.sections.backends.ort import OrtBackend
 from loramgr.targets import ENCODINGS_FILE, SHARED, UNSHARED, Target, context_rel, parse_targets
@@ -45,8 +51,6 @@ class QnnEpBackend(OrtBackend):
         super().__init__()
         if not targets:
             raise UsageError("--backend qnn-ep", "needs --target (e.g. sm8750)", hint="`loramgr target list`")
-        from loramgr.runtime import qnn
-
         if quantize is not None:
             qdq.check_scheme(quantize)
         self.targets: list[Target] = parse_targets(targets)
@@ -65,8 +69,6 @@ class QnnEpBackend(OrtBackend):
     def check(self, base: Base) -> None:
         """Integer LoRA inputs feed DequantizeLinear on the CPU reference; the HTP path takes float
         bases (fp32 or fp16) whose graphs it can place wholly, which the compile itself checks."""
-        from loramgr import dtypes
-
         if any(dtypes.int_bits(ap.dtype) for ap in base.attachment_points):
             raise UsageError(
                 f"base {base.ref}",
@@ -188,8 +190,6 @@ class QnnEpBackend(OrtBackend):
 
 def _job_inputs(base: Base, job: SectionJob) -> dict[str, Any]:
     """The LoRA tensors a job's sections hold (what a runtime feeds the compiled graph)."""
-    from loramgr.lora.inputs import section_inputs, use_case_inputs
-
     if job.use_case is not None:
         return use_case_inputs(list(job.members), base, job.encodings)
     return section_inputs(job.adapter, base, job.encodings)
@@ -258,8 +258,6 @@ def _context_bin(ctx_model: Path) -> str:
 def check_placement(graph_path: Path, graph: str, t: Target) -> None:
     """Refuse (exit 2, naming op, node and reason) a graph HTP cannot compile wholly for ``t``: the
     compile a build would make, into a scratch directory, with its inputs' defaults dropped as there."""
-    import tempfile
-
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="loramgr-htp-check-") as d:
@@ -278,9 +276,6 @@ def check_placement(graph_path: Path, graph: str, t: Target) -> None:
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
-    import os
-    import shutil
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dest)  # same file system: no bytes copied
@@ -290,9 +285,6 @@ def _link_or_copy(src: Path, dest: Path) -> None:
 
 def _compile_checked(model: Path, dest: Path, t: Target, graph: str, *, share: bool, last: bool) -> None:
     """Compile, and when HTP cannot place the whole graph say which op of which node it could not."""
-    from loramgr.errors import ExternalToolError
-    from loramgr.runtime import qnn
-
     try:
         qnn.compile_model(model, dest, t.soc_model, share=share, last=last)
     except ExternalToolError as e:
@@ -312,12 +304,7 @@ def _placement(model: Path, t: Target) -> str | None:
     """The nodes the QNN EP refuses, with its reason: a session with CPU fallback allowed and verbose
     logging, whose "Validation FAILED" lines name op type, node and why (ONNX Runtime has no API for a
     graph's partition, so its log is read)."""
-    import re
-    import tempfile
-
     import onnxruntime as ort
-
-    from loramgr.runtime import qnn
 
     with tempfile.TemporaryFile() as err:
         so = qnn.session_options(t.soc_model, cpu_fallback=True)
