@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loramgr import dtypes
-from loramgr.errors import InvalidInputError, UsageError
+from loramgr.errors import InvalidInputError, UsageError, first_line
 from loramgr.formats.onnx_graph import with_extra_outputs
 from loramgr.formats.quant import asymmetric, symmetric_per_channel
 from loramgr.infra.files import regular_file
@@ -46,18 +47,7 @@ def load_data(path: str | Path) -> tuple[str, Any]:
     if regular_file(p, "calibration file", missing_ok=True) is None:
         raise InvalidInputError(str(p), "no such calibration file")
     if p.suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
-            raise InvalidInputError(str(p), f"not a readable .npz without pickles ({type(e).__name__})") from None
-        if (
-            not arrays
-            or len({a.shape[0] if a.ndim else -1 for a in arrays.values()}) != 1
-            or any(a.ndim == 0 for a in arrays.values())
-        ):
-            raise InvalidInputError(str(p), "arrays must share a first (sample) axis")
-        return "npz", arrays
+        return "npz", _npz(p)
     samples = []
     for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -79,6 +69,50 @@ def load_data(path: str | Path) -> tuple[str, Any]:
     if not samples:
         raise InvalidInputError(str(p), "no samples")
     return "ids", samples
+
+
+def _npz(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of a calibration ``.npz``: numbers only (no pickles), finite, one shared non-empty
+    first (sample) axis."""
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile) as e:
+        raise InvalidInputError(str(p), f"not a readable .npz without pickles ({type(e).__name__})") from None
+    if not arrays:
+        raise InvalidInputError(str(p), "holds no arrays")
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise InvalidInputError(str(p), f"array {k!r} holds {a.dtype}, not numbers")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise InvalidInputError(str(p), f"array {k!r} holds NaN or Inf (the encodings would be NaN)")
+    if any(a.ndim == 0 for a in arrays.values()) or len({a.shape[0] for a in arrays.values()}) != 1:
+        raise InvalidInputError(str(p), "arrays must share a first (sample) axis")
+    if next(iter(arrays.values())).shape[0] == 0:
+        raise InvalidInputError(str(p), "holds no samples (the first axis is empty)")
+    return arrays
+
+
+#: ONNX Runtime's input types -> the numpy dtype a calibration array is converted to
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def _feed(session: Any, name: str, value: np.ndarray, source: str) -> np.ndarray:
+    """A calibration array as the graph input ``name`` takes it: float64 data for a float32 input is
+    converted, integers for integer inputs too; a float array for an integer input is refused."""
+    want = next((i.type for i in session.get_inputs() if i.name == name), "")
+    dtype = _ORT_TYPES.get(want)
+    if dtype is None or value.dtype == dtype:
+        return value
+    if np.dtype(dtype).kind == "i" and value.dtype.kind == "f":
+        raise InvalidInputError(source, f"array {name!r} holds {value.dtype}; the graph's input is {want}")
+    return value.astype(dtype)
 
 
 class _Recorder:
@@ -116,10 +150,15 @@ def _run_owner(
     rec: _Recorder,
     progress: Any,
     label: str,
+    source: str,
 ) -> None:
     def call(s: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = {i.name for i in [*s.get_inputs(), *s.get_overridable_initializers()]}
-        outs: list[np.ndarray] = s.run(None, feeds | {k: v for k, v in lora.items() if k in names})
+        feeds = {k: _feed(s, k, np.asarray(v), source) for k, v in feeds.items()}
+        try:
+            outs: list[np.ndarray] = s.run(None, feeds | {k: v for k, v in lora.items() if k in names})
+        except Exception as e:  # noqa: BLE001 - ORT's pybind11 errors: a sample of the wrong shape, a token id past the vocabulary
+            raise InvalidInputError(source, f"ONNX Runtime cannot run a sample ({first_line(e)})") from None
         rec.see(feeds)
         rec.see(dict(zip([o.name for o in s.get_outputs()], outs, strict=True)))
         return outs
@@ -248,6 +287,7 @@ def calibrate(
                     f"calibrated use case {uc.name}"
                     if uc
                     else "calibrated " + ("the base (default adapter)" if ad is None else ad.ref),
+                    str(data),
                 )
                 enc = EncodingSet(
                     {t: [asymmetric(lo, hi, act_bits)] for t, (lo, hi) in sorted(rec.ranges.items())}, params_enc

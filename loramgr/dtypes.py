@@ -12,6 +12,8 @@ other spellings exist and stay as users and files know them:
 
 from __future__ import annotations
 
+import math
+
 _SAFETENSORS = {
     "BOOL": "bool",
     "U8": "uint8",
@@ -60,3 +62,29 @@ def of_precision(precision: str) -> str:
 def int_bits(name: str) -> int | None:
     """Bit width of an integer precision or dtype (``int8`` -> 8), ``None`` for float ones."""
     return {"int8": 8, "int16": 16}.get(name)
+
+
+#: the largest finite value of each float dtype a graph holds numbers in (IEEE 754 binary16/32/64;
+#: bfloat16 keeps float32's exponent)
+FLOAT_MAX = {
+    "float16": 65504.0,
+    "bfloat16": 3.3895313892515355e38,
+    "float32": 3.4028234663852886e38,
+    "float64": 1.7976931348623157e308,
+}
+
+
+def fits(value: float, dtype: str) -> bool:
+    """``value`` is finite and stays finite once stored as the float ``dtype``: a check made on the
+    Python float alone passes 1e39, which a float32 input turns into inf (and the logits into NaN)."""
+    try:
+        v = float(value)
+    except (OverflowError, TypeError, ValueError):  # a 400-digit integer, a non-number
+        return False
+    return math.isfinite(v) and abs(v) <= FLOAT_MAX[dtype]
+
+
+def alpha_dtype(precision: str) -> str:
+    """The dtype of a base's alpha input: the graph's float type (``fp16`` graphs hold float16; fp32
+    graphs and the float graphs under integer LoRA precisions hold float32)."""
+    return "float16" if precision == "fp16" else "float32"

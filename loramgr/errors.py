@@ -11,6 +11,11 @@ import sys
 from typing import Any
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of a library's error text (or its type's name), for a one-line message."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 class LoramgrError(Exception):
     """Base class. ``what`` names the file/ref concerned, ``why`` says what is wrong."""
 

@@ -25,6 +25,19 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+#: what a plan and both runtimes call the default adapter: no adapter, use case or group takes them
+RESERVED = frozenset({"default", "default_adapter"})
+
+
+def check_entry_name(name: str, what: str) -> str:
+    """A name a plan lists (an adapter, a use case, a group): safe, and not the default adapter's.
+    Compared case-blind, since section files named after it may land on a case-insensitive disk."""
+    check_name(name, what)
+    if name.casefold() in RESERVED:
+        raise InvalidInputError(f"{what} {name!r}", "is reserved for the default adapter; choose another name")
+    return name
+
+
 def check_version(version: str) -> str:
     if not _VERSION.match(str(version)) or ".." in str(version):
         raise InvalidInputError(f"version {version!r}", "use letters, digits and . _ + - (at most 64)")

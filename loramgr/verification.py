@@ -156,17 +156,18 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
 
 
 def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None, htp: Htp | None) -> np.ndarray:
+    """The plan's logits for the prompt ``ids`` (``[1, n]``), right-padded to the prefill graph's fixed
+    length (masked, so the first n rows are the prompt's alone, as in generation)."""
     pre, _ = lm_chains(plan, name, alpha, htp=htp)
     n = ids.shape[1]
-    return _run_chain(
-        pre,
-        {
-            "input_ids": ids,
-            "attention_mask": np.ones((1, n), np.int64),
-            "position_ids": np.arange(n, dtype=np.int64)[None],
-        },
-        {},
-    )
+    seq = pre[0].inputs["input_ids"][0][1]
+    seq = seq if isinstance(seq, int) and seq >= n else n
+    full = np.zeros((1, seq), np.int64)
+    full[0, :n] = ids[0]
+    mask = np.zeros((1, seq), np.int64)
+    mask[0, :n] = 1
+    feeds = {"input_ids": full, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]}
+    return _run_chain(pre, feeds, {})[:, :n]
 
 
 def _feeds(session: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:

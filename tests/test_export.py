@@ -388,6 +388,10 @@ def test_verify_sections_catches_wrong_sections(llama, tmp_path, monkeypatch):
         "garbage weights",
         "mis-shaped weights",
         "missing tensors",
+        "nan weight",
+        "inf embedding row",
+        "nan config float",
+        "past fp16 in an fp16 export",
     ],
 )
 def test_base_export_refuses_unusable_model_dirs(tmp_path, case):
@@ -411,6 +415,15 @@ def test_base_export_refuses_unusable_model_dirs(tmp_path, case):
         weights.unlink()
     elif case == "garbage weights":
         weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}" + b"\x00" * 64)
+    elif case == "nan config float":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["rms_norm_eps"] = float("nan")
+        (d / "config.json").write_text(json.dumps(cfg))
+    elif case in ("nan weight", "inf embedding row", "past fp16 in an fp16 export"):
+        t = load_file(str(weights))
+        k = next(k for k in t if ("embed_tokens" if case == "inf embedding row" else "up_proj") in k)
+        t[k][0, 0] = {"nan weight": float("nan"), "inf embedding row": float("inf")}.get(case, 1e5)
+        save_file(t, str(weights), metadata={"format": "pt"})
     else:
         t = load_file(str(weights))
         k = next(k for k in t if "q_proj" in k)
@@ -431,14 +444,31 @@ def test_base_export_refuses_unusable_model_dirs(tmp_path, case):
         "4",
         "--graphs",
         "prefill=4",
+        *(["--precision", "fp16"] if "fp16" in case else []),
         "-o",
         tmp_path / "out",
     )
     assert r.exit_code == want, (case, r.stderr)
+    named = {"nan weight": "up_proj", "inf embedding row": "embed_tokens", "nan config float": "rms_norm_eps"}
+    if case in named or "fp16" in case:
+        assert named.get(case, "once cast to fp16") in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     if case == "pickle only":
         assert "pytorch_model.bin" in r.stderr and "safe_serialization=True" in r.stderr
     assert invoke("list", "bases", "--json").json == []
+
+
+def test_a_one_token_prompt_verifies_and_an_overflowing_alpha_is_refused(llama, tmp_path):
+    """`verify --input-ids 5` pads the prompt to the prefill graph (it ran ORT on a [1, 1] input before);
+    `run --alpha 1e39` is refused: float32 holds no such number (logits were NaN, tokens 0, exit 0)."""
+    tmp, _ = llama
+    plan = _built_plan(llama, tmp_path, seed=5).root / "plan.json"
+    for ids in ("5", "5,17,99,3,8,1,2,9"):
+        v = invoke("verify", "--plan", plan, "--hf-dir", tmp / "hf", "--input-ids", ids, "--json")
+        assert v.exit_code == 0 and v.json["adapters"][0]["max_abs_diff"] < 1e-4, v.stdout + v.stderr
+    for alpha in ("1e39", "-1e39"):
+        r = invoke("run", "--plan", plan, "--adapter", "ad", "--input-ids", "5,17", "--steps", "2", "--alpha", alpha)
+        assert r.exit_code == 4 and "finite float32" in r.stderr, r.stderr
 
 
 def _built_plan(llama, tmp_path: Path, seed: int):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -18,7 +17,7 @@ from loramgr.errors import IntegrityError, InvalidInputError, UsageError
 from loramgr.infra.files import read_bytes, readable_dir, regular_file
 from loramgr.infra.store import sha256_file
 from loramgr.records import JsonRecord
-from loramgr.runtime import Plan, PlanFormatError
+from loramgr.runtime import Plan, PlanFormatError, parse_plan_json
 
 SUMS = "SHA256SUMS"
 MAX_META_BYTES = 256 * 1024 * 1024  # SHA256SUMS and plan.json are read into memory
@@ -119,6 +118,8 @@ def _read_members(tar: tarfile.TarFile, path: Path, digests: dict[str, str], kee
     """Hash every member; keep the bytes of SHA256SUMS and plan.json (bounded)."""
     for m in tar.getmembers():
         _safe_name(m.name, str(path))
+        if m.name in digests:  # extracting would keep the last copy; this check read another
+            raise InvalidInputError(str(path), f"member {m.name!r} is in the bundle twice; refusing the bundle")
         if not m.isfile():
             raise InvalidInputError(str(path), f"member {m.name!r} is not a regular file; refusing the bundle")
         if m.name in (SUMS, "plan.json") and m.size > MAX_META_BYTES:
@@ -141,7 +142,7 @@ def _check_plan_paths(data: bytes | None, listed: set[str], where: str) -> None:
     if data is None:
         raise IntegrityError(where, "bundle has no plan.json")
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = parse_plan_json(data.decode("utf-8"))
         plan = Plan.from_doc(doc, Path("/loramgr-bundle-root"), where=f"{where}: plan.json")
         files = plan.files()
     except (ValueError, RecursionError) as e:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from loramgr.deploy.genie import lora_block, write_genie_config
 from loramgr.deploy.qnn_ep import write_qnn_ep_configs
 from loramgr.errors import IntegrityError, InternalError, UsageError
+from loramgr.infra.files import output_file
 from loramgr.infra.store import atomic_write, sha256_file
 from loramgr.records import Artifact, Base, Build, FileKind, JsonRecord, OwnerType, SectionKind
 from loramgr.targets import SHARED, UNSHARED, find_target, parse_context_rel
@@ -381,16 +382,20 @@ def write_plan(
     """Write ``plan.json`` (and, with ``genie_config``, the Genie ``lora`` block) and record the plan
     (an active plan keeps its adapters from being retired)."""
     doc, path = make_plan(reg, base_ref, build_id, out)
+    # every output is checked before anything is written: never onto the build's own files
+    built = [Path(a.path) for a in reg.builds.get(doc["build_id"]).artifacts]
+    output_file(path, "-o", built)
     genie = None
     if genie_config is not None:
-        lora_block(doc, path.parent, Path(genie_config).absolute().parent)  # refuse before writing anything
+        output_file(genie_config, "--genie-config", [*built, path])
+        lora_block(doc, path.parent, Path(genie_config).absolute().parent)
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
     sha = sha256_file(path)
     if genie_config is not None:
         genie = str(write_genie_config(path, genie_config))
     ep_files = []
     if qnn_ep_configs is not None:
-        ep_files = [str(p) for p in write_qnn_ep_configs(path, qnn_ep_configs)]
+        ep_files = [str(p) for p in write_qnn_ep_configs(path, qnn_ep_configs, built)]
     base = reg.base(base_ref)
     refs = [a["ref"] for a in doc["adapters"]] + [s["name"] for u in doc["use_cases"] for s in u["adapters"]]
     ids = {a.ref: a.id for a in reg.adapter_many(refs).values()}  # use cases' adapters are protected too

@@ -24,8 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loramgr.errors import InvalidInputError, UsageError
-from loramgr.infra.files import read_text, readable_dir
+from loramgr.errors import InvalidInputError, UsageError, first_line
+from loramgr.export.inputs import (
+    check_finite_config,
+    check_finite_weights,
+    check_hf_dir,
+    check_weights,
+)
 from loramgr.names import check_name
 from loramgr.records import Base, JsonRecord
 
@@ -81,43 +86,6 @@ def plan_parts(unit_bytes: list[int], limit: int) -> list[tuple[int, int]]:
         acc += b
     parts.append((start, len(unit_bytes)))
     return parts
-
-
-PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def check_hf_dir(hf: Path) -> None:
-    """A local Hugging Face model directory loramgr may load: a readable ``config.json`` object that
-    needs no remote code."""
-    readable_dir(hf, "Hugging Face model directory")
-    if not (hf / "config.json").exists():
-        raise InvalidInputError(str(hf), "is not a Hugging Face model directory (no config.json)")
-    try:
-        cfg = json.loads(read_text(hf / "config.json", 16 << 20, "model config"))
-    except (ValueError, RecursionError) as e:
-        raise InvalidInputError(str(hf / "config.json"), f"is not valid JSON ({type(e).__name__})") from None
-    if not isinstance(cfg, dict):
-        raise InvalidInputError(str(hf / "config.json"), "is not a JSON object")
-    if cfg.get("auto_map"):
-        raise UsageError(str(hf), "needs custom model code (auto_map / trust_remote_code); remote code never runs")
-
-
-def check_weights(hf: Path) -> None:
-    """Safetensors weights are there (a pickle-only checkpoint is refused with the conversion hint)."""
-    if not list(hf.glob("*.safetensors")):
-        pickles = sorted(p.name for pat in PICKLE_WEIGHTS for p in hf.glob(pat))
-        if pickles:
-            raise InvalidInputError(
-                str(hf / pickles[0]),
-                "is a pickle checkpoint; loramgr never unpickles model files",
-                hint="convert it once where you trust it: AutoModelForCausalLM.from_pretrained(DIR)"
-                ".save_pretrained(NEW_DIR, safe_serialization=True)",
-            )
-        raise InvalidInputError(str(hf), "has no weights (*.safetensors)")
 
 
 def _bytes(mod: Any, dtype_size: int) -> int:
@@ -177,7 +145,8 @@ def export_base(
     try:
         cfg = AutoConfig.from_pretrained(hf, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InvalidInputError(str(hf / "config.json"), f"transformers cannot read it ({_first_line(e)})") from None
+        raise InvalidInputError(str(hf / "config.json"), f"transformers cannot read it ({first_line(e)})") from None
+    check_finite_config(cfg.to_dict(), hf / "config.json")
     check_targets(*_skeleton(cfg), targets)  # the architecture and targets, before any weight is read
     check_weights(hf)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
@@ -195,11 +164,12 @@ def export_base(
             output_loading_info=True,
         )
     except Exception as e:  # noqa: BLE001 - safetensors/torch/transformers raise assorted types on bad weights
-        raise InvalidInputError(str(hf), f"the weights cannot be loaded ({_first_line(e)})") from None
+        raise InvalidInputError(str(hf), f"the weights cannot be loaded ({first_line(e)})") from None
     missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
     if missing:  # transformers would fill them with random values: a wrong model, silently
         raise InvalidInputError(str(hf), f"the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}")
     model = model.eval().to(dtype)
+    check_finite_weights(model, hf, precision)
     lay = layout_of(model)
     n = len(lay.layers)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
@@ -311,7 +281,7 @@ def _skeleton(cfg: Any) -> tuple[Any, Any]:
     except Exception as e:  # noqa: BLE001 - transformers raises assorted types for configs it cannot build
         raise UsageError(
             f"model_type {getattr(cfg, 'model_type', None)!r}",
-            f"has no causal LM the export can build ({_first_line(e)}); "
+            f"has no causal LM the export can build ({first_line(e)}); "
             "`base export` takes decoder-only causal LMs (llama, mistral, qwen2/3, phi3, gemma2/3, granite, gpt2, ...)",
         ) from None
     return model, layout_of(model)

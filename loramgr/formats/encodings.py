@@ -13,10 +13,10 @@ writes, "True"/"False").
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from loramgr import dtypes
 from loramgr.errors import InvalidInputError
 from loramgr.infra.files import read_text
 
@@ -51,11 +51,14 @@ def _entry(e: Any, where: str, source: str) -> dict[str, Any]:
         return out
     for k in ("min", "max", "scale", "offset"):
         v = e.get(k)
-        if isinstance(v, bool) or not isinstance(v, _NUM) or not math.isfinite(v):
-            raise InvalidInputError(source, f"{where}.{k}: expected a finite number, got {v!r}")
+        # the runtimes hold these as float32 (a 400-digit integer is refused here, not an OverflowError)
+        if isinstance(v, bool) or not isinstance(v, _NUM) or not dtypes.fits(v, "float32"):
+            raise InvalidInputError(source, f"{where}.{k}: expected a finite float32 number, got {str(v)[:40]}")
         out[k] = float(v) if k != "offset" else int(round(v))
-    if out["scale"] < 0 or out["min"] > out["max"]:
-        raise InvalidInputError(source, f"{where}: needs scale >= 0 and min <= max")
+    if not out["scale"] > 0 or out["min"] > out["max"]:
+        raise InvalidInputError(source, f"{where}: needs scale > 0 and min <= max")
+    if abs(out["offset"]) > 2**bw:  # x = scale * (q + offset), q a bw-bit code: a zero point inside the range
+        raise InvalidInputError(source, f"{where}.offset: {out['offset']} is outside a {bw}-bit code range")
     return out
 
 
@@ -69,7 +72,9 @@ def _v1_entries(e: dict[str, Any], where: str, source: str) -> list[dict[str, An
     for i, (s, o) in enumerate(zip(scales, offsets, strict=True)):
         if isinstance(s, bool) or not isinstance(s, _NUM) or isinstance(o, bool) or not isinstance(o, _NUM):
             raise InvalidInputError(source, f"{where}.scale/offset[{i}]: expected numbers")
-        levels = 2**bw - 1 if isinstance(bw, int) and not isinstance(bw, bool) else 0
+        if not (dtypes.fits(s, "float32") and dtypes.fits(o, "float32")):
+            raise InvalidInputError(source, f"{where}.scale/offset[{i}]: expected finite float32 numbers")
+        levels = 2**bw - 1 if isinstance(bw, int) and not isinstance(bw, bool) and 1 <= bw <= 32 else 0
         out.append(
             _entry(
                 {

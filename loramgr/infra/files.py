@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
-from loramgr.errors import InvalidInputError, NotFoundError
+from loramgr.errors import InvalidInputError, NotFoundError, UsageError
 
 _KINDS = {
     stat.S_IFIFO: "a FIFO",
@@ -81,4 +82,20 @@ def readable_dir(path: str | os.PathLike[str], what: str = "directory") -> Path:
         raise InvalidInputError(str(p), f"is not a {what}")
     if not os.access(p, os.R_OK | os.X_OK):
         raise InvalidInputError(str(p), f"cannot read this {what}: permission denied")
+    return p
+
+
+def output_file(path: str | os.PathLike[str], option: str, protected: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Where a command may write a file it was told to write (exit 2 otherwise): not a symbolic link
+    (writing through it would change a file somewhere else), not a directory, and not one of
+    ``protected``: the files the command reads or has just written (a plan, its graphs, its sections),
+    compared after resolving every link, so no spelling of a path lands on them."""
+    p = Path(path).absolute()
+    if p.is_symlink():
+        raise UsageError(f"{option} {path}", "is a symbolic link; loramgr does not write through links")
+    if p.is_dir():
+        raise UsageError(f"{option} {path}", "is a directory; give a file name")
+    real = Path(os.path.realpath(p))
+    if any(Path(os.path.realpath(q)) == real for q in protected):
+        raise UsageError(f"{option} {path}", "is one of the build's own files (its plan, a graph or a section)")
     return p

@@ -183,8 +183,11 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a stale one of this pid, or a link planted at the name
     try:
-        with open(tmp, "wb") as f:
+        # O_EXCL | O_NOFOLLOW: never written through a link; os.replace then swaps the name itself
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with open(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

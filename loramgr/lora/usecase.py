@@ -10,11 +10,11 @@ active and ``scaling_i`` times ``alpha_i``. Pure functions over records and tens
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from loramgr import dtypes
 from loramgr.lora.rules import Check, Problem, check_adapter, group_rule
 from loramgr.records import Adapter, Base
 
@@ -38,11 +38,11 @@ def check_use_case(
     dupes = sorted({r for r in refs if refs.count(r) > 1})
     if dupes:
         problems.append(Problem("duplicate_adapter", f"{dupes[0]} is listed twice", dupes[0]))
-    if len(alphas) != len(adapters) or not all(math.isfinite(a) and abs(a) <= 1e6 for a in alphas):
+    held = dtypes.alpha_dtype(base.precision)
+    if len(alphas) != len(adapters) or not all(dtypes.fits(a, held) for a in alphas):
+        limit = f"finite, |a| <= {dtypes.FLOAT_MAX[held]:g}, the base's {held} alpha input"
         problems.append(
-            Problem(
-                "bad_alpha", f"{len(alphas)} alphas for {len(adapters)} adapters (finite, |a| <= 1e6)", ", ".join(refs)
-            )
+            Problem("bad_alpha", f"{len(alphas)} alphas for {len(adapters)} adapters ({limit})", ", ".join(refs))
         )
     checks: dict[str, Check] = {}
     for a in adapters:

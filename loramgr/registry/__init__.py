@@ -3,7 +3,7 @@ repository API (``api.Registry``) every command goes through.
 
 What is here needs no SQLAlchemy: the read-only path of ``loramgr show`` (``quickread``) uses it too."""
 
-from pathlib import Path
+from loramgr.config import sqlite_path as sqlite_path  # the read path and the engine share it
 
 #: the newest migration; here (not in ``db``) so that the stdlib-only read path can check it
 SCHEMA_HEAD = "0006"
@@ -15,11 +15,3 @@ SCHEMA_TABLES = frozenset(
         "encoding", "event", "graph", "plan", "use_case", "use_case_adapter", "validation",
     }
 )  # fmt: skip
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///PATH`` URL (None for other databases and ``:memory:``)."""
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    return Path(path) if path and path != ":memory:" else None

@@ -42,7 +42,7 @@ from loramgr.formats.safetensors import FiniteScan
 from loramgr.infra.store import Store, StoredObject
 from loramgr.lora.attachments import inspect_base
 from loramgr.lora.source import open_source
-from loramgr.names import check_name, check_version
+from loramgr.names import check_entry_name, check_name, check_version
 from loramgr.records import ADAPTER_STATUSES, Adapter, Base, EncodingSet
 from loramgr.registry import db, rows
 from loramgr.registry.builds import Builds
@@ -56,6 +56,7 @@ from loramgr.registry.models import (
     BaseRow,
     EventRow,
     GraphRow,
+    UseCaseRow,
     ValidationRow,
 )
 from loramgr.registry.usecases import UseCases
@@ -209,7 +210,7 @@ class Registry:
         transaction. A failure after the copy removes the object again unless another row uses it.
         """
         src = open_source(path)
-        name = check_name(src.default_name if name is None else name, "adapter name")
+        name = check_entry_name(src.default_name if name is None else name, "adapter name")
         if version is not None:
             version = check_version(version)
         if base is not None:
@@ -276,6 +277,10 @@ class Registry:
                 self.encodings.write(s, enc[0].id, existing.id, enc[1], "import")
             return self._full(s, existing), False
         top = s.scalar(select(func.max(AdapterRow.version_num)).where(AdapterRow.name == name)) or 0
+        if not top and (uc := s.scalar(select(UseCaseRow).where(UseCaseRow.name == name).limit(1))) is not None:
+            raise ConflictError(  # a plan looks adapters and use cases up by name: one namespace
+                f"adapter {name}", f"is the name of a use case on base id {uc.base_id}", hint="choose another name"
+            )
         if version is None:
             version = str(top + 1)
             while s.scalar(select(AdapterRow.id).where(AdapterRow.name == name, AdapterRow.version == version)):

@@ -15,12 +15,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy import create_engine as _ce
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
 
+from loramgr.config import sqlite_uri
 from loramgr.errors import RegistryDamagedError, StorageError
 from loramgr.registry import SCHEMA_HEAD as SCHEMA_HEAD  # newest revision; a test asserts it is the head
 from loramgr.registry import sqlite_path as sqlite_path
@@ -65,7 +66,8 @@ def make_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
         if path is not None and read_only:
             if not path.exists():
                 raise StorageError(str(path.parent), "is read-only and holds no registry", hint="check LORAMGR_HOME")
-            url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
+            # SQLAlchemy decodes the database part once, SQLite's URI parser once more
+            url = "sqlite:///" + quote(sqlite_uri(path, "mode=ro&immutable=1"), safe="/:?=&") + "&uri=true"
         elif path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +154,7 @@ def known_revisions() -> set[str]:
     """Every revision this loramgr's migrations know."""
     from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory.from_config(alembic_config(_ce("sqlite://")))
+    script = ScriptDirectory.from_config(alembic_config(create_engine("sqlite://")))
     return {r.revision for r in script.walk_revisions()}
 
 

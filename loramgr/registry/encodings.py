@@ -35,7 +35,8 @@ def tensor_names(base: Base) -> tuple[set[str], set[str]]:
 
 
 def check_names(enc: EncodingSet, base: Base, source: str) -> None:
-    """Every encoding must name a tensor of the base: I/O tensors for activations, LoRA inputs for params."""
+    """Every encoding must name a tensor of the base (I/O tensors for activations, LoRA inputs for
+    params), and a param encoding must have one entry per output channel of its tensor, or one."""
     io, params = tensor_names(base)
     for sec, have, allowed, what in (
         ("activation_encodings", enc.activation, io | params, "graph tensor"),
@@ -47,6 +48,17 @@ def check_names(enc: EncodingSet, base: Base, source: str) -> None:
                 source,
                 f"{sec}.{unknown[0]}: not a {what} of base {base.ref}"
                 + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+            )
+    # per output channel (axis 1: A [in, R] has R, B [R, out] has out) or one for the whole tensor
+    channels = {
+        n: c for ap in base.attachment_points for n, c in ((ap.tensor_a, ap.rank), (ap.tensor_b, ap.out_features))
+    }
+    for name, entries in enc.param.items():
+        if len(entries) not in (1, channels[name]):
+            raise InvalidInputError(
+                source,
+                f"param_encodings.{name}: {len(entries)} entries; the tensor has {channels[name]} output channels"
+                " (give one per channel, or one for the whole tensor)",
             )
 
 

@@ -18,7 +18,7 @@ import sqlite3
 from types import SimpleNamespace
 from typing import Any
 
-from loramgr.config import Settings
+from loramgr.config import Settings, sqlite_uri
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.infra.store import Store
 from loramgr.records import Adapter
@@ -34,7 +34,7 @@ def show_adapter(settings: Settings, ref: str) -> Adapter | None:
         return None
     name, _, version = ref.partition("@")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        con = sqlite3.connect(sqlite_uri(path, "mode=ro"), uri=True, timeout=1.0)
     except sqlite3.Error:
         return None
     try:

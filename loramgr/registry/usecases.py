@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from loramgr.errors import ConflictError, IncompatibleError, NotFoundError, UsageError
-from loramgr.names import check_name
+from loramgr.names import check_entry_name
 from loramgr.records import Base, JsonRecord, UseCase
 from loramgr.registry import rows
 from loramgr.registry.models import AdapterRow, BaseRow, UseCaseAdapterRow, UseCaseRow
@@ -75,7 +75,7 @@ class UseCases:
         self, name: str, base_ref: str, refs: Sequence[str], *, alphas: Sequence[float] | None = None, hot: bool = False
     ) -> UseCase:
         """A new use case; refused (exit 5, every problem listed) when the rules do not hold."""
-        check_name(name, "use case name")
+        check_entry_name(name, "use case name")
         base = self.reg.base(base_ref)
         if not refs:
             raise UsageError(f"use case {name}", "name at least one adapter")
@@ -101,6 +101,10 @@ class UseCases:
                     f"use case {name}",
                     f"already exists on base {base.ref}",
                     hint="`loramgr usecase remove` it first, or choose another name",
+                )
+            if s.scalar(select(AdapterRow.id).where(AdapterRow.name == name).limit(1)):
+                raise ConflictError(  # a plan and both runtimes look adapters and use cases up by name
+                    f"use case {name}", "is the name of an adapter", hint="choose another name"
                 )
             u = UseCaseRow(base_id=base.id, name=name, hot=hot, status="active")
             for slot, (aid, alpha) in enumerate(zip(ids, alphas, strict=True)):
@@ -165,23 +169,28 @@ class UseCases:
     def create_group(self, name: str, base_ref: str, use_cases: Sequence[str]) -> builtins.list[UseCase]:
         """Make ``use_cases`` one group: they share quantization parameters (exit 6 if one already is
         in another group)."""
-        check_name(name, "group name")
+        check_entry_name(name, "group name")
         if not use_cases or len(set(use_cases)) != len(use_cases):
             raise UsageError(f"group {name}", "give its use cases, each once")
         members = [self.get(u, base_ref) for u in use_cases]
-        if name in self.groups(base_ref):
-            raise ConflictError(f"group {name}", "exists; remove it first")
-        taken = [u for u in members if u.group]
-        if taken:
-            raise ConflictError(
-                f"use case {taken[0].name}", f"is in group {taken[0].group}; a use case is in one group"
-            )
 
         def write(s: Session) -> None:
+            # checked inside the write transaction (under the registry's write lock): two concurrent
+            # `group create` sharing a use case must not both pass a check made before either wrote
+            taken_name = select(UseCaseRow.id).where(
+                UseCaseRow.base_id == members[0].base_id, UseCaseRow.group_name == name
+            )
+            if s.scalar(taken_name.limit(1)):
+                raise ConflictError(f"group {name}", "exists; remove it first")
             for u in members:
                 row = s.get(UseCaseRow, u.id)
-                if row is not None:
-                    row.group_name = name
+                if row is None:
+                    raise NotFoundError(f"use case {u.name}", "was removed meanwhile")
+                if row.group_name:
+                    raise ConflictError(
+                        f"use case {u.name}", f"is in group {row.group_name}; a use case is in one group"
+                    )
+                row.group_name = name
             self.reg.event(s, "group_create", f"group:{members[0].base}/{name}", use_cases=list(use_cases))
 
         self.reg.retrying(write)

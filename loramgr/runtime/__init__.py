@@ -26,7 +26,7 @@ from typing import Any
 
 from loramgr.infra.files import read_bytes
 from loramgr.kinds import OwnerType, SectionKind
-from loramgr.runtime.errors import PlanFormatError, PlanIntegrityError, PlanLookupError
+from loramgr.runtime.errors import PlanFormatError, PlanIntegrityError, PlanLookupError, PlanValueError
 from loramgr.runtime.structure import check_structure, malformed
 
 try:
@@ -211,6 +211,30 @@ class UseCaseEntry(AdapterEntry):
         return True
 
 
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the plan: every key once (Python's json keeps the last of two, cJSON the first,
+    so the two readers would apply different files) and no NUL in a key or a text value (C strings end
+    there: the C reader would read ``"a\\u0000evil"`` as ``"a"``)."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError(
+            f"an object lists a key twice ({sorted(k for k in d if sum(1 for q, _ in pairs if q == k) > 1)[0]!r})"
+        )
+    if any("\0" in k or (isinstance(v, str) and "\0" in v) for k, v in pairs):
+        raise ValueError("a key or a text holds a NUL character")
+    return d
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (the C reader refuses it too)")
+
+
+def parse_plan_json(text: str) -> Any:
+    """A plan's JSON as both readers accept it: no duplicate keys, no NUL in a text, no NaN/Infinity
+    (``ValueError`` otherwise). ``Plan.load`` and ``bundle check`` parse with it."""
+    return json.loads(text, object_pairs_hook=_distinct_keys, parse_constant=_no_constant)
+
+
 class Plan:
     """A loaded plan; immutable, thread-safe."""
 
@@ -259,7 +283,7 @@ class Plan:
         if not p.exists():
             raise PlanFormatError(str(p), "no such plan file")
         try:
-            doc = json.loads(read_bytes(p, MAX_PLAN_BYTES, "plan file").decode("utf-8"))
+            doc = parse_plan_json(read_bytes(p, MAX_PLAN_BYTES, "plan file").decode("utf-8"))
         except RecursionError:
             raise PlanFormatError(str(p), "plan JSON is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as e:
@@ -279,8 +303,16 @@ class Plan:
             return cls(doc, root)
 
     def resolve(self, rel: str) -> Path:
-        """A plan path as an absolute path; paths leaving the plan's directory are refused."""
-        if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or ".." in rel.split("/"):
+        """A plan path as an absolute path; paths leaving the plan's directory are refused (a NUL in
+        one never gets here: the loader refuses it in every text)."""
+        if (
+            not isinstance(rel, str)
+            or not rel
+            or rel.startswith("/")
+            or "\\" in rel
+            or "\0" in rel
+            or ".." in rel.split("/")
+        ):
             raise PlanFormatError(str(self.root), f"plan path {rel!r} escapes the plan directory")
         full = self.root / rel
         real = self._real(rel)
@@ -455,4 +487,6 @@ __all__ = [
     "PlanIntegrityError",
     "PlanFormatError",
     "PlanLookupError",
+    "PlanValueError",
+    "parse_plan_json",
 ]

@@ -22,6 +22,11 @@ class PlanFormatError(_InvalidBase):
     """The plan is not a loramgr plan, or is malformed or hostile (paths escaping its directory)."""
 
 
+class PlanValueError(_InvalidBase, ValueError):
+    """A value the graph cannot hold: an alpha that is not finite once stored in the alpha input's
+    dtype (1e39 in float32, 70000 in float16), which would turn every logit into NaN."""
+
+
 class PlanLookupError(_NotFoundBase, KeyError):
     """A name the plan does not hold: an adapter, a graph, a section for a graph, a tensor's encoding.
     A ``KeyError`` too, so mapping-style callers keep working; the CLI maps it to exit 3."""

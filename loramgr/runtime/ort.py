@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loramgr.errors import UsageError
+from loramgr.errors import UsageError, first_line
 from loramgr.formats.quant import dequantize, quantize
-from loramgr.runtime import AdapterEntry, Plan, PlanFormatError, PlanLookupError, qnn
+from loramgr.runtime import AdapterEntry, Plan, PlanFormatError, PlanLookupError, PlanValueError, qnn
 from loramgr.runtime.fastpath import base_twin
 from loramgr.runtime.generate import Runner, check_request, greedy
 from loramgr.runtime.weights import SharedWeights
@@ -59,7 +59,7 @@ def _ort_errors(path: Any, doing: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:  # noqa: BLE001 - onnxruntime raises pybind11 types not exported for matching
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise PlanFormatError(str(path), f"ONNX Runtime cannot {doing}: {first}") from None
 
 
@@ -279,11 +279,19 @@ class LoraSession:
         """The alpha input for per-slot values: ``[1]`` (one scalar alpha) or ``[1, N]`` (alpha slots,
         unused ones 0)."""
         shape = self._inputs[self.alpha_tensor].shape
-        if len(shape) == 2 and isinstance(shape[1], int):
-            v = np.zeros((1, shape[1]), dtype=self._alpha_dtype())
-            v[0, : len(alphas)] = alphas[: shape[1]]
-            return v
-        return np.array([alphas[0] if alphas else 1.0], dtype=self._alpha_dtype())
+        dtype = self._alpha_dtype()
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
+            if len(shape) == 2 and isinstance(shape[1], int):
+                v = np.zeros((1, shape[1]), dtype=dtype)
+                v[0, : len(alphas)] = alphas[: shape[1]]
+            else:
+                v = np.array([alphas[0] if alphas else 1.0], dtype=dtype)
+        if not np.isfinite(v).all():
+            held = np.dtype(dtype).name
+            raise PlanValueError(
+                f"alpha {list(alphas)}", f"not every value is a finite {held} (input {self.alpha_tensor!r})"
+            )
+        return v
 
     def _alpha_dtype(self) -> Any:
         return np.float16 if "float16" in self._inputs[self.alpha_tensor].type else np.float32

@@ -3,11 +3,13 @@ numbers, without jsonschema (the runtime imports only the standard library)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
 
+from loramgr import dtypes
 from loramgr.kinds import OwnerType, SectionKind
 from loramgr.runtime.errors import PlanFormatError
 
@@ -43,7 +45,8 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
     for n in names:
         if not isinstance(n, str) or not _SAFE_NAME.match(n) or ".." in n:
             raise bad(f"graph name {str(n)[:80]!r} is not a safe name")
-    if len(set(names)) != len(names):
+    graph_set = set(names)
+    if len(graph_set) != len(names):
         raise bad("the plan lists a graph name twice")
     if not isinstance(doc["adapters"], list) or not isinstance(doc["default_adapter"], dict):
         raise bad("adapters must be a list and default_adapter an object")
@@ -53,6 +56,11 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
     slots = doc.get("alpha", {}).get("slots")
     if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or not 0 < slots <= 1024):
         raise bad("alpha.slots must be a count of alpha slots")
+    # an alpha must stay finite in the graph's alpha input, not only as a Python float
+    held = dtypes.alpha_dtype(str(doc["base"].get("precision")))
+    for key in ("default", "reset_value"):
+        if key in doc.get("alpha", {}) and not _alpha_ok(doc["alpha"][key], held):
+            raise bad(f"alpha.{key} must be a finite {held}")
     for u in use_cases:
         members = u["adapters"]
         alphas = u.get("alphas", [1.0] * len(members))
@@ -67,15 +75,8 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
             raise bad(f"use case {str(u.get('name'))[:80]!r}: adapters must be [{{name, slot}}, ...]")
         if sorted(m["slot"] for m in members) != list(range(len(members))) or (slots and len(members) > slots):
             raise bad(f"use case {str(u.get('name'))[:80]!r}: slots must be 0..n-1 within the alpha slots")
-        if (
-            not isinstance(alphas, list)
-            or len(alphas) != len(members)
-            or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
-                for x in alphas
-            )
-        ):
-            raise bad(f"use case {str(u.get('name'))[:80]!r}: alphas must be one finite number per adapter")
+        if not isinstance(alphas, list) or len(alphas) != len(members) or not all(_alpha_ok(x, held) for x in alphas):
+            raise bad(f"use case {str(u.get('name'))[:80]!r}: alphas must be one finite {held} per adapter")
     refs: set[str] = set()
     owners = [(a, OwnerType.ADAPTER) for a in doc["adapters"]] + [(u, OwnerType.USE_CASE) for u in use_cases]
     for a, owner_type in [*owners, (doc["default_adapter"], OwnerType.DEFAULT)]:
@@ -95,10 +96,10 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
             if not isinstance(a.get(key) or {}, dict):
                 raise bad(f"adapter {ref!r}: {key} must be an object")
         ra = a.get("recommended_alpha", 1.0)
-        if isinstance(ra, bool) or not isinstance(ra, (int, float)) or ra != ra or abs(ra) == float("inf"):
-            raise bad(f"adapter {ref!r}: recommended_alpha must be a finite number")
+        if not _alpha_ok(ra, held):
+            raise bad(f"adapter {ref!r}: recommended_alpha must be a finite {held}")
         for s in a["sections"]:
-            unknown = [g for g in s["graphs"] if g not in names]
+            unknown = [g for g in s["graphs"] if g not in graph_set]
             if unknown or not s["graphs"]:
                 raise bad(f"adapter {ref!r}: a section names unknown graph(s) {unknown or '(none)'}")
             if not isinstance(s["sha256"], str) or not _HEX64.match(s["sha256"]):
@@ -106,9 +107,32 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
             if isinstance(s["size"], bool) or not isinstance(s["size"], int) or s["size"] < 0:
                 raise bad(f"adapter {ref!r}: a section's size is not a byte count")
             _check_owner(s, owner_type, name, bad, f"adapter {ref!r}")
+    _check_names(doc, use_cases, bad)
     for g in doc.get("groups") or []:
         for s in g["sections"]:
             _check_owner(s, OwnerType.GROUP, g["name"], bad, f"group {str(g['name'])[:80]!r}")
+
+
+def _check_names(doc: dict[str, Any], use_cases: list[Any], bad: Any) -> None:
+    """What the C reader checks too: a use case's name is its own (not another use case's), every slot
+    names an adapter of the plan (a ref, or a name one version holds), a group is listed once."""
+    counts = collections.Counter(a.get("name") for a in doc["adapters"])
+    adapters = {a.get("ref") for a in doc["adapters"]} | {n for n, c in counts.items() if c == 1}
+    seen: set[str] = set()
+    for u in use_cases:
+        if u.get("name") in seen:
+            raise bad(f"use case {str(u.get('name'))[:80]!r} is listed twice")
+        seen.add(u.get("name"))
+        unknown = [m["name"] for m in u["adapters"] if m["name"] not in adapters]
+        if unknown:
+            raise bad(f"use case {str(u.get('name'))[:80]!r}: slot adapter {str(unknown[0])[:80]!r} is not in the plan")
+    groups = [g.get("name") for g in doc.get("groups") or [] if isinstance(g, dict)]
+    if len(set(groups)) != len(groups):
+        raise bad("the plan lists a group twice")
+
+
+def _alpha_ok(x: Any, held: str) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and dtypes.fits(x, held)
 
 
 def _check_owner(s: dict[str, Any], owner_type: OwnerType, name: str, bad: Any, where: str) -> None:

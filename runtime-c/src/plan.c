@@ -6,7 +6,9 @@
  * name known graphs. A query never parses or allocates, so reads are thread-safe.
  */
 #include "plan_internal.h"
+#include "platform.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,7 +51,48 @@ static char *dup_str(lmp_plan *p, const char *s) {
     return out;
 }
 
+static size_t hash_str(const char *s) {
+    size_t h = (size_t)1469598103934665603ULL;
+    while (*s) h = (h ^ (unsigned char)*s++) * (size_t)1099511628211ULL;
+    return h;
+}
+
+static int map_init(lmp_plan *p, lmp_map *m, size_t n) {
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    m->keys = (const char **)lmp_alloc(p, cap * sizeof *m->keys); /* calloc: all slots empty */
+    m->vals = (size_t *)lmp_alloc(p, cap * sizeof *m->vals);
+    m->mask = cap - 1;
+    return m->keys && m->vals;
+}
+
+/* The slot of key: where it is, or the empty slot where it would go. */
+static size_t map_slot(const lmp_map *m, const char *key) {
+    size_t i = hash_str(key) & m->mask;
+    while (m->keys[i] && strcmp(m->keys[i], key) != 0) i = (i + 1) & m->mask;
+    return i;
+}
+
+/* 1 if added, 0 if key was there already (its value left alone) */
+static int map_put(lmp_map *m, const char *key, size_t val) {
+    size_t i = map_slot(m, key);
+    if (m->keys[i]) return 0;
+    m->keys[i] = key;
+    m->vals[i] = val;
+    return 1;
+}
+
+static long map_get(const lmp_map *m, const char *key) {
+    size_t i;
+    if (!m->keys) return -1;
+    i = map_slot(m, key);
+    return m->keys[i] ? (long)m->vals[i] : -1;
+}
+
 /* -- checks -------------------------------------------------------------------------------------------- */
+/* what a plan and both runtimes call the default adapter: no adapter or use case may take it */
+static int reserved_name(const char *s) { return s && (strcmp(s, "default") == 0 || strcmp(s, "default_adapter") == 0); }
+
 static int safe_name(const char *s) {
     size_t i, n;
     if (!s) return 0;
@@ -106,6 +149,15 @@ static int finite_number(const cJSON *v, double *out) {
     return 1;
 }
 
+/* An alpha the graph's alpha input can hold: finite once stored as float32 (float16 on fp16 bases).
+   A check on the double alone lets 1e39 through, which the input turns into inf and the logits NaN. */
+static int alpha_number(const lmp_plan *p, const cJSON *v, double *out) {
+    double x;
+    if (!finite_number(v, &x) || fabs(x) > p->alpha_max) return 0;
+    *out = x;
+    return 1;
+}
+
 static char *join_path(lmp_plan *p, const char *rel) {
     size_t a = strlen(p->dir), b = strlen(rel);
     char *out = (char *)lmp_alloc(p, a + b + 2);
@@ -133,10 +185,7 @@ static lmp_status parse_file(lmp_plan *p, const cJSON *obj, const char *what, lm
 }
 
 static long graph_index(const lmp_plan *p, const char *name) {
-    size_t i;
-    for (i = 0; i < p->n_graphs; i++)
-        if (strcmp(p->graphs[i].name, name) == 0) return (long)i;
-    return -1;
+    return map_get(&p->graph_map, name);
 }
 
 static const char *const SECTION_KINDS[] = {"section",          "super_section",          "default_section",
@@ -293,14 +342,17 @@ static lmp_status parse_entry(lmp_plan *p, const cJSON *obj, lmp_entry *e, int k
             return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: steps must be {op: ...} objects", p->path, who);
     }
     e->steps = steps;
+    e->group_name = str_of(obj, "group");
     e->alpha = 1.0;
     ra = cJSON_GetObjectItemCaseSensitive(obj, "recommended_alpha");
-    if (ra && !finite_number(ra, &e->alpha))
-        return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: recommended_alpha is not a finite number", p->path, who);
+    if (ra && !alpha_number(p, ra, &e->alpha))
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: recommended_alpha is not a finite number the alpha input holds",
+                        p->path, who);
     /* slots: a use case lists its adapters and alphas; an adapter alone is a use case of one */
     if (kind == LMP_USE_CASE) {
         const cJSON *ads = cJSON_GetObjectItemCaseSensitive(obj, "adapters"), *a;
         const cJSON *als = cJSON_GetObjectItemCaseSensitive(obj, "alphas");
+        const cJSON *al = cJSON_IsArray(als) ? als->child : NULL; /* walked with the slots, not indexed */
         size_t k = 0, n = cJSON_IsArray(ads) ? (size_t)cJSON_GetArraySize(ads) : 0;
         if (n == 0) return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s lists no adapters", p->path, who);
         e->slot_names = (const char **)lmp_alloc(p, n * sizeof(char *));
@@ -308,13 +360,14 @@ static lmp_status parse_entry(lmp_plan *p, const cJSON *obj, lmp_entry *e, int k
         if (!e->slot_names || !e->slot_alphas) return lmp_fail(err, LMP_ERR_IO, "out of memory");
         cJSON_ArrayForEach(a, ads) {
             const char *an = cJSON_IsString(a) ? a->valuestring : str_of(a, "name");
-            const cJSON *al = cJSON_IsArray(als) ? cJSON_GetArrayItem(als, (int)k) : NULL;
             if (!safe_name(an)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s: a slot names no adapter", p->path, who);
             e->slot_names[k] = an;
             e->slot_alphas[k] = 1.0;
-            if (al && !finite_number(al, &e->slot_alphas[k]))
-                return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s: alphas must be finite numbers", p->path, who);
+            if (al && !alpha_number(p, al, &e->slot_alphas[k]))
+                return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s: alphas must be finite numbers the alpha input holds",
+                                p->path, who);
             k++;
+            al = al ? al->next : NULL;
         }
         e->n_slots = n;
     } else {
@@ -334,15 +387,15 @@ static lmp_status parse_graphs(lmp_plan *p, const cJSON *base, lmp_error *err) {
     if (!cJSON_IsArray(gs) || (n = (size_t)cJSON_GetArraySize(gs)) == 0)
         return lmp_fail(err, LMP_ERR_FORMAT, "%s: the plan lists no graphs", p->path);
     p->graphs = (lmp_graph *)lmp_alloc(p, n * sizeof *p->graphs);
+    if (!map_init(p, &p->graph_map, n)) return lmp_fail(err, LMP_ERR_IO, "out of memory");
     p->graph_names = (const char **)lmp_alloc(p, n * sizeof(char *));
     if (!p->graphs || !p->graph_names) return lmp_fail(err, LMP_ERR_IO, "out of memory");
     cJSON_ArrayForEach(g, gs) {
         const char *name = str_of(g, "name");
         lmp_status s;
         if (!safe_name(name)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: a graph name is not a safe name", p->path);
-        for (k = 0; k < i; k++)
-            if (strcmp(p->graphs[k].name, name) == 0)
-                return lmp_fail(err, LMP_ERR_FORMAT, "%s: graph %s is listed twice", p->path, name);
+        if (!map_put(&p->graph_map, name, i))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: graph %s is listed twice", p->path, name);
         p->graphs[i].name = name;
         p->graph_names[i] = name;
         if ((s = parse_file(p, g, "a graph", &p->graphs[i].file, err))) return s;
@@ -379,22 +432,24 @@ static lmp_status parse_groups(lmp_plan *p, const cJSON *doc, lmp_error *err) {
     if (v && !cJSON_IsArray(v)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: groups must be a list", p->path);
     n = v ? (size_t)cJSON_GetArraySize(v) : 0;
     p->groups = (lmp_entry *)lmp_alloc(p, (n ? n : 1) * sizeof *p->groups);
-    if (!p->groups) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    if (!p->groups || !map_init(p, &p->group_map, n)) return lmp_fail(err, LMP_ERR_IO, "out of memory");
     cJSON_ArrayForEach(g, v) {
         lmp_entry *e = &p->groups[i++];
         if (!cJSON_IsObject(g) || !safe_name(str_of(g, "name")))
             return lmp_fail(err, LMP_ERR_FORMAT, "%s: a group has no safe name", p->path);
         e->kind = LMP_GROUP;
         e->name = e->ref = str_of(g, "name");
+        if (!map_put(&p->group_map, e->name, i - 1))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: group %s is listed twice", p->path, e->name);
         if ((s = parse_sections(p, cJSON_GetObjectItemCaseSensitive(g, "sections"), e->name, e, err))) return s;
     }
     p->n_groups = n;
     for (i = 0; i < p->n_use_cases; i++) {
-        const cJSON *uc = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(doc, "use_cases"), (int)i);
-        const char *name = str_of(uc, "group");
+        const char *name = p->use_cases[i].group_name;
+        long gk;
         if (!name) continue;
-        for (k = 0; k < n && strcmp(p->groups[k].name, name) != 0; k++) {
-        }
+        gk = map_get(&p->group_map, name);
+        k = gk < 0 ? n : (size_t)gk;
         if (k == n)
             return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %.80s names group %.80s, which the plan lacks", p->path,
                             p->use_cases[i].name, name);
@@ -405,6 +460,7 @@ static lmp_status parse_groups(lmp_plan *p, const cJSON *doc, lmp_error *err) {
 
 static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
     const cJSON *doc = p->doc, *v, *base, *a, *ctx, *c;
+    lmp_map refs, names, uc_refs; /* each sized for what it will hold: a map is never full */
     const char *schema = str_of(doc, "schema");
     size_t i, n, k;
     lmp_status s;
@@ -433,8 +489,9 @@ static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
     if (v && !cJSON_IsObject(v)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: alpha must be an object", p->path);
     p->alpha_tensor = str_of(v, "tensor");
     p->alpha_default = 1.0;
+    p->alpha_max = (str_of(base, "precision") && strcmp(str_of(base, "precision"), "fp16") == 0) ? 65504.0 : FLT_MAX;
     if (cJSON_GetObjectItemCaseSensitive(v, "default") &&
-        !finite_number(cJSON_GetObjectItemCaseSensitive(v, "default"), &p->alpha_default))
+        !alpha_number(p, cJSON_GetObjectItemCaseSensitive(v, "default"), &p->alpha_default))
         return lmp_fail(err, LMP_ERR_FORMAT, "%s: alpha.default is not a finite number", p->path);
     p->reset_steps = cJSON_GetObjectItemCaseSensitive(doc, "reset_steps");
     if (p->reset_steps && !cJSON_IsObject(p->reset_steps))
@@ -446,20 +503,20 @@ static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
     p->adapters = (lmp_entry *)lmp_alloc(p, (n ? n : 1) * sizeof *p->adapters);
     p->adapter_names = (const char **)lmp_alloc(p, (n ? n : 1) * sizeof(char *));
     if (!p->adapters || !p->adapter_names) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    if (!map_init(p, &refs, n) || !map_init(p, &names, n)) return lmp_fail(err, LMP_ERR_IO, "out of memory");
     i = 0;
     cJSON_ArrayForEach(a, v) {
         if ((s = parse_entry(p, a, &p->adapters[i], LMP_ADAPTER, err))) return s;
-        if (strcmp(p->adapters[i].ref, "default") == 0 || strcmp(p->adapters[i].ref, "default_adapter") == 0)
+        if (reserved_name(p->adapters[i].ref) || reserved_name(p->adapters[i].name))
             return lmp_fail(err, LMP_ERR_FORMAT, "%s: an adapter shadows the default adapter", p->path);
-        for (k = 0; k < i; k++)
-            if (strcmp(p->adapters[k].ref, p->adapters[i].ref) == 0)
-                return lmp_fail(err, LMP_ERR_FORMAT, "%s: adapter %s is listed twice", p->path, p->adapters[i].ref);
+        if (!map_put(&refs, p->adapters[i].ref, i))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: adapter %s is listed twice", p->path, p->adapters[i].ref);
+        if (!map_put(&names, p->adapters[i].name, 1)) names.vals[map_slot(&names, p->adapters[i].name)]++;
         i++;
     }
     p->n_adapters = n;
     for (i = 0; i < n; i++) { /* a bare name works when it is unique, as in the Python runtime */
-        size_t same = 0;
-        for (k = 0; k < n; k++) same += strcmp(p->adapters[k].name, p->adapters[i].name) == 0;
+        size_t same = (size_t)map_get(&names, p->adapters[i].name);
         p->adapters[i].name_unique = same == 1;
         p->adapter_names[i] = same == 1 ? p->adapters[i].name : p->adapters[i].ref;
     }
@@ -470,10 +527,31 @@ static lmp_status parse_doc(lmp_plan *p, lmp_error *err) {
     p->use_cases = (lmp_entry *)lmp_alloc(p, (n ? n : 1) * sizeof *p->use_cases);
     p->use_case_names = (const char **)lmp_alloc(p, (n ? n : 1) * sizeof(char *));
     if (!p->use_cases || !p->use_case_names) return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    if (!map_init(p, &p->find_map, p->n_adapters * 2 + n) || !map_init(p, &uc_refs, n))
+        return lmp_fail(err, LMP_ERR_IO, "out of memory");
+    for (i = 0; i < p->n_adapters; i++) { /* what lmp_find resolves: refs, unique bare names (one lookup) */
+        map_put(&p->find_map, p->adapters[i].ref, i);
+        if (p->adapters[i].name_unique) map_put(&p->find_map, p->adapters[i].name, i);
+    }
     i = 0;
     cJSON_ArrayForEach(a, v) {
-        if ((s = parse_entry(p, a, &p->use_cases[i], LMP_USE_CASE, err))) return s;
-        p->use_case_names[i] = p->use_cases[i].name;
+        lmp_entry *u = &p->use_cases[i];
+        if ((s = parse_entry(p, a, u, LMP_USE_CASE, err))) return s;
+        /* one namespace with the adapters and the default adapter, as in the Python runtime */
+        if (reserved_name(u->name) || reserved_name(u->ref))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s shadows the default adapter", p->path, u->name);
+        if (map_get(&p->find_map, u->name) >= 0 && (size_t)map_get(&p->find_map, u->name) < p->n_adapters)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s has the name of an adapter", p->path, u->name);
+        if (map_get(&refs, u->ref) >= 0 || !map_put(&uc_refs, u->ref, i) ||
+            !map_put(&p->find_map, u->name, p->n_adapters + i))
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s is listed twice", p->path, u->name);
+        for (k = 0; k < u->n_slots; k++) {
+            long at = map_get(&p->find_map, u->slot_names[k]);
+            if (at < 0 || (size_t)at >= p->n_adapters)
+                return lmp_fail(err, LMP_ERR_FORMAT, "%s: use case %s: slot %zu names %.80s, not an adapter of the plan",
+                                p->path, u->name, k, u->slot_names[k]);
+        }
+        p->use_case_names[i] = u->name;
         i++;
     }
     p->n_use_cases = n;
@@ -587,16 +665,12 @@ lmp_status lmp_target_graph(const lmp_plan *p, const char *target, const char *g
 }
 
 static char *read_all(const char *path, long *size, lmp_error *err, lmp_status *st) {
-    FILE *f = fopen(path, "rb");
+    const char *why = NULL;
+    uint64_t n = 0;
+    FILE *f = lmp_open_regular(path, &n, &why); /* a FIFO would block the open; /dev/zero never ends */
     char *buf;
-    long n;
     if (!f) {
-        *st = lmp_fail(err, LMP_ERR_FORMAT, "%s: cannot open the plan file", path);
-        return NULL;
-    }
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        *st = lmp_fail(err, LMP_ERR_FORMAT, "%s: not a regular, seekable plan file", path);
+        *st = lmp_fail(err, LMP_ERR_FORMAT, "%s: cannot open the plan file: %s", path, why);
         return NULL;
     }
     if (n > MAX_PLAN_BYTES) {
@@ -613,8 +687,88 @@ static char *read_all(const char *path, long *size, lmp_error *err, lmp_status *
     }
     fclose(f);
     buf[n] = '\0';
-    *size = n;
+    *size = (long)n;
     return buf;
+}
+
+/* Length of the strict UTF-8 sequence at t (1..4), 0 if it is not one (overlong, surrogate, > U+10FFFF). */
+static size_t utf8_len(const unsigned char *t, size_t n) {
+    size_t len, i;
+    unsigned long cp;
+    if (t[0] < 0xC2 || t[0] > 0xF4) return 0;
+    len = t[0] < 0xE0 ? 2 : t[0] < 0xF0 ? 3 : 4;
+    if (n < len) return 0;
+    cp = t[0] & (0x7Fu >> len);
+    for (i = 1; i < len; i++) {
+        if ((t[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (t[i] & 0x3Fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+/* What the Python reader's json module refuses and cJSON would take: a byte-order mark, invalid UTF-8,
+   a raw control character inside a string, and a NUL (raw, or escaped as \u0000: cJSON would cut the
+   string there, so "a\u0000evil" would be read as "a"). NULL when the text is clean. */
+static const char *text_problem(const unsigned char *t, size_t n) {
+    size_t i, k;
+    int in_str = 0;
+    if (n >= 3 && t[0] == 0xEF && t[1] == 0xBB && t[2] == 0xBF) return "starts with a byte-order mark";
+    for (i = 0; i < n; i++) {
+        unsigned char c = t[i];
+        if (c >= 0x80) {
+            if (!(k = utf8_len(t + i, n - i))) return "is not valid UTF-8";
+            i += k - 1;
+        } else if (!in_str) {
+            if (c == '"') in_str = 1;
+            else if (c == 0) return "holds a NUL byte";
+        } else if (c == '"') {
+            in_str = 0;
+        } else if (c < 0x20) {
+            return "holds a control character inside a string";
+        } else if (c == '\\') {
+            if (i + 5 < n && t[i + 1] == 'u' && memcmp(t + i + 2, "0000", 4) == 0) return "holds a NUL (\\u0000) in a string";
+            i++; /* the escaped character, whatever it is */
+        }
+    }
+    return NULL;
+}
+
+/* Duplicate keys in any object: cJSON keeps both and returns the first, Python's json the last, so the
+   two readers would apply different files. Refused everywhere, in time linear in the object's size. */
+static int keys_distinct(const cJSON *node, int depth) {
+    const cJSON *c, *d;
+    size_t n = 0;
+    if (depth > 64) return 0;
+    for (c = node ? node->child : NULL; c; c = c->next) {
+        if (!keys_distinct(c, depth + 1)) return 0;
+        n++;
+    }
+    if (!cJSON_IsObject(node) || n < 2) return 1;
+    if (n <= 16) {
+        for (c = node->child; c; c = c->next)
+            for (d = c->next; d; d = d->next)
+                if (strcmp(c->string, d->string) == 0) return 0;
+        return 1;
+    } else {
+        size_t cap = 32, i, mask;
+        const char **seen;
+        while (cap < 2 * n) cap *= 2;
+        seen = (const char **)calloc(cap, sizeof *seen);
+        if (!seen) return 0;
+        mask = cap - 1;
+        for (c = node->child; c; c = c->next) {
+            for (i = hash_str(c->string) & mask; seen[i]; i = (i + 1) & mask)
+                if (strcmp(seen[i], c->string) == 0) {
+                    free(seen);
+                    return 0;
+                }
+            seen[i] = c->string;
+        }
+        free(seen);
+        return 1;
+    }
 }
 
 static lmp_status open_text(const char *label, const char *dir, size_t dir_len, const char *text, size_t size,
@@ -630,10 +784,36 @@ static lmp_status open_text(const char *label, const char *dir, size_t dir_len, 
     }
     memcpy(p->dir, dir, dir_len);
     p->dir[dir_len] = '\0';
-    p->doc = cJSON_ParseWithLength(text, size);
+    {
+        char *real = lmp_real_path(p->dir); /* NULL (no such directory): every file read is then refused */
+        if (real) {
+            p->real_dir = dup_str(p, real);
+            free(real);
+        }
+    }
+    {
+        const char *problem = text_problem((const unsigned char *)text, size);
+        if (problem) {
+            lmp_close(p);
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: not a JSON plan: it %s", label, problem);
+        }
+    }
+    {
+        const char *end = NULL; /* only whitespace may follow the document (Python's json agrees) */
+        p->doc = cJSON_ParseWithLengthOpts(text, size, &end, 0);
+        while (p->doc && end && end < text + size && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+        if (p->doc && end != text + size) {
+            cJSON_Delete(p->doc);
+            p->doc = NULL;
+        }
+    }
     if (!p->doc) {
         lmp_close(p);
         return lmp_fail(err, LMP_ERR_FORMAT, "%s: not a JSON plan", label);
+    }
+    if (!keys_distinct(p->doc, 0)) {
+        lmp_close(p);
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: an object of the plan lists a key twice (or nests too deep)", label);
     }
     st = parse_doc(p, err);
     if (st) {
@@ -703,15 +883,12 @@ const char *lmp_alpha_tensor(const lmp_plan *p) { return p ? p->alpha_tensor : N
 double lmp_alpha_default(const lmp_plan *p) { return p ? p->alpha_default : 1.0; }
 
 const lmp_entry *lmp_find(const lmp_plan *p, const char *name) {
-    size_t i;
+    long at;
     if (!p || !name) return NULL;
-    if (strcmp(name, "default") == 0 || strcmp(name, "default_adapter") == 0) return &p->dflt;
-    for (i = 0; i < p->n_adapters; i++)
-        if (strcmp(p->adapters[i].ref, name) == 0 || (p->adapters[i].name_unique && strcmp(p->adapters[i].name, name) == 0))
-            return &p->adapters[i];
-    for (i = 0; i < p->n_use_cases; i++)
-        if (strcmp(p->use_cases[i].name, name) == 0) return &p->use_cases[i];
-    return NULL;
+    if (reserved_name(name)) return &p->dflt;
+    at = map_get(&p->find_map, name); /* one hash lookup: 100k entries cost what 10 do */
+    if (at < 0) return NULL;
+    return (size_t)at < p->n_adapters ? &p->adapters[at] : &p->use_cases[(size_t)at - p->n_adapters];
 }
 
 const char *lmp_group_of(const lmp_plan *p, const char *name) {

@@ -9,6 +9,14 @@
 enum { LMP_ADAPTER = 0, LMP_USE_CASE = 1, LMP_DEFAULT = 2, LMP_GROUP = 3 };
 
 typedef struct lmp_entry lmp_entry;
+
+/* A string -> index map (open addressing, linear probing), allocated with lmp_alloc. */
+typedef struct {
+    const char **keys;
+    size_t *vals;
+    size_t mask; /* capacity - 1, capacity a power of two >= 2 * entries */
+} lmp_map;
+
 struct lmp_entry {
     int kind;
     const char *name, *ref;
@@ -22,6 +30,7 @@ struct lmp_entry {
     const char **slot_names;
     double *slot_alphas;
     size_t n_slots;
+    const char *group_name; /* the use case's "group" as the plan says it */
     const lmp_entry *group; /* a grouped use case's group (its sections: the quantization sections) */
 };
 
@@ -38,6 +47,7 @@ typedef struct {
 struct lmp_plan {
     cJSON *doc;
     char *path, *dir;
+    char *real_dir; /* dir with every link resolved: no file read may lead out of it */
     int schema;
     const char *backend;
     lmp_graph *graphs;
@@ -53,10 +63,12 @@ struct lmp_plan {
     size_t n_adapters, n_use_cases;
     const char *alpha_tensor;
     double alpha_default;
+    double alpha_max; /* the alpha input's float range: 65504 on fp16 bases, FLT_MAX otherwise */
     const cJSON *reset_steps;
     lmp_target_entry *targets;
     lmp_target *target_list;
     size_t n_targets;
+    lmp_map graph_map, group_map, find_map; /* graph -> index; group -> index; name -> entry (tagged) */
     void **allocs; /* everything allocated for the handle, freed by lmp_close */
     size_t n_allocs, cap_allocs;
 };

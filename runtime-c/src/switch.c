@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "plan_internal.h"
+#include "platform.h"
 #include "sha256.h"
 
 #define CHUNK 65536
@@ -21,15 +22,28 @@ void lmp_sha256_hex(const void *data, size_t size, char out[65]) {
     lmp_hex(d, out);
 }
 
-/* Read (optionally into *bytes) and check size and sha256 against the plan. */
-static lmp_status read_checked(const lmp_section *f, unsigned char **bytes, lmp_error *err) {
-    FILE *in = fopen(f->path, "rb");
+/* Read (optionally into *bytes) and check size and sha256 against the plan: only a regular file (never
+   a FIFO or a device), only inside the plan's directory once every link is resolved, and only when its
+   size is the recorded one (checked before anything is allocated or read). */
+static lmp_status read_checked(const lmp_plan *p, const lmp_section *f, unsigned char **bytes, lmp_error *err) {
+    const char *why = NULL;
+    uint64_t actual = 0, total = 0;
+    FILE *in = lmp_open_regular(f->path, &actual, &why);
     lmp_sha256_ctx c;
     unsigned char d[32], chunk[CHUNK], *buf = NULL;
     char hex[65];
-    uint64_t total = 0;
     size_t n;
-    if (!in) return lmp_fail(err, LMP_ERR_INTEGRITY, "%s: file listed in the plan is missing or unreadable", f->path);
+    if (!in && strcmp(why, "missing") == 0)
+        return lmp_fail(err, LMP_ERR_INTEGRITY, "%s: file listed in the plan is missing", f->path);
+    if (!in) return lmp_fail(err, LMP_ERR_FORMAT, "%s: file listed in the plan is %s", f->path, why);
+    if (!p->real_dir || !lmp_inside(p->real_dir, f->path)) {
+        fclose(in);
+        return lmp_fail(err, LMP_ERR_FORMAT, "%s: resolves outside the plan's directory (a link?)", f->path);
+    }
+    if (actual != f->size) {
+        fclose(in);
+        return lmp_fail(err, LMP_ERR_INTEGRITY, "%s: does not match the sha256/size recorded in the plan", f->path);
+    }
     if (bytes) {
         if (f->size > (uint64_t)(size_t)-1 / 2) {
             fclose(in);
@@ -64,7 +78,7 @@ static lmp_status read_checked(const lmp_section *f, unsigned char **bytes, lmp_
 
 lmp_status lmp_verify_section(const lmp_plan *p, const lmp_section *s, lmp_error *err) {
     if (!p || !s) return lmp_fail(err, LMP_ERR_USAGE, "plan and section are required");
-    return read_checked(s, NULL, err);
+    return read_checked(p, s, NULL, err);
 }
 
 lmp_status lmp_verify_all(const lmp_plan *p, size_t *checked, lmp_error *err) {
@@ -72,17 +86,17 @@ lmp_status lmp_verify_all(const lmp_plan *p, size_t *checked, lmp_error *err) {
     lmp_status s;
     if (!p) return lmp_fail(err, LMP_ERR_USAGE, "plan is required");
     for (i = 0; i < p->n_graph_files; i++, n++)
-        if ((s = read_checked(&p->graph_files[i], NULL, err))) return s;
+        if ((s = read_checked(p, &p->graph_files[i], NULL, err))) return s;
     for (i = 0; i <= p->n_adapters + p->n_use_cases; i++) {
         const lmp_entry *e = i < p->n_adapters ? &p->adapters[i]
                              : i < p->n_adapters + p->n_use_cases ? &p->use_cases[i - p->n_adapters]
                                                                    : &p->dflt;
         for (k = 0; k < e->n_sections; k++, n++)
-            if ((s = read_checked(&e->sections[k], NULL, err))) return s;
+            if ((s = read_checked(p, &e->sections[k], NULL, err))) return s;
     }
     for (i = 0; i < p->n_groups; i++)
         for (k = 0; k < p->groups[i].n_sections; k++, n++)
-            if ((s = read_checked(&p->groups[i].sections[k], NULL, err))) return s;
+            if ((s = read_checked(p, &p->groups[i].sections[k], NULL, err))) return s;
     if (checked) *checked = n;
     return LMP_OK;
 }
@@ -159,7 +173,7 @@ static lmp_status walk(const lmp_plan *p, const lmp_entry *e, const cJSON *steps
                                       p->path, e->ref);
             if (!cb->apply_section) continue;
             if (same_group && cJSON_IsString(when) && strcmp(when->valuestring, "group_changes") == 0) continue;
-            if ((s = read_checked(sec, &bytes, err))) return s;
+            if ((s = read_checked(p, sec, &bytes, err))) return s;
             s = call(cb->apply_section(cb->user, sec, bytes, (size_t)sec->size), "apply_section", e->ref, err);
             free(bytes);
         } else if (strcmp(op, "update_io_encodings") == 0) {
@@ -173,10 +187,11 @@ static lmp_status walk(const lmp_plan *p, const lmp_entry *e, const cJSON *steps
             float values[256];
             size_t n = 0;
             if (!cJSON_IsString(t)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: set_alpha names no tensor", p->path);
-            if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) values[n++] = (float)v->valuedouble;
+            if (cJSON_IsNumber(v) && isfinite(v->valuedouble) && fabs(v->valuedouble) <= p->alpha_max)
+                values[n++] = (float)v->valuedouble;
             if (cJSON_IsArray(v)) vs = v; /* a use case's alpha vector */
             cJSON_ArrayForEach(x, vs) {
-                if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble) || n == 256)
+                if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble) || fabs(x->valuedouble) > p->alpha_max || n == 256)
                     return lmp_fail(err, LMP_ERR_FORMAT, "%s: set_alpha values must be finite numbers", p->path);
                 values[n++] = (float)x->valuedouble;
             }

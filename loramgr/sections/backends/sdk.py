@@ -58,6 +58,24 @@ def versions_match(recorded: str, sdk: str) -> bool:
     return n >= 3 and a[:n] == b[:n]
 
 
+#: the longest a tool may run (a day): beyond it a timeout is a typo, and 1e300 overflows the OS timer
+MAX_TOOL_TIMEOUT = 86400.0
+
+
+def tool_timeout(given: float | None) -> float:
+    """Seconds before an SDK tool is stopped: ``--tool-timeout``, else ``LORAMGR_TOOL_TIMEOUT``, else an
+    hour; NaN, infinities and values outside 0.1 s .. a day are refused before any build row exists."""
+    env = os.environ.get("LORAMGR_TOOL_TIMEOUT")
+    what = "--tool-timeout" if given is not None else "LORAMGR_TOOL_TIMEOUT"
+    try:
+        t = float(given if given is not None else env or 3600.0)
+    except ValueError:
+        raise UsageError(f"{what} {env}", "is not a number of seconds") from None
+    if not 0.1 <= t <= MAX_TOOL_TIMEOUT:  # NaN fails this too
+        raise UsageError(f"{what} {t:g}", f"must be 0.1 to {MAX_TOOL_TIMEOUT:g} seconds")
+    return t
+
+
 @dataclass
 class Sdk:
     root: Path
@@ -68,13 +86,12 @@ class Sdk:
 
     @classmethod
     def locate(cls, root: str | Path | None, *, timeout: float | None = None) -> Sdk:
+        t = tool_timeout(timeout)
         if not root:
             raise UsageError("--backend qairt", "needs the SDK root", hint="pass --sdk-root DIR or set QAIRT_SDK_ROOT")
         p = Path(root).expanduser().absolute()
         if not p.is_dir():
             raise UsageError(f"--sdk-root {root}", "is not a directory")
-        env_timeout = os.environ.get("LORAMGR_TOOL_TIMEOUT")
-        t = timeout if timeout is not None else float(env_timeout) if env_timeout else 3600.0
         return cls(p, read_sdk_version(p), t)
 
     def check_base(self, base: Base) -> None:
