@@ -60,7 +60,7 @@ def load_data(path: str | Path) -> tuple[str, Any]:
         if (
             not isinstance(ids, list)
             or not ids
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)
+            or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in ids)
         ):
             raise InvalidInputError(f"{p}:{i}", 'expected {"input_ids": [non-negative ints]}')
         samples.append(ids)
@@ -86,6 +86,8 @@ def _npz(p: Path) -> dict[str, np.ndarray]:
             raise InvalidInputError(str(p), f"array {k!r} holds {a.dtype}, not numbers")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise InvalidInputError(str(p), f"array {k!r} holds NaN or Inf (the encodings would be NaN)")
+        if a.dtype.kind == "i" and a.size and a.min() < 0:  # token ids, positions, masks: never negative
+            raise InvalidInputError(str(p), f"array {k!r} holds a negative integer ({int(a.min())})")
     if any(a.ndim == 0 for a in arrays.values()) or len({a.shape[0] for a in arrays.values()}) != 1:
         raise InvalidInputError(str(p), "arrays must share a first (sample) axis")
     if next(iter(arrays.values())).shape[0] == 0:

@@ -152,6 +152,12 @@ def translate(e: BaseException) -> LoramgrError | None:
             return StorageError("registry database", "is read-only", hint="check its permissions / LORAMGR_DB_URL")
         if "disk is full" in text or "disk full" in text or "no space" in text:
             return StorageError("registry database", "the disk is full", hint="free space and re-run")
+        if "disk i/o error" in text:
+            return StorageError(
+                "registry database",
+                "the disk failed a read or write (disk I/O error)",
+                hint="check the disk and its free space",
+            )
         if "unable to open" in text or "could not connect" in text or "connection" in text:
             return StorageError(
                 "registry database",

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors.numpy import load_file
 
-from loramgr.errors import IncompatibleError
+from loramgr.errors import IncompatibleError, NotFoundError, UsageError
 from loramgr.export import quiet_transformers
+from loramgr.formats.safetensors import read_header, read_tensor
 from loramgr.records import Adapter, Base, JsonRecord
 from loramgr.runtime import Plan
 from loramgr.runtime.generate import _NP, _run_chain
@@ -205,10 +205,11 @@ def peft_factors(weights: Path, config_json: str | None, lora_alpha: float) -> d
     own preparation."""
     cfg = json.loads(config_json) if config_json else {}
     pairs: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in load_file(str(weights)).items():
+    header = read_header(weights)  # bytes as stored (bf16 through ml_dtypes); no loramgr preparation
+    for key, info in header.tensors.items():
         m = _PEFT_KEY.match(key)
         if m:
-            pairs.setdefault(m.group("m"), {})[m.group("r")] = value.astype(np.float64)
+            pairs.setdefault(m.group("m"), {})[m.group("r")] = np.asarray(read_tensor(weights, info), np.float64)
     out = {}
     for module, ab in pairs.items():
         a, b = ab["A"], ab["B"]
@@ -344,11 +345,21 @@ def verify(
         entry = plan.entry(name)
         refs = list(entry.adapters) if entry.is_use_case else [entry.ref]
         members = [(reg.adapter(r), a if alpha is None else alpha) for r, a in zip(refs, entry.alphas, strict=True)]
+        for ad, _ in members:
+            if not Path(ad.store_path).is_file():
+                raise NotFoundError(
+                    ad.ref, "its stored file is gone (retired and collected by gc): nothing to verify against"
+                )
         if mode == "peft":
-            seq = next(g for g in plan.graphs.values() if g.get("kind") != "decode")["inputs"]["input_ids"]["shape"][1]
-            ids = np.array([(input_ids or list(range(3, 3 + 7 * seq, 7)))[:seq]], np.int64) % int(
-                export.get("vocab_size") or 2**31
-            )
+            prefill = next(g for g in plan.graphs.values() if g.get("kind") != "decode")
+            seq = prefill["inputs"]["input_ids"]["shape"][1]
+            logits = prefill.get("outputs", {}).get("logits", {}).get("shape") or [None]
+            vocab = int(export.get("vocab_size") or (logits[-1] if isinstance(logits[-1], int) else 2**31))
+            prompt = input_ids or [t % vocab for t in range(3, 3 + 7 * seq, 7)]
+            bad = [t for t in prompt if not 0 <= t < vocab]
+            if bad:  # as `run` refuses it: never wrapped into another token
+                raise UsageError(f"--input-ids {str(bad[0])[:24]}", f"is outside the vocabulary (0 to {vocab - 1})")
+            ids = np.array([prompt[:seq]], np.int64)
             n = ids.shape[1]
             got = _prefill_logits(plan, name, ids, alpha, htp)
             assert hf is not None

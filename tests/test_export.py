@@ -469,6 +469,18 @@ def test_a_one_token_prompt_verifies_and_an_overflowing_alpha_is_refused(llama, 
     for alpha in ("1e39", "-1e39"):
         r = invoke("run", "--plan", plan, "--adapter", "ad", "--input-ids", "5,17", "--steps", "2", "--alpha", alpha)
         assert r.exit_code == 4 and "finite float32" in r.stderr, r.stderr
+    for ids in (str(tiny_llama().config.vocab_size), "99999999999999999999"):  # never wrapped into another token
+        r = invoke("verify", "--plan", plan, "--hf-dir", tmp / "hf", "--input-ids", ids)
+        assert r.exit_code == 2 and "outside the vocabulary" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("targets", ["", ",", " "])
+def test_no_target_module_is_refused_before_any_weight_or_file(tmp_path, targets):
+    tiny_llama().save_pretrained(tmp_path / "hf")
+    args = ["--max-rank", "4", "--graphs", "prefill=4", "-o", tmp_path / "out"]
+    r = invoke("base", "export", tmp_path / "hf", "--name", "x", "--target-modules", targets, *args)
+    assert r.exit_code == 2 and "--target-modules" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def _built_plan(llama, tmp_path: Path, seed: int):

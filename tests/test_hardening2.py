@@ -337,3 +337,92 @@ def test_a_tool_timeout_that_is_not_a_duration_is_refused_before_any_build_row(t
     _refused(invoke(*args, "--tool-timeout", value), 2, "timeout")
     with Registry(Settings.resolve()).session() as s:
         assert s.scalar(select(func.count()).select_from(BuildRow)) == 0
+
+
+# -- the registry: damaged values are damage (exit 10), unreachable or failing storage is exit 9 ---------
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE adapter SET tags = '[1, 2]'",
+        "UPDATE adapter SET peft_config = '[]'",
+        "UPDATE adapter SET created_at = 'xx'",
+        'UPDATE encoding SET entries = \'[{"bitwidth": 8, "dtype": "int", "scale": NaN}]\'',
+        "UPDATE encoding SET entries = '\"x\"'",
+        "INSERT INTO alembic_version VALUES ('0005')",
+    ],
+    ids=["tags-list", "peft-config-list", "created-at", "encoding-nan", "encoding-string", "two-revisions"],
+)
+def test_damaged_row_values_are_registry_damage_everywhere(tmp_path, home, sql):
+    import sqlite3
+
+    _base(tmp_path, slots=None)
+    _adapter(tmp_path, "a")
+    e = {"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "min": -1.0, "max": 1.0, "offset": -128}
+    doc = {"version": "0.6.1", "activation_encodings": {"out0": [e | {"scale": 0.01}]}, "param_encodings": {}}
+    assert invoke("encodings", "import", "a", _enc(tmp_path, doc), "--base", "b").exit_code == 0
+    con = sqlite3.connect(home / "registry.db")
+    con.execute(sql)
+    con.commit()
+    con.close()
+    commands = [("show", "a"), ("show", "a", "--json"), ("list",), ("encodings", "show", "a", "--base", "b")]
+    if "encoding" not in sql:
+        commands.append(("history", "a"))
+    for args in commands:
+        r = invoke(*args)
+        if "encoding" in sql and args[0] in ("show", "list"):
+            assert r.exit_code == 0, (args, r.stderr)  # the damaged row is not read by these
+        else:
+            _refused(r, 10, "registry database")
+    r = invoke("fsck", "--json")  # reported (exit 8, the database's problem named) or refused at open (10)
+    assert r.exit_code in (8, 10), r.stdout + r.stderr
+    assert r.exit_code == 10 or r.json["details"]["database"], r.stdout
+
+
+@pytest.mark.parametrize(
+    "url,code",
+    [("garbage", 2), ("mysql://u@h/db", 2), ("postgresql://nobody@[::1", 2), ("postgresql://u:pw@127.0.0.1:1/x", 9)],
+)
+def test_a_db_url_loramgr_cannot_use_or_reach_says_so(monkeypatch, url, code):
+    monkeypatch.setenv("LORAMGR_DB_URL", url)
+    r = invoke("list")
+    _refused(r, code)
+    assert "pw" not in r.stderr  # the password never printed
+
+
+def test_fsck_calls_a_directory_in_an_objects_place_corruption(tmp_path, home):
+    _base(tmp_path, slots=None)
+    _adapter(tmp_path, "a")
+    obj = next(p for p in (home / "store" / "objects").rglob("*") if p.is_file() and p.suffix != ".onnx")
+    obj.unlink()
+    obj.mkdir()
+    r = invoke("fsck", "--json")
+    assert r.exit_code == 8 and [c["path"] for c in r.json["details"]["corrupt"]] == [str(obj)], r.stdout
+
+
+def test_verify_after_gc_collected_an_adapter_is_not_found(planned):
+    assert invoke("verify", "--plan", planned, "--adapter", "a", "--mode", "sections").exit_code == 0
+    assert invoke("retire", "a", "--force").exit_code == 0
+    assert invoke("gc", "--retired", "--grace", "0").exit_code == 0
+    _refused(invoke("verify", "--plan", planned, "--adapter", "a", "--mode", "sections"), 3, "gone")
+
+
+def test_verify_sections_reads_a_bf16_adapter(tmp_path):
+    import ml_dtypes
+
+    _base(tmp_path, slots=None)
+    t = {k: v.astype(ml_dtypes.bfloat16) for k, v in synth.adapter_tensors(ALL, 8, seed=4).items()}
+    synth.write_adapter(tmp_path / "bf", t, synth.peft_config(8, 16, ["q_proj", "v_proj"]))
+    assert invoke("register", tmp_path / "bf", "--name", "bf").exit_code == 0
+    assert invoke("validate", "bf", "--base", "b").exit_code == 0
+    assert invoke("build", "--base", "b", "-o", tmp_path / "out").exit_code == 0
+    assert invoke("plan", "--base", "b").exit_code == 0
+    r = invoke("verify", "--plan", tmp_path / "out" / "plan.json", "--mode", "sections", "--json")
+    assert r.exit_code == 0 and r.json["ok"], r.stdout + r.stderr
+
+
+def test_negative_integers_in_calibration_data_are_refused(tmp_path):
+    _base(tmp_path, slots=None)
+    _adapter(tmp_path, "a")
+    p = tmp_path / "calib.npz"
+    np.savez(p, x=np.zeros((2, 1, 64), np.float32), ids=np.full((2, 3), -1, np.int64))
+    _refused(invoke("calibrate", "--base", "b", "--all", "--data", p), 4, "negative")

@@ -142,6 +142,10 @@ def find_targets(model: nn.Module, lay: Layout, wanted: list[str], layers: tuple
 def check_targets(model: nn.Module, lay: Layout, wanted: list[str]) -> None:
     """Every wanted name matches a projection of the decoder layers, and each match can take LoRA
     (``nn.Linear``; ``Conv1D`` for GPT-2). Refusals (exit 2) name the module and what is there."""
+    if not wanted:  # refused before a weight is read: an export without attachment points has no LoRA
+        raise UsageError(
+            "--target-modules", "names no module; give the projections to attach LoRA to, e.g. q_proj,v_proj"
+        )
     inside = [(p, m) for p, m in model.named_modules() if p.startswith(lay.layers_path + ".")]
     for path, mod in inside:
         if _matches(path, wanted):

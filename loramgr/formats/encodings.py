@@ -62,6 +62,13 @@ def _entry(e: Any, where: str, source: str) -> dict[str, Any]:
     return out
 
 
+def checked_entries(entries: Any, where: str, source: str) -> list[dict[str, Any]]:
+    """A tensor's normalised entries, each checked as a file's would be (``InvalidInputError``)."""
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInputError(source, f"{where}: expected a non-empty list of encodings")
+    return [_entry(e, f"{where}[{i}]", source) for i, e in enumerate(entries)]
+
+
 def _v1_entries(e: dict[str, Any], where: str, source: str) -> list[dict[str, Any]]:
     """AIMET 1.0.0 entry ``{name, enc_type, bw, dtype, is_sym, scale: [...], offset: [...]}``."""
     bw = e.get("bw")

@@ -54,6 +54,7 @@ from loramgr.registry.models import (
     AdapterTensorRow,
     AttachmentPointRow,
     BaseRow,
+    DamagedValue,
     EventRow,
     GraphRow,
     UseCaseRow,
@@ -89,7 +90,7 @@ def _unique_race(e: SAIntegrityError) -> bool:
 
 def _locked(e: OperationalError) -> bool:
     msg = str(e.orig).lower() if e.orig else str(e).lower()
-    return "locked" in msg or "could not serialize" in msg or "deadlock" in msg
+    return "locked" in msg or "could not serialize" in msg or "deadlock" in msg or "lock timeout" in msg
 
 
 class Registry:
@@ -141,6 +142,8 @@ class Registry:
                     yield s
         except json.JSONDecodeError as e:
             raise RegistryDamagedError("registry database", f"a JSON column does not parse ({e.msg})") from None
+        except DamagedValue as e:
+            raise RegistryDamagedError("registry database", str(e)) from None
 
     def retrying(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a write transaction, retrying unique-constraint races and lock waits only.

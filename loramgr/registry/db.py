@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,10 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from loramgr.config import sqlite_uri
-from loramgr.errors import RegistryDamagedError, StorageError
+from loramgr.errors import RegistryDamagedError, StorageError, UsageError, first_line, translate
 from loramgr.registry import SCHEMA_HEAD as SCHEMA_HEAD  # newest revision; a test asserts it is the head
 from loramgr.registry import sqlite_path as sqlite_path
 from loramgr.registry.models import Model
@@ -58,8 +59,27 @@ def read_only_sqlite(url: str) -> bool:
     return path.parent.exists() and not os.access(path.parent, os.W_OK)
 
 
+#: PostgreSQL advisory lock key of the registry's write lock, and how long one attempt waits for it
+WRITE_LOCK_KEY = 727275
+LOCK_WAIT_S = 5.0
+
+#: the databases a registry lives in (``LORAMGR_DB_URL``); SQLAlchemy would try any dialect it knows
+DB_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
 def make_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
-    """An engine for the registry URL; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+    """An engine for the registry URL; SQLite gets WAL, a busy timeout and explicit BEGINs. Another
+    kind of URL, or one SQLAlchemy cannot parse, is a usage error naming the (redacted) URL."""
+    scheme = url.partition(":")[0].partition("+")[0]
+    if scheme not in DB_SCHEMES:
+        raise UsageError(f"LORAMGR_DB_URL {redact(url)[:120]}", "must be a sqlite:///PATH or postgresql://... URL")
+    try:
+        return _engine(url, busy_ms)
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as e:
+        raise UsageError(f"LORAMGR_DB_URL {redact(url)[:120]}", f"cannot be used ({first_line(e)})") from None
+
+
+def _engine(url: str, busy_ms: int) -> Engine:
     path = sqlite_path(url)
     if url.startswith("sqlite"):
         read_only = read_only_sqlite(url)
@@ -94,16 +114,33 @@ def make_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
         return engine
     if url.startswith("postgresql") or url.startswith("postgres"):
         # small pools: a CLI process needs one connection, and teams run many processes at once
-        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        pg = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+        @event.listens_for(pg, "begin")
+        def _write_lock(conn: Connection) -> None:
+            # SQLite's BEGIN IMMEDIATE, on PostgreSQL: one registry writer at a time, so a
+            # read-check-write (a name still free, a use case in no group) holds until it commits.
+            # The wait is bounded per attempt; Registry.retrying waits up to the lock timeout.
+            if conn.get_execution_options().get("loramgr_write"):
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+
+        return pg
     return create_engine(url)
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The schema revision Alembic recorded (None: a new database). Two rows mean a damaged registry."""
     try:
         with engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            revs = [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
     except (OperationalError, ProgrammingError):
         return None
+    if len(revs) > 1:
+        raise RegistryDamagedError(
+            "registry database", f"records {len(revs)} schema revisions ({', '.join(map(str, revs))[:80]})"
+        )
+    return revs[0] if revs else None
 
 
 @contextlib.contextmanager
@@ -169,6 +206,9 @@ def check_database(engine: Engine) -> list[str]:
         rev = current_revision(engine)
         tables = set(inspect(engine).get_table_names())
     except DatabaseError as e:
+        known = translate(e)
+        if isinstance(known, StorageError):  # unreachable server, disk full, I/O error: not damage
+            raise known from None
         return [f"not a readable database ({str(e.orig or e).splitlines()[0][:160]})"]
     problems = []
     if rev is not None and rev != SCHEMA_HEAD and rev not in known_revisions():
@@ -214,4 +254,8 @@ def migration_status(engine: Engine) -> list[dict[str, object]]:
 
 
 def redact(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL without its password (any text after ``//user:`` up to ``@`` if SQLAlchemy cannot parse it)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)

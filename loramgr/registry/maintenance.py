@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from loramgr.errors import ConflictError, InvalidInputError
+from loramgr.formats.encodings import checked_entries
 from loramgr.infra.files import read_text
 from loramgr.infra.store import atomic_write, sha256_file
 from loramgr.records import JsonRecord
@@ -165,7 +166,7 @@ class Maintenance:
             for sha, path in list(store.iter_objects()):
                 checked += 1
                 seen.add(sha)
-                if sha256_file(path) != sha:
+                if not path.is_file() or path.is_symlink() or sha256_file(path) != sha:  # a directory in its place too
                     problems["corrupt"].append({"sha256": sha, "path": str(path), "used_by": live.get(sha)})
                     if repair:
                         q = store.root / "quarantine" / sha
@@ -222,6 +223,8 @@ class Maintenance:
                     res = [str(e.orig or e).splitlines()[0]]
                 if res != ["ok"]:
                     problems += [f"integrity_check: {r}" for r in res[:20]]
+            if not problems:
+                problems += _encoding_row_problems(engine)
             return problems
         finally:
             engine.dispose()
@@ -329,3 +332,19 @@ class Maintenance:
         except (ValueError, RecursionError) as e:
             raise InvalidInputError(str(path), f"not valid JSON ({type(e).__name__})") from None
         return self.import_(doc, str(path))
+
+
+def _encoding_row_problems(engine: Engine) -> list[str]:
+    """Encoding rows whose entries a build or ``encodings show`` would refuse (NaN scales, strings,
+    offsets out of range): checked as an imported file is, and named by row (at most 20)."""
+    out: list[str] = []
+    with engine.connect() as conn:
+        for rid, tensor, raw in conn.execute(text("SELECT id, tensor, entries FROM encoding")):
+            try:
+                checked_entries(json.loads(raw) if isinstance(raw, str) else raw, str(tensor), "registry")
+            except (ValueError, InvalidInputError) as e:
+                why = e.why if isinstance(e, InvalidInputError) else f"does not parse ({e})"
+                out.append(f"encoding row {rid} ({str(tensor)[:80]}): {why}")
+                if len(out) >= 20:
+                    break
+    return out

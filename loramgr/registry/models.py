@@ -20,7 +20,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -33,6 +35,55 @@ NAMING = {
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class DamagedValue(ValueError):
+    """A stored value its column cannot hold (a hand-edited or damaged row). The registry's session
+    reports it as registry damage (exit 10), never as a traceback deep in a command."""
+
+
+class _Checked(TypeDecorator[Any]):
+    """A column type whose values are checked as they are read: a value that does not parse, or is
+    not of the column's shape, raises :class:`DamagedValue`. The stored type is ``impl``'s, so the
+    schema and the migrations are unchanged."""
+
+    cache_ok = True
+    shape: type | None = None
+    what = "value"
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        inner = super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            try:
+                out = inner(value) if inner else value
+            except (ValueError, TypeError):
+                raise DamagedValue(f"a stored {self.what} does not parse ({str(value)[:40]!r})") from None
+            if out is not None and self.shape is not None and not isinstance(out, self.shape):
+                raise DamagedValue(f"a stored {self.what} holds a {type(out).__name__}")
+            return out
+
+        return process
+
+
+class JsonObject(_Checked):
+    cache_ok = True
+    impl = JSON
+    shape = dict
+    what = "JSON object"
+
+
+class JsonList(_Checked):
+    cache_ok = True
+    impl = JSON
+    shape = list
+    what = "JSON list"
+
+
+class Timestamp(_Checked):
+    cache_ok = True
+    impl = DateTime
+    what = "timestamp"
 
 
 class Model(DeclarativeBase):
@@ -53,8 +104,8 @@ class BaseRow(Model):
     quant_updatable_mode: Mapped[str] = mapped_column(String(32), default="none")
     max_adapters: Mapped[int | None] = mapped_column(Integer)  # alpha slots (use cases); None: scalar alpha
     status: Mapped[str] = mapped_column(String(16), default="active")
-    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonObject, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
     graphs: Mapped[list[GraphRow]] = relationship(
         back_populates="base", cascade="all, delete-orphan", order_by="GraphRow.position"
@@ -77,8 +128,8 @@ class GraphRow(Model):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     path: Mapped[str] = mapped_column(Text)
     file_name: Mapped[str] = mapped_column(String(256))
-    external_data: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    io: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    external_data: Mapped[list[dict[str, Any]]] = mapped_column(JsonList, default=list)
+    io: Mapped[dict[str, Any]] = mapped_column(JsonObject, default=dict)
     context_binary_sha256: Mapped[str | None] = mapped_column(String(64))
 
     base: Mapped[BaseRow] = relationship(back_populates="graphs")
@@ -98,7 +149,7 @@ class AttachmentPointRow(Model):
     rank: Mapped[int] = mapped_column(Integer)
     dtype: Mapped[str] = mapped_column(String(16))
     tensor_indices: Mapped[str | None] = mapped_column(String(600))  # int64 [1, R] slot map (use cases)
-    graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    graphs: Mapped[list[str]] = mapped_column(JsonList, default=list)
 
     base: Mapped[BaseRow] = relationship(back_populates="attachment_points")
 
@@ -115,15 +166,15 @@ class AdapterRow(Model):
     config_sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     source_uri: Mapped[str] = mapped_column(Text)
-    peft_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    peft_config: Mapped[dict[str, Any] | None] = mapped_column(JsonObject)
     config_json: Mapped[str | None] = mapped_column(Text)  # adapter_config.json as registered
     rank: Mapped[int | None] = mapped_column(Integer)
     alpha: Mapped[float | None] = mapped_column(Float)
     dtype: Mapped[str] = mapped_column(String(16))
     base_hint: Mapped[str | None] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16), default="registered")
-    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    tags: Mapped[dict[str, str]] = mapped_column(JsonObject, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
     tensors: Mapped[list[AdapterTensorRow]] = relationship(
         back_populates="adapter", cascade="all, delete-orphan", order_by="AdapterTensorRow.key"
@@ -138,7 +189,7 @@ class AdapterTensorRow(Model):
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(String(600))
     dtype: Mapped[str] = mapped_column(String(16))
-    shape: Mapped[list[int]] = mapped_column(JSON)
+    shape: Mapped[list[int]] = mapped_column(JsonList)
     offset_begin: Mapped[int] = mapped_column(BigInteger)
     offset_end: Mapped[int] = mapped_column(BigInteger)
 
@@ -155,8 +206,8 @@ class ValidationRow(Model):
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapter.id", ondelete="CASCADE"))
     base_id: Mapped[int] = mapped_column(ForeignKey("base_model.id", ondelete="CASCADE"))
     ok: Mapped[bool] = mapped_column(Boolean)
-    problems: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    problems: Mapped[list[dict[str, Any]]] = mapped_column(JsonList, default=list)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class BuildRow(Model):
@@ -172,8 +223,8 @@ class BuildRow(Model):
     out_dir: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="running")
     pid: Mapped[int | None] = mapped_column(Integer)
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    started_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     log: Mapped[str] = mapped_column(Text, default="")
 
     artifacts: Mapped[list[ArtifactRow]] = relationship(
@@ -189,7 +240,7 @@ class ArtifactRow(Model):
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapter.id", ondelete="SET NULL"), index=True)
     use_case_id: Mapped[int | None] = mapped_column(ForeignKey("use_case.id", ondelete="SET NULL"), index=True)
     group_name: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)  # quantization section
-    graphs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    graphs: Mapped[list[str]] = mapped_column(JsonList, default=list)
     kind: Mapped[str] = mapped_column(String(32))
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -205,11 +256,11 @@ class EventRow(Model):
     __tablename__ = "event"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(256), index=True)
-    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonObject, default=dict)
 
 
 class EncodingRow(Model):
@@ -227,9 +278,9 @@ class EncodingRow(Model):
     owner: Mapped[int] = mapped_column(Integer, default=0)  # adapter id, -use case id, or 0 for the base
     kind: Mapped[str] = mapped_column(String(16))
     tensor: Mapped[str] = mapped_column(String(512))
-    entries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    entries: Mapped[list[dict[str, Any]]] = mapped_column(JsonList, default=list)
     source: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class PlanRow(Model):
@@ -243,9 +294,9 @@ class PlanRow(Model):
     build_id: Mapped[int | None] = mapped_column(ForeignKey("build.id", ondelete="SET NULL"))
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
-    adapter_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    adapter_ids: Mapped[list[int]] = mapped_column(JsonList, default=list)
     status: Mapped[str] = mapped_column(String(16), default="active")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class UseCaseRow(Model):
@@ -261,7 +312,7 @@ class UseCaseRow(Model):
     # use cases of one group share quantization parameters (one quantization section per group)
     group_name: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
     status: Mapped[str] = mapped_column(String(16), default="active")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
     slots: Mapped[list[UseCaseAdapterRow]] = relationship(
         back_populates="use_case", cascade="all, delete-orphan", order_by="UseCaseAdapterRow.slot"

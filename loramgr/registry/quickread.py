@@ -69,5 +69,7 @@ def _row(row: sqlite3.Row) -> Any:
     d = {k: row[k] for k in row.keys()}
     for k in _JSON:
         d[k] = json.loads(d[k]) if isinstance(d[k], str) else d[k]
+        if d[k] is not None and not isinstance(d[k], dict):  # the ORM's JsonObject refuses it: exit 10 there
+            raise ValueError(f"{k} holds a {type(d[k]).__name__}")
     d["created_at"] = dt.datetime.fromisoformat(d["created_at"])
     return SimpleNamespace(**d)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loramgr.errors import InvalidInputError, RegistryDamagedError
+from loramgr.formats.encodings import checked_entries
 from loramgr.formats.peft import LoraConfig
 from loramgr.formats.safetensors import TensorInfo
 from loramgr.lora.mapping import group_pairs, module_leaf_names
@@ -228,7 +230,11 @@ def encoding_set(rows: Sequence[EncodingRow]) -> EncodingSet:
     act: dict[str, Any] = {}
     par: dict[str, Any] = {}
     for r in rows:
-        (act if r.kind == "activation" else par)[r.tensor] = r.entries
+        try:  # a stored row is checked like an imported file: a NaN scale or a string is damage, not a crash
+            entries = checked_entries(r.entries, f"{r.kind} encoding of {r.tensor}", "registry database")
+        except InvalidInputError as e:
+            raise RegistryDamagedError("registry database", e.why or e.message) from None
+        (act if r.kind == "activation" else par)[r.tensor] = entries
     return EncodingSet(act, par, tuple(sorted({r.source for r in rows})))
 
 
