@@ -115,6 +115,20 @@ ARG_ABUSE = [
     ["bundle"],
     ["bundle", "--plan", "{plan}", "-o", "{plan}"],
     ["bundle", "--plan", "{plan}", "-o", "{tmp}/no/such/dir/b.tar"],
+    # the second hardening round
+    ["run", "--plan", "{plan}", "--input-ids", "1", "--alpha", "1e39"],
+    ["run", "--plan", "{plan}", "--input-ids", "1", "--alpha", "-1e39"],
+    ["usecase", "create", "default", "ad", "--base", "tiny"],
+    ["usecase", "create", "ad", "ad", "--base", "tiny"],
+    ["usecase", "create", "uc", "ad", "--base", "tiny", "--alphas", "1e39"],
+    ["group", "create", "default_adapter", "uc", "--base", "tiny"],
+    ["register", "{ad}", "--name", "default"],
+    ["plan", "--base", "tiny", "--genie-config", "{plan}"],
+    ["plan", "--base", "tiny", "-o", "{tmp}/p2.json", "--qnn-ep-configs", "{plan}"],
+    ["build", "--base", "tiny", "--backend", "qairt", "--sdk-root", "{tmp}", "--tool-timeout", "nan"],
+    ["build", "--base", "tiny", "--backend", "qairt", "--sdk-root", "{tmp}", "--tool-timeout", "1e300"],
+    ["verify", "--plan", "{plan}", "--input-ids", "99999999999999999999"],
+    ["calibrate", "--base", "tiny", "--all", "--data", "{plan}"],
 ]
 
 

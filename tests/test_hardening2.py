@@ -426,3 +426,37 @@ def test_negative_integers_in_calibration_data_are_refused(tmp_path):
     p = tmp_path / "calib.npz"
     np.savez(p, x=np.zeros((2, 1, 64), np.float32), ids=np.full((2, 3), -1, np.int64))
     _refused(invoke("calibrate", "--base", "b", "--all", "--data", p), 4, "negative")
+
+
+def test_a_full_disk_is_exit_9_and_leaves_nothing(tmp_path, monkeypatch):
+    """On a 2 MiB tmpfs filled to 24 KiB and to 0: `list` and `register` say the disk is full or failing
+    (exit 9; `list` said the healthy database was damaged, exit 10), no store object or row is left."""
+    import shutil
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", small], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        home = small / "home"
+        monkeypatch.setenv("LORAMGR_HOME", str(home))
+        t = synth.adapter_tensors(ALL, 8, seed=6)
+        synth.write_adapter(tmp_path / "ad", t, synth.peft_config(8, 16, ["q_proj", "v_proj"]))
+        assert invoke("init").exit_code == 0
+        for leave_kib in (24, 0):
+            st = os.statvfs(small)
+            filler = small / "filler"
+            with open(filler, "wb") as f:
+                f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_kib * 1024))
+            _refused(invoke("register", tmp_path / "ad", "--name", "a"), 9)
+            r = invoke("list")  # reads may still succeed; a failing one names the disk, never "damaged"
+            assert r.exit_code == 0 or (r.exit_code == 9 and "disk" in r.stderr), r.stderr
+            assert [p for p in (home / "store").rglob("*") if p.is_file() and "objects" in p.parts] == []
+            filler.unlink()
+            assert invoke("list", "--json").json == []
+            assert invoke("fsck", "--grace", "0").exit_code == 0
+    finally:
+        subprocess.run(["umount", small], capture_output=True)
