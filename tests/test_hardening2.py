@@ -459,4 +459,27 @@ def test_a_full_disk_is_exit_9_and_leaves_nothing(tmp_path, monkeypatch):
             assert invoke("list", "--json").json == []
             assert invoke("fsck", "--grace", "0").exit_code == 0
     finally:
-        subprocess.run(["umount", small], capture_output=True)
+        subprocess.run(["umount", "--lazy", small], capture_output=True)  # a pooled handle may still be open
+
+
+def test_no_registry_file_stays_open_after_a_command(tmp_path, home):
+    """A library caller's process goes on after a command: `init` and `db upgrade` left their engine's
+    SQLite handles open (which also kept a full tmpfs from being unmounted)."""
+
+    def open_under_home() -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(home)):
+                out.append(target)
+        return out
+
+    t = synth.adapter_tensors(ALL, 4, seed=8)
+    synth.write_adapter(tmp_path / "ad", t, synth.peft_config(4, 8, ["q_proj", "v_proj"]))
+    for args in (("init",), ("db", "upgrade"), ("db", "upgrade", "--list"), ("register", tmp_path / "ad"), ("list",)):
+        assert invoke(*args).exit_code == 0, args
+        assert open_under_home() == [], args
+    assert invoke("fsck", "--grace", "0").exit_code == 0 and open_under_home() == []

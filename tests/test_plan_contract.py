@@ -190,6 +190,7 @@ CASES: dict[str, tuple[Edit, int]] = {
     "a raw control character": (lambda doc, d: json.dumps(doc).replace('"ort"', '"o\tr"'), 4),
     "a NaN literal": (lambda doc, d: json.dumps(doc).replace('"default": 1.0', '"default": NaN'), 4),
     "an alpha past float32": (lambda doc, d: doc["adapters"][0].update(recommended_alpha=1e39), 4),
+    "a set_alpha step past float32": (lambda doc, d: doc["use_cases"][0]["steps"][1].update(values=[1.0, 4e38]), 4),
     "a use-case alpha past float16 on fp16": (
         lambda doc, d: doc["base"].update(precision="fp16") or doc["use_cases"][0].update(alphas=[7e4, 1.0]),
         4,

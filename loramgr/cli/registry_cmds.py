@@ -20,15 +20,15 @@ from loramgr.targets import parse_targets
 @pass_ctx
 def init(ctx: Ctx, as_json: bool) -> None:
     """Create the registry or upgrade it to the newest schema (other commands do this themselves)."""
-    engine = db.make_engine(ctx.settings.db_url)
-    applied = db.upgrade(engine)
-    ctx.settings.store_dir.mkdir(parents=True, exist_ok=True)
-    res = {
-        "database": db.redact(ctx.settings.db_url),
-        "store": str(ctx.settings.store_dir),
-        "applied": applied,
-        "revision": db.current_revision(engine),
-    }
+    with db.opened(ctx.settings.db_url) as engine:
+        applied = db.upgrade(engine)
+        ctx.settings.store_dir.mkdir(parents=True, exist_ok=True)
+        res = {
+            "database": db.redact(ctx.settings.db_url),
+            "store": str(ctx.settings.store_dir),
+            "applied": applied,
+            "revision": db.current_revision(engine),
+        }
     if as_json:
         emit_json(res)
     else:
@@ -49,9 +49,9 @@ def db_group() -> None:
 @pass_ctx
 def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
     """Apply pending migrations (or list them with --list)."""
-    engine = db.make_engine(ctx.settings.db_url)
     if list_only:
-        rows = db.migration_status(engine)
+        with db.opened(ctx.settings.db_url) as engine:
+            rows = db.migration_status(engine)
         if as_json:
             emit_json(rows)
         else:
@@ -61,9 +61,11 @@ def db_upgrade(ctx: Ctx, list_only: bool, as_json: bool) -> None:
                 [(r["revision"], "yes" if r["applied"] else "no", r["message"]) for r in rows],
             )
         return
-    applied = db.upgrade(engine)
+    with db.opened(ctx.settings.db_url) as engine:
+        applied = db.upgrade(engine)
+        revision = db.current_revision(engine)
     if as_json:
-        emit_json({"applied": applied, "revision": db.current_revision(engine)})
+        emit_json({"applied": applied, "revision": revision})
     else:
         click.echo(f"applied {', '.join(applied)}" if applied else "already up to date")
 

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from loramgr.config import Settings, actor
+from loramgr.config import Settings, actor, sqlite_uri
 from loramgr.errors import (
     ConflictError,
     InvalidInputError,
@@ -91,6 +92,26 @@ def _unique_race(e: SAIntegrityError) -> bool:
 def _locked(e: OperationalError) -> bool:
     msg = str(e.orig).lower() if e.orig else str(e).lower()
     return "locked" in msg or "could not serialize" in msg or "deadlock" in msg or "lock timeout" in msg
+
+
+def _rows_using(db_url: str, sha256: str) -> int:
+    """Rows using a store object, read from a SQLite registry as an immutable file (no -shm or -wal to
+    create, so it reads on a full disk); 0 when even that fails or the database is another kind."""
+    path = db.sqlite_path(db_url)
+    if path is None:
+        return 0
+    try:
+        con = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True, timeout=1.0)
+        try:
+            q = (
+                "SELECT (SELECT count(*) FROM adapter WHERE sha256 = ?)"
+                " + (SELECT count(*) FROM graph WHERE onnx_sha256 = ?)"
+            )
+            return int(con.execute(q, (sha256, sha256)).fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
 
 
 class Registry:
@@ -252,11 +273,15 @@ class Registry:
                 raise
 
     def _drop_unreferenced(self, sha256: str) -> None:
-        with contextlib.suppress(Exception):
+        """Remove an object this registration stored, unless a row (another process's) uses it."""
+        try:
             with self.session() as s:
                 used = s.scalar(select(func.count()).select_from(AdapterRow).where(AdapterRow.sha256 == sha256)) or 0
                 used += s.scalar(select(func.count()).select_from(GraphRow).where(GraphRow.onnx_sha256 == sha256)) or 0
-            if not used:
+        except Exception:  # noqa: BLE001 - the database cannot be read now (a full disk cannot hold SQLite's -shm)
+            used = _rows_using(self.settings.db_url, sha256)
+        if not used:
+            with contextlib.suppress(OSError):
                 self.store.remove(sha256)
 
     def _insert_adapter(

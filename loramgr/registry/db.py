@@ -79,6 +79,17 @@ def make_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
         raise UsageError(f"LORAMGR_DB_URL {redact(url)[:120]}", f"cannot be used ({first_line(e)})") from None
 
 
+@contextlib.contextmanager
+def opened(url: str) -> Iterator[Engine]:
+    """An engine for one piece of work (``init``, ``db upgrade``, ``fsck``'s own look at the database),
+    disposed after it: no database handle outlives the command in a library caller's process."""
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _engine(url: str, busy_ms: int) -> Engine:
     path = sqlite_path(url)
     if url.startswith("sqlite"):

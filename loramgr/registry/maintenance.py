@@ -212,8 +212,7 @@ class Maintenance:
         """The database itself: a readable loramgr registry at a known revision with every table, and
         (SQLite) ``PRAGMA integrity_check``. Opens its own engine, so a damaged registry is reported,
         not raised."""
-        engine = db.make_engine(self.reg.settings.db_url)
-        try:
+        with db.opened(self.reg.settings.db_url) as engine:
             problems = db.check_database(engine)
             if not problems and engine.dialect.name == "sqlite":
                 try:
@@ -226,8 +225,6 @@ class Maintenance:
             if not problems:
                 problems += _encoding_row_problems(engine)
             return problems
-        finally:
-            engine.dispose()
 
     def _check_artifacts(self, out: list[dict[str, Any]]) -> set[int]:
         bad: set[int] = set()

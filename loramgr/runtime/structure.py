@@ -92,6 +92,11 @@ def check_structure(doc: dict[str, Any], where: str) -> None:
         steps = a.get("steps", [])
         if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("op"), str) for s in steps):
             raise bad(f"adapter {ref!r}: steps must be a list of {{op: ...}} objects")
+        for st in steps:
+            if st["op"] == "set_alpha":
+                v = st.get("values", st.get("value"))
+                if not all(_alpha_ok(x, held) for x in (v if isinstance(v, list) else [v])):
+                    raise bad(f"adapter {ref!r}: a set_alpha step's values must be finite {held} numbers")
         for key in ("io_encodings", "weight_encodings"):
             if not isinstance(a.get(key) or {}, dict):
                 raise bad(f"adapter {ref!r}: {key} must be an object")

@@ -338,8 +338,24 @@ static lmp_status parse_entry(lmp_plan *p, const cJSON *obj, lmp_entry *e, int k
     steps = cJSON_GetObjectItemCaseSensitive(obj, "steps");
     if (steps && !cJSON_IsArray(steps)) return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: steps must be a list", p->path, who);
     cJSON_ArrayForEach(st, steps) {
+        const cJSON *vals, *x;
+        double ignored;
         if (!cJSON_IsObject(st) || !str_of(st, "op"))
             return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: steps must be {op: ...} objects", p->path, who);
+        if (strcmp(str_of(st, "op"), "set_alpha") != 0) continue;
+        vals = cJSON_GetObjectItemCaseSensitive(st, "values");
+        if (!vals) vals = cJSON_GetObjectItemCaseSensitive(st, "value");
+        if (cJSON_IsArray(vals)) {
+            cJSON_ArrayForEach(x, vals) {
+                if (!alpha_number(p, x, &ignored)) vals = NULL;
+                if (!vals) break;
+            }
+        } else if (!alpha_number(p, vals, &ignored)) {
+            vals = NULL;
+        }
+        if (!vals)
+            return lmp_fail(err, LMP_ERR_FORMAT, "%s: %s: a set_alpha step's values must be finite numbers the alpha input holds",
+                            p->path, who);
     }
     e->steps = steps;
     e->group_name = str_of(obj, "group");
