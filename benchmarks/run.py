@@ -59,6 +59,7 @@ ROW_IDS = (
     "small_files_disk",
     "plan_scale_load",
     "plan_scale_lookup_p50",
+    "plan_scale_c_open",
     "export_scale_small",
     "export_scale_large",
     "export_real_size",

@@ -246,6 +246,14 @@ def bench_plan_scale(tmp: Path, n: int, lookups: int) -> list[Row]:
         t = time.perf_counter()
         plan.adapter(nm)
         per.append(time.perf_counter() - t)
+    tool = c_plan_tool(tmp / "c-release")
+    py_open = [sys.executable, "-c", "import sys; from loramgr.runtime import Plan; Plan.load(sys.argv[1])", str(big)]
+    c_open = [str(tool), "adapters", str(big)]
+    both = interleave(
+        lambda: subprocess.run(py_open, check=True),
+        lambda: subprocess.run(c_open, check=True, stdout=subprocess.DEVNULL),
+        3,
+    )
     return [
         Row(
             "plan_scale_load",
@@ -266,7 +274,25 @@ def bench_plan_scale(tmp: Path, n: int, lookups: int) -> list[Row]:
             goal=1e-3,
             absolute=True,
         ),
+        Row.timed(
+            "plan_scale_c_open",
+            f"the C reader opening the plan of {n} adapters (`loramgr-plan adapters`, a process)",
+            "Python process: Plan.load",
+            both,
+            goal=1.0,
+        ),
     ]
+
+
+def c_plan_tool(out: Path) -> Path:
+    """The C plan tool, a Release build of runtime-c/ (cmake and libcjson-dev: the README's set-up)."""
+    src = Path(__file__).resolve().parent.parent / "runtime-c"
+    for cmd in (
+        ["cmake", "-S", str(src), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(out)],
+    ):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return out / "loramgr-plan"
 
 
 def bench_export_scale(tmp: Path, sizes: tuple[tuple[int, int], ...]) -> list[Row]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
@@ -222,7 +222,7 @@ class Maintenance:
                     res = [str(e.orig or e).splitlines()[0]]
                 if res != ["ok"]:
                     problems += [f"integrity_check: {r}" for r in res[:20]]
-            if not problems:
+            if not problems and "encoding" in inspect(engine).get_table_names():  # (a new database has none)
                 problems += _encoding_row_problems(engine)
             return problems
 

@@ -72,6 +72,10 @@ class JsonObject(_Checked):
     shape = dict
     what = "JSON object"
 
+    @property
+    def python_type(self) -> type:
+        return dict
+
 
 class JsonList(_Checked):
     cache_ok = True
@@ -79,11 +83,19 @@ class JsonList(_Checked):
     shape = list
     what = "JSON list"
 
+    @property
+    def python_type(self) -> type:
+        return list
+
 
 class Timestamp(_Checked):
     cache_ok = True
     impl = DateTime
     what = "timestamp"
+
+    @property
+    def python_type(self) -> type:  # what import-registry converts ISO strings into
+        return dt.datetime
 
 
 class Model(DeclarativeBase):
