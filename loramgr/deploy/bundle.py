@@ -83,8 +83,9 @@ def write_bundle(plan_path: str | Path, out: str | Path, *, as_dir: bool = False
         (out / SUMS).write_bytes(sums)
     else:
         tmp = out.with_name(f".{out.name}.tmp")
+        tmp.unlink(missing_ok=True)  # never written through a link planted at the temporary name
         try:
-            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(tmp, "x", format=tarfile.PAX_FORMAT) as tar:
                 entries: list[tuple[str, Path | None]] = sorted([*items, (SUMS, None)], key=lambda e: e[0])
                 for name, data_path in entries:
                     ti = tarfile.TarInfo(name)
