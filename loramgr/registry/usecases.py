@@ -203,9 +203,9 @@ class UseCases:
             raise NotFoundError(f"group {name}", f"is not on base {base_ref}", hint="see `loramgr group list`")
 
         def write(s: Session) -> None:
-            for u in members:
+            for u in members:  # re-read under the write lock: a member may have moved to another group since
                 row = s.get(UseCaseRow, u.id)
-                if row is not None:
+                if row is not None and row.group_name == name:
                     row.group_name = None
             self.reg.event(s, "group_remove", f"group:{members[0].base}/{name}")
 
