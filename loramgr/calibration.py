@@ -105,10 +105,10 @@ _ORT_TYPES = {
 }
 
 
-def _feed(session: Any, name: str, value: np.ndarray, source: str) -> np.ndarray:
-    """A calibration array as the graph input ``name`` takes it: float64 data for a float32 input is
-    converted, integers for integer inputs too; a float array for an integer input is refused."""
-    want = next((i.type for i in session.get_inputs() if i.name == name), "")
+def _feed(want: str, name: str, value: np.ndarray, source: str) -> np.ndarray:
+    """A calibration array as the graph input ``name`` (of ONNX Runtime type ``want``) takes it:
+    float64 data for a float32 input is converted, integers for integer inputs too; a float array for
+    an integer input is refused."""
     dtype = _ORT_TYPES.get(want)
     if dtype is None or value.dtype == dtype:
         return value
@@ -154,15 +154,22 @@ def _run_owner(
     label: str,
     source: str,
 ) -> None:
+    # per session, read once (not per sample): input types, the LoRA feeds it takes, its output names
+    types = {s: {i.name: i.type for i in s.get_inputs()} for s in sessions.values()}
+    lora_of = {}
+    for s in sessions.values():
+        takes = {i.name for i in [*s.get_inputs(), *s.get_overridable_initializers()]}
+        lora_of[s] = {k: v for k, v in lora.items() if k in takes}
+    out_names = {s: [o.name for o in s.get_outputs()] for s in sessions.values()}
+
     def call(s: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        names = {i.name for i in [*s.get_inputs(), *s.get_overridable_initializers()]}
-        feeds = {k: _feed(s, k, np.asarray(v), source) for k, v in feeds.items()}
+        feeds = {k: _feed(types[s].get(k, ""), k, np.asarray(v), source) for k, v in feeds.items()}
         try:
-            outs: list[np.ndarray] = s.run(None, feeds | {k: v for k, v in lora.items() if k in names})
+            outs: list[np.ndarray] = s.run(None, feeds | lora_of[s])
         except Exception as e:  # noqa: BLE001 - ORT's pybind11 errors: a sample of the wrong shape, a token id past the vocabulary
             raise InvalidInputError(source, f"ONNX Runtime cannot run a sample ({first_line(e)})") from None
         rec.see(feeds)
-        rec.see(dict(zip([o.name for o in s.get_outputs()], outs, strict=True)))
+        rec.see(dict(zip(out_names[s], outs, strict=True)))
         return outs
 
     kind, payload = data

@@ -339,6 +339,16 @@ def verify(
     tol = tolerance if tolerance is not None else (FP16_TOL if base.precision == "fp16" else FP32_TOL)
     if soc and tolerance is None:
         tol = qdq_cos if qdq_cos is not None else HTP_FP16_REL
+    if mode == "peft":  # one prompt for every entry, checked once
+        prefill = next(g for g in plan.graphs.values() if g.get("kind") != "decode")
+        seq = prefill["inputs"]["input_ids"]["shape"][1]
+        logits = prefill.get("outputs", {}).get("logits", {}).get("shape") or [None]
+        vocab = int(export.get("vocab_size") or (logits[-1] if isinstance(logits[-1], int) else 2**31))
+        prompt = input_ids or [t % vocab for t in range(3, 3 + 7 * seq, 7)]
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:  # as `run` refuses it: never wrapped into another token
+            raise UsageError(f"--input-ids {str(bad[0])[:24]}", f"is outside the vocabulary (0 to {vocab - 1})")
+        ids = np.array([prompt[:seq]], np.int64)
     names = adapters or [*plan.adapters, *plan.use_cases]
     rows = []
     for name in names:
@@ -351,15 +361,6 @@ def verify(
                     ad.ref, "its stored file is gone (retired and collected by gc): nothing to verify against"
                 )
         if mode == "peft":
-            prefill = next(g for g in plan.graphs.values() if g.get("kind") != "decode")
-            seq = prefill["inputs"]["input_ids"]["shape"][1]
-            logits = prefill.get("outputs", {}).get("logits", {}).get("shape") or [None]
-            vocab = int(export.get("vocab_size") or (logits[-1] if isinstance(logits[-1], int) else 2**31))
-            prompt = input_ids or [t % vocab for t in range(3, 3 + 7 * seq, 7)]
-            bad = [t for t in prompt if not 0 <= t < vocab]
-            if bad:  # as `run` refuses it: never wrapped into another token
-                raise UsageError(f"--input-ids {str(bad[0])[:24]}", f"is outside the vocabulary (0 to {vocab - 1})")
-            ids = np.array([prompt[:seq]], np.int64)
             n = ids.shape[1]
             got = _prefill_logits(plan, name, ids, alpha, htp)
             assert hf is not None

@@ -7,6 +7,8 @@ cannot answer; see the ``cli_show`` row in docs/benchmarks.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from loramgr.cli.common import Ctx, emit_json, human_size, json_option, pass_ctx, table
@@ -26,28 +28,25 @@ def show(ctx: Ctx, ref: str, as_json: bool) -> None:
         if as_json:
             emit_json(doc | {"kind": "adapter"})
             return
-        table(
+        _fields(
             f"adapter {rec.ref}",
-            ["field", "value"],
-            [
-                (k, doc[k])
-                for k in (
-                    "status",
-                    "sha256",
-                    "size",
-                    "rank",
-                    "lora_alpha",
-                    "dtype",
-                    "target_modules",
-                    "use_rslora",
-                    "use_dora",
-                    "fan_in_fan_out",
-                    "base_hint",
-                    "tags",
-                    "source_uri",
-                    "created_at",
-                )
-            ],
+            doc,
+            (
+                "status",
+                "sha256",
+                "size",
+                "rank",
+                "lora_alpha",
+                "dtype",
+                "target_modules",
+                "use_rslora",
+                "use_dora",
+                "fan_in_fan_out",
+                "base_hint",
+                "tags",
+                "source_uri",
+                "created_at",
+            ),
         )
         table("tensors", ["key", "dtype", "shape"], [(t.key, t.dtype, list(t.shape)) for t in rec.tensor_list()])
         return
@@ -56,21 +55,10 @@ def show(ctx: Ctx, ref: str, as_json: bool) -> None:
     if as_json:
         emit_json(doc | {"kind": "base"})
         return
-    table(
+    _fields(
         f"base {rec.ref}",
-        ["field", "value"],
-        [
-            (k, doc[k])
-            for k in (
-                "status",
-                "max_rank",
-                "precision",
-                "sdk_version",
-                "alpha_tensor",
-                "quant_updatable_mode",
-                "created_at",
-            )
-        ],
+        doc,
+        ("status", "max_rank", "precision", "sdk_version", "alpha_tensor", "quant_updatable_mode", "created_at"),
     )
     table(
         "graphs",
@@ -85,3 +73,8 @@ def show(ctx: Ctx, ref: str, as_json: bool) -> None:
             for a in rec.attachment_points
         ],
     )
+
+
+def _fields(title: str, doc: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """A record's chosen fields as a two-column table, in ``keys`` order."""
+    table(title, ["field", "value"], [(k, doc[k]) for k in keys])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from loramgr.errors import IntegrityError, InvalidInputError, UsageError
-from loramgr.infra.files import read_bytes, readable_dir, regular_file
+from loramgr.infra.files import lands_on, read_bytes, readable_dir, regular_file
 from loramgr.infra.store import sha256_file
 from loramgr.records import JsonRecord
 from loramgr.runtime import Plan, PlanFormatError, parse_plan_json
@@ -54,7 +54,7 @@ def _check_out(out: Path, items: list[tuple[str, Path]], root: Path, as_dir: boo
     plan included), a missing parent directory, an existing directory for a tar, a non-empty directory
     or one inside the plan's tree for a directory bundle."""
     real = Path(os.path.realpath(out))
-    if any(Path(os.path.realpath(p)) == real for _, p in items):
+    if lands_on(out, (p for _, p in items)):
         raise UsageError(f"-o {out}", "is one of the files the bundle is made of; choose another path")
     if not real.parent.is_dir():
         raise UsageError(f"-o {out}", f"its directory {out.parent} does not exist")

@@ -95,7 +95,12 @@ def output_file(path: str | os.PathLike[str], option: str, protected: Iterable[s
         raise UsageError(f"{option} {path}", "is a symbolic link; loramgr does not write through links")
     if p.is_dir():
         raise UsageError(f"{option} {path}", "is a directory; give a file name")
-    real = Path(os.path.realpath(p))
-    if any(Path(os.path.realpath(q)) == real for q in protected):
+    if lands_on(p, protected):
         raise UsageError(f"{option} {path}", "is one of the build's own files (its plan, a graph or a section)")
     return p
+
+
+def lands_on(path: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]]) -> bool:
+    """``path`` is one of ``files`` once every link on either side is resolved."""
+    real = os.path.realpath(path)
+    return any(os.path.realpath(f) == real for f in files)

@@ -65,16 +65,18 @@ class _Checked(TypeDecorator[Any]):
 
         return process
 
+    @property
+    def python_type(self) -> type:
+        """The column's Python type (import-registry converts ISO timestamps by it): the checked shape,
+        else the stored type's (``datetime`` for a timestamp)."""
+        return self.shape if self.shape is not None else self.impl_instance.python_type
+
 
 class JsonObject(_Checked):
     cache_ok = True
     impl = JSON
     shape = dict
     what = "JSON object"
-
-    @property
-    def python_type(self) -> type:
-        return dict
 
 
 class JsonList(_Checked):
@@ -83,19 +85,11 @@ class JsonList(_Checked):
     shape = list
     what = "JSON list"
 
-    @property
-    def python_type(self) -> type:
-        return list
-
 
 class Timestamp(_Checked):
     cache_ok = True
     impl = DateTime
     what = "timestamp"
-
-    @property
-    def python_type(self) -> type:  # what import-registry converts ISO strings into
-        return dt.datetime
 
 
 class Model(DeclarativeBase):
