@@ -15,11 +15,13 @@ takes the softmax in fp32; so normalisation and softmax never overflow fp16.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
+import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,6 +173,12 @@ def export_base(
     model = model.eval().to(dtype)
     check_finite_weights(model, hf, precision)
     lay = layout_of(model)
+    carried: tuple[int, ...] = ()
+    if lay.decoder is not None:
+        from loramgr.export.generic import probe
+
+        seen = _guarded(cfg, lambda: probe(model, lay))
+        lay, carried = dataclasses.replace(lay, cache=seen.cache), seen.carried
     n = len(lay.layers)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
     gspecs = parse_graphs(graphs)
@@ -189,82 +197,134 @@ def export_base(
     head_bytes = sum(_bytes(m, isz) for m in lay.head)
     units = [emb_bytes] + [_bytes(lay.layers[i], isz) + lora_bytes[i] for i in range(n)] + [head_bytes]
     parts = plan_parts(units, max_part_bytes)
+    if len(parts) > 1 and carried and carried[:1] + carried[2:] != (1, getattr(cfg, "hidden_size", carried[-1])):
+        raise UsageError(
+            f"--max-part-bytes {max_part_bytes}",
+            f"model_type {cfg.model_type!r} hands its layers {list(carried)} (not [1, tokens, hidden]): "
+            "parts cannot be cut between them; export it as one part",
+        )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    kvh, hd = lay.kv_heads, lay.head_dim
-    if quantized_lora not in (None, 8, 16):
-        raise UsageError(f"--quantized-lora {quantized_lora}", "must be 8 or 16")
-    if max_adapters is not None and not 1 <= max_adapters <= 1024:
-        raise UsageError(f"--max-adapters {max_adapters}", "must be from 1 to 1024")
-    manifest: dict[str, Any] = {
-        "format": "loramgr.export",
-        "version": 1,
-        "family": lay.family,
-        "quantized_lora": quantized_lora,
-        "max_adapters": max_adapters,
-        "source": str(hf.absolute()),
-        "model_type": cfg.model_type,
-        "precision": precision,
-        "max_rank": max_rank,
-        "target_modules": targets,
-        "context_len": ctx,
-        "num_layers": n,
-        "kv_heads": kvh,
-        "head_dim": hd,
-        "vocab_size": cfg.vocab_size,
-        "parts": [],
-        "graphs": [],
-    }
-    np_dtype = {"fp32": "float32", "fp16": "float16"}[precision]
-    for pi, (u0, u1) in enumerate(parts):
-        layers = (max(0, u0 - 1), min(n, u1 - 1))
-        first, last = u0 == 0, u1 == len(units)
-        protos: dict[str, Any] = {}
-        for gname, q in gspecs:
-            past = 0 if gname.startswith("prefill") else ctx - q
-            name = gname if len(parts) == 1 else f"{gname}_part{pi + 1}"
-            spec = GraphSpec(
-                name, q, past, layers, first, last, pi, find_targets(model, lay, targets, layers), max_adapters
-            )
-            say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
-            protos[f"{name}.onnx"] = _export_one(model, lay, spec, max_rank, dtype, np_dtype, quantized_lora)
-            manifest["graphs"].append(
+    with _fresh_dir(out):
+        (kvh, hd), _ = next(iter(lay.cache.values()))
+        if quantized_lora not in (None, 8, 16):
+            raise UsageError(f"--quantized-lora {quantized_lora}", "must be 8 or 16")
+        if max_adapters is not None and not 1 <= max_adapters <= 1024:
+            raise UsageError(f"--max-adapters {max_adapters}", "must be from 1 to 1024")
+        manifest: dict[str, Any] = {
+            "format": "loramgr.export",
+            "version": 1,
+            "family": lay.family,
+            "quantized_lora": quantized_lora,
+            "max_adapters": max_adapters,
+            "source": str(hf.absolute()),
+            "model_type": cfg.model_type,
+            "precision": precision,
+            "max_rank": max_rank,
+            "target_modules": targets,
+            "context_len": ctx,
+            "num_layers": n,
+            "kv_heads": kvh,
+            "head_dim": hd,
+            "cache": [
+                {"layer": i, "key": list(k), "value": list(v)} for i, (k, v) in sorted(lay.cache.items())
+            ],  # [heads, dim] of what each caching layer keeps; layers not listed keep none (KV sharing)
+            "vocab_size": cfg.vocab_size,
+            "rope_switch": lay.rope_switch,
+            "parts": [],
+            "graphs": [],
+        }
+        np_dtype = {"fp32": "float32", "fp16": "float16"}[precision]
+        for pi, (u0, u1) in enumerate(parts):
+            layers = (max(0, u0 - 1), min(n, u1 - 1))
+            first, last = u0 == 0, u1 == len(units)
+            protos: dict[str, Any] = {}
+            for gname, q in gspecs:
+                past = 0 if gname.startswith("prefill") else ctx - q
+                name = gname if len(parts) == 1 else f"{gname}_part{pi + 1}"
+                spec = GraphSpec(
+                    name, q, past, layers, first, last, pi, find_targets(model, lay, targets, layers), max_adapters
+                )
+                say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
+                protos[f"{name}.onnx"] = _export_one(model, lay, spec, max_rank, dtype, np_dtype, quantized_lora)
+                manifest["graphs"].append(
+                    {
+                        "name": name,
+                        "kind": "prefill" if not past else "decode",
+                        "file": f"{name}.onnx",
+                        "part": pi,
+                        "q_len": q,
+                        "past_len": spec.past_len,
+                        "layers": list(layers),
+                        "first": first,
+                        "last": last,
+                        "inputs": [i.name for i in protos[f"{name}.onnx"].graph.input],
+                        "outputs": [o.name for o in protos[f"{name}.onnx"].graph.output],
+                    }
+                )
+            from loramgr.export.onnx_io import save_sharing_weights
+
+            data_name = "model.data" if len(parts) == 1 else f"part{pi + 1}.data"
+            saved = save_sharing_weights(protos, out, data_name)
+            if saved["data_bytes"] > max_part_bytes:
+                raise UsageError(
+                    f"--max-part-bytes {max_part_bytes}",
+                    f"part {pi + 1} came out at {saved['data_bytes']} "
+                    "bytes; lower the limit a little to leave room for exporter constants",
+                )
+            manifest["parts"].append(
                 {
-                    "name": name,
-                    "kind": "prefill" if not past else "decode",
-                    "file": f"{name}.onnx",
-                    "part": pi,
-                    "q_len": q,
-                    "past_len": spec.past_len,
+                    "index": pi,
                     "layers": list(layers),
-                    "first": first,
-                    "last": last,
-                    "inputs": [i.name for i in protos[f"{name}.onnx"].graph.input],
-                    "outputs": [o.name for o in protos[f"{name}.onnx"].graph.output],
+                    "embeddings": first,
+                    "head": last,
+                    "data": data_name,
+                    "data_bytes": saved["data_bytes"],
                 }
             )
-        from loramgr.export.onnx_io import save_sharing_weights
-
-        data_name = "model.data" if len(parts) == 1 else f"part{pi + 1}.data"
-        saved = save_sharing_weights(protos, out, data_name)
-        if saved["data_bytes"] > max_part_bytes:
-            raise UsageError(
-                f"--max-part-bytes {max_part_bytes}",
-                f"part {pi + 1} came out at {saved['data_bytes']} "
-                "bytes; lower the limit a little to leave room for exporter constants",
-            )
-        manifest["parts"].append(
-            {
-                "index": pi,
-                "layers": list(layers),
-                "embeddings": first,
-                "head": last,
-                "data": data_name,
-                "data_bytes": saved["data_bytes"],
-            }
-        )
-    (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+@contextlib.contextmanager
+def _fresh_dir(out: Path) -> Iterator[None]:
+    """Make ``out``; when the export fails, remove it again if it did not exist before (an existing
+    directory is the user's: only its files are overwritten, as a finished export would)."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def why_not(e: BaseException) -> str:
+    """One line for an exporter failure: the innermost cause's first line (torch.onnx wraps the real
+    reason, e.g. "No ONNX function found for aten.x", in several layers of advice)."""
+    inner: BaseException = e
+    seen = {id(inner)}
+    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
+        inner = inner.__cause__
+        seen.add(id(inner))
+    text = str(inner)
+    if "## Exception summary" in text:
+        text = text.split("## Exception summary", 1)[1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(inner).__name__)
+    return line[:300]
+
+
+def _guarded(cfg: Any, step: Callable[[], Any]) -> Any:
+    """``step()`` (a probe or a trace of the model); a failure inside torch or transformers is the
+    model's structure, not a loramgr bug: exit 2 naming the model type and the innermost reason."""
+    try:
+        return step()
+    except (UsageError, InvalidInputError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.export / onnxscript / transformers raise assorted types
+        raise UsageError(
+            f"model_type {getattr(cfg, 'model_type', None)!r}", f"cannot be exported: {why_not(e)}"
+        ) from None
 
 
 def _skeleton(cfg: Any) -> tuple[Any, Any]:
@@ -284,7 +344,17 @@ def _skeleton(cfg: Any) -> tuple[Any, Any]:
             f"has no causal LM the export can build ({first_line(e)}); "
             "`base export` takes decoder-only causal LMs (llama, mistral, qwen2/3, phi3, gemma2/3, granite, gpt2, ...)",
         ) from None
-    return model, layout_of(model)
+    lay = layout_of(model)
+    if lay.decoder is not None:  # the trace's refusals (masks, cache shapes) on the meta device
+        from loramgr.export.generic import probe
+
+        try:
+            probe(model, lay)
+        except UsageError:
+            raise
+        except Exception:  # noqa: BLE001 - ops the meta device cannot run; the probe with weights decides
+            pass
+    return model, lay
 
 
 def _export_one(
@@ -296,6 +366,7 @@ def _export_one(
     from loramgr.export.htp_clean import htp_clean
     from loramgr.export.model import Gpt2Forward
     from loramgr.export.onnx_io import add_lora_defaults, strip_dropout
+    from loramgr.export.rewrites import translations
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
     fwd = Gpt2Forward(model, lay, spec) if lay.family == "gpt2" else GenericForward(model, lay, spec)
@@ -303,14 +374,18 @@ def _export_one(
     installed = fwd.installed() if isinstance(fwd, GenericForward) else contextlib.nullcontext()
     with torch.no_grad(), warnings.catch_warnings(), installed:
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            fwd,
-            args,
-            input_names=fwd.input_names,
-            output_names=fwd.output_names,
-            dynamo=True,
-            optimize=True,
-            verbose=False,
+        prog = _guarded(
+            model.config,
+            lambda: torch.onnx.export(
+                fwd,
+                args,
+                input_names=fwd.input_names,
+                output_names=fwd.output_names,
+                dynamo=True,
+                optimize=True,
+                custom_translation_table=translations(),
+                verbose=False,
+            ),
         )
     if prog is None:
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
@@ -323,6 +398,16 @@ def _export_one(
     shapes = {n: (tuple(a.shape), np_dtype) for n, a in zip(fwd.input_names, args, strict=True) if n in lora}
     slots = {n: tuple(a.shape) for n, a in zip(fwd.input_names, args, strict=True) if n.endswith(".lora_indices")}
     add_lora_defaults(proto, shapes, "lora_alpha" if spec.targets else None, spec.max_adapters, slots)
+    if lay.rope_switch is not None and "rope_long" in got:  # default 0: HF's per-call choice
+        import numpy as np
+        from onnx import helper, numpy_helper
+
+        from loramgr.runtime.generate import ROPE_SWITCH_KEY
+
+        proto.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), "rope_long"))
+        helper.set_model_props(
+            proto, {**{p.key: p.value for p in proto.metadata_props}, ROPE_SWITCH_KEY: str(lay.rope_switch)}
+        )
     strip_dropout(proto)
     htp_clean(proto)  # the same values, in ops Qualcomm's HTP compiles (export/htp_clean.py)
     if quantized_lora:

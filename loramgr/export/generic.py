@@ -16,9 +16,10 @@ stay in transformers' code; this module only changes what crosses the graph boun
   are replaced, for the trace only, by functions that turn the graph's ``attention_mask [1, P + q]``
   into the additive 4D mask the eager attention adds. The model's own code still decides which
   layer gets which mask. Past entries count where the mask is 1, new entries causally; sliding-window
-  layers also drop keys ``window`` or more positions behind the query, where past slot ``j`` holds
+  layers also drop keys ``window`` or more positions behind the query, and chunked layers (Llama 4)
+  keys outside the query's chunk of ``attention_chunk_size`` positions, where past slot ``j`` holds
   position ``j`` (loramgr's runtime fills the cache that way). Other mask patterns (bidirectional,
-  chunked, packed) are refused.
+  packed) are refused.
 - **Parts**: layers outside the part are skipped; a pre-hook on the part's first layer (or the final
   norm) substitutes the ``hidden_states`` input, and the input of the module after the part's last
   layer is its ``hidden_states_out``. Work outside the part is dead code the exporter removes.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from torch import nn
 from loramgr.errors import UsageError
 from loramgr.export.layout import MASK_FUNCTIONS, REFUSED_MASKS, Layout
 from loramgr.export.model import GraphModule, GraphSpec, alpha_of, lora_branch, lora_inputs_of, mask_bias
+from loramgr.export.rewrites import rewritten
 
 
 class GraphCache:
@@ -99,7 +102,9 @@ class GenericForward(GraphModule):
         handles: list[Any] = []
         saved: dict[int, nn.Module] = {}
         patched: dict[str, Any] = {}
+        stack = contextlib.ExitStack()
         try:
+            stack.enter_context(rewritten(self.model, self._long_rope, dec.modeling))
             modules = dict(self.model.named_modules())
             for path in self.targets:
                 handles.append(modules[path].register_forward_hook(self._lora_hook(path)))
@@ -125,6 +130,7 @@ class GenericForward(GraphModule):
                 dec.layers[i] = layer
             for f, fn in patched.items():
                 setattr(dec.modeling, f, fn)
+            stack.close()
 
     def _lora_hook(self, path: str) -> Any:
         def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
@@ -142,6 +148,17 @@ class GenericForward(GraphModule):
     def _capture(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._state["out"] = args[0] if args else kwargs["hidden_states"]
 
+    def _long_rope(self, position_ids: torch.Tensor, switch: int) -> torch.Tensor:
+        """Longrope's choice: HF's ``max(position_ids) + 1 > switch`` over this call's real tokens
+        (padding has mask 0), or the ``rope_long`` input set (a cache being recomputed with the long
+        factors, as HF's generate does once the sequence passes the switch)."""
+        current = self._state["mask"][:, self.spec.past_len :]
+        if current.shape == position_ids.shape:
+            position_ids = position_ids * current.to(position_ids.dtype)
+        long = (position_ids.max() + 1) > switch
+        flag = self._state.get("rope_long")
+        return long if flag is None else long | (flag.reshape(()) > 0)
+
     def _mask_function(self, name: str) -> Any:
         def make(*args: Any, **kwargs: Any) -> torch.Tensor:
             if name in REFUSED_MASKS or kwargs.get("or_mask_function") or kwargs.get("and_mask_function"):
@@ -152,29 +169,79 @@ class GenericForward(GraphModule):
                 )
             cfg = kwargs.get("config", args[0] if args else self.model.config)
             window = getattr(cfg, "sliding_window", None) if name == "create_sliding_window_causal_mask" else None
-            return mask_bias(self._state["mask"], self._state["position_ids"], self.spec.past_len, window)
+            chunk = getattr(cfg, "attention_chunk_size", None) if name == "create_chunked_causal_mask" else None
+            return mask_bias(self._state["mask"], self._state["position_ids"], self.spec.past_len, window, chunk)
 
         return make
 
     # -- the forward --------------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h, cache = self._run(dict(zip(self.input_names, args, strict=True)))
+        return (h, *[t for i in self.cached for t in cache.presents[i]])
+
+    def _run(self, d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, GraphCache]:
         s = self.spec
-        d = dict(zip(self.input_names, args, strict=True))
         dtype = next(self.model.parameters()).dtype
         self._lora = lora_inputs_of(d, self.targets)
         self._alpha = alpha_of(d, s, dtype)
         past = {}
         if s.past_len:
-            past = {i: (d[f"past_key_values.{i}.key"], d[f"past_key_values.{i}.value"]) for i in range(*s.layers)}
+            past = {i: (d[f"past_key_values.{i}.key"], d[f"past_key_values.{i}.value"]) for i in self.cached}
         cache = GraphCache(past, s.past_len)
         ids = d["input_ids"] if s.first else torch.zeros(1, s.q_len, dtype=torch.int64)
         self._state = {
             "hidden_states": d.get("hidden_states"),
             "mask": d["attention_mask"],
             "position_ids": d["position_ids"],
+            "rope_long": d.get("rope_long"),
         }
         kw = {self.dec.cache_kwarg: cache, "use_cache": True}
         out = self.model(input_ids=ids, attention_mask=d["attention_mask"], position_ids=d["position_ids"], **kw)
-        h = out.logits if s.last else self._state["out"]
-        presents = [t for i in range(*s.layers) for t in cache.presents[i]]
-        return (h, *presents)
+        return (out.logits if s.last else self._state["out"]), cache
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one eager forward of two tokens shows about a model (``probe``)."""
+
+    #: layer -> ((key heads, key dim), (value heads, value dim)) for the layers that call ``update``
+    cache: dict[int, tuple[tuple[int, int], tuple[int, int]]]
+    #: the shape a layer hands the next one; parts can be cut only where it is ``[1, tokens, hidden]``
+    carried: tuple[int, ...]
+
+
+def probe(model: Any, lay: Layout) -> Probe:
+    """Run the model as the graphs will (hooks, masks, stand-ins) on two tokens and read off what its
+    cache receives: what the model caches is what the graphs carry (DeepSeek's MLA caches K and V of
+    different widths; Gemma 3n's KV-shared layers call no ``update`` and keep nothing). On the meta
+    device (no weights read) it still runs every refusal the trace would hit."""
+    mt = getattr(model.config, "model_type", "?")
+    n = len(lay.layers)
+    fwd = GenericForward(model, lay, GraphSpec("probe", 2, 0, (0, n), True, True))
+    device = next(model.parameters()).device
+    carried: list[tuple[int, ...]] = []
+
+    def seen(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        h = args[0] if args else kwargs.get("hidden_states")
+        carried.append(tuple(h.shape) if isinstance(h, torch.Tensor) else ())
+
+    hook = lay.layers[0].register_forward_pre_hook(seen, with_kwargs=True)
+    try:
+        with torch.no_grad(), torch.device(device), fwd.installed():
+            ids = torch.zeros(1, 2, dtype=torch.int64)
+            _, cache = fwd._run(
+                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(2)[None]}
+            )
+    finally:
+        hook.remove()
+    layout = {}
+    for i, (k, v) in sorted(cache.presents.items()):
+        if k.dim() != 4 or v.dim() != 4 or k.shape[2] != 2 or v.shape[2] != 2:
+            raise UsageError(
+                f"model_type {mt!r}",
+                f"layer {i} caches keys {tuple(k.shape)} and values {tuple(v.shape)}, not [batch, heads, tokens, dim]",
+            )
+        layout[i] = ((int(k.shape[1]), int(k.shape[3])), (int(v.shape[1]), int(v.shape[3])))
+    if not layout:
+        raise UsageError(f"model_type {mt!r}", "its layers keep no KV cache")
+    return Probe(layout, carried[0] if carried else ())

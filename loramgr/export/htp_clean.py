@@ -134,12 +134,54 @@ def _elem_type(model: Any, name: str) -> int:
     return int(onnx.TensorProto.FLOAT)
 
 
+#: ops transformers' bf16 code paths use (Falcon's ALiBi slopes) that have no bf16 kernel on ORT's CPU or HTP
+BF16_ARITHMETIC = ("Mul", "Add", "Sub", "Div", "Neg", "MatMul", "Pow", "Sqrt", "Exp")
+
+
+def bf16_in_fp32(model: Any) -> int:
+    """Arithmetic on bfloat16 values computed in fp32 and rounded back to bfloat16: torch's CPU bf16
+    kernels do the same (widen, compute, round), so the values are HF's."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    casts = any(n.op_type == "Cast" and any(a.i == TensorProto.BFLOAT16 for a in n.attribute) for n in g.node)
+    if not casts and not any(t.data_type == TensorProto.BFLOAT16 for t in g.initializer):
+        return 0  # no bf16 value anywhere: skip the shape inference
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    }
+    types |= {t.name: t.data_type for t in g.initializer}
+    done = 0
+    for node in list(g.node):
+        if node.op_type not in BF16_ARITHMETIC or not any(types.get(i) == TensorProto.BFLOAT16 for i in node.input):
+            continue
+        at = list(g.node).index(node)
+        before = []
+        for k, x in enumerate(node.input):
+            if types.get(x) == TensorProto.BFLOAT16:
+                wide = f"{x}_fp32_{node.name or at}_{k}"
+                before.append(helper.make_node("Cast", [x], [wide], to=TensorProto.FLOAT, name=f"{wide}_cast"))
+                node.input[k] = wide
+        out = node.output[0]
+        node.output[0] = f"{out}_fp32"
+        after = helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.BFLOAT16, name=f"{out}_bf16_cast")
+        for j, m in enumerate(before):
+            g.node.insert(at + j, m)
+        g.node.insert(at + len(before) + 1, after)
+        done += 1
+    return done
+
+
 def htp_clean(model: Any) -> dict[str, int]:
     """Every rewrite, in order; returns how often each applied (unused constants are dropped)."""
     done = {
         "rsqrt_to_div": rsqrt_to_div(model),
         "pow2_to_mul": pow2_to_mul(model),
         "gelu_tanh_to_sigmoid": gelu_tanh_to_sigmoid(model),
+        "bf16_in_fp32": bf16_in_fp32(model),
     }
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}

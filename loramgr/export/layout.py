@@ -2,20 +2,22 @@
 argument and attachment points, and the refusals (exit 2) for models the export cannot take.
 
 Two families of layout: GPT-2 (``transformer.h``, ``Conv1D`` projections; the re-stated loop in
-``model.py``) and every other decoder-only model (``model.layers``, ``nn.Linear`` projections; the
-generic path in ``generic.py``, through the model's own forward).
+``model.py``) and every other decoder-only model (its layer list found from the model: ``model.layers``,
+``transformer.h``, ...; ``nn.Linear`` projections; the generic path in ``generic.py``, through the
+model's own forward).
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from loramgr.errors import UsageError
+from loramgr.export.rewrites import is_fused_experts, longrope_switch
 
 GPT2_TYPES = ("gpt2",)
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
@@ -33,8 +35,8 @@ class LoraTarget:
     out_features: int
 
 
-MASK_FUNCTIONS = ("create_causal_mask", "create_sliding_window_causal_mask")
-REFUSED_MASKS = ("create_chunked_causal_mask", "create_bidirectional_mask", "create_masks_for_generate")
+MASK_FUNCTIONS = ("create_causal_mask", "create_sliding_window_causal_mask", "create_chunked_causal_mask")
+REFUSED_MASKS = ("create_bidirectional_mask", "create_masks_for_generate")
 
 
 @dataclass(frozen=True)
@@ -58,31 +60,60 @@ def _reason(model: Any) -> str | None:
     return None
 
 
+def _layer_stack(model: Any, n: int) -> tuple[str, nn.ModuleList] | None:
+    """The decoder's layer list, found from the model rather than from a list of attribute names: the
+    ``nn.ModuleList`` of ``n`` (``num_hidden_layers``) modules of one class holding the most weights
+    (``model.layers``, ``transformer.h``, ``gpt_neox.layers``, ...)."""
+    found = [
+        (sum(p.numel() for p in m.parameters()), path, m)
+        for path, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) == n and len({type(x) for x in m}) == 1
+    ]
+    if not found:
+        return None
+    _, path, layers = max(found, key=lambda f: f[0])
+    return path, layers
+
+
+def _final_norm(dec: nn.Module, layers: nn.ModuleList) -> nn.Module | None:
+    """The module right after the layers: the first normalisation registered after them in the
+    decoder (``norm``, ``ln_f``, ``final_layernorm``...; BLOOM's embedding norm comes before)."""
+    after = False
+    for name, child in dec.named_children():
+        if child is layers:
+            after = True
+        elif after and ("norm" in type(child).__name__.lower() or "norm" in name.lower() or name == "ln_f"):
+            return child
+    return None
+
+
 def decoder_of(model: Any) -> Decoder:
     """Locate the decoder layers, final norm and cache argument, or refuse (exit 2) naming why."""
     mt = getattr(model.config, "model_type", "?")
     why = _reason(model)
     if why:
         raise UsageError(f"model_type {mt!r}", why)
-    n = getattr(model.config, "num_hidden_layers", None)
-    dec: Any = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(dec, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not n or len(layers) < n:
+    cfg = model.config
+    n = getattr(cfg, "num_hidden_layers", None)
+    stack = _layer_stack(model, int(n)) if isinstance(n, int) and n > 0 else None
+    if stack is None:
         raise UsageError(
             f"model_type {mt!r}",
-            "has no decoder layer list `model.layers`; `base export` takes decoder-only causal LMs",
+            f"has no list of its {n} decoder layers (num_hidden_layers); `base export` takes decoder-only causal LMs",
         )
-    norm = next((getattr(dec, a) for a in ("norm", "final_layernorm", "final_layer_norm") if hasattr(dec, a)), None)
+    path, layers = stack
+    modules = dict(model.named_modules())
+    dec = modules[path.rsplit(".", 1)[0]] if "." in path else model
+    norm = _final_norm(dec, layers)
     if not isinstance(norm, nn.Module):
-        raise UsageError(f"model_type {mt!r}", "has no final norm after its decoder layers")
+        raise UsageError(f"model_type {mt!r}", f"has no final norm after its decoder layers `{path}`")
     params = inspect.signature(type(dec).forward).parameters
     cache_kwarg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
     if not cache_kwarg:
-        raise UsageError(f"model_type {mt!r}", "its decoder takes no KV cache argument")
+        raise UsageError(f"model_type {mt!r}", f"its decoder {type(dec).__name__} takes no KV cache argument")
     modeling = sys.modules[type(dec).__module__]
     if not any(hasattr(modeling, f) for f in MASK_FUNCTIONS):
         raise UsageError(f"model_type {mt!r}", "builds its attention mask without transformers' mask functions")
-    cfg = model.config
     heads = cfg.num_attention_heads
     kvh = getattr(cfg, "num_key_value_heads", None) or heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -101,6 +132,11 @@ class Layout:
     embeddings: tuple[nn.Module, ...]  # what the first part holds besides layers
     head: tuple[nn.Module, ...]  # what the last part holds besides layers
     decoder: Decoder | None = None  # the generic path's view of the model (None: GPT-2's re-stated loop)
+    #: layer -> ((key heads, key dim), (value heads, value dim)) for the layers that keep a KV cache of
+    #: their own; read off the model by a probe forward (generic.cache_layout), every layer for GPT-2
+    cache: dict[int, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+    #: longrope's switch point (``original_max_position_embeddings``): the graphs take ``rope_long``
+    rope_switch: int | None = None
 
 
 def layout_of(model: Any) -> Layout:
@@ -109,16 +145,36 @@ def layout_of(model: Any) -> Layout:
     if family == "gpt2":
         t, c = model.transformer, model.config
         hd = c.hidden_size // c.num_attention_heads
-        return Layout(family, t.h, "transformer.h", c.num_attention_heads, hd, (t.wte, t.wpe), (t.ln_f, model.lm_head))
+        kv = (c.num_attention_heads, hd)
+        cache = {i: (kv, kv) for i in range(len(t.h))}
+        return Layout(
+            family,
+            t.h,
+            "transformer.h",
+            c.num_attention_heads,
+            hd,
+            (t.wte, t.wpe),
+            (t.ln_f, model.lm_head),
+            None,
+            cache,
+        )
     dec = decoder_of(model)
     path = next(p for p, m in model.named_modules() if m is dec.layers)
     emb = model.get_input_embeddings()
-    return Layout(family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head), dec)
+    switch = longrope_switch(model)
+    return Layout(
+        family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head), dec, {}, switch
+    )
 
 
 def _features(mod: nn.Module, family: str) -> tuple[int, int]:
     if family != "gpt2" and isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features
+    if is_fused_experts(mod):
+        raise TypeError(
+            f"is a {type(mod).__name__} (every expert's weights fused in 3D tensors), not an nn.Linear; "
+            "LoRA on routed experts is not exported: attach it to attention or to shared/dense MLP projections"
+        )
     w = getattr(mod, "weight", None)  # transformers' Conv1D stores [in, out]
     if family == "gpt2" and w is not None and w.dim() == 2 and type(mod).__name__ == "Conv1D":
         return int(w.shape[0]), int(w.shape[1])

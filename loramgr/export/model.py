@@ -3,12 +3,16 @@
 Every graph is one part of ``prefill`` or ``decode`` (batch 1, static shapes, as HTP wants):
 - inputs ``input_ids [1, q]`` (first part) or ``hidden_states [1, q, hidden]`` (later parts),
   ``attention_mask [1, P + q]`` (1 = attend), ``position_ids [1, q]``; graphs with a KV cache also
-  ``past_key_values.<layer>.key|value [1, kv_heads, P, head_dim]``;
+  ``past_key_values.<layer>.key|value [1, heads, P, dim]`` for each layer that keeps K/V of its own
+  (``Layout.cache``: heads and dims as the model caches them, e.g. DeepSeek's K and V differ; Gemma 3n's
+  KV-shared layers keep none);
 - LoRA inputs ``<module_path>.lora_A.weight [in, R]`` / ``.lora_B.weight [R, out]`` per attachment
   point, zero by default (= the base model), and ``lora_alpha``; with alpha slots (use cases)
-  ``lora_alpha [1, N]`` and ``<module_path>.lora_indices [1, R]`` (docs/conventions.md);
+  ``lora_alpha [1, N]`` and ``<module_path>.lora_indices [1, R]`` (docs/conventions.md); longrope
+  models also ``rope_long [1]`` (int64, default 0: HF's per-call choice; 1: the long factors, for
+  recomputing the cache once the sequence passes ``original_max_position_embeddings``, as HF does);
 - outputs ``logits`` (last part) or ``hidden_states_out``, and ``present.<layer>.key|value
-  [1, kv_heads, q, head_dim]`` (the new entries only: the runtime writes them into its cache).
+  [1, heads, q, dim]`` (the new entries only: the runtime writes them into its cache).
 
 Decoder-only models go through the model's own ``forward`` (``export/generic.py``). GPT-2 keeps a
 re-stated decoder loop here: its projections are transformers' ``Conv1D`` (``[in, out]`` weights),
@@ -74,20 +78,31 @@ def lora_branch(
     return y + (branch if alpha is None else branch * alpha)
 
 
-def mask_bias(mask: torch.Tensor, position_ids: torch.Tensor, past_len: int, window: int | None = None) -> torch.Tensor:
+def mask_bias(
+    mask: torch.Tensor, position_ids: torch.Tensor, past_len: int, window: int | None = None, chunk: int | None = None
+) -> torch.Tensor:
     """Additive fp32 bias ``[1, 1, q, P + q]`` from ``attention_mask [1, P + q]``: past entries where
     the mask is 1, new entries causally; with ``window``, keys ``window`` or more positions behind the
-    query are dropped too (past slot ``j`` holds position ``j``, as loramgr's runtime fills it).
+    query are dropped too, with ``chunk`` keys in another chunk of ``chunk`` positions than the query
+    (past slot ``j`` holds position ``j``, as loramgr's runtime fills it).
     fp32 even in fp16 graphs: added to the scores, it promotes them, so the softmax never overflows."""
     q = position_ids.shape[-1]
     m = mask.to(torch.bool)
     causal = torch.ones(q, q, dtype=torch.bool).tril()
     new = causal[None, None] & m[:, None, None, past_len:]
     allowed = torch.cat([m[:, None, None, :past_len].expand(1, 1, q, past_len), new], dim=-1) if past_len else new
-    if window:
+    if window or chunk:
         qpos = position_ids.reshape(q, 1)
         kpos = torch.cat([torch.arange(past_len, dtype=qpos.dtype), position_ids.reshape(q)]).reshape(1, -1)
-        allowed = allowed & ((qpos - kpos) < window)[None, None]
+        if window:
+            allowed = allowed & ((qpos - kpos) < window)[None, None]
+        if chunk:
+            allowed = (
+                allowed
+                & (torch.div(qpos, chunk, rounding_mode="floor") == torch.div(kpos, chunk, rounding_mode="floor"))[
+                    None, None
+                ]
+            )
     # 0 where allowed, the fp32 minimum elsewhere, as a product rather than a Where: the same values, and
     # an fp32 Where fails to finalize in the HTP simulator's fp32 mode (export/htp_clean.py)
     return (~allowed).to(torch.float32) * torch.finfo(torch.float32).min
@@ -102,24 +117,25 @@ class GraphModule(nn.Module):
         self.model: Any = model
         self.lay, self.spec = lay, spec
         self.targets = {t.module_path for t in spec.targets}
+        self.cached = [i for i in range(*spec.layers) if i in lay.cache]  # layers that keep K/V of their own
         self.input_names = self._input_names()
         self.output_names = (["logits"] if spec.last else ["hidden_states_out"]) + [
-            f"present.{i}.{kv}" for i in range(*spec.layers) for kv in ("key", "value")
+            f"present.{i}.{kv}" for i in self.cached for kv in ("key", "value")
         ]
 
     def _input_names(self) -> list[str]:
         s = self.spec
         names = ["input_ids" if s.first else "hidden_states", "attention_mask", "position_ids"]
         if s.past_len:
-            names += [f"past_key_values.{i}.{kv}" for i in range(*s.layers) for kv in ("key", "value")]
+            names += [f"past_key_values.{i}.{kv}" for i in self.cached for kv in ("key", "value")]
         names += [f"{t.module_path}.lora_{x}.weight" for t in s.targets for x in "AB"]
         if s.max_adapters:
             names += [f"{t.module_path}.lora_indices" for t in s.targets]
-        return names + (["lora_alpha"] if s.targets else [])
+        names += ["lora_alpha"] if s.targets else []
+        return names + (["rope_long"] if self.lay.rope_switch is not None else [])
 
     def example_inputs(self, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         s, c = self.spec, self.model.config
-        kvh, hd = self.lay.kv_heads, self.lay.head_dim
         lora_shapes = {f"{t.module_path}.lora_A.weight": (t.in_features, rank) for t in s.targets}
         lora_shapes |= {f"{t.module_path}.lora_B.weight": (rank, t.out_features) for t in s.targets}
         out: list[torch.Tensor] = []
@@ -133,7 +149,11 @@ class GraphModule(nn.Module):
             elif n == "position_ids":
                 out.append(torch.arange(s.q_len, dtype=torch.int64)[None])
             elif n.startswith("past_key_values."):
-                out.append(torch.zeros(1, kvh, s.past_len, hd, dtype=dtype))
+                _, layer, kv = n.split(".")
+                heads, dim = self.lay.cache[int(layer)][kv == "value"]
+                out.append(torch.zeros(1, heads, s.past_len, dim, dtype=dtype))
+            elif n == "rope_long":
+                out.append(torch.zeros(1, dtype=torch.int64))
             elif n == "lora_alpha":
                 out.append(torch.ones((1, s.max_adapters) if s.max_adapters else (1,), dtype=torch.float32))
             elif n.endswith(".lora_indices"):

@@ -48,6 +48,8 @@ def peft_adapter(model: Any, out: Path, seed: int = 1, **lora_kwargs: Any) -> An
     return pm
 
 
+_ATT = ("q_proj", "k_proj", "v_proj", "o_proj")
+
 #: family -> (config class, model class, config overrides, the targets its PEFT adapters usually take).
 #: Tiny and varied on purpose: 3 layers so Gemma mixes sliding and global layers, a window of 3 so a
 #: short generation runs past it, GQA everywhere.
@@ -84,6 +86,135 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
         {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.3, "logits_scaling": 1.5},
         ("q_proj", "v_proj", "down_proj"),
     ),
+    # -- second round: the real configs of shipped models (docs/export.md) --------------------------
+    "phi3_longrope": (  # Phi-3.5/Phi-4-mini: short/long factors switching at 8 positions (a test runs past it)
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "original_max_position_embeddings": 8,
+            "rope_scaling": {
+                "rope_type": "longrope",
+                "short_factor": [1.0, 1.1, 1.2, 1.3, 1.5, 1.8, 2.0, 2.5],
+                "long_factor": [1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0],
+            },
+        },
+        ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    ),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}, _ATT),
+    "qwen2_moe": (  # a shared expert with its own sigmoid gate; LoRA on its MLP too
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 48,
+        },
+        ("q_proj", "v_proj", "gate_proj", "up_proj"),
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16},
+        _ATT,
+    ),
+    "gpt_oss": (  # router biases, clamped SwiGLU experts with biases, attention sinks, sliding layers
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        {
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "head_dim": 16,
+            "sliding_window": 3,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        },
+        _ATT,
+    ),  # fmt: skip
+    "deepseek_v3": (  # multi-head latent attention (K and V cached at different widths), routed + shared experts
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        {
+            "num_key_value_heads": 4,
+            "moe_intermediate_size": 32,
+            "n_routed_experts": 4,
+            "n_shared_experts": 1,
+            "num_experts_per_tok": 2,
+            "n_group": 1,
+            "topk_group": 1,
+            "first_k_dense_replace": 1,
+            "kv_lora_rank": 16,
+            "q_lora_rank": 32,
+            "qk_rope_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "v_head_dim": 16,
+        },
+        ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
+    ),  # fmt: skip
+    "deepseek_v2": (  # complex-number RoPE, no q LoRA rank
+        "DeepseekV2Config",
+        "DeepseekV2ForCausalLM",
+        {
+            "num_key_value_heads": 4,
+            "moe_intermediate_size": 32,
+            "n_routed_experts": 4,
+            "n_shared_experts": 1,
+            "num_experts_per_tok": 2,
+            "first_k_dense_replace": 1,
+            "kv_lora_rank": 16,
+            "q_lora_rank": None,
+            "qk_rope_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "v_head_dim": 16,
+        },
+        ("q_proj", "kv_b_proj", "o_proj"),
+    ),  # fmt: skip
+    "gemma3n": (  # KV sharing (the last 2 of 4 layers reuse K/V), AltUp, LAuReL, per-layer inputs, sparsity
+        "Gemma3nTextConfig",
+        "Gemma3nForCausalLM",
+        {
+            "num_hidden_layers": 4,
+            "head_dim": 16,
+            "vocab_size_per_layer_input": 128,
+            "hidden_size_per_layer_input": 8,
+            "sliding_window": 3,
+            "num_kv_shared_layers": 2,
+            "laurel_rank": 4,
+            "altup_num_inputs": 2,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0],
+        },
+        _ATT,
+    ),  # fmt: skip
+    "llama4": (  # chunked attention (chunks of 4), NoPE layers, complex RoPE, a routed + shared expert MoE
+        "Llama4TextConfig",
+        "Llama4ForCausalLM",
+        {
+            "head_dim": 16,
+            "intermediate_size_mlp": 96,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 1,
+            "attention_chunk_size": 4,
+            "interleave_moe_layer_step": 1,
+        },
+        _ATT,
+    ),  # fmt: skip
+    "falcon": (  # new decoder architecture: parallel attention + MLP, grouped KV, `transformer.h`
+        "FalconConfig",
+        "FalconForCausalLM",
+        {"num_kv_heads": 2, "new_decoder_architecture": True},
+        ("query_key_value", "dense"),
+    ),
+    "falcon_alibi": (  # Falcon-RW style: ALiBi (bf16 slopes), multi-query
+        "FalconConfig",
+        "FalconForCausalLM",
+        {"alibi": True, "multi_query": True, "parallel_attn": False},
+        ("query_key_value", "dense_h_to_4h"),
+    ),
+    "bloom": ("BloomConfig", "BloomForCausalLM", {}, ("query_key_value", "dense")),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", {"rotary_dim": 8}, ("q_proj", "v_proj", "out_proj", "fc_in")),
 }
 
 

@@ -26,6 +26,11 @@ _NP = {
 }
 
 
+#: ONNX metadata of a longrope graph (``base export``): ``original_max_position_embeddings``, where HF
+#: switches to the long factors; its graphs take ``rope_long`` to recompute the cache with them
+ROPE_SWITCH_KEY = "loramgr.rope_switch"
+
+
 @dataclass
 class Runner:
     """One graph: its input shapes/dtypes, output names and a function feeds -> outputs (in order)."""
@@ -33,6 +38,7 @@ class Runner:
     inputs: dict[str, tuple[tuple[int, ...], Any]]
     outputs: list[str]
     fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
+    meta: dict[str, str] = field(default_factory=dict)  # the model's metadata_props
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.fn({k: v for k, v in feeds.items() if k in self.inputs}), strict=True))
@@ -41,13 +47,15 @@ class Runner:
     def from_session(
         cls, session: Any, fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None
     ) -> Runner:
-        """From an ``ort.InferenceSession`` (``fn`` defaults to ``session.run(None, feeds)``)."""
+        """From an ``ort.InferenceSession`` (``fn`` defaults to ``session.run(None, feeds)``); inputs
+        with a default (LoRA weights, ``rope_long``) count as inputs."""
         ins = {
             a.name: (tuple(int(d) if isinstance(d, int) else -1 for d in a.shape), _NP.get(a.type, np.float32))
-            for a in session.get_inputs()
+            for a in [*session.get_inputs(), *session.get_overridable_initializers()]
         }
         outs = [o.name for o in session.get_outputs()]
-        return cls(ins, outs, fn or (lambda feeds: session.run(None, feeds)))
+        meta = dict(session.get_modelmeta().custom_metadata_map or {})
+        return cls(ins, outs, fn or (lambda feeds: session.run(None, feeds)), meta)
 
 
 @dataclass
@@ -149,8 +157,9 @@ def greedy(
     for name, buf in cache.items():
         pres = presents[name.replace("past_key_values.", "present.")]
         buf[:, :, :n0] = pres[:, :, :n0]
-    pos = n0
+    fed = list(prompt[:n0])
     pending = list(prompt[n0:])
+    switch = rope_switch(decode)
     gen = Generation([])
     while len(gen.tokens) < steps:
         if pending:
@@ -161,20 +170,58 @@ def greedy(
             gen.logits.append(row)
             if len(gen.tokens) == steps:
                 break
-        if pos >= past:
+        if len(fed) >= past:
             raise ValueError(f"the KV cache ({past} entries) is full")
-        m = np.zeros((1, past + 1), np.int64)
-        m[0, :pos] = 1
-        m[0, past] = 1
-        step: dict[str, np.ndarray] = {}
-        feeds = {
-            "input_ids": np.array([[tok]], np.int64),
-            "attention_mask": m,
-            "position_ids": np.array([[pos]], np.int64),
-            **cache,
-        }
-        row = _run_chain(decode, feeds, step)[0, 0]
-        for name, buf in cache.items():
-            buf[:, :, pos] = step[name.replace("past_key_values.", "present.")][:, :, 0]
-        pos += 1
+        if switch is not None and len(fed) == switch:  # HF's generate recomputes its cache here, long factors
+            _recompute(prefill, decode, fed, cache)
+        row = _decode_step(decode, tok, len(fed), cache, long=switch is not None and len(fed) >= switch)
+        fed.append(tok)
     return gen
+
+
+def rope_switch(graphs: list[Runner]) -> int | None:
+    """A longrope model's switch point, when its graphs take ``rope_long`` (``base export``)."""
+    for r in graphs:
+        if "rope_long" in r.inputs and ROPE_SWITCH_KEY in r.meta:
+            return int(r.meta[ROPE_SWITCH_KEY])
+    return None
+
+
+def _decode_step(decode: list[Runner], tok: int, pos: int, cache: dict[str, np.ndarray], *, long: bool) -> np.ndarray:
+    """Feed one token at ``pos`` through the decode chain, write its K/V into ``cache``; its logits row."""
+    past = next(iter(cache.values())).shape[2]
+    m = np.zeros((1, past + 1), np.int64)
+    m[0, :pos] = 1
+    m[0, past] = 1
+    step: dict[str, np.ndarray] = {}
+    feeds = {
+        "input_ids": np.array([[tok]], np.int64),
+        "attention_mask": m,
+        "position_ids": np.array([[pos]], np.int64),
+        "rope_long": np.array([int(long)], np.int64),
+        **cache,
+    }
+    row: np.ndarray = _run_chain(decode, feeds, step)[0, 0]
+    for name, buf in cache.items():
+        buf[:, :, pos] = step[name.replace("past_key_values.", "present.")][:, :, 0]
+    return row
+
+
+def _recompute(prefill: list[Runner], decode: list[Runner], tokens: list[int], cache: dict[str, np.ndarray]) -> None:
+    """Rebuild the cache of ``tokens`` with longrope's long factors (``rope_long`` = 1): what HF's
+    generate does once the sequence passes ``original_max_position_embeddings`` (Phi-3's
+    ``prepare_inputs_for_generation``), so the keys cached before the switch match a full forward."""
+    seq = prefill[0].inputs["input_ids"][0][1]
+    n0 = min(len(tokens), seq)
+    ids = np.zeros((1, seq), np.int64)
+    ids[0, :n0] = tokens[:n0]
+    mask = np.zeros((1, seq), np.int64)
+    mask[0, :n0] = 1
+    presents: dict[str, np.ndarray] = {}
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]}
+    _run_chain(prefill, feeds | {"rope_long": np.ones(1, np.int64)}, presents)
+    for name, buf in cache.items():
+        buf[:] = 0
+        buf[:, :, :n0] = presents[name.replace("past_key_values.", "present.")][:, :, :n0]
+    for pos in range(n0, len(tokens)):
+        _decode_step(decode, tokens[pos], pos, cache, long=True)
