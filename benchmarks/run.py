@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.htp import bench_htp  # noqa: E402
 from benchmarks.lookups import bench_lookups  # noqa: E402
 from benchmarks.measure import Row, interleave, self_timed, table  # noqa: E402
+from benchmarks.quant import bench_quant  # noqa: E402
 from benchmarks.models import lm  # noqa: E402
 
 #: every row id a full or quick run writes (tests check them; the docs/benchmarks.md table is keyed by them)
@@ -71,6 +72,9 @@ ROW_IDS = (
     "htp_context_bytes_shared",
     "htp_switch_vs_new_session",
     "htp_fp16_top1_agreement",
+    "calibrate_aimet_per_adapter_s",
+    "w8a16_cosine",
+    "w8a8_cosine",
 )
 
 
@@ -294,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "real size": lambda: bench_real_size(tmp, q),
             "htp": lambda: bench_htp(tmp, q),
+            "quant": lambda: bench_quant(tmp, q),
         }
         for label in STEPS:
             if label in only:
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases", "scale", "htp", "real size")
+STEPS = ("register", "switch", "lookups", "rebuild", "parity", "use cases", "scale", "htp", "quant", "real size")
 
 
 def machine() -> dict[str, Any]:

@@ -216,9 +216,10 @@ def _alpha_input(base: Base, alphas: list[float]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OwnerCalibration(JsonRecord):
-    adapter: str  # ref, or "default" for the base's own
+    adapter: str  # ref, "default" for the base's own, "usecase:NAME"
     activation_tensors: int
     param_tensors: int
+    cosine: float | None = None  # --engine aimet: quantized simulation vs float logits on the calibration data
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,39 @@ class Calibration(JsonRecord):
     act_bits: int
     weight_bits: int
     adapters: list[OwnerCalibration]
+    engine: str = "loramgr"  # or "aimet"
+    scheme: str | None = None  # --engine aimet: w8a16, w8a8, w16a16
+
+
+Owner = tuple[Adapter | None, UseCase | None]
+
+
+def owners_of(reg: Registry, base: Base, adapters: list[Adapter]) -> list[Owner]:
+    """Who gets encodings, in order: the base (default adapter), each adapter, each use case."""
+    use_cases = reg.use_cases.list(base.ref) if base.max_adapters else []
+    return [(None, None), *((a, None) for a in adapters), *((None, uc) for uc in use_cases)]
+
+
+def owner_label(ad: Adapter | None, uc: UseCase | None) -> str:
+    return f"usecase:{uc.name}" if uc else ad.ref if ad else "default"
+
+
+def owner_prepared(reg: Registry, base: Base, ad: Adapter | None, uc: UseCase | None) -> dict[str, np.ndarray]:
+    """An owner's prepared (float) LoRA inputs: none for the base, a use case's concatenated ranks."""
+    if uc is not None:
+        members = list(reg.adapter_many(uc.adapters).values())
+        both = [prepared_with_ranks(m, base) for m in members]
+        return concat_inputs(base, [p for p, _ in both], [r for _, r in both])
+    return {} if ad is None else prepared_inputs(ad, base)
+
+
+def owner_feeds(reg: Registry, base: Base, ad: Adapter | None, uc: UseCase | None) -> tuple[dict[str, np.ndarray], str]:
+    """(the owner's float LoRA inputs with its alpha input, its label): what a quantization simulation
+    is fed (its own quantizers play the integer codes)."""
+    lora = dict(owner_prepared(reg, base, ad, uc))
+    if base.alpha_tensor:
+        lora[base.alpha_tensor] = _alpha_input(base, uc.alphas if uc else [1.0])
+    return lora, owner_label(ad, uc)
 
 
 def calibrate(
@@ -265,17 +299,10 @@ def calibrate(
                     paths[g] = q
         sessions = {g.name: _session(paths[g.name]) for g in base.graphs}
         kinds = {g.name: g.kind for g in base.graphs}
-        use_cases = reg.use_cases.list(base.ref) if base.max_adapters else []
-        owners: list[tuple[Adapter | None, UseCase | None]] = [(None, None), *((a, None) for a in adapters)]
-        owners += [(None, uc) for uc in use_cases]
+        owners = owners_of(reg, base, adapters)
         with Progress(len(owners), "calibrating", quiet) as progress:
             for ad, uc in owners:
-                if uc is not None:  # the use case's concatenated ranks, at its default alphas
-                    members = list(reg.adapter_many(uc.adapters).values())
-                    both = [prepared_with_ranks(m, base) for m in members]
-                    prepared = concat_inputs(base, [p for p, _ in both], [r for _, r in both])
-                else:
-                    prepared = {} if ad is None else prepared_inputs(ad, base)
+                prepared = owner_prepared(reg, base, ad, uc)  # a use case: its ranks, at its default alphas
                 params_enc = {
                     n: symmetric_per_channel(v, wbits, axis=1, per_tensor=per_tensor)
                     for n, v in sorted(prepared.items())
@@ -309,6 +336,5 @@ def calibrate(
                     replace_all=True,
                     use_case_id=uc.id if uc else None,
                 )
-                label = f"usecase:{uc.name}" if uc else ad.ref if ad else "default"
-                done.append(OwnerCalibration(label, len(enc.activation), len(enc.param)))
+                done.append(OwnerCalibration(owner_label(ad, uc), len(enc.activation), len(enc.param)))
     return Calibration(base.ref, str(data), act_bits, wbits, done)

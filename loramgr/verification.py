@@ -25,6 +25,7 @@ import numpy as np
 from loramgr.errors import IncompatibleError, NotFoundError, UsageError
 from loramgr.export import quiet_transformers
 from loramgr.formats.safetensors import read_header, read_tensor
+from loramgr.quantsim import THRESHOLDS, QuantSim, scheme_of
 from loramgr.records import Adapter, Base, JsonRecord
 from loramgr.runtime import Plan
 from loramgr.runtime.generate import _NP, _run_chain
@@ -34,7 +35,7 @@ from loramgr.sections.backends.ort import read_section
 if TYPE_CHECKING:
     from loramgr.registry.api import Registry
     from loramgr.runtime import Plan
-    from loramgr.runtime.ort import Htp
+    from loramgr.runtime.ort import GraphOpener, Htp
 
 FP32_TOL, FP16_TOL = 1e-4, 2e-2
 #: A SoC's float path on HTP computes in fp16 (the QNN EP with a soc_model): logits vs PEFT fp32 are held
@@ -80,7 +81,9 @@ class VerifyRow(JsonRecord):
     tolerance: float
     ok: bool
     rel_error: float | None = None  # --device htp: max |diff| / max |reference|
-    top1_agreement: float | None = None  # --device htp: share of positions whose argmax agrees
+    top1_agreement: float | None = None  # --device htp, quantized builds: share of positions whose argmax agrees
+    #: quantized builds: cosine of the adapter's own effect (logits with it minus the base's, simulated vs fp32)
+    delta_cosine: float | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,10 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
     model = AutoModelForCausalLM.from_pretrained(
         hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation="eager", use_safetensors=True
     ).eval()
+    if not members:  # the base model itself
+        with torch.no_grad():
+            base_logits: np.ndarray = model.to(dtype)(input_ids=torch.from_numpy(ids)).logits.float().numpy()
+            return base_logits
     with tempfile.TemporaryDirectory() as tmp:
         names = [f"slot{i}" for i in range(len(members))]
         for i, (ad, _) in enumerate(members):
@@ -155,7 +162,7 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
             return logits
 
 
-def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None, htp: Htp | None) -> np.ndarray:
+def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None, htp: GraphOpener | None) -> np.ndarray:
     """The plan's logits for the prompt ``ids`` (``[1, n]``), right-padded to the prefill graph's fixed
     length (masked, so the first n rows are the prompt's alone, as in generation)."""
     pre, _ = lm_chains(plan, name, alpha, htp=htp)
@@ -350,6 +357,13 @@ def verify(
             raise UsageError(f"--input-ids {str(bad[0])[:24]}", f"is outside the vocabulary (0 to {vocab - 1})")
         ids = np.array([prompt[:seq]], np.int64)
     names = adapters or [*plan.adapters, *plan.use_cases]
+    scheme_q = scheme_of(plan) if htp is None and mode == "peft" else None  # a quantized build, simulated
+    base_weights: dict[str, Any] = {}
+    if scheme_q:
+        base_weights = {k: v for k, v in reg.encodings.get(base.id, None).param.items() if k not in base.lora_inputs}
+        assert hf is not None
+        base_got = _prefill_logits(plan, "default", ids, None, QuantSim(plan, "default", base_weights))
+        base_want = _peft_logits(hf, [], ids, base.precision)
     rows = []
     for name in names:
         entry = plan.entry(name)
@@ -362,9 +376,19 @@ def verify(
                 )
         if mode == "peft":
             n = ids.shape[1]
-            got = _prefill_logits(plan, name, ids, alpha, htp)
+            sim = QuantSim(plan, name, base_weights) if scheme_q else None
+            got = _prefill_logits(plan, name, ids, alpha, htp or sim)
             assert hf is not None
             want = _peft_logits(hf, members, ids, base.precision)
+            if scheme_q:  # held to its scheme's cosine and top-1 agreement, not to the fp32 tolerance
+                min_cos, min_top1, min_delta = THRESHOLDS.get(scheme_q, THRESHOLDS["w8a8"])
+                min_cos = tolerance if tolerance is not None else min_cos  # --tolerance: the cosine to hold
+                diff, cos = _diff(got[:, :n], want), _cos(got[:, :n], want)
+                top1 = float((got[:, :n].argmax(-1) == want.argmax(-1)).mean())
+                delta = _cos(got[:, :n] - base_got[:, :n], want - base_want)
+                ok = cos >= min_cos and top1 >= min_top1 and delta >= min_delta
+                rows.append(VerifyRow(entry.ref, f"{mode}:{scheme_q}", diff, cos, min_cos, ok, None, top1, delta))
+                continue
             diff = _diff(got[:, :n], want)
             cos = _cos(got[:, :n], want)
             if soc:

@@ -5,7 +5,9 @@
 #      the one command to run is printed and the script stops with exit 2.
 #   2. .venv from the project's own files (pyproject.toml, the [dev] extra: torch==2.13.0 CPU, the
 #      export and PostgreSQL extras, and onnxruntime-qnn where its wheel exists). Redone only when
-#      pyproject.toml changed (a stamp holds its hash).
+#      pyproject.toml changed (a stamp holds its hash). AIMET (aimet-onnx, pinned below) with --no-deps where
+#      its wheel exists (x86_64 Linux, glibc >= 2.34): its declared onnx2torch dependency pulls a torchvision
+#      that breaks beside torch 2.13.0; the packages it needs at run time are the [aimet] extra.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -34,7 +36,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 stamp="$VENV/.loramgr-install-stamp"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)-${LORAMGR_EXTRAS:-dev}"
+AIMET_ONNX="aimet-onnx==2.42.0"
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)-${LORAMGR_EXTRAS:-dev}-$AIMET_ONNX"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "loramgr set-up: installing Python packages into .venv"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 \
@@ -42,6 +45,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch is pinned to the CPU wheel that lies on these machines (torch==2.13.0 in pyproject.toml).
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[${LORAMGR_EXTRAS:-dev}]" 2>&1 \
     | grep -v -e "^WARNING: Location" -e "is ignored: it is neither" || true
+  if [[ "${LORAMGR_EXTRAS:-dev}" == *dev* || "${LORAMGR_EXTRAS:-dev}" == *aimet* ]] && [ "$(uname -m)" = x86_64 ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$AIMET_ONNX" 2>&1 \
+      | grep -v -e "^WARNING: Location" -e "is ignored: it is neither" || true
+  fi
   "$VENV/bin/python" -c "import loramgr"
   echo "$want" > "$stamp"
 fi

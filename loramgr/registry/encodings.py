@@ -7,6 +7,7 @@ adapter's)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from loramgr.errors import InvalidInputError, NotFoundError, UsageError
+from loramgr.errors import IntegrityError, InvalidInputError, NotFoundError, UsageError
 from loramgr.formats.encodings import load
-from loramgr.records import Adapter, Base, EncodingSet, JsonRecord
+from loramgr.records import Adapter, Base, EncodingSet
 from loramgr.registry import rows
 from loramgr.registry.models import EncodingRow
 
@@ -25,22 +26,60 @@ if TYPE_CHECKING:
     from loramgr.registry.core import RegistryCore
 
 
-def tensor_names(base: Base) -> tuple[set[str], set[str]]:
-    """(graph I/O tensor names, LoRA weight input names) of a base."""
+@dataclass(frozen=True)
+class GraphNames:
+    """Every tensor of a base's graphs (read from the stored ONNX files, weights not loaded): what an
+    activation encoding may name (node outputs: LoRA-branch outputs, projection outputs, graph I/O)
+    and what a base weight encoding may name (float initializers)."""
+
+    activations: frozenset[str] = frozenset()
+    weights: frozenset[str] = frozenset()
+
+
+def tensor_names(base: Base, graph: GraphNames | None = None) -> tuple[set[str], set[str]]:
+    """(activation tensor names, weight names) a base's encodings may use: graph I/O, declared points
+    and (with ``graph``) every inner tensor; LoRA weight inputs, and with ``graph`` base weights."""
     io: set[str] = set()
     for g in base.graphs:
         io |= set(g.inputs) | set(g.outputs)
     params = base.lora_inputs
-    return (io | set(base.quantization_points)) - params, params
+    acts = (io | set(base.quantization_points) | set(graph.activations if graph else ())) - params
+    return acts, params | set(graph.weights if graph else ())
 
 
-def check_names(enc: EncodingSet, base: Base, source: str) -> None:
-    """Every encoding must name a tensor of the base (I/O tensors for activations, LoRA inputs for
-    params), and a param encoding must have one entry per output channel of its tensor, or one."""
-    io, params = tensor_names(base)
+_LORA_NAME = re.compile(r"^(?:base_model\.model\.)?(?P<m>.+)\.lora_(?P<r>[AB])(?:\.[^.]+)?\.weight$")
+_SCALE_NAME = re.compile(r"^(?:base_model\.model\.)?(?P<m>.+)\.lora_scale(?:\.[^.]+)?$")
+
+
+def canonical_name(name: str, lora_inputs: set[str]) -> str:
+    """A tensor name as AIMET or PEFT writes it -> the base's: ``base_model.model.`` dropped, the
+    adapter name segment (``lora_A.<adapter>.weight``) dropped, and a module path that differs by a
+    wrapper prefix (``model.`` or none) matched to the one attachment point it names."""
+    m = _LORA_NAME.match(name)
+    if name in lora_inputs or not m:
+        return name
+    want = f"{m.group('m')}.lora_{m.group('r')}.weight"
+    if want in lora_inputs:
+        return want
+    found = [n for n in lora_inputs if n.endswith("." + want) or want.endswith("." + n)]
+    return found[0] if len(found) == 1 else name
+
+
+def scale_module(name: str) -> str | None:
+    """The module path of AIMET's ``<module>.lora_scale`` tensor (None for other names)."""
+    m = _SCALE_NAME.match(name)
+    return m.group("m") if m else None
+
+
+def check_names(enc: EncodingSet, base: Base, source: str, graph: GraphNames | None = None) -> None:
+    """Every encoding must name a tensor of the base (graph tensors for activations, LoRA inputs or
+    base weights for params), and a LoRA param encoding must have one entry per output channel of its
+    tensor, or one."""
+    acts, weights = tensor_names(base, graph)
+    params = base.lora_inputs
     for sec, have, allowed, what in (
-        ("activation_encodings", enc.activation, io | params, "graph tensor"),
-        ("param_encodings", enc.param, params, "LoRA weight input"),
+        ("activation_encodings", enc.activation, acts | params, "graph tensor"),
+        ("param_encodings", enc.param, weights, "LoRA weight input" + (" or base weight" if graph else "")),
     ):
         unknown = sorted(set(have) - allowed)
         if unknown:
@@ -54,12 +93,21 @@ def check_names(enc: EncodingSet, base: Base, source: str) -> None:
         n: c for ap in base.attachment_points for n, c in ((ap.tensor_a, ap.rank), (ap.tensor_b, ap.out_features))
     }
     for name, entries in enc.param.items():
-        if len(entries) not in (1, channels[name]):
+        if name in channels and len(entries) not in (1, channels[name]):
             raise InvalidInputError(
                 source,
                 f"param_encodings.{name}: {len(entries)} entries; the tensor has {channels[name]} output channels"
                 " (give one per channel, or one for the whole tensor)",
             )
+
+
+@dataclass(frozen=True)
+class AimetFile:
+    """An AIMET encodings file read against a base: its encodings under the base's names, and the
+    modules whose ``lora_scale`` (AIMET's separate ``alpha / r``) it holds."""
+
+    encodings: EncodingSet
+    scale_modules: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -71,29 +119,52 @@ class OwnerEncodings:
     encodings: EncodingSet
 
 
-@dataclass(frozen=True)
-class EncodingsImported(JsonRecord):
-    """What ``encodings import --json`` prints."""
-
-    adapter: str
-    base: str
-    tensors: int
-    file: str
-
-
 class Encodings:
     """``reg.encodings``: the encoding rows of a registry."""
 
     def __init__(self, reg: RegistryCore) -> None:
         self.reg = reg
+        self._graph_names: dict[int, GraphNames] = {}
 
-    @staticmethod
-    def read_file(path: str | Path, base: Base) -> EncodingSet:
-        """An AIMET encodings file, parsed and checked against ``base``'s tensor names (exit 4 on any
-        unknown name): done before anything is written."""
-        enc = EncodingSet.from_aimet(load(path))
-        check_names(enc, base, str(path))
-        return enc
+    def graph_names(self, base: Base) -> GraphNames:
+        """The tensors of ``base``'s stored graphs (cached per base and process)."""
+        if base.id not in self._graph_names:
+            import onnx
+
+            acts: set[str] = set()
+            weights: set[str] = set()
+            for g in base.graphs:
+                path = self.reg.store.path_for(g.sha256)
+                if not path.is_file():
+                    raise IntegrityError(
+                        str(path), f"store object of graph {g.name} is missing", hint="run `loramgr fsck`"
+                    )
+                gp = onnx.load(str(path), load_external_data=False).graph
+                acts |= {o for n in gp.node for o in n.output if o} | {i.name for i in gp.input}
+                acts |= {o.name for o in gp.output}
+                weights |= {t.name for t in gp.initializer if t.data_type in (1, 10, 16) and len(t.dims) >= 1}
+            self._graph_names[base.id] = GraphNames(frozenset(acts - weights), frozenset(weights - base.lora_inputs))
+        return self._graph_names[base.id]
+
+    def read_aimet(self, path: str | Path, base: Base) -> AimetFile:
+        """An AIMET encodings file (any layout ``formats.encodings.parse`` takes), its tensor names
+        mapped to the base's (``canonical_name``) and checked against every tensor of its graphs (exit 4
+        on any unknown name): done before anything is written."""
+        lora = base.lora_inputs
+        graph = self.graph_names(base)
+        doc = load(path, is_param=lambda n: canonical_name(n, lora) in lora or n in graph.weights)
+        mapped = {
+            sec: {canonical_name(n, lora): v for n, v in doc.get(sec, {}).items()}
+            for sec in ("activation_encodings", "param_encodings")
+        }
+        enc = EncodingSet.from_aimet(mapped)
+        check_names(enc, base, str(path), graph)
+        scales = frozenset(m for m in map(scale_module, doc.get("lora_scales", [])) if m)
+        return AimetFile(enc, scales)
+
+    def read_file(self, path: str | Path, base: Base) -> EncodingSet:
+        """``read_aimet``'s encodings."""
+        return self.read_aimet(path, base).encodings
 
     def write(
         self,
@@ -223,10 +294,3 @@ class Encodings:
                 hint="run `loramgr calibrate` or `loramgr encodings import`",
             )
         return OwnerEncodings(label, base.ref, enc)
-
-    def import_file(self, ref: str, path: str | Path, base_ref: str | None = None) -> EncodingsImported:
-        """Attach an AIMET file to an adapter; its tensors replace what calibration computed."""
-        ad = self.reg.adapter(ref)
-        base = self.base_for(ad, base_ref)
-        n = self.save(base.id, ad.id, self.read_file(path, base), "import")
-        return EncodingsImported(ad.ref, base.ref, n, str(path))

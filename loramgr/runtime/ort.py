@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from loramgr.runtime.generate import Generation
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+
+
+class GraphOpener(Protocol):
+    """What opens a plan's graph as a session other than the plan's own file on the CPU: Qualcomm's
+    HTP (``Htp``), or a quantized simulation (:class:`loramgr.quantsim.QuantSim`)."""
+
+    def open(self, plan: Plan, graph: str) -> tuple[Path, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class LoraSession:
         session_options: Any = None,
         weights: SharedWeights | None = None,
         fast_default: bool = True,
-        htp: Htp | None = None,
+        htp: GraphOpener | None = None,
     ) -> None:
         """``weights``: one memory-mapped copy of the base's weights shared with the other sessions
         built with it (:mod:`loramgr.runtime.weights`); None: this session loads its own.
@@ -360,7 +367,7 @@ def lm_chains(
     alpha: Alpha = None,
     *,
     share_weights: bool = False,
-    htp: Htp | None = None,
+    htp: GraphOpener | None = None,
 ) -> tuple[list[Any], list[Any] | None]:
     """Prefill and decode chains of an exported LM plan (graphs by kind, parts in plan order) as
     :class:`loramgr.runtime.generate.Runner` objects running ``adapter`` (or a use case) on one
