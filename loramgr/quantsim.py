@@ -100,6 +100,10 @@ def fake_quantized(
     g = model.graph
     produced = {o: n for n in g.node for o in n.output}
     float_inputs = {i.name for i in g.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+    inputs = {i.name for i in g.input}
+    # a constant AIMET quantizes as an activation (an embedding table): its value, quantized in place
+    constants = {t.name for t in g.initializer if t.name not in inputs and t.data_type == TensorProto.FLOAT}
+    weights = {**{k: v[:1] for k, v in activations.items() if k in constants and k not in weights}, **weights}
     added_nodes: list[tuple[Any, list[Any]]] = []
     count = 0
     for i, (name, entries) in enumerate(sorted(activations.items())):

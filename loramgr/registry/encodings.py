@@ -43,7 +43,9 @@ def tensor_names(base: Base, graph: GraphNames | None = None) -> tuple[set[str],
     for g in base.graphs:
         io |= set(g.inputs) | set(g.outputs)
     params = base.lora_inputs
-    acts = (io | set(base.quantization_points) | set(graph.activations if graph else ())) - params
+    # AIMET quantizes some constants as activations (an embedding table feeding a Gather): initializers too
+    inner = set(graph.activations) | set(graph.weights) if graph else set()
+    acts = (io | set(base.quantization_points) | inner) - params
     return acts, params | set(graph.weights if graph else ())
 
 
@@ -142,7 +144,7 @@ class Encodings:
                 gp = onnx.load(str(path), load_external_data=False).graph
                 acts |= {o for n in gp.node for o in n.output if o} | {i.name for i in gp.input}
                 acts |= {o.name for o in gp.output}
-                weights |= {t.name for t in gp.initializer if t.data_type in (1, 10, 16) and len(t.dims) >= 1}
+                weights |= {t.name for t in gp.initializer if t.data_type in (1, 10, 16)}  # float, scalars too
             self._graph_names[base.id] = GraphNames(frozenset(acts - weights), frozenset(weights - base.lora_inputs))
         return self._graph_names[base.id]
 
