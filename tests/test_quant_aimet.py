@@ -331,3 +331,72 @@ def test_aimet_encodings_reach_the_qairt_importers_quant_overrides(tmp_path):
     ok("build", "--base", "q", "--backend", "qairt", "--sdk-root", sdk, "-o", tmp_path / "out")
     overrides = load(tmp_path / "out" / "qairt" / "prefill" / "ad0_v1.encodings")
     assert set(overrides["activation_encodings"]) == set(_acts("ad0")) and len(overrides["param_encodings"]) == 8
+
+
+def test_quantized_htp_target_takes_aimets_ranges(tmp_path):
+    """`build --backend qnn-ep --precision qdq-u16u8` after `calibrate --engine aimet`: the QDQ model the
+    target compiles takes, for every activation with stored encodings, the union of the base's and the
+    adapters' AIMET ranges (one QDQ model serves every adapter); verify on HTP (x86 simulation) passes."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import numpy_helper
+
+    from loramgr.registry.api import Registry
+    from loramgr.sections.backends import qdq
+
+    tiny_llama().save_pretrained(tmp_path / "hf")
+    for i in range(2):
+        peft_adapter(
+            tiny_llama(), tmp_path / f"ad{i}", seed=30 + i, r=R, lora_alpha=16, target_modules=["q_proj", "v_proj"]
+        )
+    ok("base", "export", tmp_path / "hf", "--name", "f", "--target-modules", "q_proj,v_proj", "--max-rank", "16",
+       "--graphs", f"prefill={S}", "--context-len", "16", "-o", tmp_path / "onnx")  # fmt: skip
+    for i in range(2):
+        ok("register", tmp_path / f"ad{i}", "--name", f"ad{i}")
+        ok("validate", f"ad{i}", "--base", "f")
+    data = tmp_path / "calib.jsonl"
+    data.write_text(
+        "".join(json.dumps({"input_ids": [(5 * i + 3 * j) % 128 for j in range(S)]}) + "\n" for i in range(8))
+    )
+    ok("calibrate", "--base", "f", "--all", "--data", data, "--engine", "aimet", "--scheme", "w8a16")
+
+    reg = Registry()
+    base = reg.base("f")
+    sets = [reg.encodings.get(base.id, None), *(reg.encodings.get(base.id, reg.adapter(f"ad{i}").id) for i in range(2))]
+    ranges = qdq.stored_ranges(sets)
+    m = onnx.load(str(tmp_path / "onnx" / "prefill.onnx"))
+    qdq.clamp_mask(m, qdq.MASK_FILL["qdq-u16u8"])
+    onnx.save(m, str(tmp_path / "src.onnx"), save_as_external_data=True, location="src.data")
+    x = np.arange(S, dtype=np.int64)[None]
+    feeds = [{"input_ids": x, "attention_mask": np.ones_like(x), "position_ids": x}]
+    taken = qdq.quantize_graph(
+        tmp_path / "src.onnx", tmp_path / "q.onnx", feeds, "qdq-u16u8", base.alpha_tensor, ranges
+    )
+    assert taken > 50
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    checked = 0
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] in ranges and ".lora_" not in n.input[0]:
+            lo, hi = ranges[n.input[0]]
+            want = (max(hi, 0.0) - min(lo, 0.0)) / 65535
+            assert abs(float(inits[n.input[1]].ravel()[0]) - want) <= 1e-4 * want, n.input[0]  # float32 math
+            checked += 1
+    assert checked > 20
+
+    ok(
+        "build",
+        "--base",
+        "f",
+        "--backend",
+        "qnn-ep",
+        "--target",
+        "sm8750",
+        "--precision",
+        "qdq-u16u8",
+        "-o",
+        tmp_path / "out",
+    )
+    ok("plan", "--base", "f")
+    v = ok("verify", "--plan", tmp_path / "out" / "plan.json", "--device", "htp", "--target", "sm8750", "--json").json
+    assert v["ok"] and all(r["cosine"] >= 0.99 for r in v["adapters"]), v

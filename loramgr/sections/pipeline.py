@@ -259,7 +259,10 @@ def build(
                 todo.insert(0, first)
             graph_files = materialize_graphs(reg, base, out)
             ctx = BuildContext(
-                base, {g: out / f.rel_path for f in graph_files if f.kind is FileKind.GRAPH for g in f.graphs}, out
+                base,
+                {g: out / f.rel_path for f in graph_files if f.kind is FileKind.GRAPH for g in f.graphs},
+                out,
+                reg.encodings.get(base.id, None),
             )
             log.append(f"reused {len(reused)} file(s); building {len(todo)} job(s)")
             work.mkdir(parents=True, exist_ok=True)

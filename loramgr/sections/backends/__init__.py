@@ -57,6 +57,8 @@ class BuildContext:
     base: Base
     graph_paths: dict[str, Path]
     out: Path
+    #: the base's own stored encodings (the default adapter's): a quantized target takes their ranges
+    base_encodings: EncodingSet = field(default_factory=EncodingSet)
 
 
 Progress = Callable[[SectionJob], None]

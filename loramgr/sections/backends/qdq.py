@@ -13,6 +13,9 @@ Measured with onnxruntime 1.32 / onnxruntime-qnn 2.7 on the demo's tiny Llama (d
 - Every LoRA input is calibrated over every adapter's own tensors (and the default adapter's zeros):
   MinMax calibration, so an adapter of the build never clips. ``lora_alpha`` gets the fixed range
   [0, ``MAX_ALPHA``]. A later adapter whose tensors fall outside is refused for the target.
+- Activations with stored encodings (``calibrate --engine aimet``: the base's and each owner's own)
+  take the union of their ranges instead of this calibration's: the QDQ model the target compiles
+  uses AIMET's encodings (``stored_ranges``); the others are calibrated here.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from loramgr.errors import IncompatibleError, UsageError
+from loramgr.records import EncodingSet
 
 SCHEMES = {"qdq-u16u8": ("QUInt16", "QUInt8"), "qdq-u8u8": ("QUInt8", "QUInt8")}
 #: the mask fill per activation width: exp(fill) is nil next to any real score, and the range stays fine
@@ -163,24 +167,61 @@ class _Reader:
         self.i = 0
 
 
-def quantize_graph(src: Path, dest: Path, feeds: list[dict[str, np.ndarray]], scheme: str, alpha: str | None) -> None:
-    """``src`` (float, required LoRA inputs, mask clamped) -> the QDQ model ``dest`` (+ its data)."""
+def stored_ranges(sets: Iterable[EncodingSet]) -> dict[str, tuple[float, float]]:
+    """Per activation tensor, the union of the ranges the owners' stored encodings cover (AIMET's,
+    from ``calibrate --engine aimet``): one QDQ model serves every adapter of the target, so each of
+    its activations must hold what every owner's own encoding holds."""
+    out: dict[str, tuple[float, float]] = {}
+    for enc in sets:
+        for name, entries in enc.activation.items():
+            e = entries[0]
+            if e.get("dtype", "int") != "int" or "min" not in e:
+                continue
+            lo, hi = float(e["min"]), float(e["max"])
+            if name in out:
+                lo, hi = min(lo, out[name][0]), max(hi, out[name][1])
+            out[name] = (lo, hi)
+    return out
+
+
+def quantize_graph(
+    src: Path,
+    dest: Path,
+    feeds: list[dict[str, np.ndarray]],
+    scheme: str,
+    alpha: str | None,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> int:
+    """``src`` (float, required LoRA inputs, mask clamped) -> the QDQ model ``dest`` (+ its data).
+    ``ranges``: activation ranges to use instead of this calibration's (``stored_ranges``); returns how
+    many of them name a tensor of the graph."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     act, weight = (getattr(QuantType, t) for t in SCHEMES[scheme])
     reader: Any = _Reader(feeds)
-    overrides = {alpha: [{"rmin": np.float32(0.0), "rmax": np.float32(MAX_ALPHA)}]} if alpha else None
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    if ranges:
+        g = onnx.load(str(src), load_external_data=False).graph
+        inits = {t.name for t in g.initializer}
+        tensors = ({o for n in g.node for o in n.output} | {i.name for i in g.input}) - inits
+        overrides = {
+            n: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for n, (lo, hi) in ranges.items() if n in tensors
+        }
+    if alpha:
+        overrides[alpha] = [{"rmin": np.float32(0.0), "rmax": np.float32(MAX_ALPHA)}]
     cfg = get_qnn_qdq_config(
         str(src),
         reader,
         calibrate_method=CalibrationMethod.MinMax,
         activation_type=act,
         weight_type=weight,
-        init_overrides=overrides,
+        init_overrides=overrides or None,
     )
     cfg.use_external_data_format = True
     quantize(str(src), str(dest), cfg)
+    return len(overrides) - (1 if alpha else 0)
 
 
 def lora_encodings(qdq: Path, names: Iterable[str]) -> dict[str, Encoding]:

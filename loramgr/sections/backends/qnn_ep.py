@@ -176,15 +176,20 @@ class QnnEpBackend(OrtBackend):
         vocab = int((base.export or {}).get("vocab_size") or 2)
         feeds = qdq.calibration_feeds(float_q, lora_sets, vocab)
         names = sorted({n for ap in base.attachment_points for n in ap.tensors} | {base.alpha_tensor or ""} - {""})
+        ranges = qdq.stored_ranges([ctx.base_encodings, *(j.encodings for j in jobs)])  # AIMET's, if calibrated
         out: dict[str, Path] = {}
         enc: dict[str, dict[str, qdq.Encoding]] = {}
+        taken = 0
         for g, (_, src) in float_q.items():
             dest = work / ".qdq" / f"{g}.onnx"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            qdq.quantize_graph(src, dest, feeds[g], self.quantize, base.alpha_tensor)
+            taken += qdq.quantize_graph(src, dest, feeds[g], self.quantize, base.alpha_tensor, ranges)
             out[g] = dest
             enc[g] = qdq.lora_encodings(dest, names)
-        self.log.append(f"quantized {', '.join(out)} as {self.quantize} over {len(lora_sets)} LoRA sets")
+        self.log.append(
+            f"quantized {', '.join(out)} as {self.quantize} over {len(lora_sets)} LoRA sets"
+            + (f", {taken} activation ranges from stored encodings" if taken else "")
+        )
         return out, enc
 
 
