@@ -115,6 +115,13 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
         },
         ("q_proj", "v_proj", "gate_proj", "up_proj"),
     ),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2}, _ATT),
+    "granitemoe": (  # Granite's multipliers over parallel (input/output linear) experts
+        "GraniteMoeConfig",
+        "GraniteMoeForCausalLM",
+        {"num_local_experts": 4, "num_experts_per_tok": 2, "embedding_multiplier": 2.0, "residual_multiplier": 0.5},
+        _ATT,
+    ),
     "qwen3_moe": (
         "Qwen3MoeConfig",
         "Qwen3MoeForCausalLM",
