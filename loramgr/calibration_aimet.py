@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loramgr.calibration import Calibration, OwnerCalibration, load_data, owner_feeds, owners_of
-from loramgr.errors import UsageError, first_line
+from loramgr.errors import InvalidInputError, UsageError, first_line
 from loramgr.infra.progress import Progress
 from loramgr.quantsim import downstream, float_lora
 from loramgr.records import Base, EncodingSet, FileKind
@@ -229,6 +229,11 @@ def calibrate_aimet(
     quantsim = _aimet()
     base = reg.base(base_ref)
     wbits, abits = (int(t[3:]) for t in SCHEMES[scheme])
+    if base.precision not in ("fp32", "int8", "int16"):
+        raise UsageError(
+            f"calibrate --engine aimet --base {base.ref}",
+            f"simulates fp32 graphs (integer LoRA inputs or not); this base is {base.precision}: export it in fp32",
+        )
     fixed = base.precision if base.precision in ("int8", "int16") else None
     if fixed and fixed != f"int{wbits}":
         raise UsageError(
@@ -259,7 +264,7 @@ def calibrate_aimet(
                         with _quiet():
                             g.sim.compute_encodings(lambda s, g=g, lora=lora: _drive(graphs, g.name, s, lora, prompts))
                     except Exception as e:  # noqa: BLE001 - ORT / AIMET errors on a sample: the data's fault
-                        raise UsageError(str(data), f"AIMET cannot run a sample ({first_line(e)})") from None
+                        raise InvalidInputError(str(data), f"AIMET cannot run a sample ({first_line(e)})") from None
                     a, p = _read(g.sim, None if i == 0 else g.changed | g.lora)
                     acts |= a
                     params |= {k: v for k, v in p.items() if (k in g.lora) != (i == 0)}
