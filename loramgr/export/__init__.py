@@ -19,14 +19,14 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loramgr.errors import InvalidInputError, UsageError, first_line
+from loramgr.export.failures import fresh_dir, guarded
 from loramgr.export.inputs import (
     check_finite_config,
     check_finite_weights,
@@ -177,7 +177,7 @@ def export_base(
     if lay.decoder is not None:
         from loramgr.export.generic import probe
 
-        seen = _guarded(cfg, lambda: probe(model, lay))
+        seen = guarded(cfg, lambda: probe(model, lay))
         lay, carried = dataclasses.replace(lay, cache=seen.cache), seen.carried
     n = len(lay.layers)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
@@ -204,7 +204,7 @@ def export_base(
             "parts cannot be cut between them; export it as one part",
         )
     out = Path(out_dir)
-    with _fresh_dir(out):
+    with fresh_dir(out):
         (kvh, hd), _ = next(iter(lay.cache.values()))
         if quantized_lora not in (None, 8, 16):
             raise UsageError(f"--quantized-lora {quantized_lora}", "must be 8 or 16")
@@ -285,48 +285,6 @@ def export_base(
     return manifest
 
 
-@contextlib.contextmanager
-def _fresh_dir(out: Path) -> Iterator[None]:
-    """Make ``out``; when the export fails, remove it again if it did not exist before (an existing
-    directory is the user's: only its files are overwritten, as a finished export would)."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def why_not(e: BaseException) -> str:
-    """One line for an exporter failure: the innermost cause's first line (torch.onnx wraps the real
-    reason, e.g. "No ONNX function found for aten.x", in several layers of advice)."""
-    inner: BaseException = e
-    seen = {id(inner)}
-    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
-        inner = inner.__cause__
-        seen.add(id(inner))
-    text = str(inner)
-    if "## Exception summary" in text:
-        text = text.split("## Exception summary", 1)[1]
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(inner).__name__)
-    return line[:300]
-
-
-def _guarded(cfg: Any, step: Callable[[], Any]) -> Any:
-    """``step()`` (a probe or a trace of the model); a failure inside torch or transformers is the
-    model's structure, not a loramgr bug: exit 2 naming the model type and the innermost reason."""
-    try:
-        return step()
-    except (UsageError, InvalidInputError, MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as e:  # noqa: BLE001 - torch.export / onnxscript / transformers raise assorted types
-        raise UsageError(
-            f"model_type {getattr(cfg, 'model_type', None)!r}", f"cannot be exported: {why_not(e)}"
-        ) from None
-
-
 def _skeleton(cfg: Any) -> tuple[Any, Any]:
     """The model built on the meta device (no memory, no weights read) and its layout: the
     architecture is refused (exit 2) before a byte of weights is loaded."""
@@ -374,7 +332,7 @@ def _export_one(
     installed = fwd.installed() if isinstance(fwd, GenericForward) else contextlib.nullcontext()
     with torch.no_grad(), warnings.catch_warnings(), installed:
         warnings.simplefilter("ignore")
-        prog = _guarded(
+        prog = guarded(
             model.config,
             lambda: torch.onnx.export(
                 fwd,
