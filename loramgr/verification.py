@@ -13,8 +13,6 @@ Two references, the strongest available is used:
 from __future__ import annotations
 
 import json
-import math
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,11 @@ import numpy as np
 
 from loramgr.errors import IncompatibleError, NotFoundError, UsageError
 from loramgr.export import quiet_transformers
-from loramgr.formats.safetensors import read_header, read_tensor
-from loramgr.quantsim import THRESHOLDS, QuantSim, scheme_of
+from loramgr.quantsim import THRESHOLDS, QuantSim, exact_weights_chain, scheme_of
 from loramgr.records import Adapter, Base, JsonRecord
+from loramgr.reference import peft_factors, reference_for, reference_lora
 from loramgr.runtime import Plan
-from loramgr.runtime.generate import _NP, _run_chain
+from loramgr.runtime.generate import _NP, Runner, _run_chain
 from loramgr.runtime.ort import LoraSession, lm_chains
 from loramgr.sections.backends.ort import read_section
 
@@ -82,7 +80,8 @@ class VerifyRow(JsonRecord):
     ok: bool
     rel_error: float | None = None  # --device htp: max |diff| / max |reference|
     top1_agreement: float | None = None  # --device htp, quantized builds: share of positions whose argmax agrees
-    #: quantized builds: cosine of the adapter's own effect (logits with it minus the base's, simulated vs fp32)
+    #: quantized builds: cosine of the adapter's effect (its logits minus the base's) with its encodings
+    #: against with its exact weights, both in the same quantized simulation (docs/quantization.md)
     delta_cosine: float | None = None
 
 
@@ -165,7 +164,11 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
 def _prefill_logits(plan: Plan, name: str, ids: np.ndarray, alpha: float | None, htp: GraphOpener | None) -> np.ndarray:
     """The plan's logits for the prompt ``ids`` (``[1, n]``), right-padded to the prefill graph's fixed
     length (masked, so the first n rows are the prompt's alone, as in generation)."""
-    pre, _ = lm_chains(plan, name, alpha, htp=htp)
+    return chain_logits(lm_chains(plan, name, alpha, htp=htp)[0], ids)
+
+
+def chain_logits(pre: list[Runner], ids: np.ndarray) -> np.ndarray:
+    """A prefill chain's logits for ``ids`` (``[1, n]``), right-padded and masked to its fixed length."""
     n = ids.shape[1]
     seq = pre[0].inputs["input_ids"][0][1]
     seq = seq if isinstance(seq, int) and seq >= n else n
@@ -196,37 +199,6 @@ def _feeds(session: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return out
 
 
-_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<m>.+)\.lora_(?:embedding_)?(?P<r>[AB])(?:\.[^.]+)?(?:\.weight)?$")
-
-
-def _pattern(patterns: dict[str, Any], module: str) -> Any:
-    """PEFT's rank_pattern / alpha_pattern lookup, restated here for the reference: the first key in
-    the config's order whose regex matches the module path's tail (peft/utils/other.py get_pattern_key)."""
-    return next((v for k, v in patterns.items() if re.match(rf"(.*\.)?({k})$", module)), None)
-
-
-def peft_factors(weights: Path, config_json: str | None, lora_alpha: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """module path -> ``(A.T, (scale * B).T)``: the delta the adapter adds is their product
-    ``[in, out]``. Computed from the raw PEFT file and its config in these few lines on purpose: the
-    reference ``verify --mode sections`` compares loramgr's sections with must not reuse loramgr's
-    own preparation."""
-    cfg = json.loads(config_json) if config_json else {}
-    pairs: dict[str, dict[str, np.ndarray]] = {}
-    header = read_header(weights)  # bytes as stored (bf16 through ml_dtypes); no loramgr preparation
-    for key, info in header.tensors.items():
-        m = _PEFT_KEY.match(key)
-        if m:
-            pairs.setdefault(m.group("m"), {})[m.group("r")] = np.asarray(read_tensor(weights, info), np.float64)
-    out = {}
-    for module, ab in pairs.items():
-        a, b = ab["A"], ab["B"]
-        r = _pattern(cfg.get("rank_pattern") or {}, module) or cfg.get("r") or a.shape[0]
-        alpha = _pattern(cfg.get("alpha_pattern") or {}, module) or lora_alpha
-        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        out[module] = (a.T, (scale * b).T)
-    return out
-
-
 def _section_delta(
     params: dict[str, np.ndarray], a_name: str, b_name: str, col_alpha: np.ndarray | None = None
 ) -> np.ndarray:
@@ -240,15 +212,6 @@ def _section_delta(
     a = real(a_name) if col_alpha is None else real(a_name) * col_alpha[None, :]
     product: np.ndarray = a @ real(b_name)
     return product
-
-
-def _reference_for(
-    factors: dict[str, tuple[np.ndarray, np.ndarray]], module: str
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The reference factors of a base attachment point (module paths may differ by a wrapper prefix)."""
-    if module in factors:
-        return factors[module]
-    return next((d for m, d in factors.items() if m.endswith("." + module) or module.endswith("." + m)), None)
 
 
 def _sections_check(
@@ -265,7 +228,7 @@ def _sections_check(
     rng = np.random.default_rng(0)
     for graph in plan.graphs:
         points = base.points_of(graph)
-        refs = {ap.module_path: [_reference_for(f, ap.module_path) for f in factors] for ap in points}
+        refs = {ap.module_path: [reference_for(f, ap.module_path) for f in factors] for ap in points}
         sec = entry.section_for(graph)
         if plan.doc["backend"] in ("ort", "qnn-ep"):
             _, _, params = read_section(plan.verified(sec))
@@ -292,20 +255,7 @@ def _sections_check(
             elif i == 0:
                 s.set_alpha(a)
         got_out = s.run(feeds)
-        direct = dict(feeds)
-        for ap in points:  # the raw factors side by side, zero-padded to the graph's rank, slot per column
-            ra, rb = np.zeros((ap.in_features, ap.rank)), np.zeros((ap.rank, ap.out_features))
-            idx = np.full((1, ap.rank), slots or 0, np.int64)
-            col = 0
-            for slot, r in enumerate(refs[ap.module_path]):
-                if r is not None:
-                    k = r[0].shape[1]
-                    ra[:, col : col + k], rb[col : col + k, :], idx[0, col : col + k] = r[0], r[1], slot
-                    col += k
-            dt = np.float16 if ap.dtype == "float16" else np.float32
-            direct[ap.tensor_a], direct[ap.tensor_b] = ra.astype(dt), rb.astype(dt)
-            if ap.tensor_indices:
-                direct[ap.tensor_indices] = idx
+        direct = dict(feeds) | reference_lora(points, refs, slots)
         if s.alpha_tensor in s.input_names:
             direct[s.alpha_tensor] = s.alpha_value(alphas)
         ref_out = s.session.run(None, direct)
@@ -361,9 +311,7 @@ def verify(
     base_weights: dict[str, Any] = {}
     if scheme_q:
         base_weights = {k: v for k, v in reg.encodings.get(base.id, None).param.items() if k not in base.lora_inputs}
-        assert hf is not None
         base_got = _prefill_logits(plan, "default", ids, None, QuantSim(plan, "default", base_weights))
-        base_want = _peft_logits(hf, [], ids, base.precision)
     rows = []
     for name in names:
         entry = plan.entry(name)
@@ -380,12 +328,13 @@ def verify(
             got = _prefill_logits(plan, name, ids, alpha, htp or sim)
             assert hf is not None
             want = _peft_logits(hf, members, ids, base.precision)
-            if scheme_q:  # held to its scheme's cosine and top-1 agreement, not to the fp32 tolerance
+            if scheme_q:  # held to its scheme's bounds, not to the fp32 tolerance (docs/quantization.md)
                 min_cos, min_top1, min_delta = THRESHOLDS.get(scheme_q, THRESHOLDS["w8a8"])
                 min_cos = tolerance if tolerance is not None else min_cos  # --tolerance: the cosine to hold
                 diff, cos = _diff(got[:, :n], want), _cos(got[:, :n], want)
                 top1 = float((got[:, :n].argmax(-1) == want.argmax(-1)).mean())
-                delta = _cos(got[:, :n] - base_got[:, :n], want - base_want)
+                exact = chain_logits(exact_weights_chain(plan, base, name, members, base_weights), ids)
+                delta = _cos(got[:, :n] - base_got[:, :n], exact[:, :n] - base_got[:, :n])
                 ok = cos >= min_cos and top1 >= min_top1 and delta >= min_delta
                 rows.append(VerifyRow(entry.ref, f"{mode}:{scheme_q}", diff, cos, min_cos, ok, None, top1, delta))
                 continue

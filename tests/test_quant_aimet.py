@@ -263,8 +263,8 @@ def test_verify_holds_an_int8_build_to_its_scheme_and_catches_a_wrong_encoding(q
     ok("plan", "--base", "q", "-o", tmp / "good" / "plan.json")
     v = ok("verify", "--plan", tmp / "good" / "plan.json", "--json").json
     rows = {r["adapter"]: r for r in v["adapters"]}
-    assert all(r["ok"] and r["mode"] == "peft:w8a16" and r["tolerance"] == 0.999 for r in rows.values()), rows
-    assert all(r["delta_cosine"] >= 0.99 and r["max_abs_diff"] > 1e-4 for r in rows.values())  # not fp32-exact
+    assert all(r["ok"] and r["mode"] == "peft:w8a16" and r["tolerance"] == 0.995 for r in rows.values()), rows
+    assert all(r["delta_cosine"] >= 0.9995 and r["max_abs_diff"] > 1e-4 for r in rows.values())  # not fp32-exact
 
     ours = "model.layers.0.self_attn.q_proj.lora_B.weight"
     enc = ok("encodings", "show", "ad0", "--base", "q", "--tensor", ours, "--json").json["param_encodings"][ours]
@@ -278,6 +278,7 @@ def test_verify_holds_an_int8_build_to_its_scheme_and_catches_a_wrong_encoding(q
     assert r.exit_code == 5, r.stdout
     rows = {x["adapter"]: x for x in r.json["details"]["adapters"]}
     assert not rows["ad0@1"]["ok"] and rows["ad1@1"]["ok"]
+    assert rows["ad0@1"]["delta_cosine"] < 0.999 < rows["ad1@1"]["delta_cosine"]  # the adapter's own share shows it
 
 
 def test_fake_quantizer_matches_the_encoding_math():
