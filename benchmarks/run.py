@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.htp import bench_htp  # noqa: E402
 from benchmarks.lookups import bench_lookups  # noqa: E402
 from benchmarks.measure import Row, interleave, self_timed, table  # noqa: E402
-from benchmarks.quant import bench_quant  # noqa: E402
 from benchmarks.models import lm  # noqa: E402
+from benchmarks.quant import bench_quant  # noqa: E402
 
 #: every row id a full or quick run writes (tests check them; the docs/benchmarks.md table is keyed by them)
 ROW_IDS = (
