@@ -231,6 +231,22 @@ def test_second_round_refusals_are_one_line_exit_2(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "one part" in r.stderr and "gemma3n" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (g3n / "o").exists()
 
+    # a model that keeps state outside the attention cache (RecurrentGemma's recurrent layers): decode
+    # graphs would run and be wrong, so they are refused; prefill graphs alone export
+    import transformers
+
+    rg = tmp_path / "rg"
+    cfg = transformers.RecurrentGemmaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128, head_dim=16, lru_width=64, attention_window_size=8, pad_token_id=0, bos_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.RecurrentGemmaForCausalLM(cfg).save_pretrained(rg)
+    base = ("base", "export", rg, "--name", "rg", "--target-modules", "q_proj,v_proj", "--max-rank", "4")
+    r = invoke(*base, "--graphs", "prefill=6,decode=1", "--context-len", "16", "-o", rg / "o")
+    assert r.exit_code == 2 and "state outside the attention cache" in r.stderr and not (rg / "o").exists(), r.stderr
+    assert invoke(*base, "--graphs", "prefill=6", "-o", rg / "o").exit_code == 0
+
     def broken(*a, **k):
         try:
             raise NotImplementedError("No ONNX function found for aten.frobnicate")

@@ -175,10 +175,12 @@ def export_base(
     lay = layout_of(model)
     carried: tuple[int, ...] = ()
     if lay.decoder is not None:
-        from loramgr.export.generic import probe
+        from loramgr.export.generic import check_decode, probe
 
         seen = guarded(cfg, lambda: probe(model, lay))
         lay, carried = dataclasses.replace(lay, cache=seen.cache), seen.carried
+        if any(not g.startswith("prefill") for g, _ in parse_graphs(graphs)):  # decode graphs: their cache
+            guarded(cfg, lambda: check_decode(model, lay))  # must carry all the state there is
     n = len(lay.layers)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
     gspecs = parse_graphs(graphs)

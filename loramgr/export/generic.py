@@ -114,9 +114,14 @@ class GenericForward(GraphModule):
                     dec.layers[i] = _Skip(saved[i])
             start = dec.layers[s.layers[0]] if s.layers[0] < n else dec.norm
             end = dec.layers[s.layers[1]] if s.layers[1] < n else dec.norm
-            if not s.first:
+            if (start is None and not s.first) or (end is None and not s.last):
+                raise UsageError(
+                    f"model_type {getattr(self.model.config, 'model_type', '?')!r}",
+                    "has no final norm after its decoder layers to end a part at; export it as one part",
+                )
+            if not s.first and start is not None:
                 handles.append(start.register_forward_pre_hook(self._substitute, with_kwargs=True))
-            if not s.last:
+            if not s.last and end is not None:
                 handles.append(end.register_forward_pre_hook(self._capture, with_kwargs=True))
             for f in MASK_FUNCTIONS + REFUSED_MASKS:
                 if hasattr(dec.modeling, f):
@@ -208,6 +213,55 @@ class Probe:
     cache: dict[int, tuple[tuple[int, int], tuple[int, int]]]
     #: the shape a layer hands the next one; parts can be cut only where it is ``[1, tokens, hidden]``
     carried: tuple[int, ...]
+
+
+def _run_eager(
+    model: Any, lay: Layout, spec: GraphSpec, feeds: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, GraphCache]:
+    fwd = GenericForward(model, lay, spec)
+    with torch.no_grad(), fwd.installed():
+        return fwd._run(feeds)
+
+
+def check_decode(model: Any, lay: Layout) -> None:
+    """Refuse (exit 2) a model whose decode through the graphs' KV cache does not reproduce its own
+    full forward: three tokens at once against two of prefill and one of decode. A model that keeps
+    state outside the attention cache (recurrent or state-space layers) would otherwise export decode
+    graphs that run and are wrong. ``lay.cache`` must hold the probe's layout."""
+    n = len(lay.layers)
+    vocab = int(getattr(model.config, "vocab_size", 3) or 3)
+    ids = (torch.arange(1, 4) % vocab)[None]
+
+    def feeds(x: torch.Tensor, past: int, pos: list[int]) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": x,
+            "attention_mask": torch.ones(1, past + x.shape[1], dtype=torch.int64),
+            "position_ids": torch.tensor([pos]),
+        }
+
+    full, _ = _run_eager(model, lay, GraphSpec("check-full", 3, 0, (0, n), True, True), feeds(ids, 0, [0, 1, 2]))
+    # the prefill whose cache the decode step reads
+    _, cache = _run_eager(
+        model, lay, GraphSpec("check-prefill", 2, 0, (0, n), True, True), feeds(ids[:, :2], 0, [0, 1])
+    )
+    past = {
+        f"past_key_values.{i}.{kv}": t for i, (k, v) in cache.presents.items() for kv, t in (("key", k), ("value", v))
+    }
+    # other tokens in between: a model that keeps state in its modules (not in the cache it is handed)
+    # now holds theirs, as a graph would hold none
+    other = (torch.arange(5, 7) % vocab)[None]
+    _run_eager(model, lay, GraphSpec("check-other", 2, 0, (0, n), True, True), feeds(other, 0, [0, 1]))
+    step, _ = _run_eager(
+        model, lay, GraphSpec("check-decode", 1, 2, (0, n), True, True), feeds(ids[:, 2:], 2, [2]) | past
+    )
+    want, got = full[0, -1].float(), step[0, -1].float()
+    diff = float((want - got).abs().max())
+    if not diff <= 1e-3 * float(want.abs().max()) + 1e-4:
+        raise UsageError(
+            f"model_type {getattr(model.config, 'model_type', '?')!r}",
+            f"its decode through the KV cache does not reproduce its full forward (logits differ by {diff:.3g}): "
+            "it keeps state outside the attention cache (recurrent or state-space layers?); export prefill graphs only",
+        )
 
 
 def probe(model: Any, lay: Layout) -> Probe:

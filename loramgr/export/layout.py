@@ -44,7 +44,7 @@ class Decoder:
     """Where the generic path finds things in a loaded causal LM."""
 
     layers: nn.ModuleList
-    norm: nn.Module  # the module right after the last layer (its input is the last layer's output)
+    norm: nn.Module | None  # the module right after the last layer (its input is the last layer's output)
     cache_kwarg: str  # "cache" (transformers 5) or "past_key_values"
     modeling: Any  # the model's modeling module, whose mask functions are swapped during the trace
     kv_heads: int
@@ -75,16 +75,22 @@ def _layer_stack(model: Any, n: int) -> tuple[str, nn.ModuleList] | None:
     return path, layers
 
 
+FINAL_NORMS = ("norm", "final_layer_norm", "final_layernorm", "ln_f", "norm_f")
+
+
 def _final_norm(dec: nn.Module, layers: nn.ModuleList) -> nn.Module | None:
     """The module right after the layers: the first normalisation registered after them in the
-    decoder (``norm``, ``ln_f``, ``final_layernorm``...; BLOOM's embedding norm comes before)."""
+    decoder (``norm``, ``ln_f``, ``final_layernorm``...; BLOOM's embedding norm comes before), else one
+    of the usual final-norm names registered anywhere (OPT declares ``final_layer_norm`` first). None:
+    the model exports as one part (the norm only marks where a part ends)."""
     after = False
     for name, child in dec.named_children():
         if child is layers:
             after = True
         elif after and ("norm" in type(child).__name__.lower() or "norm" in name.lower() or name == "ln_f"):
             return child
-    return None
+    named = dict(dec.named_children())
+    return next((named[n] for n in FINAL_NORMS if isinstance(named.get(n), nn.Module)), None)
 
 
 def decoder_of(model: Any) -> Decoder:
@@ -105,8 +111,6 @@ def decoder_of(model: Any) -> Decoder:
     modules = dict(model.named_modules())
     dec = modules[path.rsplit(".", 1)[0]] if "." in path else model
     norm = _final_norm(dec, layers)
-    if not isinstance(norm, nn.Module):
-        raise UsageError(f"model_type {mt!r}", f"has no final norm after its decoder layers `{path}`")
     params = inspect.signature(type(dec).forward).parameters
     cache_kwarg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
     if not cache_kwarg:
@@ -163,7 +167,16 @@ def layout_of(model: Any) -> Layout:
     emb = model.get_input_embeddings()
     switch = longrope_switch(model)
     return Layout(
-        family, dec.layers, path, dec.kv_heads, dec.head_dim, (emb,), (dec.norm, model.lm_head), dec, {}, switch
+        family,
+        dec.layers,
+        path,
+        dec.kv_heads,
+        dec.head_dim,
+        (emb,),
+        tuple(m for m in (dec.norm, model.get_output_embeddings()) if isinstance(m, nn.Module)),
+        dec,
+        {},
+        switch,
     )
 
 

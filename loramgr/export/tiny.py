@@ -221,6 +221,12 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
         ("query_key_value", "dense_h_to_4h"),
     ),
     "bloom": ("BloomConfig", "BloomForCausalLM", {}, ("query_key_value", "dense")),
+    "opt": (  # learned positions (offset 2), the final norm declared before the layers
+        "OPTConfig",
+        "OPTForCausalLM",
+        {"ffn_dim": 96, "word_embed_proj_dim": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+        ("q_proj", "v_proj", "out_proj"),
+    ),
     "gptj": ("GPTJConfig", "GPTJForCausalLM", {"rotary_dim": 8}, ("q_proj", "v_proj", "out_proj", "fc_in")),
 }
 
