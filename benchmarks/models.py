@@ -50,6 +50,7 @@ def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:
     from transformers import AutoModelForCausalLM
 
     from loramgr.export import _export_one
+    from loramgr.export.generic import with_cache
     from loramgr.export.layout import layout_of
     from loramgr.export.model import GraphSpec
     from loramgr.export.onnx_io import save_sharing_weights
@@ -57,7 +58,7 @@ def export_without_lora(hf: Path, out: Path, q: int, past: int) -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         hf, local_files_only=True, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    lay = layout_of(model)
+    lay = with_cache(model, layout_of(model))
     spec = GraphSpec("decode", q, past, (0, len(lay.layers)), True, True)
     proto = _export_one(model, lay, spec, 1, torch.float32, "float32")
     save_sharing_weights({"plain.onnx": proto}, out, "plain.data")

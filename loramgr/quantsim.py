@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loramgr.records import Adapter, Base
+from loramgr.reference import peft_factors, reference_for, reference_lora
 from loramgr.runtime.generate import Runner
+from loramgr.runtime.ort import _lm_graphs
 
 if TYPE_CHECKING:
     from loramgr.runtime import Plan
@@ -240,9 +242,6 @@ def exact_weights_chain(
     the base's weight encodings), but fed the members' exact weights (raw PEFT factors, float, from
     :mod:`loramgr.reference`) instead of its sections: the same model with the adapter unquantized.
     Against it, the adapter's own quantization (its weight encodings) shows alone."""
-    from loramgr.reference import peft_factors, reference_for, reference_lora
-    from loramgr.runtime.ort import _lm_graphs
-
     sim = QuantSim(plan, entry, base_weights, exact_lora=True)
     factors = [peft_factors(Path(ad.store_path), ad.config_json, float(ad.lora_alpha or 0.0)) for ad, _ in members]
     alphas = [a for _, a in members]

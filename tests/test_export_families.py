@@ -260,3 +260,25 @@ def test_second_round_refusals_are_one_line_exit_2(tmp_path, monkeypatch):
                "--graphs", "prefill=6", "-o", llama / "o")  # fmt: skip
     assert r.exit_code == 2 and "aten.frobnicate" in r.stderr and "'llama'" in r.stderr, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1 and not (llama / "o").exists()
+
+
+def test_an_exported_graph_that_does_not_reproduce_the_model_is_refused(tmp_path, monkeypatch):
+    """Every graph is run once on ONNX Runtime against the model's own forward before the export
+    succeeds: a graph whose ONNX translation computes something else (here: an Add turned into a Sub
+    after the trace) is exit 2 naming the graph and the output, and nothing is left behind."""
+    import loramgr.export.htp_clean as hc
+
+    real = hc.htp_clean
+
+    def skewed(model):
+        done = real(model)
+        node = next(n for n in model.graph.node if n.op_type == "Add")
+        node.op_type = "Sub"
+        return done
+
+    monkeypatch.setattr(hc, "htp_clean", skewed)
+    tiny_family("llama").save_pretrained(tmp_path / "hf")
+    r = invoke("base", "export", tmp_path / "hf", "--name", "b", "--target-modules", "q_proj", "--max-rank", "4",
+               "--graphs", "prefill=6", "-o", tmp_path / "o")  # fmt: skip
+    assert r.exit_code == 2 and "prefill.onnx does not reproduce the model" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

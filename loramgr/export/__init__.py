@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -135,6 +136,7 @@ def export_base(
         raise UsageError(
             "base export", f"needs the [export] extra ({e.name} is missing)", hint="pip install 'loramgr[export]'"
         ) from None
+    from loramgr.export import selfcheck
     from loramgr.export.layout import check_targets, find_targets, layout_of
     from loramgr.export.model import GraphSpec
 
@@ -148,8 +150,14 @@ def export_base(
         cfg = AutoConfig.from_pretrained(hf, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InvalidInputError(str(hf / "config.json"), f"transformers cannot read it ({first_line(e)})") from None
-    check_finite_config(cfg.to_dict(), hf / "config.json")
-    check_targets(*_skeleton(cfg), targets)  # the architecture and targets, before any weight is read
+    try:  # the config class's own defaults: an infinity there is the model's, not damage
+        defaults = type(cfg)().to_dict()
+    except Exception:  # noqa: BLE001 - config classes that need arguments: no defaults to compare
+        defaults = {}
+    check_finite_config(cfg.to_dict(), hf / "config.json", defaults=defaults)
+    guarded(
+        cfg, lambda: check_targets(*_skeleton(cfg), targets)
+    )  # the architecture and targets, before any weight is read
     check_weights(hf)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
     if dtype is None:
@@ -172,7 +180,7 @@ def export_base(
         raise InvalidInputError(str(hf), f"the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}")
     model = model.eval().to(dtype)
     check_finite_weights(model, hf, precision)
-    lay = layout_of(model)
+    lay = guarded(cfg, lambda: layout_of(model))
     carried: tuple[int, ...] = ()
     if lay.decoder is not None:
         from loramgr.export.generic import check_decode, probe
@@ -240,6 +248,7 @@ def export_base(
             layers = (max(0, u0 - 1), min(n, u1 - 1))
             first, last = u0 == 0, u1 == len(units)
             protos: dict[str, Any] = {}
+            checks: dict[str, Any] = {}
             for gname, q in gspecs:
                 past = 0 if gname.startswith("prefill") else ctx - q
                 name = gname if len(parts) == 1 else f"{gname}_part{pi + 1}"
@@ -248,6 +257,9 @@ def export_base(
                 )
                 say(f"exporting {name} (layers {layers[0]}..{layers[1] - 1}, q={q}, past={spec.past_len})")
                 protos[f"{name}.onnx"] = _export_one(model, lay, spec, max_rank, dtype, np_dtype, quantized_lora)
+                checks[f"{name}.onnx"] = selfcheck.expectations(
+                    _forward(model, lay, spec), max_rank, dtype, quantized_lora is not None
+                )
                 manifest["graphs"].append(
                     {
                         "name": name,
@@ -267,6 +279,9 @@ def export_base(
 
             data_name = "model.data" if len(parts) == 1 else f"part{pi + 1}.data"
             saved = save_sharing_weights(protos, out, data_name)
+            for fname, (feeds, want) in checks.items():  # each graph, run once against the model itself
+                guarded(cfg, functools.partial(selfcheck.compare, out / fname, feeds, want, cfg.model_type, precision))
+            checks.clear()
             if saved["data_bytes"] > max_part_bytes:
                 raise UsageError(
                     f"--max-part-bytes {max_part_bytes}",
@@ -317,6 +332,14 @@ def _skeleton(cfg: Any) -> tuple[Any, Any]:
     return model, lay
 
 
+def _forward(model: Any, lay: Any, spec: Any) -> Any:
+    """The exportable module of one graph: GPT-2's re-stated loop or the generic path."""
+    from loramgr.export.generic import GenericForward
+    from loramgr.export.model import Gpt2Forward
+
+    return Gpt2Forward(model, lay, spec) if lay.family == "gpt2" else GenericForward(model, lay, spec)
+
+
 def _export_one(
     model: Any, lay: Any, spec: Any, rank: int, dtype: Any, np_dtype: str, quantized_lora: int | None = None
 ) -> Any:
@@ -324,12 +347,11 @@ def _export_one(
 
     from loramgr.export.generic import GenericForward
     from loramgr.export.htp_clean import htp_clean
-    from loramgr.export.model import Gpt2Forward
     from loramgr.export.onnx_io import add_lora_defaults, strip_dropout
     from loramgr.export.rewrites import translations
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
-    fwd = Gpt2Forward(model, lay, spec) if lay.family == "gpt2" else GenericForward(model, lay, spec)
+    fwd = _forward(model, lay, spec)
     args = fwd.example_inputs(rank, dtype)
     installed = fwd.installed() if isinstance(fwd, GenericForward) else contextlib.nullcontext()
     with torch.no_grad(), warnings.catch_warnings(), installed:

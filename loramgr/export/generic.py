@@ -28,6 +28,7 @@ stay in transformers' code; this module only changes what crosses the graph boun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,17 @@ class GraphCache:
 
     def get_seq_length(self, layer_idx: int | None = 0) -> int:
         return self.past_len
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else a model asks of its cache (recurrent or convolution state, a sparse-attention
+        indexer, per-layer cache objects) is state the graphs do not carry: a refusal naming it."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise UsageError(
+            f"the model's cache.{name}",
+            "it keeps state besides keys and values (recurrent, convolution or indexer state); "
+            "`base export` carries a key/value cache only",
+        )
 
 
 class _Skip(nn.Module):
@@ -299,3 +311,9 @@ def probe(model: Any, lay: Layout) -> Probe:
     if not layout:
         raise UsageError(f"model_type {mt!r}", "its layers keep no KV cache")
     return Probe(layout, carried[0] if carried else ())
+
+
+def with_cache(model: Any, lay: Layout) -> Layout:
+    """``lay`` with the cache layout ``probe`` reads off the model (the generic path; GPT-2's layout
+    already holds it)."""
+    return dataclasses.replace(lay, cache=probe(model, lay).cache) if lay.decoder is not None else lay

@@ -48,15 +48,25 @@ def check_weights(hf: Path) -> None:
         raise InvalidInputError(str(hf), "has no weights (*.safetensors)")
 
 
-def check_finite_config(cfg: Any, path: Path, where: str = "") -> None:
+def check_finite_config(cfg: Any, path: Path, where: str = "", defaults: Any = None) -> None:
     """No NaN or Inf among the config's numbers (``rms_norm_eps: NaN`` exports a graph whose every
-    output is NaN): refused naming the field, before any weight is read."""
+    output is NaN): refused naming the field, before any weight is read. An infinity the config
+    class itself defaults to (Mamba-2's ``time_step_limit: [0, inf]``) is the model's own."""
     items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg) if isinstance(cfg, list) else ()
     for k, v in items:
         field = f"{where}.{k}" if where else str(k)
-        if isinstance(v, float) and not math.isfinite(v):
+        default = _at(defaults, k)
+        if isinstance(v, float) and not math.isfinite(v) and not (math.isinf(v) and default == v):
             raise InvalidInputError(str(path), f"field {field!r} is {v}, not a finite number")
-        check_finite_config(v, path, field)
+        check_finite_config(v, path, field, default)
+
+
+def _at(container: Any, key: Any) -> Any:
+    if isinstance(container, dict):
+        return container.get(key)
+    if isinstance(container, list | tuple) and isinstance(key, int) and 0 <= key < len(container):
+        return container[key]
+    return None
 
 
 def check_finite_weights(model: Any, hf: Path, precision: str) -> None:

@@ -105,7 +105,10 @@ def decoder_of(model: Any) -> Decoder:
     if stack is None:
         raise UsageError(
             f"model_type {mt!r}",
-            f"has no list of its {n} decoder layers (num_hidden_layers); `base export` takes decoder-only causal LMs",
+            "has no num_hidden_layers in its config (a multimodal wrapper? export its text model's directory)"
+            if not isinstance(n, int)
+            else f"has no list of its {n} decoder layers (num_hidden_layers) of one kind (a hybrid of attention "
+            "and state-space layers?); `base export` takes decoder-only causal LMs",
         )
     path, layers = stack
     modules = dict(model.named_modules())
@@ -118,10 +121,20 @@ def decoder_of(model: Any) -> Decoder:
     modeling = sys.modules[type(dec).__module__]
     if not any(hasattr(modeling, f) for f in MASK_FUNCTIONS):
         raise UsageError(f"model_type {mt!r}", "builds its attention mask without transformers' mask functions")
-    heads = cfg.num_attention_heads
-    kvh = getattr(cfg, "num_key_value_heads", None) or heads
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return Decoder(layers, norm, cache_kwarg, modeling, int(kvh), int(hd))
+    # the nominal shape (the probe reads what each layer really caches): configs with per-layer values
+    # (Gemma 4) raise on the global attribute, so each read falls back
+    heads = _config_int(cfg, "num_attention_heads", 1)
+    kvh = _config_int(cfg, "num_key_value_heads", heads)
+    hd = _config_int(cfg, "head_dim", _config_int(cfg, "hidden_size", heads) // max(heads, 1))
+    return Decoder(layers, norm, cache_kwarg, modeling, kvh, hd)
+
+
+def _config_int(cfg: Any, name: str, default: int) -> int:
+    try:
+        v = getattr(cfg, name, None)
+    except Exception:  # noqa: BLE001 - transformers' per-layer attribute errors are not AttributeError
+        return default
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
 
 
 @dataclass(frozen=True)

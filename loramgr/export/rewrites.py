@@ -182,6 +182,12 @@ def uses_complex(modeling: Any) -> bool:
     return "view_as_complex" in src or "torch.polar" in src
 
 
+def _dense_forward(
+    self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    return dense_experts(self)(hidden_states, top_k_index, top_k_weights)
+
+
 @contextlib.contextmanager
 def rewritten(
     model: nn.Module, long: Callable[[torch.Tensor, int], torch.Tensor], modeling: Any = None
@@ -190,6 +196,7 @@ def rewritten(
     module that computes RoPE in complex numbers, ``torch``'s complex constructors too (one trace at a
     time: the export is single-threaded)."""
     done: list[nn.Module] = []
+    classes: dict[type, Any] = {}  # the decorated experts classes, their own forward
     saved = {n: getattr(torch, n) for n in COMPLEX_FUNCTIONS} if modeling is not None and uses_complex(modeling) else {}
     try:
         for n in saved:
@@ -197,15 +204,24 @@ def rewritten(
         for mod in model.modules():
             if is_dynamic_rope(mod):
                 mod.forward = rope_forward(mod, long)
+                done.append(mod)
             elif is_fused_experts(mod):
-                mod.forward = dense_experts(mod)
-            else:
-                continue
-            done.append(mod)
+                # the class transformers' decorator wrapped (a subclass may route around it: Ergo's
+                # per-route norm calls super().forward), replaced at class level for the trace
+                owner = next(
+                    (c for c in type(mod).__mro__ if hasattr(c.__dict__.get("forward"), "__wrapped__")), type(mod)
+                )
+                classes.setdefault(owner, owner.__dict__.get("forward"))
+                setattr(owner, "forward", _dense_forward)  # noqa: B010 - a class attribute, for the trace
         yield
     finally:
         for mod in done:
             del mod.forward
+        for owner, fn in classes.items():
+            if fn is None:  # it had none of its own: the inherited one comes back
+                delattr(owner, "forward")
+            else:
+                setattr(owner, "forward", fn)  # noqa: B010
         for n, fn in saved.items():
             setattr(torch, n, fn)
 
