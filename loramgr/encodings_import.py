@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loramgr.errors import IncompatibleError, UsageError
-from loramgr.lora.inputs import adapter_ranks, prepared_inputs
+from loramgr.lora.inputs import prepared_with_ranks
 from loramgr.records import Adapter, Base, EncodingSet, JsonRecord
 
 if TYPE_CHECKING:
@@ -135,8 +135,7 @@ def fold_and_check(
     lora = {n for n in enc.param if n in base.lora_inputs}
     if not lora:
         return enc, [], 0.0
-    prepared = prepared_inputs(adapter, base)
-    ranks = adapter_ranks(adapter, base)
+    prepared, ranks = prepared_with_ranks(adapter, base)  # one compatibility check for both
     params = dict(enc.param)
     folded: list[str] = []
     for name in sorted(lora & set(points)):

@@ -22,11 +22,11 @@ import numpy as np
 
 from loramgr.errors import IncompatibleError, NotFoundError, UsageError
 from loramgr.export import quiet_transformers
-from loramgr.quantsim import THRESHOLDS, QuantSim, exact_weights_chain, scheme_of
+from loramgr.quantsim import THRESHOLDS, QuantSim, cosine, exact_weights_chain, scheme_of
 from loramgr.records import Adapter, Base, JsonRecord
 from loramgr.reference import peft_factors, reference_for, reference_lora
 from loramgr.runtime import Plan
-from loramgr.runtime.generate import _NP, Runner, _run_chain
+from loramgr.runtime.generate import _NP, Runner, _run_chain, prefill_feeds
 from loramgr.runtime.ort import LoraSession, lm_chains
 from loramgr.sections.backends.ort import read_section
 
@@ -50,14 +50,6 @@ def _diff(got: np.ndarray, want: np.ndarray) -> float:
     if not (np.isfinite(g).all() and np.isfinite(w).all()):
         return float("inf")
     return float(np.abs(g - w).max()) if g.size else 0.0
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if not (np.isfinite(na) and np.isfinite(nb)):
-        return 0.0
-    return 1.0 if na == nb == 0 else float(a @ b / max(na * nb, 1e-300))
 
 
 def _peft_available() -> bool:
@@ -137,10 +129,6 @@ def _peft_logits(hf_dir: str, members: list[tuple[Adapter, float]], ids: np.ndar
     model = AutoModelForCausalLM.from_pretrained(
         hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation="eager", use_safetensors=True
     ).eval()
-    if not members:  # the base model itself
-        with torch.no_grad():
-            base_logits: np.ndarray = model.to(dtype)(input_ids=torch.from_numpy(ids)).logits.float().numpy()
-            return base_logits
     with tempfile.TemporaryDirectory() as tmp:
         names = [f"slot{i}" for i in range(len(members))]
         for i, (ad, _) in enumerate(members):
@@ -172,12 +160,7 @@ def chain_logits(pre: list[Runner], ids: np.ndarray) -> np.ndarray:
     n = ids.shape[1]
     seq = pre[0].inputs["input_ids"][0][1]
     seq = seq if isinstance(seq, int) and seq >= n else n
-    full = np.zeros((1, seq), np.int64)
-    full[0, :n] = ids[0]
-    mask = np.zeros((1, seq), np.int64)
-    mask[0, :n] = 1
-    feeds = {"input_ids": full, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]}
-    return _run_chain(pre, feeds, {})[:, :n]
+    return _run_chain(pre, prefill_feeds(ids[0].tolist(), seq), {})[:, :n]
 
 
 def _feeds(session: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -261,7 +244,7 @@ def _sections_check(
         ref_out = s.session.run(None, direct)
         for g, r in zip(got_out, ref_out, strict=True):
             worst = max(worst, _diff(g, r))
-            cos = min(cos, _cos(g, r))
+            cos = min(cos, cosine(g, r))
     return worst, cos
 
 
@@ -331,15 +314,15 @@ def verify(
             if scheme_q:  # held to its scheme's bounds, not to the fp32 tolerance (docs/quantization.md)
                 min_cos, min_top1, min_delta = THRESHOLDS.get(scheme_q, THRESHOLDS["w8a8"])
                 min_cos = tolerance if tolerance is not None else min_cos  # --tolerance: the cosine to hold
-                diff, cos = _diff(got[:, :n], want), _cos(got[:, :n], want)
+                diff, cos = _diff(got[:, :n], want), cosine(got[:, :n], want)
                 top1 = float((got[:, :n].argmax(-1) == want.argmax(-1)).mean())
                 exact = chain_logits(exact_weights_chain(plan, base, name, members, base_weights), ids)
-                delta = _cos(got[:, :n] - base_got[:, :n], exact[:, :n] - base_got[:, :n])
+                delta = cosine(got[:, :n] - base_got[:, :n], exact[:, :n] - base_got[:, :n])
                 ok = cos >= min_cos and top1 >= min_top1 and delta >= min_delta
                 rows.append(VerifyRow(entry.ref, f"{mode}:{scheme_q}", diff, cos, min_cos, ok, None, top1, delta))
                 continue
             diff = _diff(got[:, :n], want)
-            cos = _cos(got[:, :n], want)
+            cos = cosine(got[:, :n], want)
             if soc:
                 rel = diff / max(float(np.abs(want).max()), 1e-30)
                 top1 = float((got[:, :n].argmax(-1) == want.argmax(-1)).mean())

@@ -144,6 +144,7 @@ def export_base(
     check_hf_dir(hf)
     if max_rank < 1:
         raise UsageError(f"--max-rank {max_rank}", "must be positive")
+    gspecs = parse_graphs(graphs)
     say = progress or (lambda s: None)
     quiet_transformers()
     try:
@@ -187,11 +188,10 @@ def export_base(
 
         seen = guarded(cfg, lambda: probe(model, lay))
         lay, carried = dataclasses.replace(lay, cache=seen.cache), seen.carried
-        if any(not g.startswith("prefill") for g, _ in parse_graphs(graphs)):  # decode graphs: their cache
+        if any(not g.startswith("prefill") for g, _ in gspecs):  # decode graphs: their cache
             guarded(cfg, lambda: check_decode(model, lay))  # must carry all the state there is
     n = len(lay.layers)
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096
-    gspecs = parse_graphs(graphs)
     ctx = context_len or min(max_pos, max(256, 2 * max(q for _, q in gspecs)))
     too_long = [f"{g}={q}" for g, q in gspecs if q > max_pos]
     if too_long:  # the graph itself, whatever the context length

@@ -45,17 +45,32 @@ class Runner:
 
     @classmethod
     def from_session(
-        cls, session: Any, fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None
+        cls,
+        session: Any,
+        fn: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]] | None = None,
+        *,
+        extra: dict[str, np.ndarray] | None = None,
+        outputs: list[str] | None = None,
     ) -> Runner:
         """From an ``ort.InferenceSession`` (``fn`` defaults to ``session.run(None, feeds)``); inputs
-        with a default (LoRA weights, ``rope_long``) count as inputs."""
+        with a default (LoRA weights, ``rope_long``) count as inputs. ``extra``: feeds added to every
+        run (those the session takes), e.g. an adapter's LoRA inputs. ``outputs``: the names to give
+        the session's outputs, in order (AIMET's simulation renames quantized graph outputs)."""
+        listed = [*session.get_inputs(), *session.get_overridable_initializers()]
         ins = {
             a.name: (tuple(int(d) if isinstance(d, int) else -1 for d in a.shape), _NP.get(a.type, np.float32))
-            for a in [*session.get_inputs(), *session.get_overridable_initializers()]
+            for a in listed
         }
-        outs = [o.name for o in session.get_outputs()]
+        outs = outputs or [o.name for o in session.get_outputs()]
         meta = dict(session.get_modelmeta().custom_metadata_map or {})
-        return cls(ins, outs, fn or (lambda feeds: session.run(None, feeds)), meta)
+        if fn is None:
+            added = {k: v for k, v in (extra or {}).items() if k in ins}
+
+            def fn(feeds: dict[str, np.ndarray]) -> Sequence[np.ndarray]:
+                out: Sequence[np.ndarray] = session.run(None, feeds | added)
+                return out
+
+        return cls(ins, outs, fn, meta)
 
 
 @dataclass
@@ -105,6 +120,24 @@ def check_request(prompt: Sequence[int], steps: int, *, vocab: int | None, room:
         )
 
 
+def prefill_feeds(tokens: Sequence[int], seq: int) -> dict[str, np.ndarray]:
+    """A prefill graph's feeds for ``tokens`` (at most ``seq``): right-padded to its fixed length, the
+    mask 1 over the tokens only, positions 0..seq-1 (so each row sees only the tokens before it)."""
+    n = len(tokens)
+    ids = np.zeros((1, seq), np.int64)
+    ids[0, :n] = tokens
+    mask = np.zeros((1, seq), np.int64)
+    mask[0, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]}
+
+
+def _fill_cache(cache: dict[str, np.ndarray], presents: dict[str, np.ndarray], n: int) -> None:
+    """The decode cache holds the first ``n`` entries a prefill run returned, zeros after."""
+    for name, buf in cache.items():
+        buf[:] = 0
+        buf[:, :, :n] = presents[name.replace("past_key_values.", "present.")][:, :, :n]
+
+
 def greedy(
     prefill: list[Runner], decode: list[Runner] | None, prompt: Sequence[int], steps: int, *, vocab: int | None = None
 ) -> Generation:
@@ -114,17 +147,8 @@ def greedy(
     check_request(prompt, steps, vocab=vocab, room=capacity(prefill, decode))
     seq = prefill[0].inputs["input_ids"][0][1]
     n0 = min(len(prompt), seq)
-    ids = np.zeros((1, seq), np.int64)
-    ids[0, :n0] = prompt[:n0]
-    mask = np.zeros((1, seq), np.int64)
-    mask[0, :n0] = 1
     presents: dict[str, np.ndarray] = {}
-    logits = _run_chain(
-        prefill,
-        {"input_ids": ids, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]},
-        presents,
-    )
-    row = logits[0, n0 - 1]
+    row = _run_chain(prefill, prefill_feeds(prompt[:n0], seq), presents)[0, n0 - 1]
     if decode is None:
         if len(prompt) > seq:
             raise ValueError(f"without a decode graph, the prompt must fit the prefill length {seq}")
@@ -139,13 +163,7 @@ def greedy(
                 return gen
             if len(toks) > seq:
                 raise ValueError(f"without a decode graph, prompt + steps must fit the prefill length {seq}")
-            ids[0, : len(toks)] = toks
-            mask[0, : len(toks)] = 1
-            row = _run_chain(
-                prefill,
-                {"input_ids": ids, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]},
-                {},
-            )[0, len(toks) - 1]
+            row = _run_chain(prefill, prefill_feeds(toks, seq), {})[0, len(toks) - 1]
     cache = {}
     for r in decode:
         for name, (shape, dt) in r.inputs.items():
@@ -154,9 +172,7 @@ def greedy(
     if not cache:
         raise ValueError("the decode graph has no past_key_values inputs")
     past = next(iter(cache.values())).shape[2]
-    for name, buf in cache.items():
-        pres = presents[name.replace("past_key_values.", "present.")]
-        buf[:, :, :n0] = pres[:, :, :n0]
+    _fill_cache(cache, presents, n0)
     fed = list(prompt[:n0])
     pending = list(prompt[n0:])
     switch = rope_switch(decode)
@@ -213,15 +229,8 @@ def _recompute(prefill: list[Runner], decode: list[Runner], tokens: list[int], c
     ``prepare_inputs_for_generation``), so the keys cached before the switch match a full forward."""
     seq = prefill[0].inputs["input_ids"][0][1]
     n0 = min(len(tokens), seq)
-    ids = np.zeros((1, seq), np.int64)
-    ids[0, :n0] = tokens[:n0]
-    mask = np.zeros((1, seq), np.int64)
-    mask[0, :n0] = 1
     presents: dict[str, np.ndarray] = {}
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.arange(seq, dtype=np.int64)[None]}
-    _run_chain(prefill, feeds | {"rope_long": np.ones(1, np.int64)}, presents)
-    for name, buf in cache.items():
-        buf[:] = 0
-        buf[:, :, :n0] = presents[name.replace("past_key_values.", "present.")][:, :, :n0]
+    _run_chain(prefill, prefill_feeds(tokens[:n0], seq) | {"rope_long": np.ones(1, np.int64)}, presents)
+    _fill_cache(cache, presents, n0)
     for pos in range(n0, len(tokens)):
         _decode_step(decode, tokens[pos], pos, cache, long=True)
