@@ -38,9 +38,9 @@ import numpy as np
 from loramgr.calibration import Calibration, OwnerCalibration, load_data, owner_feeds, owners_of
 from loramgr.errors import InvalidInputError, UsageError, first_line
 from loramgr.infra.progress import Progress
-from loramgr.quantsim import downstream, float_lora
+from loramgr.quantsim import cosine, downstream, float_lora
 from loramgr.records import Base, EncodingSet, FileKind
-from loramgr.runtime.generate import Runner, _run_chain, greedy
+from loramgr.runtime.generate import Runner, _run_chain, greedy, prefill_feeds
 from loramgr.sections.backends.qdq import MASK_FILL, clamp_mask
 from loramgr.sections.layout import materialize_graphs, select_adapters
 
@@ -140,14 +140,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _runner(session: Any, outputs: list[str], lora: dict[str, np.ndarray]) -> Runner:
-    """A Runner over ``session`` with the owner's LoRA inputs added to every feed."""
-    ins = {i.name: (tuple(d if isinstance(d, int) else -1 for d in i.shape), None) for i in session.get_inputs()}
-    takes = set(ins) | {i.name for i in session.get_overridable_initializers()}
-    extra = {k: v for k, v in lora.items() if k in takes}
-    return Runner(ins, outputs, lambda feeds: session.run(None, feeds | extra))
-
-
 def _drive(
     graphs: dict[str, _Graph], target: str, sim_session: Any, lora: dict[str, np.ndarray], prompts: list[list[int]]
 ) -> None:
@@ -156,7 +148,7 @@ def _drive(
 
     def runner(g: _Graph) -> Runner:
         s = sim_session if g.name == target else g.float_session
-        return _runner(s, g.outputs, lora)
+        return Runner.from_session(s, extra=lora, outputs=g.outputs)
 
     pre = [runner(g) for g in graphs.values() if g.kind != "decode"]
     dec = [runner(g) for g in graphs.values() if g.kind == "decode"] or None
@@ -198,18 +190,13 @@ def _cosine(graphs: dict[str, _Graph], lora: dict[str, np.ndarray], prompts: lis
     if not last or "logits" not in last[-1].outputs:
         return None
     seq = int(last[0].float_session.get_inputs()[0].shape[1] or 1)
+    sims = [Runner.from_session(g.sim.session, extra=lora, outputs=g.outputs) for g in last]
+    floats = [Runner.from_session(g.float_session, extra=lora, outputs=g.outputs) for g in last]
     coss = []
     for ids in prompts:
         n = min(len(ids), seq)
-        x = np.zeros((1, seq), np.int64)
-        x[0, :n] = ids[:n]
-        m = np.zeros((1, seq), np.int64)
-        m[0, :n] = 1
-        feeds = {"input_ids": x, "attention_mask": m, "position_ids": np.arange(seq, dtype=np.int64)[None]}
-        sim = _run_chain([_runner(g.sim.session, g.outputs, lora) for g in last], feeds, {})[0, :n]
-        ref = _run_chain([_runner(g.float_session, g.outputs, lora) for g in last], feeds, {})[0, :n]
-        a, b = sim.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-        coss.append(float(a @ b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-300))
+        feeds = prefill_feeds(ids[:n], seq)
+        coss.append(cosine(_run_chain(sims, feeds, {})[0, :n], _run_chain(floats, feeds, {})[0, :n]))
     return float(np.mean(coss))
 
 
@@ -266,8 +253,9 @@ def calibrate_aimet(
                     except Exception as e:  # noqa: BLE001 - ORT / AIMET errors on a sample: the data's fault
                         raise InvalidInputError(str(data), f"AIMET cannot run a sample ({first_line(e)})") from None
                     a, p = _read(g.sim, None if i == 0 else g.changed | g.lora)
-                    acts |= a
-                    params |= {k: v for k, v in p.items() if (k in g.lora) != (i == 0)}
+                    # stored per name: a name two graphs share keeps the first graph's (prefill's) encoding
+                    acts = a | acts
+                    params = {k: v for k, v in p.items() if (k in g.lora) != (i == 0)} | params
                     if i == 0:  # the base's: computed once, frozen for every owner after it
                         for name, q in g.sim.qc_quantize_op_dict.items():
                             if name not in g.changed and name not in g.lora:

@@ -11,7 +11,7 @@ section's own (integer codes and scales in an int8/int16 build). numpy, onnx and
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,15 @@ from loramgr.runtime.ort import _lm_graphs
 
 if TYPE_CHECKING:
     from loramgr.runtime import Plan
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two tensors (flattened, in float64): 0 when either holds NaN or Inf, 1 when both are 0."""
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if not (np.isfinite(na) and np.isfinite(nb)):
+        return 0.0
+    return 1.0 if na == nb == 0 else float(a @ b / max(na * nb, 1e-300))
 
 
 def downstream(model: Any, sources: Iterable[str]) -> set[str]:
@@ -111,9 +120,18 @@ def fake_quantized(
     weights = {**{k: v[:1] for k, v in activations.items() if k in constants and k not in weights}, **weights}
     added_nodes: list[tuple[Any, list[Any]]] = []
     count = 0
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    # encodings are stored per name: one of another graph's tensors may share a name with a non-float one here
+    not_float = {
+        v.name
+        for v in [*inferred.value_info, *inferred.output]
+        if v.type.tensor_type.elem_type not in (0, TensorProto.FLOAT)
+    }
     for i, (name, entries) in enumerate(sorted(activations.items())):
         e = entries[0]
-        if e.get("dtype", "int") != "int" or not (name in produced or name in float_inputs):
+        if e.get("dtype", "int") != "int" or not (name in produced or name in float_inputs) or name in not_float:
             continue
         tag = f"loramgr_fq{i}"
         if name in produced:  # the producer writes <name>_raw, the fake quantizer writes <name>
@@ -140,6 +158,8 @@ def fake_quantized(
         if t is None or t.data_type != TensorProto.FLOAT:
             continue
         w = numpy_helper.to_array(t).astype(np.float64)
+        if len(entries) > 1 and not (w.ndim and len(entries) in (w.shape[0], w.shape[-1])):
+            continue  # per-channel encodings of another graph's tensor of this name (stored per name)
         t.CopyFrom(numpy_helper.from_array(quantized_value(w, entries).astype(np.float32), name))
         count += 1
     return count
@@ -256,15 +276,5 @@ def exact_weights_chain(
             value = np.zeros(shape, np.float32)
             value.reshape(-1)[: len(alphas)] = alphas[: value.size]
             lora[base.alpha_tensor] = value
-        takes = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
-        lora = {k: v for k, v in lora.items() if k in takes}
-        runners.append(Runner.from_session(session, _feeding(session, lora)))
+        runners.append(Runner.from_session(session, extra=lora))
     return runners
-
-
-def _feeding(session: Any, extra: dict[str, np.ndarray]) -> Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]:
-    def run(feeds: dict[str, np.ndarray]) -> Sequence[np.ndarray]:
-        out: Sequence[np.ndarray] = session.run(None, feeds | extra)
-        return out
-
-    return run

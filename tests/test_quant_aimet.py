@@ -29,15 +29,15 @@ def ok(*args):
 
 @pytest.fixture
 def q8(tmp_path):
-    """A tiny Llama exported with int8 LoRA inputs and two alpha slots, two PEFT adapters (alpha 32,
-    rank 8) registered, a use case of both, a calibration set of 12 prompts."""
+    """A tiny Llama (prefill and decode graphs) exported with int8 LoRA inputs and two alpha slots, two
+    PEFT adapters (alpha 32, rank 8) registered, a use case of both, a calibration set of 12 prompts."""
     tiny_llama().save_pretrained(tmp_path / "hf")
     for i in range(2):
         peft_adapter(
             tiny_llama(), tmp_path / f"ad{i}", seed=20 + i, r=R, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"]
         )
     ok("base", "export", tmp_path / "hf", "--name", "q", "--target-modules", "q_proj,v_proj", "--max-rank", "16",
-       "--graphs", f"prefill={S}", "--context-len", "16", "--quantized-lora", "8", "--max-adapters", "2",
+       "--graphs", f"prefill={S},decode=1", "--context-len", "16", "--quantized-lora", "8", "--max-adapters", "2",
        "-o", tmp_path / "onnx")  # fmt: skip
     for i in range(2):
         ok("register", tmp_path / f"ad{i}", "--name", f"ad{i}")
@@ -72,6 +72,9 @@ def test_calibrate_aimet_per_adapter_and_use_case(q8):
     io = {i.name for i in g.input} | {o.name for o in g.output}
     lora_in = {i.name for i in g.input if ".lora_" in i.name}
     changed = downstream(m, lora_in | {"lora_alpha"})
+    dm = onnx.load(str(tmp / "onnx" / "decode.onnx"), load_external_data=False)  # the decode graph's too
+    io |= {i.name for i in dm.graph.input} | {o.name for o in dm.graph.output}
+    changed |= downstream(dm, lora_in | {"lora_alpha"})
     a0, a1, base = _acts("ad0"), _acts("ad1"), _acts("default")
     inner = set(a0) - io
     assert inner and set(a0) <= changed | {"logits"}  # only what the adapter changes is its own
@@ -81,6 +84,8 @@ def test_calibrate_aimet_per_adapter_and_use_case(q8):
     assert branch & set(a0), "the LoRA-branch outputs (x @ A) have per-adapter encodings"
     assert sum(json.dumps(a0[n]) != json.dumps(a1[n]) for n in inner) > len(inner) // 2  # per adapter
     assert set(a0) < set(base)  # the base holds every tensor; unchanged ones are shared, not copied
+    prefill_out = {o for n in g.node for o in n.output}
+    assert {o for n in dm.graph.node for o in n.output} - prefill_out & set(base)  # the decode graph is calibrated
     enc = ok("encodings", "show", "default", "--base", "q", "--json").json["param_encodings"]
     assert any(".lora_" not in n for n in enc), "the base's own weights have encodings"
     p0 = ok("encodings", "show", "ad0", "--base", "q", "--json").json["param_encodings"]
